@@ -1,0 +1,331 @@
+/* The config model: one immutable, validated snapshot built by
+ * sk_snapshot_build() (config/translate.c) from protobuf-c messages, whether
+ * they came from the bootstrap YAML or from xDS.
+ *
+ * Everything here is allocated from snap->arena and is read-only once
+ * published. Pointers between objects (route -> cluster) are resolved at build
+ * time, so a snapshot that exists is valid: the data path never looks a
+ * name up and finds nothing.
+ *
+ * Durations are milliseconds in uint64_t; SK_DUR_NONE means "disabled"
+ * (Envoy's 0s), and each field documents its default when unset.
+ * Strings are NUL-terminated (config data is not on the hot path for copies;
+ * lengths are cached where the data path compares them).
+ */
+#ifndef SKIFF_MODEL_H
+#define SKIFF_MODEL_H
+
+#include <netinet/in.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/socket.h>
+
+#include "skiff/arena.h"
+
+#define SK_DUR_NONE UINT64_MAX /* timeout disabled */
+
+struct sk_cluster;
+
+/* ---- small shared types ---------------------------------------------- */
+
+struct sk_sockaddr {
+    struct sockaddr_storage ss;
+    socklen_t len;
+};
+
+enum sk_hdr_append {
+    SK_HDR_APPEND_IF_EXISTS_OR_ADD = 0,
+    SK_HDR_ADD_IF_ABSENT = 1,
+    SK_HDR_OVERWRITE_IF_EXISTS_OR_ADD = 2,
+    SK_HDR_OVERWRITE_IF_EXISTS = 3,
+};
+
+struct sk_hdr_op { /* HeaderValueOption */
+    char *key;     /* lower-cased */
+    size_t key_len;
+    char *value;
+    size_t value_len;
+    int action; /* enum sk_hdr_append; deprecated `append: false` maps to OVERWRITE_IF_EXISTS_OR_ADD */
+    bool keep_empty_value;
+};
+
+struct sk_hdr_ops { /* *_headers_to_add / *_headers_to_remove */
+    struct sk_hdr_op *add;
+    size_t nadd;
+    char **remove; /* lower-cased names */
+    size_t nremove;
+};
+
+enum sk_str_match_kind {
+    SK_STR_EXACT = 0,
+    SK_STR_PREFIX,
+    SK_STR_SUFFIX,
+    SK_STR_CONTAINS,
+    SK_STR_PRESENT, /* header present (present_match) */
+};
+
+struct sk_header_match { /* HeaderMatcher */
+    char *name;            /* lower-cased */
+    size_t name_len;
+    int kind;              /* enum sk_str_match_kind */
+    char *value;
+    size_t value_len;
+    bool ignore_case;      /* string_match.ignore_case */
+    bool invert;           /* invert_match */
+    bool present;          /* for SK_STR_PRESENT: present_match value */
+};
+
+/* ---- routes ------------------------------------------------------------ */
+
+enum sk_path_match_kind { SK_PATH_PREFIX = 0, SK_PATH_EXACT = 1 };
+
+struct sk_route_match {
+    int path_kind; /* enum sk_path_match_kind */
+    char *path;    /* prefix or exact path ("/" for match-all prefix) */
+    size_t path_len;
+    bool case_sensitive; /* default true */
+    struct sk_header_match *headers;
+    size_t nheaders;
+};
+
+struct sk_cluster_weight {
+    char *name;
+    struct sk_cluster *cluster; /* resolved */
+    uint32_t weight;
+    struct sk_hdr_ops hdrs_req, hdrs_resp;
+};
+
+enum sk_route_action_kind {
+    SK_ROUTE_CLUSTER = 0,  /* route.cluster */
+    SK_ROUTE_WEIGHTED = 1, /* route.weighted_clusters */
+    SK_ROUTE_DIRECT = 2,   /* direct_response */
+    SK_ROUTE_REDIRECT = 3, /* redirect (reserved; translate rejects it for now) */
+};
+
+struct sk_retry_policy { /* filled by the resilience work (issue 5) */
+    uint32_t retry_on;   /* bit set, SK_RETRY_ON_* */
+    uint32_t num_retries;
+    uint64_t per_try_timeout_ms; /* SK_DUR_NONE = none */
+    uint64_t base_interval_ms;
+    uint64_t max_interval_ms;
+    uint32_t *retriable_status_codes;
+    size_t nretriable_status_codes;
+};
+
+struct sk_route {
+    char *name;
+    struct sk_route_match match;
+    int action; /* enum sk_route_action_kind */
+
+    /* SK_ROUTE_CLUSTER */
+    char *cluster_name;
+    struct sk_cluster *cluster;
+    /* SK_ROUTE_WEIGHTED */
+    struct sk_cluster_weight *weighted;
+    size_t nweighted;
+    uint32_t total_weight;
+    /* cluster / weighted */
+    char *prefix_rewrite;       /* NULL = none */
+    char *host_rewrite_literal; /* NULL = none */
+    uint64_t timeout_ms;        /* route.timeout; default 15000; 0s -> SK_DUR_NONE */
+    uint64_t idle_timeout_ms;   /* SK_DUR_NONE unless set */
+    struct sk_retry_policy *retry; /* NULL = no retries */
+
+    /* SK_ROUTE_DIRECT */
+    uint32_t direct_status;
+    char *direct_body; /* may be NULL */
+    size_t direct_body_len;
+
+    struct sk_hdr_ops hdrs_req, hdrs_resp;
+};
+
+struct sk_vhost {
+    char *name;
+    char **domains; /* lower-cased, as configured ("*", "*.x", "x.*", "x", "x:port") */
+    size_t ndomains;
+    struct sk_route *routes;
+    size_t nroutes;
+    struct sk_hdr_ops hdrs_req, hdrs_resp;
+};
+
+struct sk_route_config {
+    char *name;
+    struct sk_vhost *vhosts;
+    size_t nvhosts;
+    struct sk_hdr_ops hdrs_req, hdrs_resp;
+};
+
+/* ---- listeners ----------------------------------------------------------- */
+
+enum sk_codec_type { SK_CODEC_AUTO = 0, SK_CODEC_HTTP1 = 1, SK_CODEC_HTTP2 = 2 };
+
+struct sk_hcm { /* HttpConnectionManager */
+    char *stat_prefix;
+    int codec_type;                /* enum sk_codec_type */
+    struct sk_route_config *routes; /* inline route_config (RDS fills it later) */
+    char *rds_name;                /* set when routes come from RDS (issue 7) */
+    uint32_t max_headers_count;    /* common_http_protocol_options.max_headers_count, default 100 */
+    uint32_t max_request_headers_kb; /* default 60 */
+    uint64_t idle_timeout_ms;      /* common_http_protocol_options.idle_timeout, default 1h */
+    uint64_t request_timeout_ms;   /* default SK_DUR_NONE */
+    uint64_t request_headers_timeout_ms; /* default SK_DUR_NONE */
+    uint64_t stream_idle_timeout_ms; /* default 5 min */
+    uint64_t drain_timeout_ms;     /* default 5000 */
+    bool use_remote_address;
+    uint32_t xff_num_trusted_hops;
+    bool generate_request_id;      /* default true */
+    bool preserve_external_request_id;
+    char *server_name;             /* default "skiff" */
+    int server_header_transformation; /* 0 OVERWRITE, 1 APPEND_IF_ABSENT, 2 PASS_THROUGH */
+    bool allow_websocket;          /* upgrade_configs contains "websocket" */
+    bool allow_connect;            /* upgrade_configs contains "CONNECT" */
+    /* http_filters other than the router, in order (fault etc. later issues) */
+    struct sk_http_filter_cfg *filters;
+    size_t nfilters;
+};
+
+struct sk_http_filter_cfg {
+    char *name;
+    char *type_url; /* dispatch key */
+    void *config;   /* filter-specific, built by the filter's translate hook */
+};
+
+struct sk_tcp_proxy {
+    char *stat_prefix;
+    char *cluster_name;
+    struct sk_cluster *cluster; /* NULL when weighted */
+    struct sk_cluster_weight *weighted;
+    size_t nweighted;
+    uint32_t total_weight;
+    uint64_t idle_timeout_ms; /* default 1h; 0s -> SK_DUR_NONE */
+    uint32_t max_connect_attempts; /* default 1 */
+};
+
+enum sk_chain_kind { SK_CHAIN_HCM = 1, SK_CHAIN_TCP = 2 };
+
+struct sk_chain_match { /* FilterChainMatch, subset; fields unset = match anything */
+    uint32_t destination_port; /* 0 = any */
+    char **server_names;
+    size_t nserver_names;
+    char *transport_protocol; /* NULL = any */
+    char **application_protocols;
+    size_t napplication_protocols;
+};
+
+struct sk_filter_chain {
+    char *name;
+    struct sk_chain_match match;
+    int kind; /* enum sk_chain_kind */
+    struct sk_hcm *hcm;
+    struct sk_tcp_proxy *tcp;
+    void *tls; /* DownstreamTlsContext model (issue 4); NULL = plaintext */
+};
+
+struct sk_listener {
+    char *name;
+    struct sk_sockaddr addr;
+    char *addr_str; /* "ip:port" for logs */
+    struct sk_filter_chain *chains;
+    size_t nchains;
+    struct sk_filter_chain *default_chain; /* may be NULL */
+    bool bind_to_port;     /* default true */
+    bool use_original_dst; /* default false */
+    uint32_t per_connection_buffer_limit_bytes; /* default 1 MiB */
+    uint32_t tcp_backlog_size; /* default 1024 */
+};
+
+/* ---- clusters ---------------------------------------------------------- */
+
+enum sk_cluster_type {
+    SK_CLUSTER_STATIC = 0,
+    SK_CLUSTER_STRICT_DNS = 1,
+    SK_CLUSTER_LOGICAL_DNS = 2,
+    SK_CLUSTER_EDS = 3,
+};
+
+enum sk_lb_policy { SK_LB_ROUND_ROBIN = 0, SK_LB_LEAST_REQUEST = 1, SK_LB_RANDOM = 3 };
+
+enum sk_upstream_proto {
+    SK_UP_HTTP1 = 0,
+    SK_UP_HTTP2 = 1,
+    SK_UP_USE_DOWNSTREAM = 2,
+};
+
+enum sk_health_status {
+    SK_HEALTH_UNKNOWN = 0,
+    SK_HEALTH_HEALTHY = 1,
+    SK_HEALTH_UNHEALTHY = 2,
+    SK_HEALTH_DRAINING = 3,
+    SK_HEALTH_TIMEOUT = 4,
+    SK_HEALTH_DEGRADED = 5,
+};
+
+struct sk_endpoint { /* LbEndpoint */
+    char *host;           /* as configured: IP literal, or hostname for DNS clusters */
+    uint16_t port;
+    struct sk_sockaddr addr; /* resolved for STATIC/EDS; zero len for DNS clusters */
+    uint32_t weight;      /* load_balancing_weight, default 1 */
+    int health;           /* enum sk_health_status from config */
+    uint32_t priority;    /* locality priority */
+};
+
+struct sk_circuit_breakers { /* DEFAULT priority thresholds; issue 5 */
+    uint32_t max_connections;      /* default 1024 */
+    uint32_t max_pending_requests; /* default 1024 */
+    uint32_t max_requests;         /* default 1024 */
+    uint32_t max_retries;          /* default 3 */
+};
+
+struct sk_cluster {
+    char *name;
+    size_t index; /* position in snapshot->clusters */
+    int type;     /* enum sk_cluster_type */
+    int lb_policy; /* enum sk_lb_policy */
+    uint32_t lr_choice_count; /* least_request_lb_config.choice_count, default 2 */
+    uint64_t connect_timeout_ms; /* default 5000 */
+    uint64_t dns_refresh_rate_ms; /* default 5000 */
+    int dns_lookup_family; /* 0 AUTO, 1 V4_ONLY, 2 V6_ONLY, 3 V4_PREFERRED, 4 ALL */
+    struct sk_endpoint *endpoints;
+    size_t nendpoints;
+    uint32_t per_connection_buffer_limit_bytes; /* default 1 MiB */
+    int upstream_proto; /* enum sk_upstream_proto; default HTTP1 */
+    uint64_t idle_timeout_ms; /* upstream common_http_protocol_options.idle_timeout, 1h */
+    uint32_t max_requests_per_connection; /* 0 = unlimited */
+    uint32_t h2_max_concurrent_streams;   /* default 100 */
+    struct sk_circuit_breakers cb;
+    void *outlier; /* issue 5 */
+    void *health_checks; /* issue 5 */
+    void *tls; /* UpstreamTlsContext model (issue 4); NULL = plaintext */
+};
+
+/* ---- bootstrap-level ----------------------------------------------------- */
+
+struct sk_admin_cfg {
+    bool enabled;
+    struct sk_sockaddr addr;
+    char *addr_str;
+};
+
+struct sk_snapshot {
+    atomic_int refs;
+    struct sk_arena arena;
+    uint64_t version; /* monotonically increasing, assigned at publish */
+    char *node_id;
+    char *node_cluster;
+    struct sk_listener *listeners;
+    size_t nlisteners;
+    struct sk_cluster *clusters;
+    size_t nclusters;
+    struct sk_admin_cfg admin;
+};
+
+/* Reference counting; safe from any thread. The last unref frees the arena. */
+struct sk_snapshot *sk_snapshot_ref(struct sk_snapshot *s);
+void sk_snapshot_unref(struct sk_snapshot *s);
+
+struct sk_cluster *sk_snapshot_find_cluster(const struct sk_snapshot *s, const char *name);
+struct sk_listener *sk_snapshot_find_listener(const struct sk_snapshot *s, const char *name);
+
+#endif

@@ -1,0 +1,173 @@
+#include "skiff/buf.h"
+#include "skiff/err.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+void sk_buf_init(struct sk_buf *b, size_t cap)
+{
+    memset(b, 0, sizeof(*b));
+    b->cap = cap;
+}
+
+void sk_buf_free(struct sk_buf *b)
+{
+    free(b->data);
+    b->data = NULL;
+    b->off = b->len = b->size = 0;
+}
+
+size_t sk_buf_room(const struct sk_buf *b)
+{
+    size_t used = sk_buf_used(b);
+    return used >= b->cap ? 0 : b->cap - used;
+}
+
+char *sk_buf_wptr(struct sk_buf *b, size_t want, size_t *avail)
+{
+    if (want == 0)
+        want = 1;
+    if (b->size - b->len >= want) {
+        *avail = b->size - b->len;
+        return b->data + b->len;
+    }
+    size_t used = sk_buf_used(b);
+    /* compact first: cheaper than growing, and keeps memory bounded */
+    if (b->off > 0 && b->size - used >= want) {
+        memmove(b->data, b->data + b->off, used);
+        b->off = 0;
+        b->len = used;
+        *avail = b->size - b->len;
+        return b->data + b->len;
+    }
+    if (used >= b->cap)
+        return NULL;
+    size_t need = used + want;
+    if (need > b->cap)
+        need = b->cap;
+    size_t nsz = b->size ? b->size : 1024;
+    while (nsz < need)
+        nsz *= 2;
+    if (nsz > b->cap)
+        nsz = b->cap;
+    if (b->off > 0) {
+        memmove(b->data, b->data + b->off, used);
+        b->off = 0;
+        b->len = used;
+    }
+    if (nsz > b->size) {
+        char *d = realloc(b->data, nsz);
+        if (!d)
+            return NULL;
+        b->data = d;
+        b->size = nsz;
+    }
+    if (b->size == b->len)
+        return NULL;
+    *avail = b->size - b->len;
+    return b->data + b->len;
+}
+
+void sk_buf_commit(struct sk_buf *b, size_t n)
+{
+    b->len += n;
+}
+
+void sk_buf_consume(struct sk_buf *b, size_t n)
+{
+    b->off += n;
+    if (b->off >= b->len)
+        b->off = b->len = 0;
+}
+
+int sk_buf_append(struct sk_buf *b, const void *p, size_t n)
+{
+    if (n == 0)
+        return 0;
+    if (sk_buf_used(b) + n > b->cap)
+        return SK_ERR_TOO_LARGE;
+    size_t avail;
+    char *w = sk_buf_wptr(b, n, &avail);
+    if (!w || avail < n)
+        return SK_ERR_NOMEM;
+    memcpy(w, p, n);
+    b->len += n;
+    return 0;
+}
+
+int sk_buf_appendf(struct sk_buf *b, const char *fmt, ...)
+{
+    char tmp[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(tmp, sizeof(tmp), fmt, ap);
+    va_end(ap);
+    if (n < 0)
+        return SK_ERR_INVAL;
+    if ((size_t)n < sizeof(tmp))
+        return sk_buf_append(b, tmp, (size_t)n);
+    char *big = malloc((size_t)n + 1);
+    if (!big)
+        return SK_ERR_NOMEM;
+    va_start(ap, fmt);
+    vsnprintf(big, (size_t)n + 1, fmt, ap);
+    va_end(ap);
+    int r = sk_buf_append(b, big, (size_t)n);
+    free(big);
+    return r;
+}
+
+void sk_buf_shrink(struct sk_buf *b)
+{
+    if (sk_buf_used(b) == 0 && b->data) {
+        free(b->data);
+        b->data = NULL;
+        b->off = b->len = b->size = 0;
+    }
+}
+
+ssize_t sk_buf_read_fd(struct sk_buf *b, int fd, size_t max)
+{
+    size_t avail;
+    size_t want = max ? max : 16384;
+    if (want > sk_buf_room(b))
+        want = sk_buf_room(b);
+    if (want == 0)
+        return SK_ERR_TOO_LARGE;
+    char *w = sk_buf_wptr(b, want, &avail);
+    if (!w)
+        return SK_ERR_TOO_LARGE;
+    if (avail > want)
+        avail = want;
+    ssize_t r;
+    do {
+        r = read(fd, w, avail);
+    } while (r < 0 && errno == EINTR);
+    if (r < 0) {
+        if (b->len == 0)
+            sk_buf_shrink(b);
+        return (errno == EAGAIN || errno == EWOULDBLOCK) ? SK_ERR_AGAIN : SK_ERR_IO;
+    }
+    b->len += (size_t)r;
+    return r;
+}
+
+ssize_t sk_buf_write_fd(struct sk_buf *b, int fd)
+{
+    size_t n = sk_buf_used(b);
+    if (n == 0)
+        return 0;
+    ssize_t r;
+    do {
+        r = send(fd, sk_buf_rptr(b), n, MSG_NOSIGNAL);
+    } while (r < 0 && errno == EINTR);
+    if (r < 0)
+        return (errno == EAGAIN || errno == EWOULDBLOCK) ? SK_ERR_AGAIN : SK_ERR_IO;
+    sk_buf_consume(b, (size_t)r);
+    return r;
+}

@@ -1,0 +1,6 @@
+#include <stdio.h>
+int main(void)
+{
+    fprintf(stderr, "skiff: not yet\n");
+    return 1;
+}
