@@ -1,6 +1,503 @@
+/* skiff: argv, start-up, signals, reload, drain. No protocol logic here. */
+#include <errno.h>
+#include <getopt.h>
+#include <signal.h>
 #include <stdio.h>
-int main(void)
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <ev.h>
+
+#include "skiff/admin.h"
+#include "skiff/cfgerr.h"
+#include "skiff/config.h"
+#include "skiff/dns.h"
+#include "skiff/err.h"
+#include "skiff/log.h"
+#include "skiff/net.h"
+#include "skiff/worker.h"
+
+#define SKIFF_VERSION "0.1.0"
+
+static struct {
+    const char *config_path;
+    const char *listen, *upstream, *admin;
+    int concurrency;
+    double drain_time_s;
+    bool validate;
+} opt = {.concurrency = 2, .drain_time_s = 5.0};
+
+static struct ev_loop *main_loop;
+static struct sk_snapshot *cur; /* main's reference to the serving snapshot */
+static uint64_t next_version = 1;
+static uint64_t initial_version;
+static struct sk_bound_set bound;
+static bool draining;
+static ev_timer drain_poll, drain_deadline;
+static ev_signal sig_hup, sig_term, sig_int;
+
+/* ---- DNS clusters (main thread resolves, workers get host sets) --------- */
+
+struct dns_cluster {
+    struct dns_cluster *next;
+    char *name;
+    char *host;
+    uint16_t port;
+    int family;
+    int type;
+    double refresh_s;
+    ev_timer timer;
+    struct sk_dns_query *q;
+    bool seen;
+};
+static struct sk_dns *dns;
+static struct dns_cluster *dns_clusters;
+
+static void post_hosts(const char *cluster, const struct sk_sockaddr *a, size_t n)
 {
-    fprintf(stderr, "skiff: not yet\n");
-    return 1;
+    for (int i = 0; i < sk_nworkers; i++) {
+        struct sk_msg *m = calloc(1, sizeof(*m));
+        if (!m)
+            continue;
+        m->kind = SK_MSG_HOSTS;
+        m->cluster = strdup(cluster);
+        m->naddrs = n;
+        m->addrs = calloc(n ? n : 1, sizeof(*a));
+        if (n && m->addrs)
+            memcpy(m->addrs, a, n * sizeof(*a));
+        sk_worker_post(&sk_workers[i], m);
+    }
+}
+
+static void dns_start(struct dns_cluster *dc);
+
+static void dns_done(void *arg, int status, const struct sk_sockaddr *addrs, size_t n)
+{
+    struct dns_cluster *dc = arg;
+    dc->q = NULL;
+    if (status == 0) {
+        /* LOGICAL_DNS: one address (the first) serves new connections */
+        size_t use = dc->type == SK_CLUSTER_LOGICAL_DNS && n > 1 ? 1 : n;
+        sk_debug("dns: cluster %s: %s -> %zu address(es)", dc->name, dc->host, use);
+        post_hosts(dc->name, addrs, use);
+    } else {
+        /* keep the last good answer, as Envoy does */
+        sk_warn("dns: cluster %s: resolving %s failed: %s", dc->name, dc->host, sk_strerror(status));
+    }
+    ev_timer_set(&dc->timer, dc->refresh_s, 0.);
+    ev_timer_start(main_loop, &dc->timer);
+}
+
+static void dns_timer_cb(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    dns_start(t->data);
+}
+
+static void dns_start(struct dns_cluster *dc)
+{
+    if (dc->q)
+        return;
+    if (sk_dns_resolve(dns, dc->host, dc->port, dc->family, dns_done, dc, &dc->q) < 0) {
+        sk_warn("dns: cluster %s: cannot resolve %s", dc->name, dc->host);
+        ev_timer_set(&dc->timer, dc->refresh_s, 0.);
+        ev_timer_start(main_loop, &dc->timer);
+    }
+}
+
+static void dns_free_one(struct dns_cluster *dc)
+{
+    if (dc->q)
+        sk_dns_cancel(dc->q);
+    ev_timer_stop(main_loop, &dc->timer);
+    free(dc->name);
+    free(dc->host);
+    free(dc);
+}
+
+/* Bring the resolvers in line with the snapshot (keep unchanged ones). */
+static void dns_apply(const struct sk_snapshot *s)
+{
+    if (!dns) {
+        struct sk_dns_opts o = {0};
+        dns = sk_dns_new(main_loop, &o);
+        if (!dns) {
+            sk_error("dns: cannot create the resolver; DNS clusters will have no hosts");
+            return;
+        }
+    }
+    for (struct dns_cluster *dc = dns_clusters; dc; dc = dc->next)
+        dc->seen = false;
+    for (size_t i = 0; i < s->nclusters; i++) {
+        const struct sk_cluster *c = &s->clusters[i];
+        if (c->type != SK_CLUSTER_STRICT_DNS && c->type != SK_CLUSTER_LOGICAL_DNS)
+            continue;
+        /* one resolver entry per (cluster, endpoint); STRICT_DNS with several
+         * endpoints resolves the first for now */
+        if (c->nendpoints == 0)
+            continue;
+        const struct sk_endpoint *ep = &c->endpoints[0];
+        struct dns_cluster *dc;
+        for (dc = dns_clusters; dc; dc = dc->next)
+            if (strcmp(dc->name, c->name) == 0)
+                break;
+        double refresh =
+            c->dns_refresh_rate_ms == SK_DUR_NONE ? 5.0 : (double)c->dns_refresh_rate_ms / 1000.0;
+        if (refresh < 0.05)
+            refresh = 0.05;
+        if (dc && strcmp(dc->host, ep->host) == 0 && dc->port == ep->port &&
+            dc->family == c->dns_lookup_family && dc->type == c->type) {
+            dc->seen = true;
+            dc->refresh_s = refresh;
+            /* a new snapshot resets worker host lists of fresh runtimes: re-post */
+            ev_timer_stop(main_loop, &dc->timer);
+            dns_start(dc);
+            continue;
+        }
+        if (dc) {
+            /* changed: replace */
+            struct dns_cluster **pp = &dns_clusters;
+            while (*pp != dc)
+                pp = &(*pp)->next;
+            *pp = dc->next;
+            dns_free_one(dc);
+        }
+        dc = calloc(1, sizeof(*dc));
+        if (!dc)
+            continue;
+        dc->name = strdup(c->name);
+        dc->host = strdup(ep->host);
+        dc->port = ep->port;
+        dc->family = c->dns_lookup_family;
+        dc->type = c->type;
+        dc->refresh_s = refresh;
+        dc->seen = true;
+        ev_init(&dc->timer, dns_timer_cb);
+        dc->timer.data = dc;
+        dc->next = dns_clusters;
+        dns_clusters = dc;
+        dns_start(dc);
+    }
+    struct dns_cluster **pp = &dns_clusters;
+    while (*pp) {
+        struct dns_cluster *dc = *pp;
+        if (!dc->seen) {
+            *pp = dc->next;
+            dns_free_one(dc);
+        } else {
+            pp = &dc->next;
+        }
+    }
+}
+
+/* ---- config application ------------------------------------------------------ */
+
+/* Bind what the snapshot needs and hand it to every worker. Takes the
+ * caller's reference on success. */
+static int publish(struct sk_snapshot *s)
+{
+    char err[512];
+    struct sk_listen_fd **per = NULL;
+    if (sk_bound_prepare(&bound, s, sk_nworkers, &per, err, sizeof(err)) < 0) {
+        sk_error("config rejected: %s", err);
+        return SK_ERR_IO;
+    }
+    s->version = next_version++;
+    for (int i = 0; i < sk_nworkers; i++) {
+        struct sk_msg *m = calloc(1, sizeof(*m));
+        m->kind = SK_MSG_CONFIG;
+        m->snap = sk_snapshot_ref(s);
+        m->lfds = per[i];
+        m->nlfds = s->nlisteners;
+        sk_worker_post(&sk_workers[i], m);
+    }
+    free(per);
+    if (cur)
+        sk_snapshot_unref(cur);
+    cur = s;
+    dns_apply(s);
+    return 0;
+}
+
+static void reload(void)
+{
+    if (!opt.config_path) {
+        sk_info("SIGHUP: no config file (quick mode); nothing to reload");
+        return;
+    }
+    if (draining)
+        return;
+    struct sk_cfgerrs errs;
+    sk_cfgerrs_init(&errs, opt.config_path);
+    struct sk_snapshot *s = NULL;
+    int r = sk_config_load_file(opt.config_path, &s, &errs);
+    if (r < 0) {
+        sk_error("reload of %s rejected (%zu error%s); the previous config keeps serving:",
+                 opt.config_path, errs.n, errs.n == 1 ? "" : "s");
+        for (size_t i = 0; i < errs.n; i++)
+            sk_error("  %s:%d:%d: %s: %s", opt.config_path, errs.v[i].line, errs.v[i].col,
+                     errs.v[i].path, errs.v[i].msg);
+        sk_cfgerrs_free(&errs);
+        sk_admin_count_reload(false);
+        return;
+    }
+    sk_cfgerrs_free(&errs);
+    if (publish(s) < 0) {
+        sk_snapshot_unref(s);
+        sk_admin_count_reload(false);
+        return;
+    }
+    sk_admin_count_reload(true);
+    sk_info("reloaded %s (config version %llu)", opt.config_path,
+            (unsigned long long)cur->version);
+}
+
+/* ---- readiness, drain ------------------------------------------------------------ */
+
+static bool is_ready(void)
+{
+    if (draining || !initial_version)
+        return false;
+    for (int i = 0; i < sk_nworkers; i++)
+        if (atomic_load(&sk_workers[i].applied_version) < initial_version)
+            return false;
+    return true;
+}
+
+static const char *state_name(void)
+{
+    return draining ? "DRAINING" : is_ready() ? "LIVE" : "INITIALIZING";
+}
+
+static uint64_t config_version(void)
+{
+    return cur ? cur->version : 0;
+}
+
+static void stop_all(void)
+{
+    for (int i = 0; i < sk_nworkers; i++) {
+        struct sk_msg *m = calloc(1, sizeof(*m));
+        m->kind = SK_MSG_STOP;
+        sk_worker_post(&sk_workers[i], m);
+    }
+    ev_break(main_loop, EVBREAK_ALL);
+}
+
+static void drain_poll_cb(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    if (sk_workers_stat(SK_ST_downstream_cx_active) == 0) {
+        sk_info("drain: no connections left");
+        stop_all();
+    }
+}
+
+static void drain_deadline_cb(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    uint64_t left = sk_workers_stat(SK_ST_downstream_cx_active);
+    sk_info("drain: deadline reached with %llu connection(s) open; closing them",
+            (unsigned long long)left);
+    stop_all();
+}
+
+static void start_drain(void)
+{
+    if (draining)
+        return;
+    draining = true;
+    sk_info("draining: stopped accepting; finishing in-flight requests (up to %.1fs)",
+            opt.drain_time_s);
+    for (int i = 0; i < sk_nworkers; i++) {
+        struct sk_msg *m = calloc(1, sizeof(*m));
+        m->kind = SK_MSG_DRAIN;
+        sk_worker_post(&sk_workers[i], m);
+    }
+    ev_timer_init(&drain_poll, drain_poll_cb, 0.05, 0.05);
+    ev_timer_start(main_loop, &drain_poll);
+    ev_timer_init(&drain_deadline, drain_deadline_cb, opt.drain_time_s, 0.);
+    ev_timer_start(main_loop, &drain_deadline);
+}
+
+static void sig_cb(struct ev_loop *loop, ev_signal *s, int revents)
+{
+    if (s->signum == SIGHUP)
+        reload();
+    else
+        start_drain();
+}
+
+/* ---- argv ---------------------------------------------------------------------------- */
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+            "usage: skiff -c FILE [options]\n"
+            "       skiff --listen IP:PORT --upstream IP:PORT [--admin IP:PORT] [options]\n"
+            "       skiff --validate -c FILE\n"
+            "\n"
+            "  -c, --config FILE      Envoy v3 bootstrap YAML\n"
+            "      --validate         check the config, print every error, exit 0/1\n"
+            "      --listen ADDR      quick mode: HTTP/1.1 listener (no config file)\n"
+            "      --upstream ADDR    quick mode: the local service\n"
+            "      --admin ADDR       admin listener (default: config's admin or 127.0.0.1:15000)\n"
+            "      --concurrency N    worker threads (default 2)\n"
+            "      --drain-time-s S   graceful drain time on SIGTERM/SIGINT (default 5)\n"
+            "  -l, --log-level L      debug|info|warn|error (default info)\n"
+            "      --version\n"
+            "\n"
+            "Signals: SIGHUP reloads the config file; SIGTERM/SIGINT drain and exit.\n");
+}
+
+static int parse_args(int argc, char **argv)
+{
+    enum { O_VALIDATE = 256, O_LISTEN, O_UPSTREAM, O_ADMIN, O_CONC, O_DRAIN, O_VERSION };
+    static const struct option lo[] = {
+        {"config", required_argument, 0, 'c'},
+        {"validate", no_argument, 0, O_VALIDATE},
+        {"listen", required_argument, 0, O_LISTEN},
+        {"upstream", required_argument, 0, O_UPSTREAM},
+        {"admin", required_argument, 0, O_ADMIN},
+        {"concurrency", required_argument, 0, O_CONC},
+        {"drain-time-s", required_argument, 0, O_DRAIN},
+        {"log-level", required_argument, 0, 'l'},
+        {"version", no_argument, 0, O_VERSION},
+        {"help", no_argument, 0, 'h'},
+        {0, 0, 0, 0},
+    };
+    int c;
+    while ((c = getopt_long(argc, argv, "c:l:h", lo, NULL)) != -1) {
+        char *end;
+        switch (c) {
+        case 'c': opt.config_path = optarg; break;
+        case O_VALIDATE: opt.validate = true; break;
+        case O_LISTEN: opt.listen = optarg; break;
+        case O_UPSTREAM: opt.upstream = optarg; break;
+        case O_ADMIN: opt.admin = optarg; break;
+        case O_CONC:
+            opt.concurrency = (int)strtol(optarg, &end, 10);
+            if (*end || opt.concurrency < 1 || opt.concurrency > SK_MAX_WORKERS) {
+                fprintf(stderr, "skiff: --concurrency must be 1..%d\n", SK_MAX_WORKERS);
+                return -1;
+            }
+            break;
+        case O_DRAIN:
+            opt.drain_time_s = strtod(optarg, &end);
+            if (*end || opt.drain_time_s < 0 || opt.drain_time_s > 3600) {
+                fprintf(stderr, "skiff: --drain-time-s must be 0..3600\n");
+                return -1;
+            }
+            break;
+        case 'l': {
+            int l = sk_log_level_parse(optarg);
+            if (l < 0) {
+                fprintf(stderr, "skiff: unknown log level '%s'\n", optarg);
+                return -1;
+            }
+            sk_log_level = l;
+            break;
+        }
+        case O_VERSION: printf("skiff %s\n", SKIFF_VERSION); exit(0);
+        case 'h': usage(stdout); exit(0);
+        default: usage(stderr); return -1;
+        }
+    }
+    if (optind < argc) {
+        fprintf(stderr, "skiff: unexpected argument '%s'\n", argv[optind]);
+        return -1;
+    }
+    if (!opt.config_path && !(opt.listen && opt.upstream)) {
+        usage(stderr);
+        return -1;
+    }
+    if (opt.config_path && (opt.listen || opt.upstream)) {
+        fprintf(stderr, "skiff: use either -c FILE or --listen/--upstream, not both\n");
+        return -1;
+    }
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    if (parse_args(argc, argv) < 0)
+        return 2;
+    signal(SIGPIPE, SIG_IGN);
+
+    struct sk_cfgerrs errs;
+    sk_cfgerrs_init(&errs, opt.config_path ? opt.config_path : "<command line>");
+    struct sk_snapshot *s = NULL;
+    int r = opt.config_path ? sk_config_load_file(opt.config_path, &s, &errs)
+                            : sk_config_quick(opt.listen, opt.upstream, opt.admin, &s, &errs);
+    if (r < 0) {
+        sk_cfgerrs_print(&errs, stderr);
+        fprintf(stderr, "skiff: configuration rejected (%zu error%s)\n", errs.n,
+                errs.n == 1 ? "" : "s");
+        sk_cfgerrs_free(&errs);
+        return 1;
+    }
+    sk_cfgerrs_free(&errs);
+    if (opt.validate) {
+        printf("%s: configuration OK (%zu listener%s, %zu cluster%s)\n",
+               opt.config_path ? opt.config_path : "<command line>", s->nlisteners,
+               s->nlisteners == 1 ? "" : "s", s->nclusters, s->nclusters == 1 ? "" : "s");
+        sk_snapshot_unref(s);
+        return 0;
+    }
+
+    main_loop = ev_default_loop(EVFLAG_NOENV);
+    /* workers must not take signals: block them before the threads start */
+    sigset_t set, old;
+    sigemptyset(&set);
+    sigaddset(&set, SIGHUP);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGINT);
+    pthread_sigmask(SIG_BLOCK, &set, &old);
+    if (sk_workers_start(opt.concurrency) < 0) {
+        fprintf(stderr, "skiff: cannot start workers\n");
+        return 1;
+    }
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+
+    /* admin: --admin wins, then the bootstrap's, then the default */
+    struct sk_sockaddr aaddr;
+    const char *astr = opt.admin;
+    if (!astr && s->admin.enabled) {
+        aaddr = s->admin.addr;
+        astr = s->admin.addr_str;
+    } else if (!astr) {
+        astr = "127.0.0.1:15000";
+    }
+    if ((opt.admin || !s->admin.enabled) && sk_addr_parse(astr, &aaddr) < 0) {
+        fprintf(stderr, "skiff: bad admin address '%s'\n", astr);
+        return 1;
+    }
+    struct sk_admin_hooks hooks = {is_ready, state_name, start_drain, config_version};
+    const char *why = "";
+    int ar = sk_admin_start(main_loop, &aaddr, &hooks, &why);
+    if (ar < 0) {
+        fprintf(stderr, "skiff: admin listener %s: %s: %s\n", astr, why, strerror(-ar));
+        return 1;
+    }
+
+    if (publish(s) < 0) {
+        fprintf(stderr, "skiff: cannot bind the configured listeners\n");
+        return 1;
+    }
+    initial_version = cur->version;
+    for (size_t i = 0; i < cur->nlisteners; i++)
+        sk_info("listener %s on %s", cur->listeners[i].name, cur->listeners[i].addr_str);
+    sk_info("skiff %s started: %d worker(s), admin on %s", SKIFF_VERSION, sk_nworkers, astr);
+
+    ev_signal_init(&sig_hup, sig_cb, SIGHUP);
+    ev_signal_start(main_loop, &sig_hup);
+    ev_signal_init(&sig_term, sig_cb, SIGTERM);
+    ev_signal_start(main_loop, &sig_term);
+    ev_signal_init(&sig_int, sig_cb, SIGINT);
+    ev_signal_start(main_loop, &sig_int);
+
+    ev_run(main_loop, 0);
+
+    sk_workers_join();
+    sk_admin_stop();
+    sk_info("skiff stopped");
+    return 0;
 }

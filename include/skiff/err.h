@@ -25,6 +25,7 @@ enum {
     SK_ERR_H1_TOO_MANY_HDRS = -26, /* header count over the limit */
     SK_ERR_H1_BAD_VERSION = -27,   /* unsupported HTTP version */
     SK_ERR_H1_BAD_CL = -28,        /* unparsable Content-Length */
+    SK_ERR_H1_BAD_TE = -29,        /* well-formed but unsupported transfer coding (-> 501) */
 };
 
 const char *sk_strerror(int err);

@@ -21,6 +21,35 @@
  * HTTP versions other than 1.0 / 1.1; request-targets with CTL or space;
  * header sections larger than max_head_bytes or with more than max_headers
  * fields. Leading empty lines before a request line (RFC 9112 2.2) are skipped.
+ *
+ * Error codes (all negative; see err.h):
+ *   SK_ERR_H1_BAD_START    request/status line syntax; request-target form that
+ *                          does not fit the method (authority-form only and
+ *                          always for CONNECT, "*" only for OPTIONS, otherwise
+ *                          origin-form "/..." or absolute-form "scheme:...");
+ *                          request-target bytes outside 0x21..0x7e (obs-text
+ *                          included); whitespace-led line right after the
+ *                          start line; status code < 100
+ *   SK_ERR_H1_BAD_VERSION  "HTTP/d.d" other than 1.0 / 1.1
+ *   SK_ERR_H1_BAD_HEADER   field syntax; Host missing (1.1) / repeated / with
+ *                          chars outside uri-host[:port]; Upgrade repeated
+ *   SK_ERR_H1_OBS_FOLD     a continuation line
+ *   SK_ERR_H1_BAD_CL       Content-Length not 1*DIGIT (list of), > INT64_MAX
+ *   SK_ERR_H1_SMUGGLE      CL+TE (either order); differing CL values; TE in an
+ *                          HTTP/1.0 message; TE list that is empty, has empty
+ *                          elements, parameters or non-token bytes, or names a
+ *                          coding after "chunked" ("chunked, chunked"); request
+ *                          TE whose final coding is not chunked ("xchunked",
+ *                          "gzip"); CONNECT request with TE or CL != 0
+ *   SK_ERR_H1_BAD_TE       TE otherwise fine but naming a coding we do not
+ *                          implement: request "gzip, chunked" (reply 501);
+ *                          response: any coding other than chunked
+ *   SK_ERR_H1_HDR_TOO_LARGE / SK_ERR_H1_TOO_MANY_HDRS  limits
+ * The status line "HTTP/1.1 200\r\n" (no SP before an empty reason) is
+ * tolerated: unambiguous and seen in the wild.
+ *
+ * Speed: one pass, a 256-entry class table, no allocation. Head parsing is
+ * stateless: callers re-call with the grown buffer (heads are small).
  */
 #ifndef SKIFF_HTTP1_H
 #define SKIFF_HTTP1_H
@@ -54,6 +83,12 @@ enum sk_h1_body_kind {
 #define SK_H1_F_CONNECT 0x80        /* request method CONNECT */
 #define SK_H1_F_HEAD 0x100          /* request method HEAD */
 
+#define SK_H1_DEFAULT_MAX_HEAD (60 * 1024)
+/* Longest chunk-size line (size + extensions, excluding CRLF) accepted. */
+#define SK_H1_MAX_CHUNK_LINE 4096
+
+/* lim == NULL means { SK_H1_DEFAULT_MAX_HEAD, m->hdrs_cap }; max_head_bytes 0
+ * means the default; max_headers is clamped to m->hdrs_cap. */
 struct sk_h1_limits {
     size_t max_head_bytes; /* whole head incl. start line, default 60 KiB */
     size_t max_headers;    /* field count, must be <= capacity of hdrs array */
@@ -71,6 +106,8 @@ struct sk_h1_msg {
     size_t reason_len;
     /* both */
     int minor_version; /* 0 or 1 */
+    /* Every field line, in order, including Host/CL/TE/Connection (the
+     * proxy strips hop-by-hop fields itself). */
     struct sk_h1_header *hdrs; /* caller-provided array */
     size_t nhdrs;
     size_t hdrs_cap;
@@ -83,8 +120,12 @@ struct sk_h1_msg {
     size_t upgrade_len;
 };
 
-/* Parse a request head. `m->hdrs` / `m->hdrs_cap` must be set by the caller.
- * Returns head length (> 0), SK_ERR_AGAIN, or SK_ERR_H1_*.
+/* Parse a request head. `m->hdrs` / `m->hdrs_cap` must be set by the caller;
+ * every other field of *m is overwritten (also on error).
+ * Returns head length (> 0; includes skipped leading CRLFs), SK_ERR_AGAIN, or
+ * SK_ERR_H1_*. Flags: KEEPALIVE = (1.1 or "Connection: keep-alive") and no
+ * "close"; EXPECT_CONTINUE and UPGRADE only for HTTP/1.1 (RFC 9110 10.1.1,
+ * 7.8 say to ignore them in 1.0 requests).
  * Also rejects: HTTP/1.1 request without Host, or with more than one Host
  * (SK_ERR_H1_BAD_HEADER). Body kind: TE chunked -> CHUNKED, CL -> LENGTH (0 ->
  * NONE), neither -> NONE. */
@@ -94,6 +135,10 @@ ssize_t sk_h1_parse_request(const char *buf, size_t len, struct sk_h1_msg *m,
 /* Parse a response head. `req_flags` are the flags of the request it answers
  * (SK_H1_F_HEAD / SK_H1_F_CONNECT matter for body framing: HEAD responses,
  * 1xx, 204, 304 and 2xx-to-CONNECT have no body). No CL/TE -> EOF-delimited.
+ * CL 0 -> NONE. CL/TE are still validated on bodiless responses, except on a
+ * 2xx to CONNECT where they are ignored entirely (RFC 9110 9.3.6).
+ * KEEPALIVE is never set on an EOF-delimited response. UPGRADE as for
+ * requests (meaningful with status 101).
  * Returns head length, SK_ERR_AGAIN, or SK_ERR_H1_*. 1xx responses are
  * returned like any other (status 100..199, body NONE); the caller loops. */
 ssize_t sk_h1_parse_response(const char *buf, size_t len, struct sk_h1_msg *m,
@@ -111,19 +156,23 @@ struct sk_h1_body {
     int kind;            /* enum sk_h1_body_kind */
     int state;           /* internal */
     uint64_t remaining;  /* LENGTH: bytes left; CHUNKED: bytes left in chunk */
-    size_t line_len;     /* internal: bytes of a size/trailer line seen so far */
-    size_t trailer_bytes; /* internal: total trailer bytes, bounded by max_head_bytes */
+    size_t line_len;     /* internal: bytes of the chunk-size line seen so far */
+    size_t trailer_bytes; /* internal: trailer bytes already verified (whole lines) */
     size_t max_trailer_bytes;
 };
 
+/* max_trailer_bytes 0 means SK_H1_DEFAULT_MAX_HEAD. NONE, and LENGTH with
+ * content_length 0, are DONE at once. */
 void sk_h1_body_init(struct sk_h1_body *b, int kind, uint64_t content_length,
                      size_t max_trailer_bytes);
 
 /* Event produced by one sk_h1_body_step call. */
 enum sk_h1_body_ev {
-    SK_H1_BEV_NEED_MORE = 0, /* consumed everything given, no data yet */
-    SK_H1_BEV_DATA = 1,      /* *data/*data_len is body payload (de-chunked) */
-    SK_H1_BEV_TRAILERS = 2,  /* *data/*data_len is the raw trailer section
+    SK_H1_BEV_NEED_MORE = 0, /* nothing to report: call again once more input
+                                arrived; unconsumed bytes (an incomplete trailer
+                                section) must be presented again in front of it */
+    SK_H1_BEV_DATA = 1,      /* *data, *data_len is body payload (de-chunked) */
+    SK_H1_BEV_TRAILERS = 2,  /* *data, *data_len is the raw trailer section
                                 (field lines, each ending CRLF, final CRLF excluded;
                                 may be empty) -- parse with sk_h1_parse_trailers */
     SK_H1_BEV_DONE = 3,      /* message body complete */
@@ -131,21 +180,30 @@ enum sk_h1_body_ev {
 
 /* Decode from `in`. Returns bytes consumed (>= 0) and sets *ev (+ *data /
  * *data_len for DATA, pointing into `in`), or a negative SK_ERR_H1_BAD_CHUNK /
- * SK_ERR_H1_HDR_TOO_LARGE. Call repeatedly; after DONE, bytes not consumed
+ * SK_ERR_H1_HDR_TOO_LARGE (trailers over max_trailer_bytes) / the field errors
+ * of sk_h1_parse_trailers (trailers are validated here already, so a caller
+ * may relay them raw). One event per call: chunked bodies give DATA*,
+ * TRAILERS (always, possibly empty), DONE; DONE is repeated on further calls
+ * with 0 consumed. Call repeatedly; after DONE, bytes not consumed
  * belong to the next message (pipelining). For TRAILERS the caller must keep
  * the consumed bytes valid until it has parsed them (they are returned in one
  * piece: the step returns NEED_MORE with 0 consumed until the whole trailer
  * section is in `in`). For EOF kind every byte is DATA and DONE never comes
  * from here (the caller ends the body at connection close).
  * Chunk sizes: hex digits only (no sign, no 0x, no spaces before the digits),
- * at most 16 hex digits / no overflow; chunk extensions (;name=value) are
- * skipped but must be token chars/quoted strings; the CRLF after chunk data is
- * required. */
+ * value <= INT64_MAX (leading zeros allowed within SK_H1_MAX_CHUNK_LINE);
+ * chunk extensions (*( BWS ";" BWS name [ BWS "=" BWS token/quoted-string ]))
+ * are skipped but must be well-formed (no trailing whitespace, no bare CR/LF);
+ * the size line is bounded by SK_H1_MAX_CHUNK_LINE; the CRLF after chunk data
+ * is required. */
 ssize_t sk_h1_body_step(struct sk_h1_body *b, const char *in, size_t len, int *ev,
                         const char **data, size_t *data_len);
 
 /* Parse a raw trailer section (as given by SK_H1_BEV_TRAILERS) into hdrs.
- * Returns number of fields or SK_ERR_H1_*. Same field rules as heads. */
+ * Returns number of fields or SK_ERR_H1_*. Same field rules as heads; in
+ * addition Content-Length, Transfer-Encoding and Host are rejected
+ * (SK_ERR_H1_BAD_HEADER; RFC 9110 6.5.1), more than `cap` fields is
+ * SK_ERR_H1_TOO_MANY_HDRS. */
 ssize_t sk_h1_parse_trailers(const char *buf, size_t len, struct sk_h1_header *hdrs,
                              size_t cap);
 

@@ -104,14 +104,38 @@ enum sk_route_action_kind {
     SK_ROUTE_REDIRECT = 3, /* redirect (reserved; translate rejects it for now) */
 };
 
+/* RetryPolicy.retry_on tokens (comma list in the config) */
+enum {
+    SK_RETRY_ON_5XX = 1u << 0,
+    SK_RETRY_ON_GATEWAY_ERROR = 1u << 1, /* 502, 503, 504 */
+    SK_RETRY_ON_RESET = 1u << 2,
+    SK_RETRY_ON_RESET_BEFORE_REQUEST = 1u << 3,
+    SK_RETRY_ON_CONNECT_FAILURE = 1u << 4,
+    SK_RETRY_ON_ENVOY_RATELIMITED = 1u << 5,
+    SK_RETRY_ON_RETRIABLE_4XX = 1u << 6, /* 409 */
+    SK_RETRY_ON_REFUSED_STREAM = 1u << 7,
+    SK_RETRY_ON_RETRIABLE_STATUS_CODES = 1u << 8,
+    SK_RETRY_ON_HTTP3_POST_CONNECT_FAILURE = 1u << 9, /* accepted, never fires (no h3) */
+    /* gRPC status in response headers/trailers */
+    SK_RETRY_ON_GRPC_CANCELLED = 1u << 16,
+    SK_RETRY_ON_GRPC_DEADLINE_EXCEEDED = 1u << 17,
+    SK_RETRY_ON_GRPC_INTERNAL = 1u << 18,
+    SK_RETRY_ON_GRPC_RESOURCE_EXHAUSTED = 1u << 19,
+    SK_RETRY_ON_GRPC_UNAVAILABLE = 1u << 20,
+};
+
 struct sk_retry_policy { /* filled by the resilience work (issue 5) */
     uint32_t retry_on;   /* bit set, SK_RETRY_ON_* */
-    uint32_t num_retries;
-    uint64_t per_try_timeout_ms; /* SK_DUR_NONE = none */
-    uint64_t base_interval_ms;
-    uint64_t max_interval_ms;
+    uint32_t num_retries; /* default 1 */
+    uint64_t per_try_timeout_ms; /* SK_DUR_NONE = none (default) */
+    uint64_t base_interval_ms;   /* retry_back_off.base_interval, default 25 */
+    uint64_t max_interval_ms;    /* default 10 x base */
     uint32_t *retriable_status_codes;
     size_t nretriable_status_codes;
+    /* retry_host_predicate envoy.retry_host_predicates.previous_hosts present:
+     * a retry should pick a host not tried before */
+    bool retry_other_host;
+    uint32_t host_selection_retry_max_attempts; /* default 1 */
 };
 
 struct sk_route {
@@ -131,7 +155,15 @@ struct sk_route {
     char *host_rewrite_literal; /* NULL = none */
     uint64_t timeout_ms;        /* route.timeout; default 15000; 0s -> SK_DUR_NONE */
     uint64_t idle_timeout_ms;   /* SK_DUR_NONE unless set */
-    struct sk_retry_policy *retry; /* NULL = no retries */
+    bool idle_timeout_set;      /* route.idle_timeout given: it overrides the HCM's
+                                   stream_idle_timeout (SK_DUR_NONE then = disabled) */
+    uint64_t max_stream_duration_ms; /* max_stream_duration.max_stream_duration; SK_DUR_NONE
+                                        = use the HCM's (default) */
+    bool auto_host_rewrite;     /* :authority = chosen endpoint's hostname (DNS clusters) */
+    uint32_t cluster_not_found_status; /* cluster_not_found_response_code: 503 (default),
+                                          404 or 500; only reachable with dynamic CDS */
+    struct sk_retry_policy *retry; /* NULL = no retries; the vhost's policy is copied in
+                                      when the route has none */
 
     /* SK_ROUTE_DIRECT */
     uint32_t direct_status;
@@ -148,6 +180,8 @@ struct sk_vhost {
     struct sk_route *routes;
     size_t nroutes;
     struct sk_hdr_ops hdrs_req, hdrs_resp;
+    bool include_request_attempt_count;     /* x-envoy-attempt-count upstream */
+    bool include_attempt_count_in_response; /* x-envoy-attempt-count downstream */
 };
 
 struct sk_route_config {
@@ -155,6 +189,7 @@ struct sk_route_config {
     struct sk_vhost *vhosts;
     size_t nvhosts;
     struct sk_hdr_ops hdrs_req, hdrs_resp;
+    bool ignore_port_in_host_matching; /* strip ":port" from Host before domain match */
 };
 
 /* ---- listeners ----------------------------------------------------------- */
@@ -181,6 +216,16 @@ struct sk_hcm { /* HttpConnectionManager */
     int server_header_transformation; /* 0 OVERWRITE, 1 APPEND_IF_ABSENT, 2 PASS_THROUGH */
     bool allow_websocket;          /* upgrade_configs contains "websocket" */
     bool allow_connect;            /* upgrade_configs contains "CONNECT" */
+    uint64_t max_stream_duration_ms; /* common_http_protocol_options.max_stream_duration,
+                                        default SK_DUR_NONE */
+    bool normalize_path;           /* default false */
+    bool merge_slashes;            /* default false */
+    bool proxy_100_continue;       /* default false */
+    /* http2_protocol_options (downstream), Envoy's defaults */
+    uint32_t h2_max_concurrent_streams;        /* default 2147483647 */
+    uint32_t h2_initial_stream_window_size;    /* default 268435456 */
+    uint32_t h2_initial_connection_window_size; /* default 268435456 */
+    uint32_t h2_hpack_table_size;              /* default 4096 */
     /* http_filters other than the router, in order (fault etc. later issues) */
     struct sk_http_filter_cfg *filters;
     size_t nfilters;
@@ -282,11 +327,15 @@ struct sk_cluster {
     char *name;
     size_t index; /* position in snapshot->clusters */
     int type;     /* enum sk_cluster_type */
+    char *eds_service_name; /* EDS only: eds_cluster_config.service_name, else the name */
     int lb_policy; /* enum sk_lb_policy */
     uint32_t lr_choice_count; /* least_request_lb_config.choice_count, default 2 */
     uint64_t connect_timeout_ms; /* default 5000 */
     uint64_t dns_refresh_rate_ms; /* default 5000 */
     int dns_lookup_family; /* 0 AUTO, 1 V4_ONLY, 2 V6_ONLY, 3 V4_PREFERRED, 4 ALL */
+    bool respect_dns_ttl;  /* default false */
+    double healthy_panic_percent; /* common_lb_config.healthy_panic_threshold, default 50;
+                                     0 disables panic mode */
     struct sk_endpoint *endpoints;
     size_t nendpoints;
     uint32_t per_connection_buffer_limit_bytes; /* default 1 MiB */
@@ -308,6 +357,18 @@ struct sk_admin_cfg {
     char *addr_str;
 };
 
+struct sk_xds_cfg { /* dynamic_resources (issue 7) */
+    bool ads;                  /* ads_config present */
+    char *ads_cluster;         /* ads_config.grpc_services[0].envoy_grpc.cluster_name */
+    struct sk_cluster *cluster; /* that static cluster, resolved */
+    bool lds;                  /* lds_config: ads */
+    bool cds;                  /* cds_config: ads. Then route/tcp_proxy references to
+                                  clusters not in static_resources are allowed and left
+                                  with cluster == NULL (the data plane answers 503
+                                  "cluster not found" until CDS delivers it). */
+    bool set_node_on_first_message_only;
+};
+
 struct sk_snapshot {
     atomic_int refs;
     struct sk_arena arena;
@@ -318,7 +379,10 @@ struct sk_snapshot {
     size_t nlisteners;
     struct sk_cluster *clusters;
     size_t nclusters;
-    struct sk_admin_cfg admin;
+    struct sk_cluster **clusters_by_name; /* nclusters entries sorted by strcmp(name) */
+    struct sk_admin_cfg admin; /* enabled only if the bootstrap has admin.address; main
+                                  adds the 127.0.0.1:15000 default from argv */
+    struct sk_xds_cfg xds;
 };
 
 /* Reference counting; safe from any thread. The last unref frees the arena. */

@@ -8,9 +8,9 @@
 #include "skiff/cfgerr.h"
 #include "skiff/model.h"
 
-struct _Envoy__Config__Bootstrap__V3__Bootstrap;
+struct Envoy__Config__Bootstrap__V3__Bootstrap;
 
-int sk_snapshot_build(const struct _Envoy__Config__Bootstrap__V3__Bootstrap *bs,
+int sk_snapshot_build(const struct Envoy__Config__Bootstrap__V3__Bootstrap *bs,
                       struct sk_snapshot **out, struct sk_cfgerrs *errs);
 
 #endif

@@ -23,6 +23,7 @@ const char *sk_strerror(int err)
     case SK_ERR_H1_TOO_MANY_HDRS: return "too many header fields";
     case SK_ERR_H1_BAD_VERSION: return "unsupported HTTP version";
     case SK_ERR_H1_BAD_CL: return "invalid Content-Length";
+    case SK_ERR_H1_BAD_TE: return "unsupported transfer coding";
     }
     return "unknown error";
 }

@@ -1,0 +1,35 @@
+/* Admin HTTP server on the main thread's loop. Small, separate from the data
+ * path: one request per connection, bounded input, closes after replying.
+ *   GET /ready             200 "LIVE" once listeners are bound and the initial
+ *                          config applied by every worker; 503 before and
+ *                          while draining
+ *   GET /stats             plain "name: value" counters, summed over workers
+ *   GET /stats/prometheus  same counters in Prometheus text format
+ *   GET /server_info       state, version, config version, uptime
+ *   POST /quitquitquit     start a graceful drain and exit (like SIGTERM)
+ *   POST /healthcheck/fail | /healthcheck/ok  force /ready to 503 / clear it
+ */
+#ifndef SKIFF_ADMIN_H
+#define SKIFF_ADMIN_H
+
+#include <ev.h>
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "skiff/model.h"
+
+struct sk_admin_hooks {
+    bool (*ready)(void);        /* listeners bound + config applied + not draining */
+    const char *(*state)(void); /* "INITIALIZING" / "LIVE" / "DRAINING" */
+    void (*quit)(void);         /* start graceful shutdown */
+    uint64_t (*config_version)(void);
+};
+
+/* Returns 0, or a negative errno with *why set. */
+int sk_admin_start(struct ev_loop *loop, const struct sk_sockaddr *addr,
+                   const struct sk_admin_hooks *hooks, const char **why);
+void sk_admin_stop(void);
+/* Extra counters owned by the main thread (reloads). */
+void sk_admin_count_reload(bool ok);
+
+#endif

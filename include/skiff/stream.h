@@ -1,0 +1,179 @@
+/* The HTTP stream: one request/response exchange, codec-neutral.
+ *
+ * A downstream codec (http1 server now, h2 later) parses a request into a
+ * struct sk_stream and drives it with sk_stream_headers / _data / _end; the
+ * router (filters/router.c) picks the route, cluster and host and talks to the
+ * upstream connection; the response comes back through the codec's ops.
+ *
+ * Every stream ends with exactly one termination cause (enum sk_term). The
+ * access log flag, the counters and a local reply's body and x-skiff-flags
+ * header all derive from it. */
+#ifndef SKIFF_STREAM_H
+#define SKIFF_STREAM_H
+
+#include <ev.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "skiff/arena.h"
+#include "skiff/model.h"
+
+struct sk_worker;
+struct sk_upconn;
+struct sk_host;
+struct sk_cluster_rt;
+
+enum sk_term {
+    SK_TERM_NONE = 0,         /* completed normally */
+    SK_TERM_NO_ROUTE,         /* NR  404 */
+    SK_TERM_NO_HEALTHY,       /* UH  503 */
+    SK_TERM_CONNECT_FAIL,     /* UF  503 */
+    SK_TERM_UPSTREAM_RESET,   /* UC  502 upstream closed/reset before a full response */
+    SK_TERM_UPSTREAM_TIMEOUT, /* UT  504 route timeout */
+    SK_TERM_OVERFLOW,         /* UO  503 circuit breaker / buffer overflow */
+    SK_TERM_DOWNSTREAM_PROTO, /* DPE 400 malformed request */
+    SK_TERM_UPSTREAM_PROTO,   /* UPE 502 malformed response */
+    SK_TERM_CLIENT_RESET,     /* DC  client went away */
+    SK_TERM_DIRECT_RESPONSE,  /* --  direct_response route (not an error) */
+    SK_TERM_FAULT_ABORT,      /* FI  fault injected */
+    SK_TERM_NO_CLUSTER,       /* NC  503 route names a cluster that does not exist */
+    SK_TERM_UPGRADE_REFUSED,  /* --  403 upgrade / CONNECT not enabled */
+    SK_TERM_STREAM_IDLE,      /* SI  408/504 stream idle timeout */
+    SK_TERM_DRAINING,         /* --  503 listener draining */
+    SK_TERM__COUNT
+};
+
+/* Envoy-style response flag ("UF"), default status and a user-facing reason. */
+const char *sk_term_flag(int cause);
+int sk_term_status(int cause);
+const char *sk_term_reason(int cause);
+
+struct sk_hdr {
+    const char *name; /* lower-case */
+    uint32_t nlen;
+    const char *value;
+    uint32_t vlen;
+};
+
+struct sk_hdrs {
+    struct sk_hdr *v;
+    uint32_t n, cap;
+};
+
+/* Append (copying both strings into the arena). 0 or SK_ERR_NOMEM. */
+int sk_hdrs_add(struct sk_hdrs *h, struct sk_arena *a, const char *name, size_t nlen,
+                const char *value, size_t vlen);
+struct sk_hdr *sk_hdrs_get(const struct sk_hdrs *h, const char *lname, size_t nlen);
+void sk_hdrs_del(struct sk_hdrs *h, const char *lname, size_t nlen);
+
+struct sk_stream;
+
+/* What the router calls on the downstream codec. */
+struct sk_downstream_ops {
+    /* Send the response head. content_length < 0 = unknown (chunked / EOF).
+     * end_stream = no body follows. */
+    void (*send_head)(struct sk_stream *st, int status, const struct sk_hdrs *h,
+                      int64_t content_length, bool end_stream);
+    void (*send_data)(struct sk_stream *st, const char *p, size_t n);
+    void (*send_trailers)(struct sk_stream *st, const struct sk_hdrs *t); /* NULL/empty ok */
+    void (*send_end)(struct sk_stream *st); /* response complete */
+    /* Abort the stream downstream (h1: close the connection). */
+    void (*reset)(struct sk_stream *st);
+    bool (*congested)(struct sk_stream *st);
+    void (*pause_read)(struct sk_stream *st, bool pause);
+    /* 101 was sent: switch the downstream connection to raw tunnel mode */
+    void (*tunnel)(struct sk_stream *st);
+    void (*send_1xx)(struct sk_stream *st, int status); /* 100 Continue relay */
+};
+
+enum sk_stream_state {
+    SK_ST_S_HEADERS = 0, /* request head received, routing */
+    SK_ST_S_UPSTREAM,    /* request being sent / awaiting response */
+    SK_ST_S_RESPONDING,  /* response head sent downstream */
+    SK_ST_S_TUNNEL,      /* upgraded */
+    SK_ST_S_DONE,
+};
+
+struct sk_stream {
+    struct sk_worker *w;
+    struct sk_arena arena;
+    const struct sk_downstream_ops *ops;
+    void *conn; /* the codec's connection */
+    uint64_t conn_id;
+    uint32_t stream_id;
+    int state;
+    int cause; /* enum sk_term, set exactly once */
+
+    /* config this stream runs with (the connection holds the snapshot ref) */
+    const struct sk_snapshot *snap;
+    const struct sk_listener *listener;
+    const struct sk_hcm *hcm;
+    const struct sk_vhost *vhost;
+    const struct sk_route *route;
+    const struct sk_cluster *cluster;
+    const struct sk_hdr_ops *cw_req, *cw_resp; /* weighted cluster header ops */
+
+    /* request */
+    const char *method;
+    uint32_t method_len;
+    const char *path;
+    uint32_t path_len;
+    const char *authority; /* Host / :authority */
+    uint32_t authority_len;
+    const char *scheme; /* "http" / "https" */
+    struct sk_hdrs req;
+    unsigned req_flags; /* SK_H1_F_* */
+    int req_body_kind;  /* enum sk_h1_body_kind (NONE, LENGTH, CHUNKED) */
+    uint64_t req_content_length;
+    bool req_end;     /* whole request received from downstream */
+    bool upgrade;     /* websocket upgrade requested and allowed */
+    char peer_ip[48];
+    bool downstream_tls;
+
+    /* upstream */
+    struct sk_cluster_rt *crt;
+    struct sk_host *host;
+    struct sk_upconn *up;
+    bool up_sent_head;
+    int up_body_kind; /* how the body is framed upstream */
+    bool up_retried;  /* reused keep-alive connection failed; retried once */
+
+    /* response */
+    int status;
+    bool resp_started; /* head sent downstream */
+    bool resp_chunked_up;
+    bool resp_head_req; /* HEAD: no body downstream */
+    uint64_t bytes_rx, bytes_tx;
+
+    ev_timer timeout; /* route timeout */
+    double t_start;
+};
+
+/* Called by the codec once the request head is parsed into st. The router
+ * takes over. */
+void sk_stream_headers(struct sk_stream *st);
+/* Request body bytes (already de-framed). */
+void sk_stream_data(struct sk_stream *st, const char *p, size_t n);
+/* Request complete (optional trailers). */
+void sk_stream_end(struct sk_stream *st, const struct sk_hdrs *trailers);
+/* Downstream went away / codec error: stop everything upstream. */
+void sk_stream_abort(struct sk_stream *st, int cause);
+/* Downstream output drained below the low mark: resume the upstream reader. */
+void sk_stream_downstream_drained(struct sk_stream *st);
+/* Tunnel mode: raw bytes from downstream to upstream / half-close. */
+void sk_stream_tunnel_data(struct sk_stream *st, const char *p, size_t n);
+void sk_stream_tunnel_eof(struct sk_stream *st);
+
+/* Send a locally generated reply for `cause` (status from the cause unless
+ * status > 0), with x-skiff-flags and a text body saying why. */
+void sk_stream_local_reply(struct sk_stream *st, int cause, int status, const char *detail);
+/* Release per-stream resources (upstream conn, timer, arena). The codec
+ * calls it when the stream is finished on its side. */
+void sk_stream_cleanup(struct sk_stream *st);
+
+/* Router helpers (exposed for unit tests). */
+const struct sk_vhost *sk_route_vhost(const struct sk_route_config *rc, const char *host,
+                                      size_t len);
+const struct sk_route *sk_route_match(const struct sk_vhost *vh, const struct sk_stream *st);
+
+#endif

@@ -1,0 +1,134 @@
+/* Upstream runtime state (per worker, keyed by cluster name so it survives
+ * config pushes): hosts, load balancing, and the HTTP/1.1 keep-alive pool.
+ *
+ * Ownership: a cluster_rt lives as long as the worker. Hosts are refcounted:
+ * the cluster's current host list holds one ref, every upstream connection
+ * holds one (so a DNS change never frees a host under a live connection). */
+#ifndef SKIFF_UPSTREAM_H
+#define SKIFF_UPSTREAM_H
+
+#include <ev.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "skiff/buf.h"
+#include "skiff/http1.h"
+#include "skiff/model.h"
+#include "skiff/worker.h"
+
+struct sk_upconn;
+
+struct sk_host {
+    struct sk_cluster_rt *cl;
+    struct sk_sockaddr addr;
+    char addr_str[64];
+    uint32_t weight;
+    int cfg_health; /* enum sk_health_status from config */
+    int refs;
+    uint32_t active_rq;
+    uint32_t active_cx;
+    int32_t swrr_current; /* smooth weighted round robin state */
+    struct sk_upconn *idle; /* idle keep-alive connections, most recent first */
+    uint32_t nidle;
+    bool removed;
+};
+
+struct sk_cluster_rt {
+    struct sk_cluster_rt *next;
+    char *name;
+    struct sk_worker *w;
+    const struct sk_cluster *cfg; /* from the worker's current snapshot */
+    struct sk_host **hosts;
+    size_t nhosts;
+    uint32_t rr;
+    bool weighted; /* any weight != 1 */
+    uint32_t active_rq;
+    uint32_t active_cx;
+    uint32_t pending;
+};
+
+/* Worker: bring cluster runtimes in line with a new snapshot (create new
+ * ones, refresh config pointers, set hosts of STATIC clusters). */
+void sk_clusters_apply(struct sk_worker *w, struct sk_snapshot *snap);
+/* Worker: replace the host set of a DNS cluster. */
+void sk_clusters_set_hosts(struct sk_worker *w, const char *cluster, const struct sk_sockaddr *a,
+                           size_t n);
+
+/* Pick a host (ROUND_ROBIN with weights / LEAST_REQUEST P2C / RANDOM);
+ * NULL when the cluster has no usable host. Hosts whose health is
+ * UNHEALTHY/DRAINING/TIMEOUT are skipped. */
+struct sk_host *sk_lb_choose(struct sk_cluster_rt *c);
+
+void sk_host_ref(struct sk_host *h);
+void sk_host_unref(struct sk_host *h);
+
+/* ---- HTTP/1.1 upstream connection --------------------------------------- */
+
+/* What an upstream connection reports to its user (the router). Each
+ * callback may call sk_upconn_release/abort on the connection. */
+struct sk_upconn_cbs {
+    void (*on_connected)(void *ctx);
+    /* response head; `m` and its header pointers are valid during the call */
+    void (*on_response)(void *ctx, const struct sk_h1_msg *m);
+    void (*on_data)(void *ctx, const char *p, size_t n);
+    void (*on_trailers)(void *ctx, const struct sk_h1_header *h, size_t n);
+    void (*on_complete)(void *ctx); /* response fully received */
+    /* failure: cause is enum sk_term (stream.h); `sent` = any byte of the
+     * response reached the user already */
+    void (*on_error)(void *ctx, int cause, const char *detail);
+    void (*on_drained)(void *ctx); /* output buffer went below the low mark */
+};
+
+enum sk_upconn_state {
+    SK_UP_S_CONNECTING = 0,
+    SK_UP_S_IDLE,
+    SK_UP_S_ACTIVE,
+    SK_UP_S_CLOSED,
+};
+
+struct sk_upconn {
+    struct sk_reap reap;
+    struct sk_worker *w;
+    struct sk_host *host;
+    int fd;
+    int state;
+    ev_io io;
+    ev_timer timer; /* connect timeout, then idle timeout */
+    struct sk_buf in, out;
+    struct sk_upconn *pool_next;
+    const struct sk_upconn_cbs *cbs;
+    void *ctx;
+    /* response parsing */
+    int rstate; /* 0 head, 1 body, 2 done, 3 tunnel */
+    unsigned req_flags;
+    struct sk_h1_body body;
+    bool keepalive;
+    bool reused; /* taken from the pool */
+    bool got_bytes; /* any response byte seen for the current request */
+    bool read_paused;
+    uint32_t nreq;
+    uint64_t id;
+};
+
+/* Get a connection to `h` for one request: an idle pooled one, or a new
+ * one (connecting). Never NULL unless out of memory / socket failure, in
+ * which case *err is set to a cause. Bytes may be queued with
+ * sk_upconn_write before the connect completes. */
+struct sk_upconn *sk_upconn_acquire(struct sk_host *h, const struct sk_upconn_cbs *cbs, void *ctx,
+                                    unsigned req_flags, int *err);
+/* Queue bytes to send. Returns 0, or SK_ERR_TOO_LARGE if over the hard cap. */
+int sk_upconn_write(struct sk_upconn *u, const void *p, size_t n);
+/* True when queued output is over the high mark (stop feeding it). */
+bool sk_upconn_congested(const struct sk_upconn *u);
+/* Stop/resume reading the response (backpressure from downstream). */
+void sk_upconn_pause_read(struct sk_upconn *u, bool pause);
+/* Response complete: back to the pool if reusable, else close. Drops the user. */
+void sk_upconn_release(struct sk_upconn *u);
+/* Close now (user gave up). Drops the user; no callbacks afterwards. */
+void sk_upconn_abort(struct sk_upconn *u);
+/* Switch to raw tunnel mode after a 101 (bytes pass through on_data). */
+void sk_upconn_set_tunnel(struct sk_upconn *u);
+/* Half-close the write side (tunnel: downstream sent FIN). */
+void sk_upconn_shutdown_write(struct sk_upconn *u);
+
+#endif

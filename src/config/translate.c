@@ -1,0 +1,2232 @@
+/* The ONE translate + validate step: Bootstrap protobuf-c message -> immutable
+ * sk_snapshot (see include/skiff/translate.h and include/skiff/model.h).
+ *
+ * Rules of the road:
+ *  - Every problem is reported (sk_cfgerrs_add) with the proto-JSON path of the
+ *    offending field, and translation carries on so one run shows them all.
+ *    Only a run with zero errors yields a snapshot.
+ *  - typed_config is dispatched on the Any type URL (part after the last '/'),
+ *    never on the `name` field.
+ *  - A field we parse but do not implement, and whose being ignored would change
+ *    behaviour, is an error ("... is not supported by skiff") rather than
+ *    silently dropped; purely descriptive ones (metadata, access_log, stat
+ *    names, decorators) are accepted and ignored.
+ *  - Everything the snapshot points to lives in one arena; unpacked Any
+ *    messages are freed as soon as they are translated.
+ */
+#include "skiff/translate.h"
+
+#include <arpa/inet.h>
+#include <ctype.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "skiff/err.h"
+
+#include "envoy.config.bootstrap.v3.pb-c.h"
+#include "envoy.config.cluster.v3.pb-c.h"
+#include "envoy.config.core.v3.pb-c.h"
+#include "envoy.config.endpoint.v3.pb-c.h"
+#include "envoy.config.listener.v3.pb-c.h"
+#include "envoy.config.route.v3.pb-c.h"
+#include "envoy.extensions.filters.http.fault.v3.pb-c.h"
+#include "envoy.extensions.filters.http.router.v3.pb-c.h"
+#include "envoy.extensions.filters.listener.http_inspector.v3.pb-c.h"
+#include "envoy.extensions.filters.listener.original_dst.v3.pb-c.h"
+#include "envoy.extensions.filters.listener.tls_inspector.v3.pb-c.h"
+#include "envoy.extensions.filters.network.http_connection_manager.v3.pb-c.h"
+#include "envoy.extensions.filters.network.tcp_proxy.v3.pb-c.h"
+#include "envoy.extensions.retry.host.previous_hosts.v3.pb-c.h"
+#include "envoy.extensions.transport_sockets.raw_buffer.v3.pb-c.h"
+#include "envoy.extensions.transport_sockets.tls.v3.pb-c.h"
+#include "envoy.extensions.upstreams.http.v3.pb-c.h"
+#include "google.protobuf.pb-c.h"
+#include "udpa.type.v1.pb-c.h"
+#include "xds.type.v3.pb-c.h"
+
+/* Short local names for the generated types. */
+typedef Google__Protobuf__Any PbAny;
+typedef Google__Protobuf__Duration PbDuration;
+typedef Google__Protobuf__UInt32Value PbU32;
+typedef Google__Protobuf__BoolValue PbBool;
+typedef Envoy__Config__Bootstrap__V3__Bootstrap PbBootstrap;
+typedef Envoy__Config__Core__V3__Address PbAddress;
+typedef Envoy__Config__Core__V3__SocketAddress PbSocketAddress;
+typedef Envoy__Config__Core__V3__ConfigSource PbConfigSource;
+typedef Envoy__Config__Core__V3__HeaderValueOption PbHeaderValueOption;
+typedef Envoy__Config__Core__V3__HttpProtocolOptions PbHttpProtocolOptions;
+typedef Envoy__Config__Core__V3__Http1ProtocolOptions PbHttp1Options;
+typedef Envoy__Config__Core__V3__Http2ProtocolOptions PbHttp2Options;
+typedef Envoy__Config__Core__V3__TransportSocket PbTransportSocket;
+typedef Envoy__Config__Core__V3__Metadata PbMetadata;
+typedef Envoy__Config__Listener__V3__Listener PbListener;
+typedef Envoy__Config__Listener__V3__FilterChain PbFilterChain;
+typedef Envoy__Config__Listener__V3__FilterChainMatch PbFilterChainMatch;
+typedef Envoy__Config__Listener__V3__Filter PbFilter;
+typedef Envoy__Config__Listener__V3__ListenerFilter PbListenerFilter;
+typedef Envoy__Config__Route__V3__RouteConfiguration PbRouteConfig;
+typedef Envoy__Config__Route__V3__VirtualHost PbVhost;
+typedef Envoy__Config__Route__V3__Route PbRoute;
+typedef Envoy__Config__Route__V3__RouteMatch PbRouteMatch;
+typedef Envoy__Config__Route__V3__RouteAction PbRouteAction;
+typedef Envoy__Config__Route__V3__HeaderMatcher PbHeaderMatcher;
+typedef Envoy__Config__Route__V3__RetryPolicy PbRetryPolicy;
+typedef Envoy__Config__Route__V3__WeightedCluster PbWeightedCluster;
+typedef Envoy__Config__Route__V3__WeightedCluster__ClusterWeight PbClusterWeight;
+typedef Envoy__Config__Route__V3__DirectResponseAction PbDirectResponse;
+typedef Envoy__Config__Cluster__V3__Cluster PbCluster;
+typedef Envoy__Config__Endpoint__V3__ClusterLoadAssignment PbCla;
+typedef Envoy__Extensions__Filters__Network__HttpConnectionManager__V3__HttpConnectionManager PbHcm;
+typedef Envoy__Extensions__Filters__Network__HttpConnectionManager__V3__HttpFilter PbHttpFilter;
+typedef Envoy__Extensions__Filters__Network__TcpProxy__V3__TcpProxy PbTcpProxy;
+typedef Envoy__Extensions__Filters__Http__Router__V3__Router PbRouter;
+typedef Envoy__Extensions__Upstreams__Http__V3__HttpProtocolOptions PbUpHttpOptions;
+
+#define MS_PER_HOUR (3600ull * 1000)
+#define DEFAULT_BUFFER_LIMIT (1024u * 1024u)
+
+/* ---- translation context --------------------------------------------------- */
+
+struct tr {
+    struct sk_arena *a;
+    struct sk_snapshot *snap;
+    struct sk_cfgerrs *errs;
+    size_t nerr; /* errors added by this run (errs may already hold others) */
+    bool oom;
+    /* proto-JSON path of the field being translated */
+    char path[1024];
+    size_t plen;
+};
+
+/* Path segments: push returns the previous length, pop restores it. A path that
+ * would overflow is truncated (still a useful prefix for the message). */
+static size_t push(struct tr *t, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static size_t push(struct tr *t, const char *fmt, ...)
+{
+    size_t old = t->plen;
+    if (t->plen < sizeof(t->path) - 1) {
+        va_list ap;
+        va_start(ap, fmt);
+        int n = vsnprintf(t->path + t->plen, sizeof(t->path) - t->plen, fmt, ap);
+        va_end(ap);
+        if (n > 0)
+            t->plen += (size_t)n;
+        if (t->plen > sizeof(t->path) - 1)
+            t->plen = sizeof(t->path) - 1;
+    }
+    return old;
+}
+
+static size_t pushf(struct tr *t, const char *field)
+{
+    return t->plen ? push(t, ".%s", field) : push(t, "%s", field);
+}
+
+static size_t pushi(struct tr *t, size_t i)
+{
+    return push(t, "[%zu]", i);
+}
+
+static void pop(struct tr *t, size_t old)
+{
+    t->plen = old;
+    t->path[old] = 0;
+}
+
+/* Error at the current path, or at current path + "." + field. */
+static void err(struct tr *t, const char *field, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void err(struct tr *t, const char *field, const char *fmt, ...)
+{
+    char msg[768];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    size_t old = field ? pushf(t, field) : t->plen;
+    sk_cfgerrs_add(t->errs, t->path, "%s", msg);
+    t->nerr++;
+    pop(t, old);
+}
+
+static void unsupported(struct tr *t, const char *field)
+{
+    err(t, field, "%s is not supported by skiff", field);
+}
+
+static void *al(struct tr *t, size_t n)
+{
+    void *p = sk_arena_alloc(t->a, n ? n : 1);
+    if (!p)
+        t->oom = true;
+    return p;
+}
+
+/* Arrays: NULL for zero elements. */
+static void *alarr(struct tr *t, size_t n, size_t size)
+{
+    if (n == 0)
+        return NULL;
+    if (n > SIZE_MAX / size) {
+        t->oom = true;
+        return NULL;
+    }
+    return al(t, n * size);
+}
+
+static char *dup(struct tr *t, const char *s)
+{
+    if (!s)
+        s = "";
+    char *p = sk_arena_strdup(t->a, s);
+    if (!p)
+        t->oom = true;
+    return p;
+}
+
+static char *dupn(struct tr *t, const char *s, size_t n)
+{
+    char *p = sk_arena_strndup(t->a, s ? s : "", s ? n : 0);
+    if (!p)
+        t->oom = true;
+    return p;
+}
+
+static char *duplower(struct tr *t, const char *s)
+{
+    char *p = dup(t, s);
+    if (p)
+        for (char *q = p; *q; q++)
+            *q = (char)tolower((unsigned char)*q);
+    return p;
+}
+
+static bool empty(const char *s)
+{
+    return !s || !*s;
+}
+
+/* ---- small value helpers --------------------------------------------------------- */
+
+/* Duration -> milliseconds (sub-millisecond rounds up). Unset -> dflt,
+ * zero -> zero_val (SK_DUR_NONE where Envoy's 0s means "disabled"). */
+static uint64_t dur(struct tr *t, const char *field, const PbDuration *d, uint64_t dflt,
+                    uint64_t zero_val)
+{
+    if (!d)
+        return dflt;
+    if (d->seconds < 0 || d->nanos < 0 || d->nanos > 999999999 ||
+        d->seconds > 315576000000LL) {
+        err(t, field, "invalid duration (must be non-negative)");
+        return dflt;
+    }
+    uint64_t ms = (uint64_t)d->seconds * 1000u + ((uint64_t)d->nanos + 999999u) / 1000000u;
+    return ms == 0 ? zero_val : ms;
+}
+
+static uint32_t u32w(const PbU32 *v, uint32_t dflt)
+{
+    return v ? v->value : dflt;
+}
+
+static bool boolw(const PbBool *v, bool dflt)
+{
+    return v ? v->value : dflt;
+}
+
+/* Type name of an Any: the part of the type URL after the last '/'. */
+static const char *any_type(const PbAny *a)
+{
+    const char *u = a && a->type_url ? a->type_url : "";
+    const char *s = strrchr(u, '/');
+    return s ? s + 1 : u;
+}
+
+static bool is_type(const PbAny *a, const ProtobufCMessageDescriptor *d)
+{
+    return strcmp(any_type(a), d->name) == 0;
+}
+
+static bool is_typed_struct(const PbAny *a)
+{
+    return is_type(a, &udpa__type__v1__typed_struct__descriptor) ||
+           is_type(a, &xds__type__v3__typed_struct__descriptor);
+}
+
+/* Unpacks an Any (the caller has checked its type); error at the current path
+ * (the Any's own field) if the bytes do not decode. Free the result with
+ * protobuf_c_message_free_unpacked(). */
+static void *unpack(struct tr *t, const PbAny *a, const ProtobufCMessageDescriptor *d)
+{
+    ProtobufCMessage *m = protobuf_c_message_unpack(d, NULL, a->value.len, a->value.data);
+    if (!m)
+        err(t, NULL, "cannot decode %s", d->name);
+    return m;
+}
+
+static void unpacked_free(void *m)
+{
+    if (m)
+        protobuf_c_message_free_unpacked(m, NULL);
+}
+
+/* Checks an Any field that must hold a typed config; reports a missing type
+ * and TypedStruct (not supported yet). Returns true if dispatchable. */
+static bool any_ok(struct tr *t, const PbAny *a)
+{
+    if (!a || empty(a->type_url)) {
+        err(t, NULL, "typed_config with an @type is required");
+        return false;
+    }
+    if (is_typed_struct(a)) {
+        err(t, NULL, "TypedStruct not supported yet (type '%s')", any_type(a));
+        return false;
+    }
+    return true;
+}
+
+static bool valid_header_name(const char *s)
+{
+    if (empty(s))
+        return false;
+    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+        if (isalnum(*p) || strchr("!#$%&'*+-.^_`|~", *p))
+            continue;
+        return false;
+    }
+    return true;
+}
+
+/* ---- addresses ------------------------------------------------------------------ */
+
+static void fmt_addr(char *buf, size_t n, const struct sk_sockaddr *sa)
+{
+    char ip[INET6_ADDRSTRLEN] = "?";
+    if (sa->ss.ss_family == AF_INET6) {
+        const struct sockaddr_in6 *s6 = (const struct sockaddr_in6 *)&sa->ss;
+        inet_ntop(AF_INET6, &s6->sin6_addr, ip, sizeof(ip));
+        snprintf(buf, n, "[%s]:%u", ip, ntohs(s6->sin6_port));
+    } else {
+        const struct sockaddr_in *s4 = (const struct sockaddr_in *)&sa->ss;
+        inet_ntop(AF_INET, &s4->sin_addr, ip, sizeof(ip));
+        snprintf(buf, n, "%s:%u", ip, ntohs(s4->sin_port));
+    }
+}
+
+/* IP literal -> sockaddr; false if not an IP literal. */
+static bool parse_ip(const char *host, uint16_t port, struct sk_sockaddr *out)
+{
+    memset(out, 0, sizeof(*out));
+    struct sockaddr_in *s4 = (struct sockaddr_in *)&out->ss;
+    struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)&out->ss;
+    if (inet_pton(AF_INET, host, &s4->sin_addr) == 1) {
+        s4->sin_family = AF_INET;
+        s4->sin_port = htons(port);
+        out->len = sizeof(*s4);
+        return true;
+    }
+    if (inet_pton(AF_INET6, host, &s6->sin6_addr) == 1) {
+        s6->sin6_family = AF_INET6;
+        s6->sin6_port = htons(port);
+        out->len = sizeof(*s6);
+        return true;
+    }
+    memset(out, 0, sizeof(*out));
+    return false;
+}
+
+enum { ADDR_NEED_IP = 1, ADDR_PORT0_OK = 2 };
+
+/* Address field at the current path (e.g. "...address"). Fills host/port, and
+ * out (when the host is an IP literal). Returns false on error (reported). */
+static bool address(struct tr *t, const PbAddress *a, int flags, char **host, uint16_t *port,
+                    struct sk_sockaddr *out)
+{
+    if (!a) {
+        err(t, NULL, "address is required");
+        return false;
+    }
+    if (a->address_case == ENVOY__CONFIG__CORE__V3__ADDRESS__ADDRESS_PIPE) {
+        err(t, "pipe", "pipe (unix socket) addresses are not supported yet");
+        return false;
+    }
+    if (a->address_case != ENVOY__CONFIG__CORE__V3__ADDRESS__ADDRESS_SOCKET_ADDRESS ||
+        !a->socket_address) {
+        err(t, NULL, "socket_address is required");
+        return false;
+    }
+    const PbSocketAddress *sa = a->socket_address;
+    size_t o = pushf(t, "socket_address");
+    bool ok = true;
+    if (sa->protocol != ENVOY__CONFIG__CORE__V3__SOCKET_ADDRESS__PROTOCOL__TCP) {
+        err(t, "protocol", "only TCP is supported");
+        ok = false;
+    }
+    if (!empty(sa->resolver_name)) {
+        unsupported(t, "resolver_name");
+        ok = false;
+    }
+    uint32_t pv = 0;
+    if (sa->port_specifier_case == ENVOY__CONFIG__CORE__V3__SOCKET_ADDRESS__PORT_SPECIFIER_NAMED_PORT) {
+        unsupported(t, "named_port");
+        ok = false;
+    } else if (sa->port_specifier_case ==
+               ENVOY__CONFIG__CORE__V3__SOCKET_ADDRESS__PORT_SPECIFIER_PORT_VALUE) {
+        pv = sa->port_value;
+        if (pv > 65535) {
+            err(t, "port_value", "port %u out of range (0-65535)", pv);
+            ok = false;
+        }
+    }
+    if (ok && pv == 0 && !(flags & ADDR_PORT0_OK)) {
+        err(t, "port_value", "port_value is required (1-65535)");
+        ok = false;
+    }
+    if (empty(sa->address)) {
+        err(t, "address", "address is required");
+        ok = false;
+    } else if (!parse_ip(sa->address, (uint16_t)pv, out)) {
+        if (flags & ADDR_NEED_IP) {
+            err(t, "address", "'%s' is not an IP address", sa->address);
+            ok = false;
+        }
+    }
+    if (ok) {
+        if (host)
+            *host = dup(t, sa->address);
+        if (port)
+            *port = (uint16_t)pv;
+    }
+    pop(t, o);
+    return ok;
+}
+
+static char *addr_str(struct tr *t, const struct sk_sockaddr *sa)
+{
+    char buf[INET6_ADDRSTRLEN + 16];
+    fmt_addr(buf, sizeof(buf), sa);
+    return dup(t, buf);
+}
+
+/* ---- header mutations ----------------------------------------------------------- */
+
+static void hdr_add(struct tr *t, const char *field, size_t n, PbHeaderValueOption **v,
+                    struct sk_hdr_ops *ops)
+{
+    if (n == 0)
+        return;
+    size_t o = pushf(t, field);
+    ops->add = alarr(t, n, sizeof(*ops->add));
+    for (size_t i = 0; ops->add && i < n; i++) {
+        size_t oi = pushi(t, i);
+        const PbHeaderValueOption *h = v[i];
+        struct sk_hdr_op *op = &ops->add[ops->nadd];
+        if (!h->header) {
+            err(t, "header", "header is required");
+        } else if (!valid_header_name(h->header->key)) {
+            err(t, "header.key", "invalid header name '%s'", h->header->key ? h->header->key : "");
+        } else if (h->header->key[0] == ':') {
+            err(t, "header.key", "pseudo-header '%s' cannot be modified", h->header->key);
+        } else if (h->append && h->append_action != 0) {
+            err(t, "append", "append and append_action cannot both be set");
+        } else {
+            op->key = duplower(t, h->header->key);
+            op->key_len = strlen(h->header->key);
+            if (empty(h->header->value) && h->header->raw_value.len) {
+                op->value = dupn(t, (const char *)h->header->raw_value.data,
+                                 h->header->raw_value.len);
+                op->value_len = h->header->raw_value.len;
+            } else {
+                op->value = dup(t, h->header->value);
+                op->value_len = h->header->value ? strlen(h->header->value) : 0;
+            }
+            if (h->append)
+                op->action = h->append->value ? SK_HDR_APPEND_IF_EXISTS_OR_ADD
+                                               : SK_HDR_OVERWRITE_IF_EXISTS_OR_ADD;
+            else
+                op->action = (int)h->append_action;
+            op->keep_empty_value = h->keep_empty_value;
+            ops->nadd++;
+        }
+        pop(t, oi);
+    }
+    pop(t, o);
+}
+
+static void hdr_remove(struct tr *t, const char *field, size_t n, char **v, struct sk_hdr_ops *ops)
+{
+    if (n == 0)
+        return;
+    size_t o = pushf(t, field);
+    ops->remove = alarr(t, n, sizeof(*ops->remove));
+    for (size_t i = 0; ops->remove && i < n; i++) {
+        size_t oi = pushi(t, i);
+        if (!valid_header_name(v[i]))
+            err(t, NULL, "invalid header name '%s'", v[i] ? v[i] : "");
+        else if (v[i][0] == ':')
+            err(t, NULL, "pseudo-header '%s' cannot be removed", v[i]);
+        else
+            ops->remove[ops->nremove++] = duplower(t, v[i]);
+        pop(t, oi);
+    }
+    pop(t, o);
+}
+
+/* Translates the four *_headers_to_{add,remove} fields of a message that has them. */
+#define HDR_OPS(t, m, req, resp)                                                                   \
+    do {                                                                                           \
+        hdr_add((t), "request_headers_to_add", (m)->n_request_headers_to_add,                      \
+                (m)->request_headers_to_add, (req));                                               \
+        hdr_remove((t), "request_headers_to_remove", (m)->n_request_headers_to_remove,             \
+                   (m)->request_headers_to_remove, (req));                                         \
+        hdr_add((t), "response_headers_to_add", (m)->n_response_headers_to_add,                    \
+                (m)->response_headers_to_add, (resp));                                             \
+        hdr_remove((t), "response_headers_to_remove", (m)->n_response_headers_to_remove,           \
+                   (m)->response_headers_to_remove, (resp));                                       \
+    } while (0)
+
+/* ---- cluster references --------------------------------------------------------- */
+
+static int cmp_cluster_ptr(const void *a, const void *b)
+{
+    const struct sk_cluster *x = *(struct sk_cluster *const *)a;
+    const struct sk_cluster *y = *(struct sk_cluster *const *)b;
+    int c = strcmp(x->name, y->name);
+    if (c)
+        return c;
+    return x->index < y->index ? -1 : x->index > y->index;
+}
+
+static int cmp_cluster_key(const void *key, const void *elem)
+{
+    return strcmp(key, (*(struct sk_cluster *const *)elem)->name);
+}
+
+static struct sk_cluster *find_cluster(const struct sk_snapshot *s, const char *name)
+{
+    if (!s->clusters_by_name || !name)
+        return NULL;
+    struct sk_cluster **c =
+        bsearch(name, s->clusters_by_name, s->nclusters, sizeof(*c), cmp_cluster_key);
+    return c ? *c : NULL;
+}
+
+/* Resolves a cluster reference at current path + field. With dynamic CDS an
+ * unknown name is allowed (NULL: the data plane answers 503 "cluster not
+ * found" until CDS delivers it). */
+static struct sk_cluster *cluster_ref(struct tr *t, const char *field, const char *name)
+{
+    if (empty(name)) {
+        err(t, field, "cluster name is required");
+        return NULL;
+    }
+    struct sk_cluster *c = find_cluster(t->snap, name);
+    if (!c && !t->snap->xds.cds)
+        err(t, field, "unknown cluster '%s'", name);
+    return c;
+}
+
+/* ---- routes -------------------------------------------------------------------- */
+
+struct route_ctx { /* per RouteConfiguration */
+    uint32_t max_direct_body; /* max_direct_response_body_size_bytes */
+};
+
+static void header_matcher(struct tr *t, const PbHeaderMatcher *h, struct sk_header_match *m)
+{
+    if (!valid_header_name(h->name) && !(h->name && h->name[0] == ':' &&
+                                         valid_header_name(h->name + 1))) {
+        err(t, "name", "invalid header name '%s'", h->name ? h->name : "");
+        return;
+    }
+    m->name = duplower(t, h->name);
+    m->name_len = strlen(h->name);
+    m->invert = h->invert_match;
+    if (h->treat_missing_header_as_empty)
+        unsupported(t, "treat_missing_header_as_empty");
+    const char *v = NULL, *vfield = NULL;
+    switch (h->header_match_specifier_case) {
+    case ENVOY__CONFIG__ROUTE__V3__HEADER_MATCHER__HEADER_MATCH_SPECIFIER__NOT_SET:
+        /* no specifier: Envoy checks presence */
+        m->kind = SK_STR_PRESENT;
+        m->present = true;
+        return;
+    case ENVOY__CONFIG__ROUTE__V3__HEADER_MATCHER__HEADER_MATCH_SPECIFIER_PRESENT_MATCH:
+        m->kind = SK_STR_PRESENT;
+        m->present = h->present_match;
+        return;
+    case ENVOY__CONFIG__ROUTE__V3__HEADER_MATCHER__HEADER_MATCH_SPECIFIER_EXACT_MATCH:
+        m->kind = SK_STR_EXACT, v = h->exact_match, vfield = "exact_match";
+        break;
+    case ENVOY__CONFIG__ROUTE__V3__HEADER_MATCHER__HEADER_MATCH_SPECIFIER_PREFIX_MATCH:
+        m->kind = SK_STR_PREFIX, v = h->prefix_match, vfield = "prefix_match";
+        break;
+    case ENVOY__CONFIG__ROUTE__V3__HEADER_MATCHER__HEADER_MATCH_SPECIFIER_SUFFIX_MATCH:
+        m->kind = SK_STR_SUFFIX, v = h->suffix_match, vfield = "suffix_match";
+        break;
+    case ENVOY__CONFIG__ROUTE__V3__HEADER_MATCHER__HEADER_MATCH_SPECIFIER_CONTAINS_MATCH:
+        m->kind = SK_STR_CONTAINS, v = h->contains_match, vfield = "contains_match";
+        break;
+    case ENVOY__CONFIG__ROUTE__V3__HEADER_MATCHER__HEADER_MATCH_SPECIFIER_SAFE_REGEX_MATCH:
+        err(t, "safe_regex_match", "regex matching is not supported yet");
+        return;
+    case ENVOY__CONFIG__ROUTE__V3__HEADER_MATCHER__HEADER_MATCH_SPECIFIER_RANGE_MATCH:
+        unsupported(t, "range_match");
+        return;
+    case ENVOY__CONFIG__ROUTE__V3__HEADER_MATCHER__HEADER_MATCH_SPECIFIER_STRING_MATCH: {
+        const Envoy__Type__Matcher__V3__StringMatcher *s = h->string_match;
+        size_t o = pushf(t, "string_match");
+        m->ignore_case = s->ignore_case;
+        switch (s->match_pattern_case) {
+        case ENVOY__TYPE__MATCHER__V3__STRING_MATCHER__MATCH_PATTERN_EXACT:
+            m->kind = SK_STR_EXACT, v = s->exact, vfield = "exact";
+            break;
+        case ENVOY__TYPE__MATCHER__V3__STRING_MATCHER__MATCH_PATTERN_PREFIX:
+            m->kind = SK_STR_PREFIX, v = s->prefix, vfield = "prefix";
+            break;
+        case ENVOY__TYPE__MATCHER__V3__STRING_MATCHER__MATCH_PATTERN_SUFFIX:
+            m->kind = SK_STR_SUFFIX, v = s->suffix, vfield = "suffix";
+            break;
+        case ENVOY__TYPE__MATCHER__V3__STRING_MATCHER__MATCH_PATTERN_CONTAINS:
+            m->kind = SK_STR_CONTAINS, v = s->contains, vfield = "contains";
+            break;
+        case ENVOY__TYPE__MATCHER__V3__STRING_MATCHER__MATCH_PATTERN_SAFE_REGEX:
+            err(t, "safe_regex", "regex matching is not supported yet");
+            break;
+        default:
+            err(t, NULL, "one of exact, prefix, suffix, contains is required");
+            break;
+        }
+        if (v && m->kind != SK_STR_EXACT && empty(v))
+            err(t, vfield, "%s must not be empty", vfield);
+        else if (v) {
+            m->value = dup(t, v);
+            m->value_len = strlen(v);
+        }
+        pop(t, o);
+        return;
+    }
+    default:
+        err(t, NULL, "unsupported header matcher");
+        return;
+    }
+    if (m->kind != SK_STR_EXACT && empty(v)) {
+        err(t, vfield, "%s must not be empty", vfield);
+        return;
+    }
+    m->value = dup(t, v);
+    m->value_len = v ? strlen(v) : 0;
+}
+
+static void route_match(struct tr *t, const PbRouteMatch *pm, struct sk_route_match *m)
+{
+    switch (pm->path_specifier_case) {
+    case ENVOY__CONFIG__ROUTE__V3__ROUTE_MATCH__PATH_SPECIFIER_PREFIX:
+        m->path_kind = SK_PATH_PREFIX;
+        m->path = dup(t, pm->prefix);
+        break;
+    case ENVOY__CONFIG__ROUTE__V3__ROUTE_MATCH__PATH_SPECIFIER_PATH:
+        m->path_kind = SK_PATH_EXACT;
+        m->path = dup(t, pm->path);
+        break;
+    case ENVOY__CONFIG__ROUTE__V3__ROUTE_MATCH__PATH_SPECIFIER_SAFE_REGEX:
+        err(t, "safe_regex", "regex path matching is not supported yet");
+        break;
+    case ENVOY__CONFIG__ROUTE__V3__ROUTE_MATCH__PATH_SPECIFIER_CONNECT_MATCHER:
+        unsupported(t, "connect_matcher");
+        break;
+    case ENVOY__CONFIG__ROUTE__V3__ROUTE_MATCH__PATH_SPECIFIER_PATH_SEPARATED_PREFIX:
+        unsupported(t, "path_separated_prefix");
+        break;
+    default:
+        err(t, NULL, "one of prefix, path is required");
+        break;
+    }
+    if (m->path)
+        m->path_len = strlen(m->path);
+    m->case_sensitive = boolw(pm->case_sensitive, true);
+    if (pm->runtime_fraction) {
+        const Envoy__Type__V3__FractionalPercent *f = pm->runtime_fraction->default_value;
+        static const uint32_t denom[] = {100, 10000, 1000000};
+        if (!f || (unsigned)f->denominator > 2 || f->numerator < denom[f->denominator])
+            err(t, "runtime_fraction", "runtime_fraction below 100%% is not supported by skiff");
+    }
+    if (pm->n_query_parameters)
+        err(t, "query_parameters", "query_parameters matching is not supported yet");
+    if (pm->grpc)
+        unsupported(t, "grpc");
+    if (pm->tls_context)
+        unsupported(t, "tls_context");
+    if (pm->n_headers) {
+        size_t o = pushf(t, "headers");
+        m->headers = alarr(t, pm->n_headers, sizeof(*m->headers));
+        for (size_t i = 0; m->headers && i < pm->n_headers; i++) {
+            size_t oi = pushi(t, i);
+            header_matcher(t, pm->headers[i], &m->headers[i]);
+            pop(t, oi);
+        }
+        m->nheaders = m->headers ? pm->n_headers : 0;
+        pop(t, o);
+    }
+}
+
+/* retry_on comma list -> SK_RETRY_ON_* bits */
+static uint32_t retry_on(struct tr *t, const char *s)
+{
+    static const struct {
+        const char *name;
+        uint32_t bit;
+    } names[] = {
+        {"5xx", SK_RETRY_ON_5XX},
+        {"gateway-error", SK_RETRY_ON_GATEWAY_ERROR},
+        {"reset", SK_RETRY_ON_RESET},
+        {"reset-before-request", SK_RETRY_ON_RESET_BEFORE_REQUEST},
+        {"connect-failure", SK_RETRY_ON_CONNECT_FAILURE},
+        {"envoy-ratelimited", SK_RETRY_ON_ENVOY_RATELIMITED},
+        {"retriable-4xx", SK_RETRY_ON_RETRIABLE_4XX},
+        {"refused-stream", SK_RETRY_ON_REFUSED_STREAM},
+        {"retriable-status-codes", SK_RETRY_ON_RETRIABLE_STATUS_CODES},
+        {"http3-post-connect-failure", SK_RETRY_ON_HTTP3_POST_CONNECT_FAILURE},
+        {"cancelled", SK_RETRY_ON_GRPC_CANCELLED},
+        {"deadline-exceeded", SK_RETRY_ON_GRPC_DEADLINE_EXCEEDED},
+        {"internal", SK_RETRY_ON_GRPC_INTERNAL},
+        {"resource-exhausted", SK_RETRY_ON_GRPC_RESOURCE_EXHAUSTED},
+        {"unavailable", SK_RETRY_ON_GRPC_UNAVAILABLE},
+    };
+    uint32_t bits = 0;
+    const char *p = s ? s : "";
+    while (*p) {
+        while (*p == ' ' || *p == ',')
+            p++;
+        const char *e = p;
+        while (*e && *e != ',')
+            e++;
+        size_t n = (size_t)(e - p);
+        while (n && p[n - 1] == ' ')
+            n--;
+        if (n) {
+            bool found = false;
+            for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+                if (strlen(names[i].name) == n && strncmp(names[i].name, p, n) == 0) {
+                    bits |= names[i].bit;
+                    found = true;
+                }
+            }
+            if (!found && n == strlen("retriable-headers") &&
+                strncmp(p, "retriable-headers", n) == 0)
+                err(t, "retry_on", "retry_on 'retriable-headers' is not supported by skiff");
+            else if (!found)
+                err(t, "retry_on", "unknown retry_on value '%.*s'", (int)n, p);
+        }
+        p = e;
+    }
+    return bits;
+}
+
+static struct sk_retry_policy *retry_policy(struct tr *t, const PbRetryPolicy *p)
+{
+    struct sk_retry_policy *r = al(t, sizeof(*r));
+    if (!r)
+        return NULL;
+    r->retry_on = retry_on(t, p->retry_on);
+    r->num_retries = u32w(p->num_retries, 1);
+    r->per_try_timeout_ms = dur(t, "per_try_timeout", p->per_try_timeout, SK_DUR_NONE, SK_DUR_NONE);
+    if (p->per_try_idle_timeout)
+        unsupported(t, "per_try_idle_timeout");
+    if (p->retry_priority)
+        unsupported(t, "retry_priority");
+    for (size_t i = 0; i < p->n_retry_host_predicate; i++) {
+        size_t o = push(t, ".retry_host_predicate[%zu]", i);
+        const Envoy__Config__Route__V3__RetryPolicy__RetryHostPredicate *h =
+            p->retry_host_predicate[i];
+        size_t ot = pushf(t, "typed_config");
+        if (h->config_type_case !=
+                ENVOY__CONFIG__ROUTE__V3__RETRY_POLICY__RETRY_HOST_PREDICATE__CONFIG_TYPE_TYPED_CONFIG ||
+            !any_ok(t, h->typed_config)) {
+            if (h->config_type_case !=
+                ENVOY__CONFIG__ROUTE__V3__RETRY_POLICY__RETRY_HOST_PREDICATE__CONFIG_TYPE_TYPED_CONFIG)
+                err(t, NULL, "typed_config is required");
+        } else if (is_type(h->typed_config,
+                           &envoy__extensions__retry__host__previous_hosts__v3__previous_hosts_predicate__descriptor)) {
+            r->retry_other_host = true;
+        } else {
+            err(t, NULL, "unsupported retry host predicate '%s'", any_type(h->typed_config));
+        }
+        pop(t, ot);
+        pop(t, o);
+    }
+    if (p->host_selection_retry_max_attempts < 0 || p->host_selection_retry_max_attempts > 1000)
+        err(t, "host_selection_retry_max_attempts", "must be 0-1000");
+    else
+        r->host_selection_retry_max_attempts =
+            p->host_selection_retry_max_attempts ? (uint32_t)p->host_selection_retry_max_attempts : 1;
+    if (p->n_retriable_status_codes) {
+        r->retriable_status_codes = alarr(t, p->n_retriable_status_codes, sizeof(uint32_t));
+        for (size_t i = 0; r->retriable_status_codes && i < p->n_retriable_status_codes; i++) {
+            uint32_t c = p->retriable_status_codes[i];
+            if (c < 100 || c > 599) {
+                size_t o = push(t, ".retriable_status_codes[%zu]", i);
+                err(t, NULL, "status code %u out of range (100-599)", c);
+                pop(t, o);
+            }
+            r->retriable_status_codes[r->nretriable_status_codes++] = c;
+        }
+    }
+    r->base_interval_ms = 25;
+    if (p->retry_back_off) {
+        size_t o = pushf(t, "retry_back_off");
+        if (!p->retry_back_off->base_interval)
+            err(t, "base_interval", "base_interval is required");
+        r->base_interval_ms = dur(t, "base_interval", p->retry_back_off->base_interval, 25, 0);
+        if (r->base_interval_ms == 0)
+            err(t, "base_interval", "base_interval must be greater than 0");
+        r->max_interval_ms = dur(t, "max_interval", p->retry_back_off->max_interval,
+                                 r->base_interval_ms * 10, 0);
+        if (p->retry_back_off->max_interval && r->max_interval_ms < r->base_interval_ms)
+            err(t, "max_interval", "max_interval must be at least base_interval");
+        pop(t, o);
+    } else {
+        r->max_interval_ms = r->base_interval_ms * 10;
+    }
+    if (p->n_retriable_headers)
+        unsupported(t, "retriable_headers");
+    if (p->n_retriable_request_headers)
+        unsupported(t, "retriable_request_headers");
+    return r;
+}
+
+static void weighted_clusters(struct tr *t, const PbWeightedCluster *w, struct sk_route *r)
+{
+    if (w->n_clusters == 0) {
+        err(t, "clusters", "at least one cluster is required");
+        return;
+    }
+    if (w->random_value_specifier_case ==
+        ENVOY__CONFIG__ROUTE__V3__WEIGHTED_CLUSTER__RANDOM_VALUE_SPECIFIER_HEADER_NAME)
+        unsupported(t, "header_name");
+    r->weighted = alarr(t, w->n_clusters, sizeof(*r->weighted));
+    if (!r->weighted)
+        return;
+    r->nweighted = w->n_clusters;
+    uint64_t sum = 0;
+    for (size_t i = 0; i < w->n_clusters; i++) {
+        const PbClusterWeight *c = w->clusters[i];
+        struct sk_cluster_weight *cw = &r->weighted[i];
+        size_t o = push(t, ".clusters[%zu]", i);
+        if (!empty(c->cluster_header))
+            unsupported(t, "cluster_header");
+        else {
+            cw->name = dup(t, c->name);
+            cw->cluster = cluster_ref(t, "name", c->name);
+        }
+        if (!c->weight)
+            err(t, "weight", "weight is required");
+        cw->weight = u32w(c->weight, 0);
+        sum += cw->weight;
+        if (c->metadata_match)
+            unsupported(t, "metadata_match");
+        if (c->n_typed_per_filter_config)
+            unsupported(t, "typed_per_filter_config");
+        if (c->host_rewrite_specifier_case !=
+            ENVOY__CONFIG__ROUTE__V3__WEIGHTED_CLUSTER__CLUSTER_WEIGHT__HOST_REWRITE_SPECIFIER__NOT_SET)
+            unsupported(t, "host_rewrite_literal");
+        HDR_OPS(t, c, &cw->hdrs_req, &cw->hdrs_resp);
+        pop(t, o);
+    }
+    if (sum == 0 || sum > UINT32_MAX)
+        err(t, "clusters", "total weight must be between 1 and 4294967295");
+    else if (w->total_weight && w->total_weight->value != sum)
+        err(t, "total_weight", "total_weight %u does not match the sum of the weights (%llu)",
+            w->total_weight->value, (unsigned long long)sum);
+    r->total_weight = (uint32_t)sum;
+}
+
+static void route_action(struct tr *t, const PbRouteAction *a, struct sk_route *r,
+                         const struct sk_retry_policy *vh_retry)
+{
+    switch (a->cluster_specifier_case) {
+    case ENVOY__CONFIG__ROUTE__V3__ROUTE_ACTION__CLUSTER_SPECIFIER_CLUSTER:
+        r->action = SK_ROUTE_CLUSTER;
+        r->cluster_name = dup(t, a->cluster);
+        r->cluster = cluster_ref(t, "cluster", a->cluster);
+        break;
+    case ENVOY__CONFIG__ROUTE__V3__ROUTE_ACTION__CLUSTER_SPECIFIER_WEIGHTED_CLUSTERS: {
+        r->action = SK_ROUTE_WEIGHTED;
+        size_t o = pushf(t, "weighted_clusters");
+        weighted_clusters(t, a->weighted_clusters, r);
+        pop(t, o);
+        break;
+    }
+    case ENVOY__CONFIG__ROUTE__V3__ROUTE_ACTION__CLUSTER_SPECIFIER_CLUSTER_HEADER:
+        unsupported(t, "cluster_header");
+        break;
+    default:
+        err(t, NULL, "one of cluster, weighted_clusters is required");
+        break;
+    }
+    switch (a->cluster_not_found_response_code) {
+    case ENVOY__CONFIG__ROUTE__V3__ROUTE_ACTION__CLUSTER_NOT_FOUND_RESPONSE_CODE__NOT_FOUND:
+        r->cluster_not_found_status = 404;
+        break;
+    case ENVOY__CONFIG__ROUTE__V3__ROUTE_ACTION__CLUSTER_NOT_FOUND_RESPONSE_CODE__INTERNAL_SERVER_ERROR:
+        r->cluster_not_found_status = 500;
+        break;
+    default:
+        r->cluster_not_found_status = 503;
+        break;
+    }
+    if (a->metadata_match)
+        unsupported(t, "metadata_match");
+    if (!empty(a->prefix_rewrite))
+        r->prefix_rewrite = dup(t, a->prefix_rewrite);
+    if (a->regex_rewrite)
+        err(t, "regex_rewrite", "regex_rewrite is not supported yet");
+    switch (a->host_rewrite_specifier_case) {
+    case ENVOY__CONFIG__ROUTE__V3__ROUTE_ACTION__HOST_REWRITE_SPECIFIER_HOST_REWRITE_LITERAL:
+        if (!empty(a->host_rewrite_literal))
+            r->host_rewrite_literal = dup(t, a->host_rewrite_literal);
+        break;
+    case ENVOY__CONFIG__ROUTE__V3__ROUTE_ACTION__HOST_REWRITE_SPECIFIER_AUTO_HOST_REWRITE:
+        r->auto_host_rewrite = boolw(a->auto_host_rewrite, false);
+        break;
+    case ENVOY__CONFIG__ROUTE__V3__ROUTE_ACTION__HOST_REWRITE_SPECIFIER_HOST_REWRITE_HEADER:
+        unsupported(t, "host_rewrite_header");
+        break;
+    case ENVOY__CONFIG__ROUTE__V3__ROUTE_ACTION__HOST_REWRITE_SPECIFIER_HOST_REWRITE_PATH_REGEX:
+        unsupported(t, "host_rewrite_path_regex");
+        break;
+    default:
+        break;
+    }
+    if (a->append_x_forwarded_host)
+        unsupported(t, "append_x_forwarded_host");
+    r->timeout_ms = dur(t, "timeout", a->timeout, 15000, SK_DUR_NONE);
+    r->idle_timeout_set = a->idle_timeout != NULL;
+    r->idle_timeout_ms = dur(t, "idle_timeout", a->idle_timeout, SK_DUR_NONE, SK_DUR_NONE);
+    if (a->retry_policy) {
+        size_t o = pushf(t, "retry_policy");
+        r->retry = retry_policy(t, a->retry_policy);
+        pop(t, o);
+    } else if (vh_retry) {
+        r->retry = (struct sk_retry_policy *)vh_retry; /* shared, read-only */
+    }
+    if (a->priority != ENVOY__CONFIG__CORE__V3__ROUTING_PRIORITY__DEFAULT)
+        err(t, "priority", "priority HIGH is not supported by skiff");
+    /* hash_policy only matters for RING_HASH/MAGLEV, which are rejected on the
+     * cluster side: accepted and ignored. */
+    if (a->max_grpc_timeout && (a->max_grpc_timeout->seconds || a->max_grpc_timeout->nanos))
+        err(t, "max_grpc_timeout", "a non-zero max_grpc_timeout is not supported by skiff");
+    if (a->grpc_timeout_offset && (a->grpc_timeout_offset->seconds || a->grpc_timeout_offset->nanos))
+        unsupported(t, "grpc_timeout_offset");
+    if (a->n_upgrade_configs)
+        unsupported(t, "upgrade_configs");
+    r->max_stream_duration_ms = SK_DUR_NONE;
+    if (a->max_stream_duration) {
+        size_t o = pushf(t, "max_stream_duration");
+        r->max_stream_duration_ms = dur(t, "max_stream_duration",
+                                        a->max_stream_duration->max_stream_duration, SK_DUR_NONE,
+                                        SK_DUR_NONE);
+        if (a->max_stream_duration->grpc_timeout_header_max)
+            unsupported(t, "grpc_timeout_header_max");
+        if (a->max_stream_duration->grpc_timeout_header_offset)
+            unsupported(t, "grpc_timeout_header_offset");
+        pop(t, o);
+    }
+}
+
+static void direct_response(struct tr *t, const PbDirectResponse *d, struct sk_route *r,
+                            const struct route_ctx *rc)
+{
+    r->action = SK_ROUTE_DIRECT;
+    if (d->status < 200 || d->status > 599)
+        err(t, "status", "status %u out of range (200-599)", d->status);
+    r->direct_status = d->status;
+    if (!d->body)
+        return;
+    size_t o = pushf(t, "body");
+    const Envoy__Config__Core__V3__DataSource *b = d->body;
+    switch (b->specifier_case) {
+    case ENVOY__CONFIG__CORE__V3__DATA_SOURCE__SPECIFIER_INLINE_STRING:
+        r->direct_body_len = b->inline_string ? strlen(b->inline_string) : 0;
+        r->direct_body = dupn(t, b->inline_string, r->direct_body_len);
+        break;
+    case ENVOY__CONFIG__CORE__V3__DATA_SOURCE__SPECIFIER_INLINE_BYTES:
+        r->direct_body_len = b->inline_bytes.len;
+        r->direct_body = dupn(t, (const char *)b->inline_bytes.data, b->inline_bytes.len);
+        break;
+    case ENVOY__CONFIG__CORE__V3__DATA_SOURCE__SPECIFIER_FILENAME:
+        err(t, "filename", "direct_response body from a file is not supported yet");
+        break;
+    case ENVOY__CONFIG__CORE__V3__DATA_SOURCE__SPECIFIER_ENVIRONMENT_VARIABLE:
+        unsupported(t, "environment_variable");
+        break;
+    default:
+        break;
+    }
+    if (r->direct_body_len > rc->max_direct_body)
+        err(t, NULL, "body is %zu bytes, over max_direct_response_body_size_bytes (%u)",
+            r->direct_body_len, rc->max_direct_body);
+    pop(t, o);
+}
+
+static void route(struct tr *t, const PbRoute *pr, struct sk_route *r,
+                  const struct sk_retry_policy *vh_retry, const struct route_ctx *rc)
+{
+    if (!empty(pr->name))
+        r->name = dup(t, pr->name);
+    if (!pr->match) {
+        err(t, "match", "match is required");
+    } else {
+        size_t o = pushf(t, "match");
+        route_match(t, pr->match, &r->match);
+        pop(t, o);
+    }
+    switch (pr->action_case) {
+    case ENVOY__CONFIG__ROUTE__V3__ROUTE__ACTION_ROUTE: {
+        size_t o = pushf(t, "route");
+        route_action(t, pr->route, r, vh_retry);
+        pop(t, o);
+        break;
+    }
+    case ENVOY__CONFIG__ROUTE__V3__ROUTE__ACTION_DIRECT_RESPONSE: {
+        size_t o = pushf(t, "direct_response");
+        direct_response(t, pr->direct_response, r, rc);
+        pop(t, o);
+        break;
+    }
+    case ENVOY__CONFIG__ROUTE__V3__ROUTE__ACTION_REDIRECT:
+        err(t, "redirect", "redirect is not supported yet");
+        break;
+    default:
+        err(t, NULL, "one of route, direct_response is required");
+        break;
+    }
+    if (pr->n_typed_per_filter_config)
+        err(t, "typed_per_filter_config", "typed_per_filter_config is not supported yet");
+    HDR_OPS(t, pr, &r->hdrs_req, &r->hdrs_resp);
+}
+
+/* Domain syntax: "*", "*suffix", "prefix*" (one wildcard, at either end). */
+static bool valid_domain(const char *d)
+{
+    if (empty(d))
+        return false;
+    size_t n = strlen(d);
+    const char *star = strchr(d, '*');
+    if (!star)
+        return true;
+    if (strchr(star + 1, '*'))
+        return false;
+    return star == d || star == d + n - 1;
+}
+
+struct domain_ref {
+    const char *domain; /* lower-cased, arena */
+    size_t vh, idx;
+};
+
+static int cmp_domain_ref(const void *a, const void *b)
+{
+    const struct domain_ref *x = a, *y = b;
+    int c = strcmp(x->domain, y->domain);
+    if (c)
+        return c;
+    if (x->vh != y->vh)
+        return x->vh < y->vh ? -1 : 1;
+    return x->idx < y->idx ? -1 : x->idx > y->idx;
+}
+
+static int cmp_str_ptr(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+static struct sk_route_config *route_config(struct tr *t, const PbRouteConfig *pc)
+{
+    struct sk_route_config *rc = al(t, sizeof(*rc));
+    if (!rc)
+        return NULL;
+    rc->name = dup(t, pc->name);
+    rc->ignore_port_in_host_matching = pc->ignore_port_in_host_matching;
+    struct route_ctx ctx = {.max_direct_body = u32w(pc->max_direct_response_body_size_bytes, 4096)};
+    if (pc->n_internal_only_headers)
+        unsupported(t, "internal_only_headers");
+    if (pc->most_specific_header_mutations_wins)
+        unsupported(t, "most_specific_header_mutations_wins");
+    if (pc->ignore_path_parameters_in_path_matching)
+        unsupported(t, "ignore_path_parameters_in_path_matching");
+    if (pc->n_typed_per_filter_config)
+        err(t, "typed_per_filter_config", "typed_per_filter_config is not supported yet");
+    HDR_OPS(t, pc, &rc->hdrs_req, &rc->hdrs_resp);
+
+    size_t ndomains = 0;
+    for (size_t i = 0; i < pc->n_virtual_hosts; i++)
+        ndomains += pc->virtual_hosts[i]->n_domains;
+    struct domain_ref *refs = ndomains ? calloc(ndomains, sizeof(*refs)) : NULL;
+    if (ndomains && !refs)
+        t->oom = true;
+    size_t nrefs = 0;
+    char **vnames = pc->n_virtual_hosts ? calloc(pc->n_virtual_hosts, sizeof(char *)) : NULL;
+
+    rc->vhosts = alarr(t, pc->n_virtual_hosts, sizeof(*rc->vhosts));
+    rc->nvhosts = rc->vhosts ? pc->n_virtual_hosts : 0;
+    size_t o = pushf(t, "virtual_hosts");
+    for (size_t i = 0; i < rc->nvhosts; i++) {
+        const PbVhost *pv = pc->virtual_hosts[i];
+        struct sk_vhost *v = &rc->vhosts[i];
+        size_t ov = pushi(t, i);
+        if (empty(pv->name))
+            err(t, "name", "name is required");
+        v->name = dup(t, pv->name);
+        if (vnames)
+            vnames[i] = v->name;
+        if (pv->n_domains == 0)
+            err(t, "domains", "at least one domain is required");
+        v->domains = alarr(t, pv->n_domains, sizeof(char *));
+        v->ndomains = v->domains ? pv->n_domains : 0;
+        for (size_t d = 0; d < v->ndomains; d++) {
+            size_t od = push(t, ".domains[%zu]", d);
+            if (!valid_domain(pv->domains[d]))
+                err(t, NULL, "invalid domain '%s' (a wildcard '*' may only be a leading or "
+                             "trailing character)", pv->domains[d] ? pv->domains[d] : "");
+            v->domains[d] = duplower(t, pv->domains[d]);
+            if (refs && v->domains[d])
+                refs[nrefs++] = (struct domain_ref){v->domains[d], i, d};
+            pop(t, od);
+        }
+        if (pv->require_tls != ENVOY__CONFIG__ROUTE__V3__VIRTUAL_HOST__TLS_REQUIREMENT_TYPE__NONE)
+            unsupported(t, "require_tls");
+        if (pv->n_typed_per_filter_config)
+            err(t, "typed_per_filter_config", "typed_per_filter_config is not supported yet");
+        v->include_request_attempt_count = pv->include_request_attempt_count;
+        v->include_attempt_count_in_response = pv->include_attempt_count_in_response;
+        HDR_OPS(t, pv, &v->hdrs_req, &v->hdrs_resp);
+        const struct sk_retry_policy *vh_retry = NULL;
+        if (pv->retry_policy) {
+            size_t orp = pushf(t, "retry_policy");
+            vh_retry = retry_policy(t, pv->retry_policy);
+            pop(t, orp);
+        }
+        v->routes = alarr(t, pv->n_routes, sizeof(*v->routes));
+        v->nroutes = v->routes ? pv->n_routes : 0;
+        for (size_t r = 0; r < v->nroutes; r++) {
+            size_t orr = push(t, ".routes[%zu]", r);
+            route(t, pv->routes[r], &v->routes[r], vh_retry, &ctx);
+            pop(t, orr);
+        }
+        pop(t, ov);
+    }
+    /* Envoy rejects a domain listed twice (in one or several vhosts) and
+     * duplicate vhost names. */
+    if (nrefs > 1) {
+        qsort(refs, nrefs, sizeof(*refs), cmp_domain_ref);
+        for (size_t i = 1; i < nrefs; i++) {
+            if (strcmp(refs[i].domain, refs[i - 1].domain) == 0) {
+                size_t od = push(t, "[%zu].domains[%zu]", refs[i].vh, refs[i].idx);
+                err(t, NULL, "domain '%s' is already used by virtual host '%s'", refs[i].domain,
+                    rc->vhosts[refs[i - 1].vh].name ? rc->vhosts[refs[i - 1].vh].name : "");
+                pop(t, od);
+            }
+        }
+    }
+    if (vnames && rc->nvhosts > 1) {
+        for (size_t i = 0; i < rc->nvhosts; i++)
+            for (size_t j = 0; j < i; j++)
+                if (vnames[i] && vnames[j] && *vnames[i] && strcmp(vnames[i], vnames[j]) == 0) {
+                    size_t on = push(t, "[%zu]", i);
+                    err(t, "name", "duplicate virtual host name '%s'", vnames[i]);
+                    pop(t, on);
+                    break;
+                }
+    }
+    pop(t, o);
+    free(refs);
+    free(vnames);
+    return rc;
+}
+
+/* ---- HTTP connection manager ------------------------------------------------------ */
+
+static void http_filters(struct tr *t, const PbHcm *h, struct sk_hcm *m)
+{
+    if (h->n_http_filters == 0) {
+        err(t, "http_filters", "http_filters must end with the router filter");
+        return;
+    }
+    m->filters = alarr(t, h->n_http_filters, sizeof(*m->filters));
+    size_t o = pushf(t, "http_filters");
+    for (size_t i = 0; i < h->n_http_filters; i++) {
+        const PbHttpFilter *f = h->http_filters[i];
+        bool last = i + 1 == h->n_http_filters;
+        size_t oi = pushi(t, i);
+        for (size_t j = 0; j < i; j++)
+            if (!empty(f->name) && strcmp(h->http_filters[j]->name, f->name) == 0) {
+                err(t, "name", "duplicate HTTP filter name '%s'", f->name);
+                break;
+            }
+        if (f->config_type_case ==
+            ENVOY__EXTENSIONS__FILTERS__NETWORK__HTTP_CONNECTION_MANAGER__V3__HTTP_FILTER__CONFIG_TYPE_CONFIG_DISCOVERY) {
+            unsupported(t, "config_discovery");
+            pop(t, oi);
+            continue;
+        }
+        size_t ot = pushf(t, "typed_config");
+        const PbAny *a = f->config_type_case ==
+                                 ENVOY__EXTENSIONS__FILTERS__NETWORK__HTTP_CONNECTION_MANAGER__V3__HTTP_FILTER__CONFIG_TYPE_TYPED_CONFIG
+                             ? f->typed_config
+                             : NULL;
+        if (!any_ok(t, a)) {
+            /* reported */
+        } else if (is_type(a, &envoy__extensions__filters__http__router__v3__router__descriptor)) {
+            PbRouter *r = unpack(t, a, &envoy__extensions__filters__http__router__v3__router__descriptor);
+            if (!last)
+                err(t, NULL, "the router filter must be the last HTTP filter");
+            if (f->disabled)
+                err(t, NULL, "the router filter cannot be disabled");
+            if (r && r->n_upstream_http_filters)
+                unsupported(t, "upstream_http_filters");
+            unpacked_free(r);
+        } else if (is_type(a, &envoy__extensions__filters__http__fault__v3__httpfault__descriptor)) {
+            void *fc = unpack(t, a, &envoy__extensions__filters__http__fault__v3__httpfault__descriptor);
+            if (last)
+                err(t, NULL, "http_filters must end with the router filter");
+            /* A disabled filter only runs where a route enables it, and per-route
+             * filter config is not supported yet: leave it out. Fault config
+             * itself is translated by the fault work (issue 6). */
+            if (fc && !f->disabled && m->filters) {
+                struct sk_http_filter_cfg *c = &m->filters[m->nfilters++];
+                c->name = dup(t, f->name);
+                c->type_url = dup(t, any_type(a));
+                c->config = NULL;
+            }
+            unpacked_free(fc);
+        } else if (f->is_optional) {
+            /* unknown optional filter: skipped (gRPC's rule) */
+            if (last)
+                err(t, NULL, "http_filters must end with the router filter");
+        } else {
+            err(t, NULL, "unsupported HTTP filter '%s'", any_type(a));
+        }
+        pop(t, ot);
+        pop(t, oi);
+    }
+    pop(t, o);
+}
+
+static void hcm_protocol_options(struct tr *t, const PbHttpProtocolOptions *p, struct sk_hcm *m)
+{
+    size_t o = pushf(t, "common_http_protocol_options");
+    m->idle_timeout_ms = dur(t, "idle_timeout", p->idle_timeout, MS_PER_HOUR, SK_DUR_NONE);
+    m->max_headers_count = u32w(p->max_headers_count, 100);
+    if (p->max_headers_count && p->max_headers_count->value == 0)
+        err(t, "max_headers_count", "max_headers_count must be at least 1");
+    m->max_stream_duration_ms =
+        dur(t, "max_stream_duration", p->max_stream_duration, SK_DUR_NONE, SK_DUR_NONE);
+    if (p->max_connection_duration)
+        unsupported(t, "max_connection_duration");
+    if (p->headers_with_underscores_action !=
+        ENVOY__CONFIG__CORE__V3__HTTP_PROTOCOL_OPTIONS__HEADERS_WITH_UNDERSCORES_ACTION__ALLOW)
+        unsupported(t, "headers_with_underscores_action");
+    if (p->max_requests_per_connection)
+        unsupported(t, "max_requests_per_connection");
+    if (p->max_response_headers_kb)
+        unsupported(t, "max_response_headers_kb");
+    pop(t, o);
+}
+
+static struct sk_hcm *hcm(struct tr *t, const PbHcm *h)
+{
+    struct sk_hcm *m = al(t, sizeof(*m));
+    if (!m)
+        return NULL;
+    switch (h->codec_type) {
+    case ENVOY__EXTENSIONS__FILTERS__NETWORK__HTTP_CONNECTION_MANAGER__V3__HTTP_CONNECTION_MANAGER__CODEC_TYPE__AUTO:
+        m->codec_type = SK_CODEC_AUTO;
+        break;
+    case ENVOY__EXTENSIONS__FILTERS__NETWORK__HTTP_CONNECTION_MANAGER__V3__HTTP_CONNECTION_MANAGER__CODEC_TYPE__HTTP1:
+        m->codec_type = SK_CODEC_HTTP1;
+        break;
+    case ENVOY__EXTENSIONS__FILTERS__NETWORK__HTTP_CONNECTION_MANAGER__V3__HTTP_CONNECTION_MANAGER__CODEC_TYPE__HTTP2:
+        m->codec_type = SK_CODEC_HTTP2;
+        break;
+    default:
+        err(t, "codec_type", "codec_type HTTP3 is not supported by skiff");
+        break;
+    }
+    if (empty(h->stat_prefix))
+        err(t, "stat_prefix", "stat_prefix is required");
+    m->stat_prefix = dup(t, h->stat_prefix);
+
+    switch (h->route_specifier_case) {
+    case ENVOY__EXTENSIONS__FILTERS__NETWORK__HTTP_CONNECTION_MANAGER__V3__HTTP_CONNECTION_MANAGER__ROUTE_SPECIFIER_ROUTE_CONFIG: {
+        size_t o = pushf(t, "route_config");
+        m->routes = route_config(t, h->route_config);
+        pop(t, o);
+        break;
+    }
+    case ENVOY__EXTENSIONS__FILTERS__NETWORK__HTTP_CONNECTION_MANAGER__V3__HTTP_CONNECTION_MANAGER__ROUTE_SPECIFIER_RDS: {
+        const Envoy__Extensions__Filters__Network__HttpConnectionManager__V3__Rds *r = h->rds;
+        size_t o = pushf(t, "rds");
+        if (empty(r->route_config_name))
+            err(t, "route_config_name", "route_config_name is required");
+        m->rds_name = dup(t, r->route_config_name);
+        if (!t->snap->xds.ads)
+            err(t, NULL, "RDS requires xDS (not configured: dynamic_resources.ads_config)");
+        else if (!r->config_source ||
+                 (r->config_source->config_source_specifier_case !=
+                      ENVOY__CONFIG__CORE__V3__CONFIG_SOURCE__CONFIG_SOURCE_SPECIFIER_ADS &&
+                  r->config_source->config_source_specifier_case !=
+                      ENVOY__CONFIG__CORE__V3__CONFIG_SOURCE__CONFIG_SOURCE_SPECIFIER_SELF))
+            err(t, "config_source", "config_source must be ads");
+        pop(t, o);
+        break;
+    }
+    default:
+        err(t, NULL, "one of route_config, rds is required");
+        break;
+    }
+
+    http_filters(t, h, m);
+
+    m->idle_timeout_ms = MS_PER_HOUR;
+    m->max_headers_count = 100;
+    m->max_stream_duration_ms = SK_DUR_NONE;
+    if (h->common_http_protocol_options)
+        hcm_protocol_options(t, h->common_http_protocol_options, m);
+    if (h->http_protocol_options && h->http_protocol_options->accept_http_10)
+        err(t, "http_protocol_options.accept_http_10", "HTTP/1.0 is not supported by skiff");
+    m->h2_max_concurrent_streams = 2147483647u;
+    m->h2_initial_stream_window_size = 268435456u;
+    m->h2_initial_connection_window_size = 268435456u;
+    m->h2_hpack_table_size = 4096;
+    if (h->http2_protocol_options) {
+        const PbHttp2Options *p = h->http2_protocol_options;
+        size_t o = pushf(t, "http2_protocol_options");
+        m->h2_max_concurrent_streams = u32w(p->max_concurrent_streams, m->h2_max_concurrent_streams);
+        if (m->h2_max_concurrent_streams == 0 || m->h2_max_concurrent_streams > 2147483647u)
+            err(t, "max_concurrent_streams", "must be 1-2147483647");
+        m->h2_initial_stream_window_size =
+            u32w(p->initial_stream_window_size, m->h2_initial_stream_window_size);
+        if (m->h2_initial_stream_window_size < 65535 ||
+            m->h2_initial_stream_window_size > 2147483647u)
+            err(t, "initial_stream_window_size", "must be 65535-2147483647");
+        m->h2_initial_connection_window_size =
+            u32w(p->initial_connection_window_size, m->h2_initial_connection_window_size);
+        if (m->h2_initial_connection_window_size < 65535 ||
+            m->h2_initial_connection_window_size > 2147483647u)
+            err(t, "initial_connection_window_size", "must be 65535-2147483647");
+        m->h2_hpack_table_size = u32w(p->hpack_table_size, m->h2_hpack_table_size);
+        if (p->allow_connect)
+            m->allow_connect = true;
+        if (p->connection_keepalive)
+            unsupported(t, "connection_keepalive");
+        pop(t, o);
+    }
+    m->server_name = dup(t, empty(h->server_name) ? "skiff" : h->server_name);
+    m->server_header_transformation = (int)h->server_header_transformation;
+    if (m->server_header_transformation < 0 || m->server_header_transformation > 2)
+        err(t, "server_header_transformation", "unknown value");
+    m->max_request_headers_kb = u32w(h->max_request_headers_kb, 60);
+    if (m->max_request_headers_kb == 0 || m->max_request_headers_kb > 8192)
+        err(t, "max_request_headers_kb", "must be 1-8192");
+    m->stream_idle_timeout_ms =
+        dur(t, "stream_idle_timeout", h->stream_idle_timeout, 5 * 60 * 1000, SK_DUR_NONE);
+    m->request_timeout_ms = dur(t, "request_timeout", h->request_timeout, SK_DUR_NONE, SK_DUR_NONE);
+    m->request_headers_timeout_ms =
+        dur(t, "request_headers_timeout", h->request_headers_timeout, SK_DUR_NONE, SK_DUR_NONE);
+    m->drain_timeout_ms = dur(t, "drain_timeout", h->drain_timeout, 5000, SK_DUR_NONE);
+    (void)dur(t, "delayed_close_timeout", h->delayed_close_timeout, 0, 0); /* validated, ignored */
+    /* access_log: accepted and ignored (access logging is not configurable yet) */
+    m->use_remote_address = boolw(h->use_remote_address, false);
+    m->xff_num_trusted_hops = h->xff_num_trusted_hops;
+    if (h->skip_xff_append)
+        unsupported(t, "skip_xff_append");
+    if (!empty(h->via))
+        unsupported(t, "via");
+    m->generate_request_id = boolw(h->generate_request_id, true);
+    m->preserve_external_request_id = h->preserve_external_request_id;
+    if (h->forward_client_cert_details !=
+        ENVOY__EXTENSIONS__FILTERS__NETWORK__HTTP_CONNECTION_MANAGER__V3__HTTP_CONNECTION_MANAGER__FORWARD_CLIENT_CERT_DETAILS__SANITIZE)
+        unsupported(t, "forward_client_cert_details");
+    if (h->set_current_client_cert_details)
+        unsupported(t, "set_current_client_cert_details");
+    m->proxy_100_continue = h->proxy_100_continue;
+    for (size_t i = 0; i < h->n_upgrade_configs; i++) {
+        const Envoy__Extensions__Filters__Network__HttpConnectionManager__V3__HttpConnectionManager__UpgradeConfig
+            *u = h->upgrade_configs[i];
+        size_t o = push(t, ".upgrade_configs[%zu]", i);
+        bool on = boolw(u->enabled, true);
+        if (u->n_filters)
+            unsupported(t, "filters");
+        if (u->upgrade_type && strcasecmp(u->upgrade_type, "websocket") == 0)
+            m->allow_websocket = on;
+        else if (u->upgrade_type && strcmp(u->upgrade_type, "CONNECT") == 0)
+            m->allow_connect = on;
+        else
+            err(t, "upgrade_type", "upgrade type '%s' is not supported by skiff",
+                u->upgrade_type ? u->upgrade_type : "");
+        pop(t, o);
+    }
+    m->normalize_path = boolw(h->normalize_path, false);
+    m->merge_slashes = h->merge_slashes;
+    if (h->path_with_escaped_slashes_action !=
+            ENVOY__EXTENSIONS__FILTERS__NETWORK__HTTP_CONNECTION_MANAGER__V3__HTTP_CONNECTION_MANAGER__PATH_WITH_ESCAPED_SLASHES_ACTION__IMPLEMENTATION_SPECIFIC_DEFAULT &&
+        h->path_with_escaped_slashes_action !=
+            ENVOY__EXTENSIONS__FILTERS__NETWORK__HTTP_CONNECTION_MANAGER__V3__HTTP_CONNECTION_MANAGER__PATH_WITH_ESCAPED_SLASHES_ACTION__KEEP_UNCHANGED)
+        unsupported(t, "path_with_escaped_slashes_action");
+    if (h->strip_matching_host_port)
+        unsupported(t, "strip_matching_host_port");
+    if (h->strip_port_mode_case ==
+            ENVOY__EXTENSIONS__FILTERS__NETWORK__HTTP_CONNECTION_MANAGER__V3__HTTP_CONNECTION_MANAGER__STRIP_PORT_MODE_STRIP_ANY_HOST_PORT &&
+        h->strip_any_host_port)
+        unsupported(t, "strip_any_host_port");
+    if (h->strip_trailing_host_dot)
+        unsupported(t, "strip_trailing_host_dot");
+    if (h->append_x_forwarded_port)
+        unsupported(t, "append_x_forwarded_port");
+    return m;
+}
+
+/* ---- TCP proxy ---------------------------------------------------------------- */
+
+static struct sk_tcp_proxy *tcp_proxy(struct tr *t, const PbTcpProxy *p)
+{
+    struct sk_tcp_proxy *m = al(t, sizeof(*m));
+    if (!m)
+        return NULL;
+    if (empty(p->stat_prefix))
+        err(t, "stat_prefix", "stat_prefix is required");
+    m->stat_prefix = dup(t, p->stat_prefix);
+    switch (p->cluster_specifier_case) {
+    case ENVOY__EXTENSIONS__FILTERS__NETWORK__TCP_PROXY__V3__TCP_PROXY__CLUSTER_SPECIFIER_CLUSTER:
+        m->cluster_name = dup(t, p->cluster);
+        m->cluster = cluster_ref(t, "cluster", p->cluster);
+        break;
+    case ENVOY__EXTENSIONS__FILTERS__NETWORK__TCP_PROXY__V3__TCP_PROXY__CLUSTER_SPECIFIER_WEIGHTED_CLUSTERS: {
+        const Envoy__Extensions__Filters__Network__TcpProxy__V3__TcpProxy__WeightedCluster *w =
+            p->weighted_clusters;
+        size_t o = pushf(t, "weighted_clusters");
+        if (w->n_clusters == 0)
+            err(t, "clusters", "at least one cluster is required");
+        m->weighted = alarr(t, w->n_clusters, sizeof(*m->weighted));
+        m->nweighted = m->weighted ? w->n_clusters : 0;
+        uint64_t sum = 0;
+        for (size_t i = 0; i < m->nweighted; i++) {
+            size_t oi = push(t, ".clusters[%zu]", i);
+            m->weighted[i].name = dup(t, w->clusters[i]->name);
+            m->weighted[i].cluster = cluster_ref(t, "name", w->clusters[i]->name);
+            m->weighted[i].weight = w->clusters[i]->weight;
+            if (w->clusters[i]->weight == 0)
+                err(t, "weight", "weight must be at least 1");
+            if (w->clusters[i]->metadata_match)
+                unsupported(t, "metadata_match");
+            sum += w->clusters[i]->weight;
+            pop(t, oi);
+        }
+        if (sum > UINT32_MAX)
+            err(t, "clusters", "total weight is over 4294967295");
+        m->total_weight = (uint32_t)sum;
+        pop(t, o);
+        break;
+    }
+    default:
+        err(t, NULL, "one of cluster, weighted_clusters is required");
+        break;
+    }
+    if (p->metadata_match)
+        unsupported(t, "metadata_match");
+    m->idle_timeout_ms = dur(t, "idle_timeout", p->idle_timeout, MS_PER_HOUR, SK_DUR_NONE);
+    m->max_connect_attempts = u32w(p->max_connect_attempts, 1);
+    if (m->max_connect_attempts == 0)
+        err(t, "max_connect_attempts", "max_connect_attempts must be at least 1");
+    if (p->max_downstream_connection_duration)
+        unsupported(t, "max_downstream_connection_duration");
+    /* access_log, backoff_options: accepted and ignored */
+    return m;
+}
+
+/* ---- listeners ------------------------------------------------------------------ */
+
+static void transport_socket_down(struct tr *t, const PbTransportSocket *ts, void **tls)
+{
+    *tls = NULL;
+    size_t o = pushf(t, "transport_socket");
+    size_t ot = pushf(t, "typed_config");
+    const PbAny *a = ts->config_type_case ==
+                             ENVOY__CONFIG__CORE__V3__TRANSPORT_SOCKET__CONFIG_TYPE_TYPED_CONFIG
+                         ? ts->typed_config
+                         : NULL;
+    if (!any_ok(t, a)) {
+    } else if (is_type(a, &envoy__extensions__transport_sockets__raw_buffer__v3__raw_buffer__descriptor)) {
+    } else if (is_type(a, &envoy__extensions__transport_sockets__tls__v3__downstream_tls_context__descriptor)) {
+        err(t, NULL, "TLS not supported yet (issue 4)");
+    } else {
+        err(t, NULL, "unsupported transport socket '%s'", any_type(a));
+    }
+    pop(t, ot);
+    pop(t, o);
+}
+
+static char **str_list(struct tr *t, size_t n, char **v, bool lower)
+{
+    char **out = alarr(t, n, sizeof(char *));
+    for (size_t i = 0; out && i < n; i++)
+        out[i] = lower ? duplower(t, v[i]) : dup(t, v[i]);
+    return out;
+}
+
+static void chain_match(struct tr *t, const PbFilterChainMatch *fm, struct sk_chain_match *m)
+{
+    size_t o = pushf(t, "filter_chain_match");
+    if (fm->destination_port) {
+        if (fm->destination_port->value < 1 || fm->destination_port->value > 65535)
+            err(t, "destination_port", "destination_port must be 1-65535");
+        m->destination_port = fm->destination_port->value;
+    }
+    if (fm->n_prefix_ranges)
+        unsupported(t, "prefix_ranges");
+    if (fm->n_direct_source_prefix_ranges)
+        unsupported(t, "direct_source_prefix_ranges");
+    if (fm->source_type != ENVOY__CONFIG__LISTENER__V3__FILTER_CHAIN_MATCH__CONNECTION_SOURCE_TYPE__ANY)
+        unsupported(t, "source_type");
+    if (fm->n_source_prefix_ranges)
+        unsupported(t, "source_prefix_ranges");
+    if (fm->n_source_ports)
+        unsupported(t, "source_ports");
+    for (size_t i = 0; i < fm->n_server_names; i++)
+        if (!valid_domain(fm->server_names[i]) ||
+            (strchr(fm->server_names[i], '*') && strncmp(fm->server_names[i], "*.", 2) != 0)) {
+            size_t oi = push(t, ".server_names[%zu]", i);
+            err(t, NULL, "invalid server name '%s' (only exact names and '*.suffix')",
+                fm->server_names[i] ? fm->server_names[i] : "");
+            pop(t, oi);
+        }
+    m->server_names = str_list(t, fm->n_server_names, fm->server_names, true);
+    m->nserver_names = m->server_names ? fm->n_server_names : 0;
+    if (!empty(fm->transport_protocol))
+        m->transport_protocol = dup(t, fm->transport_protocol);
+    m->application_protocols =
+        str_list(t, fm->n_application_protocols, fm->application_protocols, false);
+    m->napplication_protocols = m->application_protocols ? fm->n_application_protocols : 0;
+    pop(t, o);
+}
+
+/* Network filters: exactly one terminal (HCM or tcp_proxy), last. */
+static void chain_filters(struct tr *t, const PbFilterChain *fc, struct sk_filter_chain *c)
+{
+    if (fc->n_filters == 0) {
+        err(t, "filters", "a filter chain needs a terminal network filter "
+                          "(http_connection_manager or tcp_proxy)");
+        return;
+    }
+    size_t o = pushf(t, "filters");
+    for (size_t i = 0; i < fc->n_filters; i++) {
+        const PbFilter *f = fc->filters[i];
+        bool last = i + 1 == fc->n_filters;
+        size_t oi = pushi(t, i);
+        if (f->config_type_case == ENVOY__CONFIG__LISTENER__V3__FILTER__CONFIG_TYPE_CONFIG_DISCOVERY) {
+            unsupported(t, "config_discovery");
+            pop(t, oi);
+            continue;
+        }
+        size_t ot = pushf(t, "typed_config");
+        const PbAny *a =
+            f->config_type_case == ENVOY__CONFIG__LISTENER__V3__FILTER__CONFIG_TYPE_TYPED_CONFIG
+                ? f->typed_config
+                : NULL;
+        const ProtobufCMessageDescriptor *hd =
+            &envoy__extensions__filters__network__http_connection_manager__v3__http_connection_manager__descriptor;
+        const ProtobufCMessageDescriptor *td =
+            &envoy__extensions__filters__network__tcp_proxy__v3__tcp_proxy__descriptor;
+        if (!any_ok(t, a)) {
+        } else if (is_type(a, hd) || is_type(a, td)) {
+            if (!last) {
+                err(t, NULL, "'%s' is a terminal filter and must be the last in the chain",
+                    any_type(a));
+            } else if (is_type(a, hd)) {
+                PbHcm *h = unpack(t, a, hd);
+                if (h) {
+                    c->kind = SK_CHAIN_HCM;
+                    c->hcm = hcm(t, h);
+                }
+                unpacked_free(h);
+            } else {
+                PbTcpProxy *p = unpack(t, a, td);
+                if (p) {
+                    c->kind = SK_CHAIN_TCP;
+                    c->tcp = tcp_proxy(t, p);
+                }
+                unpacked_free(p);
+            }
+        } else {
+            err(t, NULL, "unsupported network filter '%s'", any_type(a));
+        }
+        pop(t, ot);
+        pop(t, oi);
+    }
+    pop(t, o);
+}
+
+static void filter_chain(struct tr *t, const PbFilterChain *fc, struct sk_filter_chain *c,
+                         bool is_default)
+{
+    if (!empty(fc->name))
+        c->name = dup(t, fc->name);
+    if (fc->filter_chain_match && !is_default)
+        chain_match(t, fc->filter_chain_match, &c->match);
+    chain_filters(t, fc, c);
+    if (boolw(fc->use_proxy_proto, false))
+        unsupported(t, "use_proxy_proto");
+    if (fc->transport_socket)
+        transport_socket_down(t, fc->transport_socket, &c->tls);
+    (void)dur(t, "transport_socket_connect_timeout", fc->transport_socket_connect_timeout, 0, 0);
+}
+
+static bool str_set_eq(char **a, size_t na, char **b, size_t nb)
+{
+    if (na != nb)
+        return false;
+    for (size_t i = 0; i < na; i++) {
+        bool found = false;
+        for (size_t j = 0; j < nb && !found; j++)
+            found = a[i] && b[j] && strcmp(a[i], b[j]) == 0;
+        if (!found)
+            return false;
+    }
+    return true;
+}
+
+static bool chain_match_eq(const struct sk_chain_match *x, const struct sk_chain_match *y)
+{
+    if (x->destination_port != y->destination_port)
+        return false;
+    if ((x->transport_protocol == NULL) != (y->transport_protocol == NULL))
+        return false;
+    if (x->transport_protocol && strcmp(x->transport_protocol, y->transport_protocol) != 0)
+        return false;
+    return str_set_eq(x->server_names, x->nserver_names, y->server_names, y->nserver_names) &&
+           str_set_eq(x->application_protocols, x->napplication_protocols,
+                      y->application_protocols, y->napplication_protocols);
+}
+
+static void listener_filters(struct tr *t, const PbListener *pl)
+{
+    const ProtobufCMessageDescriptor *ok[] = {
+        &envoy__extensions__filters__listener__tls_inspector__v3__tls_inspector__descriptor,
+        &envoy__extensions__filters__listener__original_dst__v3__original_dst__descriptor,
+        &envoy__extensions__filters__listener__http_inspector__v3__http_inspector__descriptor,
+    };
+    for (size_t i = 0; i < pl->n_listener_filters; i++) {
+        const PbListenerFilter *f = pl->listener_filters[i];
+        size_t o = push(t, ".listener_filters[%zu]", i);
+        if (f->config_type_case ==
+            ENVOY__CONFIG__LISTENER__V3__LISTENER_FILTER__CONFIG_TYPE_CONFIG_DISCOVERY) {
+            unsupported(t, "config_discovery");
+        } else {
+            size_t ot = pushf(t, "typed_config");
+            const PbAny *a = f->config_type_case ==
+                                     ENVOY__CONFIG__LISTENER__V3__LISTENER_FILTER__CONFIG_TYPE_TYPED_CONFIG
+                                 ? f->typed_config
+                                 : NULL;
+            if (any_ok(t, a)) {
+                size_t k = 0;
+                while (k < sizeof(ok) / sizeof(ok[0]) && !is_type(a, ok[k]))
+                    k++;
+                if (k == sizeof(ok) / sizeof(ok[0]))
+                    err(t, NULL, "unsupported listener filter '%s'", any_type(a));
+                else
+                    unpacked_free(unpack(t, a, ok[k])); /* validates; nothing recorded yet */
+            }
+            pop(t, ot);
+        }
+        /* filter_disabled: accepted; the inspectors are not run yet anyway */
+        pop(t, o);
+    }
+}
+
+static void listener(struct tr *t, const PbListener *pl, struct sk_listener *l)
+{
+    if (empty(pl->name))
+        err(t, "name", "name is required");
+    l->name = dup(t, pl->name);
+    size_t o = pushf(t, "address");
+    if (address(t, pl->address, ADDR_NEED_IP | ADDR_PORT0_OK, NULL, NULL, &l->addr))
+        l->addr_str = addr_str(t, &l->addr);
+    pop(t, o);
+    if (pl->n_additional_addresses)
+        unsupported(t, "additional_addresses");
+    if (pl->n_filter_chains == 0 && !pl->default_filter_chain)
+        err(t, "filter_chains", "at least one filter chain (or default_filter_chain) is required");
+    l->chains = alarr(t, pl->n_filter_chains, sizeof(*l->chains));
+    l->nchains = l->chains ? pl->n_filter_chains : 0;
+    for (size_t i = 0; i < l->nchains; i++) {
+        size_t oc = push(t, ".filter_chains[%zu]", i);
+        filter_chain(t, pl->filter_chains[i], &l->chains[i], false);
+        for (size_t j = 0; j < i; j++)
+            if (chain_match_eq(&l->chains[i].match, &l->chains[j].match)) {
+                err(t, "filter_chain_match",
+                    "filter chains [%zu] and [%zu] have the same filter_chain_match", j, i);
+                break;
+            }
+        pop(t, oc);
+    }
+    if (pl->default_filter_chain) {
+        l->default_chain = al(t, sizeof(*l->default_chain));
+        if (l->default_chain) {
+            size_t od = pushf(t, "default_filter_chain");
+            filter_chain(t, pl->default_filter_chain, l->default_chain, true);
+            pop(t, od);
+        }
+    }
+    l->bind_to_port = boolw(pl->bind_to_port, true);
+    l->use_original_dst = boolw(pl->use_original_dst, false);
+    l->per_connection_buffer_limit_bytes =
+        u32w(pl->per_connection_buffer_limit_bytes, DEFAULT_BUFFER_LIMIT);
+    l->tcp_backlog_size = u32w(pl->tcp_backlog_size, 1024);
+    listener_filters(t, pl);
+    (void)dur(t, "listener_filters_timeout", pl->listener_filters_timeout, 0, 0);
+    if (boolw(pl->transparent, false))
+        unsupported(t, "transparent");
+    if (boolw(pl->freebind, false))
+        unsupported(t, "freebind");
+    /* accepted and ignored: stat_prefix, metadata, drain_type, traffic_direction,
+     * enable_reuse_port (workers always use SO_REUSEPORT), access_log,
+     * max_connections_to_accept_per_socket_event, tcp_keepalive,
+     * continue_on_listener_filters_timeout */
+}
+
+/* ---- clusters ------------------------------------------------------------------- */
+
+static void up_http2(struct tr *t, const PbHttp2Options *p, struct sk_cluster *c)
+{
+    c->upstream_proto = SK_UP_HTTP2;
+    if (p && p->max_concurrent_streams) {
+        c->h2_max_concurrent_streams = p->max_concurrent_streams->value;
+        if (c->h2_max_concurrent_streams == 0 || c->h2_max_concurrent_streams > 2147483647u)
+            err(t, "max_concurrent_streams", "must be 1-2147483647");
+    }
+    if (p && p->connection_keepalive)
+        unsupported(t, "connection_keepalive");
+}
+
+static void up_common_options(struct tr *t, const PbHttpProtocolOptions *p, struct sk_cluster *c)
+{
+    c->idle_timeout_ms = dur(t, "idle_timeout", p->idle_timeout, MS_PER_HOUR, SK_DUR_NONE);
+    if (p->max_requests_per_connection)
+        c->max_requests_per_connection = p->max_requests_per_connection->value;
+    if (p->max_connection_duration)
+        unsupported(t, "max_connection_duration");
+    if (p->max_stream_duration)
+        unsupported(t, "max_stream_duration");
+    if (p->headers_with_underscores_action !=
+        ENVOY__CONFIG__CORE__V3__HTTP_PROTOCOL_OPTIONS__HEADERS_WITH_UNDERSCORES_ACTION__ALLOW)
+        unsupported(t, "headers_with_underscores_action");
+    /* max_headers_count / max_response_headers_kb upstream: accepted, ignored */
+}
+
+/* typed_extension_protocol_options["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"] */
+static void up_http_options(struct tr *t, const PbUpHttpOptions *p, struct sk_cluster *c)
+{
+    if (p->common_http_protocol_options) {
+        size_t o = pushf(t, "common_http_protocol_options");
+        up_common_options(t, p->common_http_protocol_options, c);
+        pop(t, o);
+    }
+    /* upstream_http_protocol_options (auto_sni, ...) only matter with TLS */
+    switch (p->upstream_protocol_options_case) {
+    case ENVOY__EXTENSIONS__UPSTREAMS__HTTP__V3__HTTP_PROTOCOL_OPTIONS__UPSTREAM_PROTOCOL_OPTIONS_EXPLICIT_HTTP_CONFIG: {
+        const Envoy__Extensions__Upstreams__Http__V3__HttpProtocolOptions__ExplicitHttpConfig *e =
+            p->explicit_http_config;
+        size_t o = pushf(t, "explicit_http_config");
+        if (e->protocol_config_case ==
+            ENVOY__EXTENSIONS__UPSTREAMS__HTTP__V3__HTTP_PROTOCOL_OPTIONS__EXPLICIT_HTTP_CONFIG__PROTOCOL_CONFIG_HTTP2_PROTOCOL_OPTIONS) {
+            size_t o2 = pushf(t, "http2_protocol_options");
+            up_http2(t, e->http2_protocol_options, c);
+            pop(t, o2);
+        } else if (e->protocol_config_case ==
+                   ENVOY__EXTENSIONS__UPSTREAMS__HTTP__V3__HTTP_PROTOCOL_OPTIONS__EXPLICIT_HTTP_CONFIG__PROTOCOL_CONFIG_HTTP_PROTOCOL_OPTIONS) {
+            c->upstream_proto = SK_UP_HTTP1;
+        } else {
+            err(t, NULL, "one of http_protocol_options, http2_protocol_options is required");
+        }
+        pop(t, o);
+        break;
+    }
+    case ENVOY__EXTENSIONS__UPSTREAMS__HTTP__V3__HTTP_PROTOCOL_OPTIONS__UPSTREAM_PROTOCOL_OPTIONS_USE_DOWNSTREAM_PROTOCOL_CONFIG: {
+        size_t o = pushf(t, "use_downstream_protocol_config");
+        const PbHttp2Options *h2 = p->use_downstream_protocol_config->http2_protocol_options;
+        if (h2) {
+            size_t o2 = pushf(t, "http2_protocol_options");
+            up_http2(t, h2, c);
+            pop(t, o2);
+        }
+        c->upstream_proto = SK_UP_USE_DOWNSTREAM;
+        pop(t, o);
+        break;
+    }
+    case ENVOY__EXTENSIONS__UPSTREAMS__HTTP__V3__HTTP_PROTOCOL_OPTIONS__UPSTREAM_PROTOCOL_OPTIONS_AUTO_CONFIG:
+        err(t, "auto_config", "auto_config (ALPN) is not supported yet");
+        break;
+    default:
+        err(t, NULL,
+            "one of explicit_http_config, use_downstream_protocol_config is required");
+        break;
+    }
+}
+
+static void protocol_options(struct tr *t, const PbCluster *pc, struct sk_cluster *c)
+{
+    static const char key[] = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
+    bool typed = false;
+    for (size_t i = 0; i < pc->n_typed_extension_protocol_options; i++) {
+        const Envoy__Config__Cluster__V3__Cluster__TypedExtensionProtocolOptionsEntry *e =
+            pc->typed_extension_protocol_options[i];
+        size_t o = push(t, ".typed_extension_protocol_options[\"%s\"]", e->key ? e->key : "");
+        const ProtobufCMessageDescriptor *d =
+            &envoy__extensions__upstreams__http__v3__http_protocol_options__descriptor;
+        if (!e->key || strcmp(e->key, key) != 0) {
+            err(t, NULL, "unsupported protocol options '%s'", e->key ? e->key : "");
+        } else if (!any_ok(t, e->value)) {
+        } else if (!is_type(e->value, d)) {
+            err(t, NULL, "expected %s, got '%s'", d->name, any_type(e->value));
+        } else {
+            PbUpHttpOptions *p = unpack(t, e->value, d);
+            if (p)
+                up_http_options(t, p, c);
+            unpacked_free(p);
+            typed = true;
+        }
+        pop(t, o);
+    }
+    bool deprecated = pc->http2_protocol_options || pc->http_protocol_options ||
+                      pc->common_http_protocol_options;
+    if (typed && deprecated) {
+        err(t, "typed_extension_protocol_options",
+            "cannot be combined with the deprecated cluster-level protocol options");
+        return;
+    }
+    if (pc->common_http_protocol_options) {
+        size_t o = pushf(t, "common_http_protocol_options");
+        up_common_options(t, pc->common_http_protocol_options, c);
+        pop(t, o);
+    }
+    if (pc->http2_protocol_options) {
+        if (pc->http_protocol_options)
+            err(t, "http2_protocol_options",
+                "http_protocol_options and http2_protocol_options cannot both be set");
+        size_t o = pushf(t, "http2_protocol_options");
+        up_http2(t, pc->http2_protocol_options, c);
+        pop(t, o);
+    }
+    if (pc->max_requests_per_connection)
+        c->max_requests_per_connection = pc->max_requests_per_connection->value;
+}
+
+static void circuit_breakers(struct tr *t, const Envoy__Config__Cluster__V3__CircuitBreakers *cb,
+                             struct sk_circuit_breakers *m)
+{
+    size_t o = pushf(t, "circuit_breakers");
+    bool seen_default = false;
+    for (size_t i = 0; i < cb->n_thresholds; i++) {
+        const Envoy__Config__Cluster__V3__CircuitBreakers__Thresholds *th = cb->thresholds[i];
+        size_t oi = push(t, ".thresholds[%zu]", i);
+        if (th->retry_budget)
+            unsupported(t, "retry_budget");
+        if (th->max_connection_pools)
+            unsupported(t, "max_connection_pools");
+        if (th->priority == ENVOY__CONFIG__CORE__V3__ROUTING_PRIORITY__DEFAULT) {
+            if (seen_default)
+                err(t, "priority", "duplicate thresholds for priority DEFAULT");
+            seen_default = true;
+            m->max_connections = u32w(th->max_connections, 1024);
+            m->max_pending_requests = u32w(th->max_pending_requests, 1024);
+            m->max_requests = u32w(th->max_requests, 1024);
+            m->max_retries = u32w(th->max_retries, 3);
+        }
+        /* HIGH thresholds: accepted; routes with priority HIGH are rejected */
+        pop(t, oi);
+    }
+    if (cb->n_per_host_thresholds)
+        unsupported(t, "per_host_thresholds");
+    pop(t, o);
+}
+
+static void endpoints(struct tr *t, const PbCla *la, struct sk_cluster *c)
+{
+    size_t o = pushf(t, "load_assignment");
+    size_t total = 0;
+    for (size_t i = 0; i < la->n_endpoints; i++)
+        total += la->endpoints[i]->n_lb_endpoints;
+    c->endpoints = alarr(t, total, sizeof(*c->endpoints));
+    if (la->policy && la->policy->n_drop_overloads)
+        unsupported(t, "policy.drop_overloads");
+    for (size_t i = 0; c->endpoints && i < la->n_endpoints; i++) {
+        const Envoy__Config__Endpoint__V3__LocalityLbEndpoints *le = la->endpoints[i];
+        size_t ol = push(t, ".endpoints[%zu]", i);
+        for (size_t j = 0; j < le->n_lb_endpoints; j++) {
+            const Envoy__Config__Endpoint__V3__LbEndpoint *lb = le->lb_endpoints[j];
+            struct sk_endpoint *ep = &c->endpoints[c->nendpoints];
+            size_t oj = push(t, ".lb_endpoints[%zu]", j);
+            if (lb->host_identifier_case !=
+                    ENVOY__CONFIG__ENDPOINT__V3__LB_ENDPOINT__HOST_IDENTIFIER_ENDPOINT ||
+                !lb->endpoint) {
+                err(t, "endpoint", "endpoint is required");
+                pop(t, oj);
+                continue;
+            }
+            size_t oe = pushf(t, "endpoint");
+            if (lb->endpoint->n_additional_addresses)
+                unsupported(t, "additional_addresses");
+            size_t oa = pushf(t, "address");
+            int flags = c->type == SK_CLUSTER_STATIC || c->type == SK_CLUSTER_EDS ? ADDR_NEED_IP : 0;
+            bool ok = address(t, lb->endpoint->address, flags, &ep->host, &ep->port, &ep->addr);
+            pop(t, oa);
+            pop(t, oe);
+            ep->weight = u32w(lb->load_balancing_weight, 1);
+            if (ep->weight == 0)
+                err(t, "load_balancing_weight", "load_balancing_weight must be at least 1");
+            if ((unsigned)lb->health_status > SK_HEALTH_DEGRADED)
+                err(t, "health_status", "unknown health_status");
+            ep->health = (int)lb->health_status;
+            ep->priority = le->priority;
+            if (ok)
+                c->nendpoints++;
+            pop(t, oj);
+        }
+        pop(t, ol);
+    }
+    if (c->type == SK_CLUSTER_LOGICAL_DNS && total != 1)
+        err(t, NULL, "LOGICAL_DNS clusters need exactly one endpoint (got %zu)", total);
+    pop(t, o);
+}
+
+static void cluster(struct tr *t, const PbCluster *pc, struct sk_cluster *c)
+{
+    if (empty(pc->name))
+        err(t, "name", "name is required");
+    c->name = dup(t, pc->name);
+    if (pc->cluster_discovery_type_case ==
+        ENVOY__CONFIG__CLUSTER__V3__CLUSTER__CLUSTER_DISCOVERY_TYPE_CLUSTER_TYPE) {
+        unsupported(t, "cluster_type");
+    } else {
+        switch (pc->type) {
+        case ENVOY__CONFIG__CLUSTER__V3__CLUSTER__DISCOVERY_TYPE__STATIC:
+            c->type = SK_CLUSTER_STATIC;
+            break;
+        case ENVOY__CONFIG__CLUSTER__V3__CLUSTER__DISCOVERY_TYPE__STRICT_DNS:
+            c->type = SK_CLUSTER_STRICT_DNS;
+            break;
+        case ENVOY__CONFIG__CLUSTER__V3__CLUSTER__DISCOVERY_TYPE__LOGICAL_DNS:
+            c->type = SK_CLUSTER_LOGICAL_DNS;
+            break;
+        case ENVOY__CONFIG__CLUSTER__V3__CLUSTER__DISCOVERY_TYPE__EDS:
+            c->type = SK_CLUSTER_EDS;
+            if (!t->snap->xds.ads)
+                err(t, "type", "EDS clusters require xDS (not configured: "
+                               "dynamic_resources.ads_config)");
+            break;
+        case ENVOY__CONFIG__CLUSTER__V3__CLUSTER__DISCOVERY_TYPE__ORIGINAL_DST:
+            err(t, "type", "ORIGINAL_DST clusters are not supported yet");
+            break;
+        default:
+            err(t, "type", "unknown cluster type");
+            break;
+        }
+    }
+    if (c->type == SK_CLUSTER_EDS) {
+        const Envoy__Config__Cluster__V3__Cluster__EdsClusterConfig *e = pc->eds_cluster_config;
+        c->eds_service_name = dup(t, e && !empty(e->service_name) ? e->service_name : pc->name);
+        if (e && e->eds_config &&
+            e->eds_config->config_source_specifier_case !=
+                ENVOY__CONFIG__CORE__V3__CONFIG_SOURCE__CONFIG_SOURCE_SPECIFIER_ADS &&
+            e->eds_config->config_source_specifier_case !=
+                ENVOY__CONFIG__CORE__V3__CONFIG_SOURCE__CONFIG_SOURCE_SPECIFIER_SELF)
+            err(t, "eds_cluster_config.eds_config", "eds_config must be ads");
+    }
+    switch (pc->lb_policy) {
+    case ENVOY__CONFIG__CLUSTER__V3__CLUSTER__LB_POLICY__ROUND_ROBIN:
+        c->lb_policy = SK_LB_ROUND_ROBIN;
+        break;
+    case ENVOY__CONFIG__CLUSTER__V3__CLUSTER__LB_POLICY__LEAST_REQUEST:
+        c->lb_policy = SK_LB_LEAST_REQUEST;
+        break;
+    case ENVOY__CONFIG__CLUSTER__V3__CLUSTER__LB_POLICY__RANDOM:
+        c->lb_policy = SK_LB_RANDOM;
+        break;
+    default:
+        err(t, "lb_policy", "lb_policy %s is not supported by skiff",
+            protobuf_c_enum_descriptor_get_value(
+                &envoy__config__cluster__v3__cluster__lb_policy__descriptor, (int)pc->lb_policy)
+                ? protobuf_c_enum_descriptor_get_value(
+                      &envoy__config__cluster__v3__cluster__lb_policy__descriptor,
+                      (int)pc->lb_policy)->name
+                : "?");
+        break;
+    }
+    c->lr_choice_count = 2;
+    if (pc->lb_config_case == ENVOY__CONFIG__CLUSTER__V3__CLUSTER__LB_CONFIG_LEAST_REQUEST_LB_CONFIG) {
+        c->lr_choice_count = u32w(pc->least_request_lb_config->choice_count, 2);
+        if (c->lr_choice_count < 2)
+            err(t, "least_request_lb_config.choice_count", "choice_count must be at least 2");
+    } else if (pc->lb_config_case == ENVOY__CONFIG__CLUSTER__V3__CLUSTER__LB_CONFIG_RING_HASH_LB_CONFIG) {
+        unsupported(t, "ring_hash_lb_config");
+    }
+    c->connect_timeout_ms = dur(t, "connect_timeout", pc->connect_timeout, 5000, 0);
+    if (c->connect_timeout_ms == 0)
+        err(t, "connect_timeout", "connect_timeout must be greater than 0");
+    c->dns_refresh_rate_ms = dur(t, "dns_refresh_rate", pc->dns_refresh_rate, 5000, 0);
+    if (c->dns_refresh_rate_ms == 0)
+        err(t, "dns_refresh_rate", "dns_refresh_rate must be greater than 0");
+    if ((unsigned)pc->dns_lookup_family > 4)
+        err(t, "dns_lookup_family", "unknown dns_lookup_family");
+    c->dns_lookup_family = (int)pc->dns_lookup_family;
+    c->respect_dns_ttl = pc->respect_dns_ttl;
+    /* dns_jitter, typed_dns_resolver_config (c-ares is used anyway),
+     * wait_for_warm_on_init: accepted and ignored */
+    c->per_connection_buffer_limit_bytes =
+        u32w(pc->per_connection_buffer_limit_bytes, DEFAULT_BUFFER_LIMIT);
+    c->upstream_proto = SK_UP_HTTP1;
+    c->idle_timeout_ms = MS_PER_HOUR;
+    c->h2_max_concurrent_streams = 100;
+    protocol_options(t, pc, c);
+    c->cb = (struct sk_circuit_breakers){1024, 1024, 1024, 3};
+    if (pc->circuit_breakers)
+        circuit_breakers(t, pc->circuit_breakers, &c->cb);
+    c->healthy_panic_percent = 50.0;
+    if (pc->common_lb_config) {
+        const Envoy__Config__Cluster__V3__Cluster__CommonLbConfig *l = pc->common_lb_config;
+        size_t o = pushf(t, "common_lb_config");
+        if (l->healthy_panic_threshold) {
+            double v = l->healthy_panic_threshold->value;
+            if (!(v >= 0.0 && v <= 100.0))
+                err(t, "healthy_panic_threshold", "must be 0-100");
+            else
+                c->healthy_panic_percent = v;
+        }
+        if (l->locality_config_specifier_case ==
+            ENVOY__CONFIG__CLUSTER__V3__CLUSTER__COMMON_LB_CONFIG__LOCALITY_CONFIG_SPECIFIER_LOCALITY_WEIGHTED_LB_CONFIG)
+            unsupported(t, "locality_weighted_lb_config");
+        pop(t, o);
+    }
+    if (pc->load_assignment && c->type != SK_CLUSTER_EDS)
+        endpoints(t, pc->load_assignment, c);
+    else if (!pc->load_assignment && c->type == SK_CLUSTER_LOGICAL_DNS)
+        err(t, "load_assignment", "LOGICAL_DNS clusters need exactly one endpoint (got 0)");
+    if (pc->transport_socket) {
+        size_t o = pushf(t, "transport_socket");
+        size_t ot = pushf(t, "typed_config");
+        const PbAny *a = pc->transport_socket->config_type_case ==
+                                 ENVOY__CONFIG__CORE__V3__TRANSPORT_SOCKET__CONFIG_TYPE_TYPED_CONFIG
+                             ? pc->transport_socket->typed_config
+                             : NULL;
+        if (!any_ok(t, a)) {
+        } else if (is_type(a, &envoy__extensions__transport_sockets__raw_buffer__v3__raw_buffer__descriptor)) {
+        } else if (is_type(a, &envoy__extensions__transport_sockets__tls__v3__upstream_tls_context__descriptor)) {
+            err(t, NULL, "TLS not supported yet (issue 4)");
+        } else {
+            err(t, NULL, "unsupported transport socket '%s'", any_type(a));
+        }
+        pop(t, ot);
+        pop(t, o);
+    }
+    if (pc->n_transport_socket_matches)
+        unsupported(t, "transport_socket_matches");
+    if (pc->upstream_bind_config)
+        unsupported(t, "upstream_bind_config");
+    if (pc->load_balancing_policy)
+        unsupported(t, "load_balancing_policy");
+    if (pc->connection_pool_per_downstream_connection)
+        unsupported(t, "connection_pool_per_downstream_connection");
+    /* outlier_detection, health_checks: accepted; implemented by issue 5, which
+     * fills c->outlier / c->health_checks. Accepted and ignored: alt_stat_name,
+     * metadata, filters (upstream network filters such as Istio's metadata
+     * exchange), upstream_connection_options, upstream_http_protocol_options,
+     * cleanup_interval, close_connections_on_host_health_failure,
+     * ignore_health_on_host_removal. */
+}
+
+/* ---- bootstrap-level -------------------------------------------------------------- */
+
+static bool config_source_ads(const PbConfigSource *cs)
+{
+    return cs && (cs->config_source_specifier_case ==
+                      ENVOY__CONFIG__CORE__V3__CONFIG_SOURCE__CONFIG_SOURCE_SPECIFIER_ADS ||
+                  cs->config_source_specifier_case ==
+                      ENVOY__CONFIG__CORE__V3__CONFIG_SOURCE__CONFIG_SOURCE_SPECIFIER_SELF);
+}
+
+static void dynamic_resources(struct tr *t,
+                              const Envoy__Config__Bootstrap__V3__Bootstrap__DynamicResources *d)
+{
+    struct sk_xds_cfg *x = &t->snap->xds;
+    size_t o = pushf(t, "dynamic_resources");
+    if (d->ads_config) {
+        const Envoy__Config__Core__V3__ApiConfigSource *a = d->ads_config;
+        size_t oa = pushf(t, "ads_config");
+        x->ads = true;
+        if (a->api_type != ENVOY__CONFIG__CORE__V3__API_CONFIG_SOURCE__API_TYPE__GRPC &&
+            a->api_type != ENVOY__CONFIG__CORE__V3__API_CONFIG_SOURCE__API_TYPE__AGGREGATED_GRPC)
+            err(t, "api_type", "only api_type GRPC (state of the world) is supported");
+        if (a->transport_api_version != ENVOY__CONFIG__CORE__V3__API_VERSION__AUTO &&
+            a->transport_api_version != ENVOY__CONFIG__CORE__V3__API_VERSION__V3)
+            err(t, "transport_api_version", "only V3 is supported");
+        if (a->n_cluster_names)
+            unsupported(t, "cluster_names");
+        if (a->n_grpc_services != 1) {
+            err(t, "grpc_services", "exactly one grpc_services entry is required");
+        } else {
+            const Envoy__Config__Core__V3__GrpcService *g = a->grpc_services[0];
+            size_t og = pushf(t, "grpc_services[0]");
+            if (g->target_specifier_case !=
+                    ENVOY__CONFIG__CORE__V3__GRPC_SERVICE__TARGET_SPECIFIER_ENVOY_GRPC ||
+                !g->envoy_grpc || empty(g->envoy_grpc->cluster_name))
+                err(t, "envoy_grpc.cluster_name", "envoy_grpc.cluster_name is required");
+            else
+                x->ads_cluster = dup(t, g->envoy_grpc->cluster_name);
+            if (g->n_initial_metadata)
+                unsupported(t, "initial_metadata");
+            pop(t, og);
+        }
+        x->set_node_on_first_message_only = a->set_node_on_first_message_only;
+        pop(t, oa);
+    }
+    if (d->lds_config) {
+        if (!config_source_ads(d->lds_config))
+            err(t, "lds_config", "only ads config sources are supported");
+        else if (!x->ads)
+            err(t, "lds_config", "lds_config: ads requires ads_config");
+        x->lds = true;
+    }
+    if (d->cds_config) {
+        if (!config_source_ads(d->cds_config))
+            err(t, "cds_config", "only ads config sources are supported");
+        else if (!x->ads)
+            err(t, "cds_config", "cds_config: ads requires ads_config");
+        x->cds = true;
+    }
+    pop(t, o);
+}
+
+static void admin(struct tr *t, const Envoy__Config__Bootstrap__V3__Admin *ad)
+{
+    size_t o = pushf(t, "admin");
+    if (ad->n_socket_options)
+        unsupported(t, "socket_options");
+    /* access_log_path, profile_path, access_log: accepted and ignored */
+    if (ad->address) {
+        size_t oa = pushf(t, "address");
+        struct sk_admin_cfg *m = &t->snap->admin;
+        if (address(t, ad->address, ADDR_NEED_IP, NULL, NULL, &m->addr)) {
+            m->enabled = true;
+            m->addr_str = addr_str(t, &m->addr);
+        }
+        pop(t, oa);
+    }
+    pop(t, o);
+}
+
+/* ---- entry point --------------------------------------------------------------------- */
+
+int sk_snapshot_build(const struct Envoy__Config__Bootstrap__V3__Bootstrap *bs,
+                      struct sk_snapshot **out, struct sk_cfgerrs *errs)
+{
+    *out = NULL;
+    struct sk_arena arena;
+    sk_arena_init(&arena, 16384);
+    struct tr tr = {.a = &arena, .errs = errs};
+    struct tr *t = &tr;
+
+    struct sk_snapshot *s = al(t, sizeof(*s));
+    if (!s) {
+        sk_arena_free(&arena);
+        sk_cfgerrs_add(errs, "", "out of memory");
+        return SK_ERR_NOMEM;
+    }
+    t->snap = s;
+    if (!bs) {
+        sk_cfgerrs_add(errs, "", "no bootstrap");
+        sk_arena_free(&arena);
+        return SK_ERR_CONFIG;
+    }
+
+    if (bs->node) {
+        s->node_id = dup(t, bs->node->id);
+        s->node_cluster = dup(t, bs->node->cluster);
+    } else {
+        s->node_id = dup(t, "");
+        s->node_cluster = dup(t, "");
+    }
+    if (bs->admin)
+        admin(t, bs->admin);
+    if (bs->dynamic_resources)
+        dynamic_resources(t, bs->dynamic_resources);
+
+    const Envoy__Config__Bootstrap__V3__Bootstrap__StaticResources *sr = bs->static_resources;
+    size_t nclusters = sr ? sr->n_clusters : 0, nlisteners = sr ? sr->n_listeners : 0;
+
+    /* Clusters first: listeners' routes resolve cluster names against them. */
+    s->clusters = alarr(t, nclusters, sizeof(*s->clusters));
+    s->nclusters = s->clusters ? nclusters : 0;
+    for (size_t i = 0; i < s->nclusters; i++) {
+        size_t o = push(t, "static_resources.clusters[%zu]", i);
+        s->clusters[i].index = i;
+        cluster(t, sr->clusters[i], &s->clusters[i]);
+        pop(t, o);
+    }
+    s->clusters_by_name = alarr(t, s->nclusters, sizeof(*s->clusters_by_name));
+    if (s->clusters_by_name) {
+        for (size_t i = 0; i < s->nclusters; i++)
+            s->clusters_by_name[i] = &s->clusters[i];
+        for (size_t i = 0; i < s->nclusters; i++)
+            if (!s->clusters[i].name)
+                s->clusters[i].name = (char *)""; /* oom: keep the sort safe */
+        qsort(s->clusters_by_name, s->nclusters, sizeof(*s->clusters_by_name), cmp_cluster_ptr);
+        for (size_t i = 1; i < s->nclusters; i++) {
+            struct sk_cluster *a = s->clusters_by_name[i - 1], *b = s->clusters_by_name[i];
+            if (*b->name && strcmp(a->name, b->name) == 0) {
+                size_t o = push(t, "static_resources.clusters[%zu]", b->index);
+                err(t, "name", "duplicate cluster name '%s'", b->name);
+                pop(t, o);
+            }
+        }
+    }
+    if (s->xds.ads_cluster) {
+        s->xds.cluster = find_cluster(s, s->xds.ads_cluster);
+        size_t o = push(t, "dynamic_resources.ads_config.grpc_services[0].envoy_grpc.cluster_name");
+        if (!s->xds.cluster)
+            err(t, NULL, "unknown cluster '%s' (the ADS cluster must be a static cluster)",
+                s->xds.ads_cluster);
+        else if (s->xds.cluster->type == SK_CLUSTER_EDS)
+            err(t, NULL, "the ADS cluster '%s' cannot be an EDS cluster", s->xds.ads_cluster);
+        pop(t, o);
+    }
+
+    s->listeners = alarr(t, nlisteners, sizeof(*s->listeners));
+    s->nlisteners = s->listeners ? nlisteners : 0;
+    for (size_t i = 0; i < s->nlisteners; i++) {
+        size_t o = push(t, "static_resources.listeners[%zu]", i);
+        listener(t, sr->listeners[i], &s->listeners[i]);
+        for (size_t j = 0; j < i; j++)
+            if (s->listeners[i].name && *s->listeners[i].name && s->listeners[j].name &&
+                strcmp(s->listeners[i].name, s->listeners[j].name) == 0) {
+                err(t, "name", "duplicate listener name '%s'", s->listeners[i].name);
+                break;
+            }
+        pop(t, o);
+    }
+    if (sr && sr->n_secrets)
+        err(t, "static_resources.secrets", "secrets are not supported yet (TLS, issue 4)");
+
+    if (t->oom)
+        sk_cfgerrs_add(errs, "", "out of memory while building the snapshot");
+    if (t->oom || t->nerr) {
+        sk_arena_free(&arena);
+        return t->oom ? SK_ERR_NOMEM : SK_ERR_CONFIG;
+    }
+    atomic_init(&s->refs, 1);
+    s->arena = arena; /* the snapshot now owns the arena it lives in */
+    *out = s;
+    return 0;
+}

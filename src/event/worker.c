@@ -1,0 +1,232 @@
+/* Worker threads, their mailboxes and reap lists. */
+#include "skiff/worker.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "skiff/log.h"
+#include "skiff/net.h"
+#include "skiff/upstream.h"
+
+struct sk_worker *sk_workers;
+int sk_nworkers;
+
+uint32_t sk_worker_rand(struct sk_worker *w)
+{
+    uint32_t x = w->rng;
+    x ^= x << 13;
+    x ^= x >> 17;
+    x ^= x << 5;
+    w->rng = x;
+    return x;
+}
+
+void sk_worker_reap(struct sk_worker *w, struct sk_reap *r)
+{
+    r->next = w->reap_list;
+    w->reap_list = r;
+}
+
+void sk_worker_defer(struct sk_worker *w, struct sk_reap *r)
+{
+    r->next = w->defer_list;
+    w->defer_list = r;
+}
+
+static void reap_cb(struct ev_loop *loop, ev_prepare *p, int revents)
+{
+    struct sk_worker *w = p->data;
+    while (w->defer_list) {
+        struct sk_reap *r = w->defer_list;
+        w->defer_list = NULL;
+        while (r) {
+            struct sk_reap *n = r->next;
+            r->free_fn(r);
+            r = n;
+        }
+    }
+    /* freeing may queue more objects (a stream freeing its upstream conn):
+     * loop until the list stays empty */
+    while (w->reap_list) {
+        struct sk_reap *r = w->reap_list;
+        w->reap_list = NULL;
+        while (r) {
+            struct sk_reap *n = r->next;
+            r->free_fn(r);
+            r = n;
+        }
+    }
+}
+
+void sk_worker_conn_link(struct sk_worker *w, struct sk_conn_base *c)
+{
+    c->w = w;
+    c->prev = NULL;
+    c->next = w->conns;
+    if (w->conns)
+        w->conns->prev = c;
+    w->conns = c;
+}
+
+void sk_worker_conn_unlink(struct sk_worker *w, struct sk_conn_base *c)
+{
+    if (c->prev)
+        c->prev->next = c->next;
+    else if (w->conns == c)
+        w->conns = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    c->prev = c->next = NULL;
+}
+
+void sk_worker_post(struct sk_worker *w, struct sk_msg *msg)
+{
+    msg->next = NULL;
+    pthread_mutex_lock(&w->mbox_lock);
+    if (w->mbox_tail)
+        w->mbox_tail->next = msg;
+    else
+        w->mbox_head = msg;
+    w->mbox_tail = msg;
+    pthread_mutex_unlock(&w->mbox_lock);
+    ev_async_send(w->loop, &w->wake);
+}
+
+static void msg_free(struct sk_msg *m)
+{
+    if (m->snap)
+        sk_snapshot_unref(m->snap);
+    for (size_t i = 0; i < m->nlfds; i++)
+        free(m->lfds[i].name);
+    free(m->lfds);
+    free(m->cluster);
+    free(m->addrs);
+    free(m);
+}
+
+static void start_drain(struct sk_worker *w)
+{
+    if (w->draining)
+        return;
+    w->draining = true;
+    sk_listeners_close_all(w);
+    /* drain() may unlink and reap the connection: walk with a saved next */
+    struct sk_conn_base *c = w->conns;
+    while (c) {
+        struct sk_conn_base *n = c->next;
+        c->drain(c);
+        c = n;
+    }
+}
+
+static void apply_config(struct sk_worker *w, struct sk_msg *m)
+{
+    struct sk_snapshot *old = w->snap;
+    w->snap = m->snap;
+    m->snap = NULL;
+    sk_clusters_apply(w, w->snap);
+    sk_listeners_apply(w, w->snap, m->lfds, m->nlfds);
+    /* fds now belong to the worker's listener objects */
+    m->nlfds = 0;
+    atomic_store(&w->applied_version, w->snap->version);
+    if (old)
+        sk_snapshot_unref(old);
+}
+
+static void wake_cb(struct ev_loop *loop, ev_async *a, int revents)
+{
+    struct sk_worker *w = a->data;
+    for (;;) {
+        pthread_mutex_lock(&w->mbox_lock);
+        struct sk_msg *m = w->mbox_head;
+        if (m) {
+            w->mbox_head = m->next;
+            if (!w->mbox_head)
+                w->mbox_tail = NULL;
+        }
+        pthread_mutex_unlock(&w->mbox_lock);
+        if (!m)
+            break;
+        switch (m->kind) {
+        case SK_MSG_CONFIG:
+            apply_config(w, m);
+            break;
+        case SK_MSG_DRAIN:
+            start_drain(w);
+            break;
+        case SK_MSG_STOP:
+            w->stopping = true;
+            ev_break(loop, EVBREAK_ALL);
+            break;
+        case SK_MSG_HOSTS:
+            sk_clusters_set_hosts(w, m->cluster, m->addrs, m->naddrs);
+            break;
+        }
+        msg_free(m);
+    }
+}
+
+static void *worker_main(void *arg)
+{
+    struct sk_worker *w = arg;
+    sk_debug("worker %d started", w->id);
+    ev_run(w->loop, 0);
+    /* STOP: close what is left (drain deadline passed) */
+    struct sk_conn_base *c = w->conns;
+    while (c) {
+        struct sk_conn_base *n = c->next;
+        c->drain(c);
+        c = n;
+    }
+    sk_listeners_close_all(w);
+    return NULL;
+}
+
+int sk_workers_start(int n)
+{
+    sk_workers = calloc((size_t)n, sizeof(*sk_workers));
+    if (!sk_workers)
+        return -1;
+    sk_nworkers = n;
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    for (int i = 0; i < n; i++) {
+        struct sk_worker *w = &sk_workers[i];
+        w->id = i;
+        w->loop = ev_loop_new(EVBACKEND_EPOLL | EVFLAG_NOENV);
+        if (!w->loop)
+            w->loop = ev_loop_new(0);
+        if (!w->loop)
+            return -1;
+        w->rng = (uint32_t)(ts.tv_nsec ^ (i * 2654435761u) ^ (uint32_t)getpid()) | 1u;
+        pthread_mutex_init(&w->mbox_lock, NULL);
+        ev_async_init(&w->wake, wake_cb);
+        w->wake.data = w;
+        ev_async_start(w->loop, &w->wake);
+        ev_prepare_init(&w->reap_w, reap_cb);
+        w->reap_w.data = w;
+        ev_prepare_start(w->loop, &w->reap_w);
+        ev_set_userdata(w->loop, w);
+    }
+    for (int i = 0; i < n; i++) {
+        if (pthread_create(&sk_workers[i].thread, NULL, worker_main, &sk_workers[i]) != 0)
+            return -1;
+    }
+    return 0;
+}
+
+void sk_workers_join(void)
+{
+    for (int i = 0; i < sk_nworkers; i++)
+        pthread_join(sk_workers[i].thread, NULL);
+}
+
+uint64_t sk_workers_stat(enum sk_stat_id id)
+{
+    uint64_t t = 0;
+    for (int i = 0; i < sk_nworkers; i++)
+        t += sk_stat_get(&sk_workers[i].stats, id);
+    return t;
+}

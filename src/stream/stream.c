@@ -1,0 +1,148 @@
+/* Stream helpers: termination causes, header lists, local replies. */
+#include "skiff/stream.h"
+
+#include <stdio.h>
+#include <string.h>
+
+#include "skiff/err.h"
+#include "skiff/log.h"
+#include "skiff/stats.h"
+#include "skiff/upstream.h"
+#include "skiff/worker.h"
+
+static const struct {
+    const char *flag;
+    int status;
+    const char *reason;
+} terms[SK_TERM__COUNT] = {
+    [SK_TERM_NONE] = {"-", 200, "ok"},
+    [SK_TERM_NO_ROUTE] = {"NR", 404, "no route matched the request"},
+    [SK_TERM_NO_HEALTHY] = {"UH", 503, "no healthy upstream"},
+    [SK_TERM_CONNECT_FAIL] = {"UF", 503, "upstream connect failure"},
+    [SK_TERM_UPSTREAM_RESET] = {"UC", 502, "upstream connection closed before the response was complete"},
+    [SK_TERM_UPSTREAM_TIMEOUT] = {"UT", 504, "upstream request timeout"},
+    [SK_TERM_OVERFLOW] = {"UO", 503, "upstream overflow (limit reached)"},
+    [SK_TERM_DOWNSTREAM_PROTO] = {"DPE", 400, "malformed request"},
+    [SK_TERM_UPSTREAM_PROTO] = {"UPE", 502, "malformed upstream response"},
+    [SK_TERM_CLIENT_RESET] = {"DC", 499, "client disconnected"},
+    [SK_TERM_DIRECT_RESPONSE] = {"-", 200, "direct response"},
+    [SK_TERM_FAULT_ABORT] = {"FI", 503, "fault injected"},
+    [SK_TERM_NO_CLUSTER] = {"NC", 503, "cluster not found"},
+    [SK_TERM_UPGRADE_REFUSED] = {"UPG", 403, "upgrade or CONNECT not enabled on this listener"},
+    [SK_TERM_STREAM_IDLE] = {"SI", 504, "stream idle timeout"},
+    [SK_TERM_DRAINING] = {"DR", 503, "proxy is draining"},
+};
+
+const char *sk_term_flag(int c)
+{
+    return (c >= 0 && c < SK_TERM__COUNT) ? terms[c].flag : "-";
+}
+int sk_term_status(int c)
+{
+    return (c >= 0 && c < SK_TERM__COUNT) ? terms[c].status : 500;
+}
+const char *sk_term_reason(int c)
+{
+    return (c >= 0 && c < SK_TERM__COUNT) ? terms[c].reason : "internal error";
+}
+
+int sk_hdrs_add(struct sk_hdrs *h, struct sk_arena *a, const char *name, size_t nlen,
+                const char *value, size_t vlen)
+{
+    if (h->n == h->cap) {
+        uint32_t nc = h->cap ? h->cap * 2 : 16;
+        struct sk_hdr *v = sk_arena_alloc(a, sizeof(*v) * nc);
+        if (!v)
+            return SK_ERR_NOMEM;
+        if (h->n)
+            memcpy(v, h->v, sizeof(*v) * h->n);
+        h->v = v;
+        h->cap = nc;
+    }
+    char *n = sk_arena_alloc(a, nlen + vlen + 2);
+    if (!n)
+        return SK_ERR_NOMEM;
+    for (size_t i = 0; i < nlen; i++) {
+        char c = name[i];
+        n[i] = (c >= 'A' && c <= 'Z') ? (char)(c | 0x20) : c;
+    }
+    n[nlen] = 0;
+    char *v = n + nlen + 1;
+    memcpy(v, value, vlen);
+    v[vlen] = 0;
+    h->v[h->n++] = (struct sk_hdr){n, (uint32_t)nlen, v, (uint32_t)vlen};
+    return 0;
+}
+
+struct sk_hdr *sk_hdrs_get(const struct sk_hdrs *h, const char *lname, size_t nlen)
+{
+    for (uint32_t i = 0; i < h->n; i++)
+        if (h->v[i].nlen == nlen && memcmp(h->v[i].name, lname, nlen) == 0)
+            return &h->v[i];
+    return NULL;
+}
+
+void sk_hdrs_del(struct sk_hdrs *h, const char *lname, size_t nlen)
+{
+    uint32_t o = 0;
+    for (uint32_t i = 0; i < h->n; i++) {
+        if (h->v[i].nlen == nlen && memcmp(h->v[i].name, lname, nlen) == 0)
+            continue;
+        h->v[o++] = h->v[i];
+    }
+    h->n = o;
+}
+
+void sk_stream_local_reply(struct sk_stream *st, int cause, int status, const char *detail)
+{
+    if (st->cause == SK_TERM_NONE)
+        st->cause = cause;
+    if (status <= 0)
+        status = sk_term_status(cause);
+    st->status = status;
+    if (st->resp_started) {
+        /* too late for a reply: the client already has a head */
+        st->ops->reset(st);
+        return;
+    }
+    char body[512];
+    int bl = snprintf(body, sizeof(body), "%s%s%s\n", sk_term_reason(cause), detail ? ": " : "",
+                      detail ? detail : "");
+    if (bl < 0)
+        bl = 0;
+    if ((size_t)bl >= sizeof(body))
+        bl = sizeof(body) - 1;
+    struct sk_hdrs h = {0};
+    sk_hdrs_add(&h, &st->arena, "content-type", 12, "text/plain", 10);
+    const char *flag = sk_term_flag(cause);
+    sk_hdrs_add(&h, &st->arena, "x-skiff-flags", 13, flag, strlen(flag));
+    sk_warn("conn %llu stream %u: %s %.*s %.*s -> %d %s (%s)%s%s",
+            (unsigned long long)st->conn_id, st->stream_id, st->peer_ip, (int)st->method_len,
+            st->method ? st->method : "", (int)st->path_len, st->path ? st->path : "", status,
+            flag, sk_term_reason(cause), detail ? ": " : "", detail ? detail : "");
+    st->resp_started = true;
+    bool head = st->resp_head_req;
+    st->ops->send_head(st, status, &h, bl, head);
+    if (!head)
+        st->ops->send_data(st, body, (size_t)bl);
+    st->ops->send_end(st);
+}
+
+void sk_stream_cleanup(struct sk_stream *st)
+{
+    if (st->up) {
+        sk_upconn_abort(st->up);
+        st->up = NULL;
+    }
+    if (st->host) {
+        if (st->host->active_rq)
+            st->host->active_rq--;
+        sk_host_unref(st->host);
+        st->host = NULL;
+    }
+    if (st->crt && st->crt->active_rq)
+        st->crt->active_rq--;
+    st->crt = NULL;
+    ev_timer_stop(st->w->loop, &st->timeout);
+    sk_arena_free(&st->arena);
+}

@@ -1,0 +1,326 @@
+/* L4 proxy: downstream conn <-> upstream conn, both directions streamed
+ * through bounded buffers (a full buffer stops reading the other side),
+ * half-close propagated, idle timeout. */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "skiff/err.h"
+#include "skiff/log.h"
+#include "skiff/net.h"
+#include "skiff/upstream.h"
+#include "skiff/worker.h"
+
+#define TCP_BUF_DEFAULT (64 * 1024)
+
+struct side {
+    int fd;
+    ev_io io;
+    struct sk_buf out; /* bytes waiting to be written to this side */
+    bool eof_in;       /* this side sent FIN */
+    bool shut_out;     /* we sent FIN to this side */
+    bool want_write;
+};
+
+struct tcpp {
+    struct sk_conn_base base;
+    struct sk_reap reap;
+    struct side d, u; /* downstream, upstream */
+    bool connecting;
+    bool closed;
+    ev_timer timer;
+    double last_activity;
+    double idle_s;
+    struct sk_snapshot *snap;
+    const struct sk_tcp_proxy *cfg;
+    struct sk_host *host;
+    uint64_t id;
+    uint32_t attempts;
+};
+
+static void io_cb(struct ev_loop *loop, ev_io *io, int revents);
+static bool try_connect(struct tcpp *t);
+
+static void tp_free(struct sk_reap *r)
+{
+    struct tcpp *t = (struct tcpp *)((char *)r - offsetof(struct tcpp, reap));
+    sk_buf_free(&t->d.out);
+    sk_buf_free(&t->u.out);
+    if (t->host)
+        sk_host_unref(t->host);
+    if (t->snap)
+        sk_snapshot_unref(t->snap);
+    free(t);
+}
+
+static void tp_close(struct tcpp *t, const char *why)
+{
+    if (t->closed)
+        return;
+    struct sk_worker *w = t->base.w;
+    t->closed = true;
+    sk_debug("tcp %llu: closing: %s", (unsigned long long)t->id, why);
+    ev_io_stop(w->loop, &t->d.io);
+    ev_timer_stop(w->loop, &t->timer);
+    close(t->d.fd);
+    if (t->u.fd >= 0) {
+        ev_io_stop(w->loop, &t->u.io);
+        close(t->u.fd);
+        sk_stat_add(&w->stats, SK_ST_upstream_cx_active, -1);
+        sk_stat_add(&w->stats, SK_ST_upstream_cx_destroy, 1);
+        if (t->host && t->host->active_cx)
+            t->host->active_cx--;
+    }
+    sk_worker_conn_unlink(w, &t->base);
+    sk_stat_add(&w->stats, SK_ST_downstream_cx_active, -1);
+    sk_stat_add(&w->stats, SK_ST_downstream_cx_destroy, 1);
+    sk_worker_reap(w, &t->reap);
+}
+
+/* (Re)compute which events each side needs. */
+static void update(struct tcpp *t)
+{
+    struct sk_worker *w = t->base.w;
+    struct side *s[2] = {&t->d, &t->u};
+    for (int i = 0; i < 2; i++) {
+        struct side *me = s[i], *peer = s[1 - i];
+        if (me->fd < 0)
+            continue;
+        int ev = 0;
+        if (me == &t->u && t->connecting) {
+            ev = EV_WRITE;
+        } else {
+            /* read while the peer's buffer has room and we have not seen FIN */
+            if (!me->eof_in && sk_buf_room(&peer->out) > 0 && !(me == &t->d && t->connecting && sk_buf_room(&peer->out) == 0))
+                ev |= EV_READ;
+            if (sk_buf_used(&me->out))
+                ev |= EV_WRITE;
+        }
+        if ((me->io.events & (EV_READ | EV_WRITE)) == ev && ev_is_active(&me->io))
+            continue;
+        ev_io_stop(w->loop, &me->io);
+        ev_io_modify(&me->io, ev);
+        if (ev)
+            ev_io_start(w->loop, &me->io);
+    }
+}
+
+static void check_done(struct tcpp *t)
+{
+    /* both directions finished and flushed */
+    if (t->d.eof_in && t->u.eof_in && !sk_buf_used(&t->d.out) && !sk_buf_used(&t->u.out))
+        tp_close(t, "both sides closed");
+}
+
+static void flush_side(struct tcpp *t, struct side *me, struct side *peer)
+{
+    while (sk_buf_used(&me->out)) {
+        ssize_t r = sk_buf_write_fd(&me->out, me->fd);
+        if (r == SK_ERR_AGAIN)
+            break;
+        if (r < 0) {
+            tp_close(t, "write error");
+            return;
+        }
+        sk_stat_add(&t->base.w->stats, SK_ST_tcp_bytes_tx, r);
+    }
+    if (!sk_buf_used(&me->out)) {
+        sk_buf_shrink(&me->out);
+        if (peer->eof_in && !me->shut_out) {
+            shutdown(me->fd, SHUT_WR);
+            me->shut_out = true;
+        }
+    }
+}
+
+static void read_side(struct tcpp *t, struct side *me, struct side *peer)
+{
+    ssize_t r = sk_buf_read_fd(&peer->out, me->fd, 0);
+    if (r == SK_ERR_AGAIN || r == SK_ERR_TOO_LARGE)
+        return;
+    if (r > 0) {
+        t->last_activity = ev_now(t->base.w->loop);
+        sk_stat_add(&t->base.w->stats, SK_ST_tcp_bytes_rx, r);
+        return;
+    }
+    if (r == 0) {
+        me->eof_in = true;
+        return;
+    }
+    tp_close(t, "read error");
+}
+
+static void io_cb(struct ev_loop *loop, ev_io *io, int revents)
+{
+    struct tcpp *t = io->data;
+    struct side *me = (io == &t->d.io) ? &t->d : &t->u;
+    struct side *peer = (me == &t->d) ? &t->u : &t->d;
+    if (me == &t->u && t->connecting) {
+        int e = 0;
+        socklen_t l = sizeof(e);
+        getsockopt(t->u.fd, SOL_SOCKET, SO_ERROR, &e, &l);
+        if (e) {
+            sk_stat_add(&t->base.w->stats, SK_ST_upstream_cx_connect_fail, 1);
+            sk_warn("tcp %llu: upstream %s: connect: %s", (unsigned long long)t->id,
+                    t->host->addr_str, strerror(e));
+            ev_io_stop(loop, &t->u.io);
+            close(t->u.fd);
+            t->u.fd = -1;
+            sk_stat_add(&t->base.w->stats, SK_ST_upstream_cx_active, -1);
+            if (t->host->active_cx)
+                t->host->active_cx--;
+            if (!try_connect(t))
+                tp_close(t, "upstream connect failed");
+            return;
+        }
+        t->connecting = false;
+        t->last_activity = ev_now(loop);
+        flush_side(t, &t->u, &t->d);
+        if (t->closed)
+            return;
+        update(t);
+        return;
+    }
+    if (revents & EV_READ) {
+        read_side(t, me, peer);
+        if (t->closed)
+            return;
+        if (peer->fd >= 0 && !(peer == &t->u && t->connecting))
+            flush_side(t, peer, me);
+        if (t->closed)
+            return;
+    }
+    if (revents & EV_WRITE) {
+        flush_side(t, me, peer);
+        if (t->closed)
+            return;
+    }
+    check_done(t);
+    if (!t->closed)
+        update(t);
+}
+
+static void timer_cb(struct ev_loop *loop, ev_timer *tm, int revents)
+{
+    struct tcpp *t = tm->data;
+    double now = ev_now(loop);
+    if (t->connecting) {
+        sk_stat_add(&t->base.w->stats, SK_ST_upstream_cx_connect_timeout, 1);
+        sk_warn("tcp %llu: upstream %s: connect timeout", (unsigned long long)t->id,
+                t->host ? t->host->addr_str : "?");
+        tp_close(t, "connect timeout");
+        return;
+    }
+    if (t->idle_s <= 0) {
+        return;
+    }
+    double due = t->last_activity + t->idle_s;
+    if (now >= due) {
+        sk_stat_add(&t->base.w->stats, SK_ST_downstream_cx_idle_timeout, 1);
+        tp_close(t, "idle timeout");
+        return;
+    }
+    ev_timer_set(tm, due - now, 0.);
+    ev_timer_start(loop, tm);
+}
+
+static bool try_connect(struct tcpp *t)
+{
+    struct sk_worker *w = t->base.w;
+    uint32_t max = t->cfg->max_connect_attempts ? t->cfg->max_connect_attempts : 1;
+    while (t->attempts < max) {
+        t->attempts++;
+        const struct sk_cluster *cl = t->cfg->cluster;
+        if (t->cfg->nweighted) {
+            uint32_t pick = sk_worker_rand(w) % (t->cfg->total_weight ? t->cfg->total_weight : 1);
+            for (size_t i = 0; i < t->cfg->nweighted; i++) {
+                if (pick < t->cfg->weighted[i].weight) {
+                    cl = t->cfg->weighted[i].cluster;
+                    break;
+                }
+                pick -= t->cfg->weighted[i].weight;
+            }
+        }
+        if (!cl) {
+            sk_warn("tcp %llu: cluster not found", (unsigned long long)t->id);
+            return false;
+        }
+        struct sk_cluster_rt *crt = sk_worker_cluster_rt(w, t->snap, cl);
+        struct sk_host *h = crt ? sk_lb_choose(crt) : NULL;
+        if (!h) {
+            sk_stat_add(&w->stats, SK_ST_rq_no_healthy_upstream, 1);
+            sk_warn("tcp %llu: no healthy upstream in cluster %s (UH)", (unsigned long long)t->id,
+                    cl->name);
+            return false;
+        }
+        if (t->host)
+            sk_host_unref(t->host);
+        t->host = h;
+        sk_host_ref(h);
+        int fd = sk_connect_socket(&h->addr);
+        sk_stat_add(&w->stats, SK_ST_upstream_cx_total, 1);
+        if (fd < 0) {
+            sk_stat_add(&w->stats, SK_ST_upstream_cx_connect_fail, 1);
+            continue;
+        }
+        sk_stat_add(&w->stats, SK_ST_upstream_cx_active, 1);
+        h->active_cx++;
+        t->u.fd = fd;
+        t->connecting = true;
+        ev_io_init(&t->u.io, io_cb, fd, EV_WRITE);
+        t->u.io.data = t;
+        ev_io_start(w->loop, &t->u.io);
+        double ct = cl->connect_timeout_ms == SK_DUR_NONE ? 5.0 : cl->connect_timeout_ms / 1000.0;
+        ev_timer_stop(w->loop, &t->timer);
+        ev_timer_set(&t->timer, ct, 0.);
+        ev_timer_start(w->loop, &t->timer);
+        return true;
+    }
+    return false;
+}
+
+static void tp_drain(struct sk_conn_base *b)
+{
+    struct tcpp *t = (struct tcpp *)b;
+    /* an L4 stream has no request boundary: it may finish within the drain
+     * time; at the deadline (stopping) it is closed */
+    if (b->w->stopping)
+        tp_close(t, "shutdown");
+}
+
+void sk_tcp_proxy_accept(struct sk_worker *w, const struct sk_listener *l,
+                         const struct sk_filter_chain *fc, int fd)
+{
+    struct tcpp *t = calloc(1, sizeof(*t));
+    if (!t) {
+        close(fd);
+        return;
+    }
+    t->reap.free_fn = tp_free;
+    t->base.drain = tp_drain;
+    t->snap = sk_snapshot_ref(w->snap);
+    t->cfg = fc->tcp;
+    t->id = ++w->next_conn_id;
+    t->d.fd = fd;
+    t->u.fd = -1;
+    size_t cap = l->per_connection_buffer_limit_bytes ? l->per_connection_buffer_limit_bytes
+                                                      : TCP_BUF_DEFAULT;
+    sk_buf_init(&t->d.out, cap);
+    sk_buf_init(&t->u.out, cap);
+    ev_io_init(&t->d.io, io_cb, fd, 0);
+    t->d.io.data = t;
+    ev_init(&t->timer, timer_cb);
+    t->timer.data = t;
+    t->idle_s = (t->cfg->idle_timeout_ms == SK_DUR_NONE) ? 0 : t->cfg->idle_timeout_ms / 1000.0;
+    t->last_activity = ev_now(w->loop);
+    sk_worker_conn_link(w, &t->base);
+    sk_stat_add(&w->stats, SK_ST_downstream_cx_active, 1);
+    sk_stat_add(&w->stats, SK_ST_downstream_cx_tcp_total, 1);
+    if (!try_connect(t)) {
+        tp_close(t, "no upstream");
+        return;
+    }
+    update(t);
+}

@@ -1,0 +1,229 @@
+/* Per-worker cluster runtime: host sets and load balancing. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "skiff/log.h"
+#include "skiff/net.h"
+#include "skiff/upstream.h"
+
+void sk_host_ref(struct sk_host *h)
+{
+    h->refs++;
+}
+
+void sk_upconn_close_idle_of(struct sk_host *h);
+
+void sk_host_unref(struct sk_host *h)
+{
+    if (--h->refs > 0)
+        return;
+    free(h);
+}
+
+static struct sk_host *host_new(struct sk_cluster_rt *c, const struct sk_sockaddr *a,
+                                uint32_t weight, int health)
+{
+    struct sk_host *h = calloc(1, sizeof(*h));
+    if (!h)
+        return NULL;
+    h->cl = c;
+    h->addr = *a;
+    sk_addr_str(a, h->addr_str, sizeof(h->addr_str));
+    h->weight = weight ? weight : 1;
+    h->cfg_health = health;
+    h->refs = 1; /* the host list's */
+    return h;
+}
+
+static int addr_eq(const struct sk_sockaddr *a, const struct sk_sockaddr *b)
+{
+    return a->len == b->len && memcmp(&a->ss, &b->ss, a->len) == 0;
+}
+
+/* Replace the host list, keeping host objects (and their pools) whose
+ * address is unchanged. */
+static void set_hosts(struct sk_cluster_rt *c, const struct sk_sockaddr *addrs,
+                      const uint32_t *weights, const int *health, size_t n)
+{
+    struct sk_host **nh = calloc(n ? n : 1, sizeof(*nh));
+    if (!nh)
+        return;
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++) {
+        struct sk_host *h = NULL;
+        for (size_t j = 0; j < c->nhosts; j++) {
+            if (c->hosts[j] && addr_eq(&c->hosts[j]->addr, &addrs[i])) {
+                h = c->hosts[j];
+                c->hosts[j] = NULL;
+                break;
+            }
+        }
+        if (!h)
+            h = host_new(c, &addrs[i], weights ? weights[i] : 1, health ? health[i] : 0);
+        else {
+            h->weight = weights ? (weights[i] ? weights[i] : 1) : 1;
+            h->cfg_health = health ? health[i] : 0;
+        }
+        if (h)
+            nh[k++] = h;
+    }
+    /* hosts that are gone: close their idle connections, drop the list ref */
+    for (size_t j = 0; j < c->nhosts; j++) {
+        struct sk_host *h = c->hosts[j];
+        if (!h)
+            continue;
+        h->removed = true;
+        sk_upconn_close_idle_of(h);
+        sk_host_unref(h);
+    }
+    free(c->hosts);
+    c->hosts = nh;
+    c->nhosts = k;
+    c->weighted = false;
+    for (size_t i = 0; i < k; i++)
+        if (nh[i]->weight != 1)
+            c->weighted = true;
+}
+
+static struct sk_cluster_rt *rt_find(struct sk_worker *w, const char *name)
+{
+    for (struct sk_cluster_rt *c = w->clusters; c; c = c->next)
+        if (strcmp(c->name, name) == 0)
+            return c;
+    return NULL;
+}
+
+void sk_clusters_apply(struct sk_worker *w, struct sk_snapshot *snap)
+{
+    free(w->rt_by_index);
+    w->rt_by_index = calloc(snap->nclusters ? snap->nclusters : 1, sizeof(*w->rt_by_index));
+    for (size_t i = 0; i < snap->nclusters; i++) {
+        const struct sk_cluster *cfg = &snap->clusters[i];
+        struct sk_cluster_rt *c = rt_find(w, cfg->name);
+        bool fresh = false;
+        if (!c) {
+            c = calloc(1, sizeof(*c));
+            if (!c)
+                continue;
+            c->name = strdup(cfg->name);
+            c->w = w;
+            c->rr = sk_worker_rand(w);
+            c->next = w->clusters;
+            w->clusters = c;
+            fresh = true;
+        }
+        bool was_dns = c->cfg && (c->cfg->type == SK_CLUSTER_STRICT_DNS ||
+                                  c->cfg->type == SK_CLUSTER_LOGICAL_DNS);
+        c->cfg = cfg;
+        if (w->rt_by_index)
+            w->rt_by_index[i] = c;
+        if (cfg->type == SK_CLUSTER_STATIC || cfg->type == SK_CLUSTER_EDS) {
+            size_t n = cfg->nendpoints;
+            struct sk_sockaddr *a = calloc(n ? n : 1, sizeof(*a));
+            uint32_t *wt = calloc(n ? n : 1, sizeof(*wt));
+            int *hs = calloc(n ? n : 1, sizeof(*hs));
+            if (a && wt && hs) {
+                for (size_t j = 0; j < n; j++) {
+                    a[j] = cfg->endpoints[j].addr;
+                    wt[j] = cfg->endpoints[j].weight;
+                    hs[j] = cfg->endpoints[j].health;
+                }
+                set_hosts(c, a, wt, hs, n);
+            }
+            free(a);
+            free(wt);
+            free(hs);
+        } else if (fresh || !was_dns) {
+            /* DNS clusters get hosts from the resolver (main thread); until
+             * the first answer they have none */
+            set_hosts(c, NULL, NULL, NULL, 0);
+        }
+    }
+}
+
+void sk_clusters_set_hosts(struct sk_worker *w, const char *cluster, const struct sk_sockaddr *a,
+                           size_t n)
+{
+    struct sk_cluster_rt *c = rt_find(w, cluster);
+    if (!c)
+        return;
+    set_hosts(c, a, NULL, NULL, n);
+}
+
+struct sk_cluster_rt *sk_worker_cluster_rt(struct sk_worker *w, const struct sk_snapshot *snap,
+                                           const struct sk_cluster *c)
+{
+    if (snap == w->snap && w->rt_by_index && c->index < snap->nclusters)
+        return w->rt_by_index[c->index];
+    return rt_find(w, c->name);
+}
+
+static bool usable(const struct sk_host *h)
+{
+    return h->cfg_health != SK_HEALTH_UNHEALTHY && h->cfg_health != SK_HEALTH_DRAINING &&
+           h->cfg_health != SK_HEALTH_TIMEOUT;
+}
+
+struct sk_host *sk_lb_choose(struct sk_cluster_rt *c)
+{
+    size_t n = c->nhosts;
+    if (n == 0)
+        return NULL;
+    struct sk_worker *w = c->w;
+    int policy = c->cfg ? c->cfg->lb_policy : SK_LB_ROUND_ROBIN;
+    if (n == 1)
+        return usable(c->hosts[0]) ? c->hosts[0] : NULL;
+    if (policy == SK_LB_LEAST_REQUEST) {
+        /* power of N choices among usable hosts; weights scale the load */
+        uint32_t choices = c->cfg && c->cfg->lr_choice_count ? c->cfg->lr_choice_count : 2;
+        struct sk_host *best = NULL;
+        for (uint32_t k = 0; k < choices * 2 && k < 64; k++) {
+            struct sk_host *h = c->hosts[sk_worker_rand(w) % n];
+            if (!usable(h))
+                continue;
+            if (!best || (uint64_t)h->active_rq * best->weight < (uint64_t)best->active_rq * h->weight)
+                best = h;
+            if (k + 1 >= choices && best)
+                break;
+        }
+        if (best)
+            return best;
+    } else if (policy == SK_LB_RANDOM) {
+        for (size_t k = 0; k < n; k++) {
+            struct sk_host *h = c->hosts[sk_worker_rand(w) % n];
+            if (usable(h))
+                return h;
+        }
+    } else if (c->weighted) {
+        /* smooth weighted round robin (nginx): deterministic interleaving */
+        int32_t total = 0;
+        struct sk_host *best = NULL;
+        for (size_t i = 0; i < n; i++) {
+            struct sk_host *h = c->hosts[i];
+            if (!usable(h))
+                continue;
+            h->swrr_current += (int32_t)h->weight;
+            total += (int32_t)h->weight;
+            if (!best || h->swrr_current > best->swrr_current)
+                best = h;
+        }
+        if (best) {
+            best->swrr_current -= total;
+            return best;
+        }
+        return NULL;
+    } else {
+        for (size_t k = 0; k < n; k++) {
+            struct sk_host *h = c->hosts[c->rr++ % n];
+            if (usable(h))
+                return h;
+        }
+        return NULL;
+    }
+    /* fall back to the first usable host */
+    for (size_t i = 0; i < n; i++)
+        if (usable(c->hosts[i]))
+            return c->hosts[i];
+    return NULL;
+}

@@ -1,0 +1,509 @@
+/* HTTP/1.1 upstream connections and the per-host keep-alive pool. */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "skiff/err.h"
+#include "skiff/log.h"
+#include "skiff/net.h"
+#include "skiff/stream.h"
+#include "skiff/upstream.h"
+
+#define UP_HEAD_MAX (64 * 1024)
+#define UP_MAX_HDRS 128
+#define UP_IDLE_MAX 256 /* idle connections kept per host per worker */
+#define UP_HIGH_MARK (256 * 1024)
+#define UP_LOW_MARK (64 * 1024)
+
+enum { R_HEAD = 0, R_BODY = 1, R_DONE = 2, R_TUNNEL = 3 };
+
+static void up_io_cb(struct ev_loop *loop, ev_io *io, int revents);
+static void up_timer_cb(struct ev_loop *loop, ev_timer *t, int revents);
+static void up_flush_cb(struct sk_reap *r);
+
+struct upconn_priv {
+    struct sk_upconn u;
+    struct sk_reap flush;
+    bool flush_queued;
+    bool write_blocked; /* last send hit EAGAIN: wait for EV_WRITE */
+    bool was_congested;
+    bool shut_wr;
+};
+
+#define PRIV(u) ((struct upconn_priv *)(u))
+
+static void up_free(struct sk_reap *r)
+{
+    struct sk_upconn *u = (struct sk_upconn *)((char *)r - offsetof(struct sk_upconn, reap));
+    sk_buf_free(&u->in);
+    sk_buf_free(&u->out);
+    if (u->host)
+        sk_host_unref(u->host);
+    free(PRIV(u));
+}
+
+static void update_io(struct sk_upconn *u)
+{
+    struct upconn_priv *p = PRIV(u);
+    if (u->state == SK_UP_S_CLOSED)
+        return;
+    int ev = 0;
+    if (u->state == SK_UP_S_CONNECTING)
+        ev = EV_WRITE;
+    else {
+        if (!u->read_paused)
+            ev |= EV_READ;
+        if (p->write_blocked && sk_buf_used(&u->out))
+            ev |= EV_WRITE;
+    }
+    if ((u->io.events & (EV_READ | EV_WRITE)) == ev && ev_is_active(&u->io))
+        return;
+    ev_io_stop(u->w->loop, &u->io);
+    ev_io_modify(&u->io, ev);
+    if (ev)
+        ev_io_start(u->w->loop, &u->io);
+}
+
+static void pool_remove(struct sk_upconn *u)
+{
+    struct sk_host *h = u->host;
+    struct sk_upconn **pp = &h->idle;
+    while (*pp) {
+        if (*pp == u) {
+            *pp = u->pool_next;
+            h->nidle--;
+            break;
+        }
+        pp = &(*pp)->pool_next;
+    }
+    u->pool_next = NULL;
+}
+
+static void up_close(struct sk_upconn *u)
+{
+    if (u->state == SK_UP_S_CLOSED)
+        return;
+    if (u->state == SK_UP_S_IDLE)
+        pool_remove(u);
+    ev_io_stop(u->w->loop, &u->io);
+    ev_timer_stop(u->w->loop, &u->timer);
+    close(u->fd);
+    u->fd = -1;
+    u->state = SK_UP_S_CLOSED;
+    u->cbs = NULL;
+    u->ctx = NULL;
+    if (u->host && u->host->active_cx)
+        u->host->active_cx--;
+    sk_stat_add(&u->w->stats, SK_ST_upstream_cx_active, -1);
+    sk_stat_add(&u->w->stats, SK_ST_upstream_cx_destroy, 1);
+    sk_worker_reap(u->w, &u->reap);
+}
+
+void sk_upconn_close_idle_of(struct sk_host *h);
+void sk_upconn_close_idle_of(struct sk_host *h)
+{
+    while (h->idle)
+        up_close(h->idle);
+}
+
+static void fail(struct sk_upconn *u, int cause, const char *detail)
+{
+    const struct sk_upconn_cbs *cbs = u->cbs;
+    void *ctx = u->ctx;
+    u->cbs = NULL;
+    if (cbs)
+        cbs->on_error(ctx, cause, detail);
+    up_close(u);
+}
+
+struct sk_upconn *sk_upconn_acquire(struct sk_host *h, const struct sk_upconn_cbs *cbs, void *ctx,
+                                    unsigned req_flags, int *err)
+{
+    struct sk_worker *w = h->cl->w;
+    struct sk_upconn *u;
+    while ((u = h->idle) != NULL) {
+        pool_remove(u);
+        if (u->state != SK_UP_S_IDLE) /* cannot happen; be safe */
+            continue;
+        u->state = SK_UP_S_ACTIVE;
+        u->cbs = cbs;
+        u->ctx = ctx;
+        u->req_flags = req_flags;
+        u->rstate = R_HEAD;
+        u->reused = true;
+        u->got_bytes = false;
+        u->read_paused = false;
+        ev_timer_stop(w->loop, &u->timer);
+        sk_stat_add(&w->stats, SK_ST_upstream_cx_reused, 1);
+        update_io(u);
+        return u;
+    }
+    struct upconn_priv *p = calloc(1, sizeof(*p));
+    if (!p) {
+        *err = SK_TERM_OVERFLOW;
+        return NULL;
+    }
+    u = &p->u;
+    u->w = w;
+    u->host = h;
+    sk_host_ref(h);
+    u->reap.free_fn = up_free;
+    p->flush.free_fn = up_flush_cb;
+    uint32_t cap = h->cl->cfg ? h->cl->cfg->per_connection_buffer_limit_bytes : 0;
+    if (cap < UP_HEAD_MAX)
+        cap = UP_HEAD_MAX;
+    sk_buf_init(&u->in, cap);
+    sk_buf_init(&u->out, cap + UP_HIGH_MARK);
+    u->cbs = cbs;
+    u->ctx = ctx;
+    u->req_flags = req_flags;
+    u->id = ++w->next_conn_id;
+    u->fd = sk_connect_socket(&h->addr);
+    sk_stat_add(&w->stats, SK_ST_upstream_cx_total, 1);
+    sk_stat_add(&w->stats, SK_ST_upstream_cx_active, 1);
+    h->active_cx++;
+    if (u->fd < 0) {
+        sk_warn("upstream %s: connect: %s", h->addr_str, strerror(-u->fd));
+        sk_stat_add(&w->stats, SK_ST_upstream_cx_connect_fail, 1);
+        u->state = SK_UP_S_CONNECTING;
+        u->fd = -1;
+        /* no socket: fail synchronously, the caller answers */
+        u->cbs = NULL;
+        h->active_cx--;
+        sk_stat_add(&w->stats, SK_ST_upstream_cx_active, -1);
+        sk_host_unref(h);
+        sk_buf_free(&u->in);
+        sk_buf_free(&u->out);
+        free(p);
+        *err = SK_TERM_CONNECT_FAIL;
+        return NULL;
+    }
+    u->state = SK_UP_S_CONNECTING;
+    ev_io_init(&u->io, up_io_cb, u->fd, EV_WRITE);
+    u->io.data = u;
+    ev_io_start(w->loop, &u->io);
+    double ct = 5.0;
+    if (h->cl->cfg && h->cl->cfg->connect_timeout_ms != SK_DUR_NONE)
+        ct = (double)h->cl->cfg->connect_timeout_ms / 1000.0;
+    ev_timer_init(&u->timer, up_timer_cb, ct, 0.);
+    u->timer.data = u;
+    ev_timer_start(w->loop, &u->timer);
+    return u;
+}
+
+static void queue_flush(struct sk_upconn *u)
+{
+    struct upconn_priv *p = PRIV(u);
+    if (!p->flush_queued && !p->write_blocked && u->state != SK_UP_S_CONNECTING) {
+        p->flush_queued = true;
+        sk_worker_defer(u->w, &p->flush);
+    }
+}
+
+int sk_upconn_write(struct sk_upconn *u, const void *p, size_t n)
+{
+    int r = sk_buf_append(&u->out, p, n);
+    if (r < 0)
+        return r;
+    if (sk_buf_used(&u->out) > UP_HIGH_MARK)
+        PRIV(u)->was_congested = true;
+    queue_flush(u);
+    return 0;
+}
+
+bool sk_upconn_congested(const struct sk_upconn *u)
+{
+    return sk_buf_used(&u->out) > UP_HIGH_MARK;
+}
+
+static void do_write(struct sk_upconn *u)
+{
+    struct upconn_priv *p = PRIV(u);
+    while (sk_buf_used(&u->out)) {
+        ssize_t r = sk_buf_write_fd(&u->out, u->fd);
+        if (r == SK_ERR_AGAIN) {
+            p->write_blocked = true;
+            update_io(u);
+            return;
+        }
+        if (r < 0) {
+            fail(u, SK_TERM_UPSTREAM_RESET, strerror(errno));
+            return;
+        }
+    }
+    sk_buf_shrink(&u->out);
+    bool was = p->write_blocked;
+    p->write_blocked = false;
+    if (was)
+        update_io(u);
+    if (p->shut_wr)
+        shutdown(u->fd, SHUT_WR);
+    if (p->was_congested || was) {
+        p->was_congested = false;
+        if (u->cbs && u->cbs->on_drained)
+            u->cbs->on_drained(u->ctx);
+    }
+}
+
+static void up_flush_cb(struct sk_reap *r)
+{
+    struct upconn_priv *p = (struct upconn_priv *)((char *)r - offsetof(struct upconn_priv, flush));
+    p->flush_queued = false;
+    if (p->u.state == SK_UP_S_ACTIVE && !p->write_blocked)
+        do_write(&p->u);
+}
+
+void sk_upconn_pause_read(struct sk_upconn *u, bool pause)
+{
+    if (u->read_paused == pause)
+        return;
+    u->read_paused = pause;
+    update_io(u);
+    if (!pause && sk_buf_used(&u->in) && u->state == SK_UP_S_ACTIVE)
+        ev_feed_event(u->w->loop, &u->io, EV_READ); /* process what is buffered */
+}
+
+void sk_upconn_release(struct sk_upconn *u)
+{
+    struct sk_host *h = u->host;
+    struct sk_worker *w = u->w;
+    u->cbs = NULL;
+    u->ctx = NULL;
+    u->nreq++;
+    const struct sk_cluster *cfg = h->cl->cfg;
+    bool reusable = u->keepalive && u->rstate == R_DONE && sk_buf_used(&u->in) == 0 &&
+                    sk_buf_used(&u->out) == 0 && !h->removed && !w->draining &&
+                    h->nidle < UP_IDLE_MAX &&
+                    !(cfg && cfg->max_requests_per_connection &&
+                      u->nreq >= cfg->max_requests_per_connection);
+    if (!reusable) {
+        up_close(u);
+        return;
+    }
+    u->state = SK_UP_S_IDLE;
+    u->read_paused = false;
+    sk_buf_shrink(&u->in);
+    sk_buf_shrink(&u->out);
+    u->pool_next = h->idle;
+    h->idle = u;
+    h->nidle++;
+    update_io(u); /* watch for the upstream closing it */
+    double idle = 3600.0;
+    if (cfg && cfg->idle_timeout_ms != SK_DUR_NONE)
+        idle = (double)cfg->idle_timeout_ms / 1000.0;
+    if (cfg && cfg->idle_timeout_ms != SK_DUR_NONE && idle > 0) {
+        ev_timer_set(&u->timer, idle, 0.);
+        ev_timer_start(w->loop, &u->timer);
+    }
+}
+
+void sk_upconn_abort(struct sk_upconn *u)
+{
+    u->cbs = NULL;
+    u->ctx = NULL;
+    up_close(u);
+}
+
+void sk_upconn_set_tunnel(struct sk_upconn *u)
+{
+    u->rstate = R_TUNNEL;
+}
+
+void sk_upconn_shutdown_write(struct sk_upconn *u)
+{
+    PRIV(u)->shut_wr = true;
+    if (sk_buf_used(&u->out) == 0 && u->state == SK_UP_S_ACTIVE)
+        shutdown(u->fd, SHUT_WR);
+}
+
+static void up_timer_cb(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    struct sk_upconn *u = t->data;
+    if (u->state == SK_UP_S_CONNECTING) {
+        sk_stat_add(&u->w->stats, SK_ST_upstream_cx_connect_timeout, 1);
+        sk_stat_add(&u->w->stats, SK_ST_upstream_cx_connect_fail, 1);
+        sk_warn("upstream %s: connect timeout", u->host->addr_str);
+        fail(u, SK_TERM_CONNECT_FAIL, "connect timeout");
+    } else if (u->state == SK_UP_S_IDLE) {
+        up_close(u);
+    }
+}
+
+/* Complete the response: hand the connection back through on_complete. */
+static void complete(struct sk_upconn *u)
+{
+    u->rstate = R_DONE;
+    if (sk_buf_used(&u->in))
+        u->keepalive = false; /* unsolicited bytes after a response */
+    const struct sk_upconn_cbs *cbs = u->cbs;
+    if (cbs)
+        cbs->on_complete(u->ctx);
+    else
+        up_close(u);
+}
+
+/* Parse and deliver what is buffered. Stops as soon as the user dropped us. */
+static void process(struct sk_upconn *u)
+{
+    struct sk_h1_header hdrs[UP_MAX_HDRS];
+    while (u->cbs && u->state == SK_UP_S_ACTIVE && !u->read_paused) {
+        size_t avail = sk_buf_used(&u->in);
+        const char *in = sk_buf_rptr(&u->in);
+        if (u->rstate == R_HEAD) {
+            if (!avail)
+                return;
+            struct sk_h1_msg m = {0};
+            m.hdrs = hdrs;
+            m.hdrs_cap = UP_MAX_HDRS;
+            struct sk_h1_limits lim = {UP_HEAD_MAX, UP_MAX_HDRS};
+            ssize_t r = sk_h1_parse_response(in, avail, &m, &lim, u->req_flags);
+            if (r == SK_ERR_AGAIN)
+                return;
+            if (r < 0) {
+                sk_warn("upstream %s: bad response: %s", u->host->addr_str, sk_strerror((int)r));
+                fail(u, SK_TERM_UPSTREAM_PROTO, sk_strerror((int)r));
+                return;
+            }
+            if (m.status >= 100 && m.status < 200 && m.status != 101) {
+                u->cbs->on_response(u->ctx, &m);
+                sk_buf_consume(&u->in, (size_t)r);
+                continue;
+            }
+            u->keepalive = (m.flags & SK_H1_F_KEEPALIVE) != 0;
+            sk_h1_body_init(&u->body, m.body_kind, m.content_length, UP_HEAD_MAX);
+            int kind = m.body_kind;
+            u->rstate = R_BODY;
+            u->cbs->on_response(u->ctx, &m);
+            sk_buf_consume(&u->in, (size_t)r);
+            if (u->rstate == R_TUNNEL)
+                continue;
+            if (kind == SK_H1_BODY_NONE) {
+                complete(u);
+                return;
+            }
+            continue;
+        }
+        if (u->rstate == R_TUNNEL) {
+            if (!avail)
+                return;
+            u->cbs->on_data(u->ctx, in, avail);
+            sk_buf_consume(&u->in, avail);
+            continue;
+        }
+        if (u->rstate != R_BODY)
+            return;
+        if (!avail)
+            return;
+        int ev = 0;
+        const char *d = NULL;
+        size_t dl = 0;
+        ssize_t r = sk_h1_body_step(&u->body, in, avail, &ev, &d, &dl);
+        if (r < 0) {
+            fail(u, SK_TERM_UPSTREAM_PROTO, sk_strerror((int)r));
+            return;
+        }
+        if (ev == SK_H1_BEV_DATA) {
+            u->cbs->on_data(u->ctx, d, dl);
+            sk_buf_consume(&u->in, (size_t)r);
+        } else if (ev == SK_H1_BEV_TRAILERS) {
+            struct sk_h1_header th[UP_MAX_HDRS];
+            ssize_t nt = sk_h1_parse_trailers(d, dl, th, UP_MAX_HDRS);
+            if (nt < 0) {
+                fail(u, SK_TERM_UPSTREAM_PROTO, "bad trailers");
+                return;
+            }
+            if (nt > 0)
+                u->cbs->on_trailers(u->ctx, th, (size_t)nt);
+            sk_buf_consume(&u->in, (size_t)r);
+        } else if (ev == SK_H1_BEV_DONE) {
+            sk_buf_consume(&u->in, (size_t)r);
+            complete(u);
+            return;
+        } else {
+            sk_buf_consume(&u->in, (size_t)r);
+            if (r == 0)
+                return;
+        }
+    }
+}
+
+static void on_readable(struct sk_upconn *u)
+{
+    if (u->state == SK_UP_S_IDLE) {
+        /* the upstream closed (or spoke out of turn) while idle */
+        char tmp[1];
+        ssize_t r = recv(u->fd, tmp, sizeof(tmp), MSG_PEEK);
+        if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+            return;
+        up_close(u);
+        return;
+    }
+    ssize_t r = sk_buf_read_fd(&u->in, u->fd, 0);
+    if (r == SK_ERR_AGAIN) {
+        if (sk_buf_used(&u->in))
+            process(u); /* resumed after a pause */
+        return;
+    }
+    if (r == SK_ERR_TOO_LARGE) {
+        /* buffer full: parse what we have; a head that does not fit is bad */
+        process(u);
+        if (u->state == SK_UP_S_ACTIVE && u->rstate == R_HEAD && sk_buf_room(&u->in) == 0)
+            fail(u, SK_TERM_UPSTREAM_PROTO, "response head too large");
+        return;
+    }
+    if (r > 0) {
+        u->got_bytes = true;
+        process(u);
+        return;
+    }
+    /* EOF or error */
+    process(u);
+    if (u->state != SK_UP_S_ACTIVE || !u->cbs)
+        return;
+    if (u->rstate == R_BODY && u->body.kind == SK_H1_BODY_EOF) {
+        u->keepalive = false;
+        complete(u);
+        return;
+    }
+    if (u->rstate == R_TUNNEL) {
+        /* upstream finished sending: end the tunnel */
+        fail(u, SK_TERM_NONE, "tunnel closed");
+        return;
+    }
+    fail(u, SK_TERM_UPSTREAM_RESET, r == 0 ? "upstream closed the connection" : strerror(errno));
+}
+
+static void up_io_cb(struct ev_loop *loop, ev_io *io, int revents)
+{
+    struct sk_upconn *u = io->data;
+    if (u->state == SK_UP_S_CONNECTING) {
+        int e = 0;
+        socklen_t l = sizeof(e);
+        getsockopt(u->fd, SOL_SOCKET, SO_ERROR, &e, &l);
+        if (e) {
+            sk_stat_add(&u->w->stats, SK_ST_upstream_cx_connect_fail, 1);
+            sk_warn("upstream %s: connect: %s", u->host->addr_str, strerror(e));
+            fail(u, SK_TERM_CONNECT_FAIL, strerror(e));
+            return;
+        }
+        ev_timer_stop(loop, &u->timer);
+        u->state = SK_UP_S_ACTIVE;
+        if (u->cbs && u->cbs->on_connected)
+            u->cbs->on_connected(u->ctx);
+        if (u->state != SK_UP_S_ACTIVE)
+            return;
+        update_io(u);
+        do_write(u);
+        return;
+    }
+    if ((revents & EV_WRITE) && u->state == SK_UP_S_ACTIVE) {
+        PRIV(u)->write_blocked = false;
+        do_write(u);
+        if (u->state == SK_UP_S_CLOSED)
+            return;
+    }
+    if (revents & EV_READ)
+        on_readable(u);
+}
