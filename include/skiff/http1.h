@@ -73,15 +73,15 @@ enum sk_h1_body_kind {
 };
 
 /* flags on struct sk_h1_msg */
-#define SK_H1_F_KEEPALIVE 0x01      /* persistent per version + Connection header */
+#define SK_H1_F_KEEPALIVE 0x01       /* persistent per version + Connection header */
 #define SK_H1_F_EXPECT_CONTINUE 0x02 /* request: Expect: 100-continue */
-#define SK_H1_F_UPGRADE 0x04        /* Connection: upgrade + Upgrade header present */
+#define SK_H1_F_UPGRADE 0x04         /* Connection: upgrade + Upgrade header present */
 #define SK_H1_F_HAS_CL 0x08
 #define SK_H1_F_HAS_TE 0x10
-#define SK_H1_F_CONN_CLOSE 0x20     /* Connection: close seen */
+#define SK_H1_F_CONN_CLOSE 0x20 /* Connection: close seen */
 #define SK_H1_F_HAS_HOST 0x40
-#define SK_H1_F_CONNECT 0x80        /* request method CONNECT */
-#define SK_H1_F_HEAD 0x100          /* request method HEAD */
+#define SK_H1_F_CONNECT 0x80 /* request method CONNECT */
+#define SK_H1_F_HEAD 0x100   /* request method HEAD */
 
 #define SK_H1_DEFAULT_MAX_HEAD (60 * 1024)
 /* Longest chunk-size line (size + extensions, excluding CRLF) accepted. */
@@ -111,12 +111,12 @@ struct sk_h1_msg {
     struct sk_h1_header *hdrs; /* caller-provided array */
     size_t nhdrs;
     size_t hdrs_cap;
-    unsigned flags;              /* SK_H1_F_* */
-    int body_kind;               /* enum sk_h1_body_kind */
-    uint64_t content_length;     /* valid when body_kind == SK_H1_BODY_LENGTH */
-    const char *host;            /* Host header value (request), NULL if absent */
+    unsigned flags;          /* SK_H1_F_* */
+    int body_kind;           /* enum sk_h1_body_kind */
+    uint64_t content_length; /* valid when body_kind == SK_H1_BODY_LENGTH */
+    const char *host;        /* Host header value (request), NULL if absent */
     size_t host_len;
-    const char *upgrade;         /* Upgrade header value, NULL if absent */
+    const char *upgrade; /* Upgrade header value, NULL if absent */
     size_t upgrade_len;
 };
 
@@ -153,10 +153,10 @@ int sk_h1_has_token(const char *val, size_t len, const char *tok);
 /* ---- body decoding ---------------------------------------------------- */
 
 struct sk_h1_body {
-    int kind;            /* enum sk_h1_body_kind */
-    int state;           /* internal */
-    uint64_t remaining;  /* LENGTH: bytes left; CHUNKED: bytes left in chunk */
-    size_t line_len;     /* internal: bytes of the chunk-size line seen so far */
+    int kind;             /* enum sk_h1_body_kind */
+    int state;            /* internal */
+    uint64_t remaining;   /* LENGTH: bytes left; CHUNKED: bytes left in chunk */
+    size_t line_len;      /* internal: bytes of the chunk-size line seen so far */
     size_t trailer_bytes; /* internal: trailer bytes already verified (whole lines) */
     size_t max_trailer_bytes;
 };
@@ -174,7 +174,9 @@ enum sk_h1_body_ev {
     SK_H1_BEV_DATA = 1,      /* *data, *data_len is body payload (de-chunked) */
     SK_H1_BEV_TRAILERS = 2,  /* *data, *data_len is the raw trailer section
                                 (field lines, each ending CRLF, final CRLF excluded;
-                                may be empty) -- parse with sk_h1_parse_trailers */
+                                never empty: a chunked body without trailer fields
+                                goes straight to DONE) -- parse with
+                                sk_h1_parse_trailers; DONE follows */
     SK_H1_BEV_DONE = 3,      /* message body complete */
 };
 
@@ -182,9 +184,13 @@ enum sk_h1_body_ev {
  * *data_len for DATA, pointing into `in`), or a negative SK_ERR_H1_BAD_CHUNK /
  * SK_ERR_H1_HDR_TOO_LARGE (trailers over max_trailer_bytes) / the field errors
  * of sk_h1_parse_trailers (trailers are validated here already, so a caller
- * may relay them raw). One event per call: chunked bodies give DATA*,
- * TRAILERS (always, possibly empty), DONE; DONE is repeated on further calls
- * with 0 consumed. Call repeatedly; after DONE, bytes not consumed
+ * may relay them raw). One event per call: LENGTH gives DATA+ then DONE;
+ * chunked gives DATA*, [TRAILERS,] DONE (the DONE may consume the final
+ * CRLF). DONE is repeated on further calls with 0 consumed.
+ * IMPORTANT: the DONE after the last DATA (LENGTH) or after TRAILERS is only
+ * produced by a further call, which consumes 0 bytes -- so keep calling even
+ * when no input is left (len 0 is fine), or test sk_h1_body_done() after each
+ * event. Call repeatedly; after DONE, bytes not consumed
  * belong to the next message (pipelining). For TRAILERS the caller must keep
  * the consumed bytes valid until it has parsed them (they are returned in one
  * piece: the step returns NEED_MORE with 0 consumed until the whole trailer
@@ -199,12 +205,16 @@ enum sk_h1_body_ev {
 ssize_t sk_h1_body_step(struct sk_h1_body *b, const char *in, size_t len, int *ev,
                         const char **data, size_t *data_len);
 
+/* Has the body been completely decoded (the next step would return DONE)?
+ * Lets a caller whose buffer is empty finish the message without calling
+ * sk_h1_body_step with len 0. Never true for EOF kind. */
+int sk_h1_body_done(const struct sk_h1_body *b);
+
 /* Parse a raw trailer section (as given by SK_H1_BEV_TRAILERS) into hdrs.
  * Returns number of fields or SK_ERR_H1_*. Same field rules as heads; in
  * addition Content-Length, Transfer-Encoding and Host are rejected
  * (SK_ERR_H1_BAD_HEADER; RFC 9110 6.5.1), more than `cap` fields is
  * SK_ERR_H1_TOO_MANY_HDRS. */
-ssize_t sk_h1_parse_trailers(const char *buf, size_t len, struct sk_h1_header *hdrs,
-                             size_t cap);
+ssize_t sk_h1_parse_trailers(const char *buf, size_t len, struct sk_h1_header *hdrs, size_t cap);
 
 #endif

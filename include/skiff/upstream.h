@@ -118,6 +118,8 @@ struct sk_upconn *sk_upconn_acquire(struct sk_host *h, const struct sk_upconn_cb
                                     unsigned req_flags, int *err);
 /* Queue bytes to send. Returns 0, or SK_ERR_TOO_LARGE if over the hard cap. */
 int sk_upconn_write(struct sk_upconn *u, const void *p, size_t n);
+/* Schedule sending of bytes appended directly to u->out. */
+void sk_upconn_flush(struct sk_upconn *u);
 /* True when queued output is over the high mark (stop feeding it). */
 bool sk_upconn_congested(const struct sk_upconn *u);
 /* Stop/resume reading the response (backpressure from downstream). */

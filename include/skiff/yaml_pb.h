@@ -53,7 +53,7 @@ typedef const ProtobufCMessageDescriptor *(*sk_pb_type_lookup_fn)(const char *fu
 
 /* Limits; a zero member means the default. */
 struct sk_yaml_pb_opts {
-    unsigned max_depth;  /* nesting of mappings/lists/messages; default 64 */
+    unsigned max_depth;  /* nesting of mappings/lists/messages; default 64, at most 256 */
     size_t max_nodes;    /* YAML nodes walked, aliases counted each time; default 1000000 */
     unsigned max_errors; /* stop after this many errors; default 100 */
 };

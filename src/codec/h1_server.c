@@ -641,7 +641,9 @@ static void process_head(struct h1s *c)
         int status = (r == SK_ERR_H1_HDR_TOO_LARGE || r == SK_ERR_H1_TOO_MANY_HDRS) ? 431 : 400;
         if (r == SK_ERR_H1_BAD_VERSION)
             status = 505;
-        if (r == SK_ERR_H1_SMUGGLE || r == SK_ERR_H1_BAD_CL || r == SK_ERR_H1_OBS_FOLD)
+        if (r == SK_ERR_H1_BAD_TE)
+            status = 501;
+        if (r == SK_ERR_H1_SMUGGLE || r == SK_ERR_H1_BAD_TE || r == SK_ERR_H1_BAD_CL || r == SK_ERR_H1_OBS_FOLD)
             sk_stat_add(&c->base.w->stats, SK_ST_downstream_rq_rejected_smuggling, 1);
         reject(c, status, sk_strerror((int)r));
         return;
@@ -656,7 +658,11 @@ static void process_head(struct h1s *c)
 
 static void process_body(struct h1s *c)
 {
-    while (c->state == S_BODY && !c->read_paused && sk_buf_used(&c->in)) {
+    struct sk_hdrs trailers = {0};
+    bool have_trailers = false;
+    /* step even with an empty buffer: DONE after the last DATA/TRAILERS event
+     * comes from one more call that consumes nothing */
+    while (c->state == S_BODY && !c->read_paused) {
         int ev = 0;
         const char *d = NULL;
         size_t dl = 0;
@@ -684,36 +690,22 @@ static void process_body(struct h1s *c)
         } else if (ev == SK_H1_BEV_TRAILERS) {
             struct sk_h1_header th[64];
             ssize_t nt = sk_h1_parse_trailers(d, dl, th, 64);
-            struct sk_hdrs t = {0};
-            struct sk_stream *st = c->st;
-            if (nt > 0 && st)
-                for (ssize_t i = 0; i < nt; i++)
-                    sk_hdrs_add(&t, &st->arena, th[i].name, th[i].name_len, th[i].value,
-                                th[i].value_len);
-            sk_buf_consume(&c->in, (size_t)r);
             if (nt < 0) {
                 conn_close(c);
                 return;
             }
-            /* the terminating empty line follows as DONE */
-            if (st) {
-                c->req_done = true;
-                c->state = S_WAIT;
-                sk_stream_end(st, &t);
-                /* consume the final CRLF / DONE event */
-                int ev2 = 0;
-                ssize_t r2 = sk_h1_body_step(&c->body, sk_buf_rptr(&c->in), sk_buf_used(&c->in),
-                                             &ev2, &d, &dl);
-                if (r2 > 0)
-                    sk_buf_consume(&c->in, (size_t)r2);
-                return;
-            }
+            if (c->st)
+                for (ssize_t i = 0; i < nt; i++)
+                    sk_hdrs_add(&trailers, &c->st->arena, th[i].name, th[i].name_len,
+                                th[i].value, th[i].value_len);
+            have_trailers = true;
+            sk_buf_consume(&c->in, (size_t)r);
         } else if (ev == SK_H1_BEV_DONE) {
             sk_buf_consume(&c->in, (size_t)r);
             c->req_done = true;
             c->state = S_WAIT;
             if (c->st)
-                sk_stream_end(c->st, NULL);
+                sk_stream_end(c->st, have_trailers ? &trailers : NULL);
             return;
         } else {
             sk_buf_consume(&c->in, (size_t)r);

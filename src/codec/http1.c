@@ -115,6 +115,28 @@ int sk_h1_has_token(const char *val, size_t len, const char *tok)
 
 /* ---- field lines ------------------------------------------------------ */
 
+#define ONES 0x0101010101010101ull
+#define HIGHS 0x8080808080808080ull
+
+/* Any byte < 0x20 or == 0x7f in x? Exact as a boolean (the classic
+ * has-less / has-zero tricks); bytes >= 0x80 (obs-text) never match. */
+static inline int word_has_ctl(uint64_t x)
+{
+    uint64_t lt = (x - ONES * 0x20) & ~x & HIGHS;
+    uint64_t y = x ^ (ONES * 0x7f);
+    uint64_t eq = (y - ONES) & ~y & HIGHS;
+    return (lt | eq) != 0;
+}
+
+/* Any byte outside 0x21..0x7e (request-target bytes) in x? */
+static inline int word_has_nontgt(uint64_t x)
+{
+    uint64_t lt = (x - ONES * 0x21) & ~x & HIGHS;
+    uint64_t y = x ^ (ONES * 0x7f);
+    uint64_t eq = (y - ONES) & ~y & HIGHS;
+    return ((lt | eq) | (x & HIGHS)) != 0;
+}
+
 /* Scan the field line at p (which is not CR/LF/SP/HTAB, caller checked).
  * On success fills *h and returns the pointer past the line's CRLF. On
  * failure returns NULL and sets *err (SK_ERR_AGAIN if `end` was hit). */
@@ -135,43 +157,17 @@ static const char *field_line(const char *p, const char *end, struct sk_h1_heade
     while (p < end && (*p == ' ' || *p == '\t'))
         p++;
     const char *val = p;
-    /* hot loop: unrolled scan of field-value bytes */
+    /* hot loop: 8 bytes at a time while none is a CTL (< 0x20 or 0x7f; CR
+     * ends the value, HTAB is rare and finished by the byte loop) */
     while (end - p >= 8) {
-        if (!(cls[U(p)] & C_VAL))
-            goto stop;
-        if (!(cls[U(p + 1)] & C_VAL)) {
-            p += 1;
-            goto stop;
-        }
-        if (!(cls[U(p + 2)] & C_VAL)) {
-            p += 2;
-            goto stop;
-        }
-        if (!(cls[U(p + 3)] & C_VAL)) {
-            p += 3;
-            goto stop;
-        }
-        if (!(cls[U(p + 4)] & C_VAL)) {
-            p += 4;
-            goto stop;
-        }
-        if (!(cls[U(p + 5)] & C_VAL)) {
-            p += 5;
-            goto stop;
-        }
-        if (!(cls[U(p + 6)] & C_VAL)) {
-            p += 6;
-            goto stop;
-        }
-        if (!(cls[U(p + 7)] & C_VAL)) {
-            p += 7;
-            goto stop;
-        }
+        uint64_t x;
+        memcpy(&x, p, 8);
+        if (word_has_ctl(x))
+            break;
         p += 8;
     }
     while (p < end && (cls[U(p)] & C_VAL))
         p++;
-stop:
     if (p == end)
         goto again;
     if (*p != '\r') {
@@ -199,10 +195,10 @@ again:
 
 struct framing {
     uint64_t cl;
-    int ncl;          /* Content-Length fields seen */
-    int nte;          /* Transfer-Encoding fields seen */
-    int te_chunked;   /* last coding seen is chunked */
-    int te_other;     /* a coding other than chunked seen */
+    int ncl;        /* Content-Length fields seen */
+    int nte;        /* Transfer-Encoding fields seen */
+    int te_chunked; /* last coding seen is chunked */
+    int te_other;   /* a coding other than chunked seen */
     int nhost;
     int conn_upgrade; /* Connection: upgrade */
     int nupgrade;
@@ -476,8 +472,7 @@ static int target_form(const struct sk_h1_msg *m, int is_connect)
     if (t[0] == '/')
         return 0; /* origin-form */
     if (n == 1 && t[0] == '*')
-        return m->method_len == 7 && memcmp(m->method, "OPTIONS", 7) == 0 ? 0
-                                                                           : SK_ERR_H1_BAD_START;
+        return m->method_len == 7 && memcmp(m->method, "OPTIONS", 7) == 0 ? 0 : SK_ERR_H1_BAD_START;
     /* absolute-form: scheme ":" ... */
     if (!IS_ALPHA(t[0]))
         return SK_ERR_H1_BAD_START;
@@ -539,6 +534,13 @@ ssize_t sk_h1_parse_request(const char *buf, size_t len, struct sk_h1_msg *m,
 
     /* request-target: visible ASCII only, then exactly one SP */
     s = p;
+    while (end - p >= 8) {
+        uint64_t x;
+        memcpy(&x, p, 8);
+        if (word_has_nontgt(x))
+            break;
+        p += 8;
+    }
     while (p < end && (cls[U(p)] & C_TGT))
         p++;
     if (p == end)
@@ -747,26 +749,32 @@ ssize_t sk_h1_parse_trailers(const char *buf, size_t len, struct sk_h1_header *h
 /* ---- body ------------------------------------------------------------- */
 
 enum {
-    BS_DATA = 0,      /* LENGTH/EOF: payload; CHUNKED: chunk payload */
-    BS_SIZE,          /* chunk-size hex digits (line_len counts them) */
-    BS_EXT_BWS,       /* after size/ext: BWS, then ';' or CR */
-    BS_EXT_NAME0,     /* after ';': BWS then first name char */
-    BS_EXT_NAME,      /* in ext name */
-    BS_EXT_AFTER,     /* after ext name: BWS, '=', ';' or CR */
-    BS_EXT_VAL0,      /* after '=': BWS then token or '"' */
-    BS_EXT_VTOK,      /* in token value */
-    BS_EXT_QS,        /* in quoted string */
-    BS_EXT_QP,        /* after backslash in quoted string */
-    BS_EXT_QEND,      /* after closing quote: BWS, ';' or CR */
-    BS_SIZE_LF,       /* got CR ending the size line */
-    BS_DATA_CR,       /* chunk payload done, want CR */
-    BS_DATA_LF,       /* want LF */
-    BS_TRAILER,       /* after last-chunk line: trailer section */
+    /* order matters: BS_SIZE..BS_EXT_QEND are the size-line states */
+    BS_DATA = 0,  /* LENGTH/EOF: payload; CHUNKED: chunk payload */
+    BS_SIZE,      /* chunk-size hex digits (line_len counts them) */
+    BS_EXT_BWS,   /* after size/ext: BWS, then ';' or CR */
+    BS_EXT_NAME0, /* after ';': BWS then first name char */
+    BS_EXT_NAME,  /* in ext name */
+    BS_EXT_AFTER, /* after ext name: BWS, '=', ';' or CR */
+    BS_EXT_VAL0,  /* after '=': BWS then token or '"' */
+    BS_EXT_VTOK,  /* in token value */
+    BS_EXT_QS,    /* in quoted string */
+    BS_EXT_QP,    /* after backslash in quoted string */
+    BS_EXT_QEND,  /* after closing quote: BWS, ';' or CR */
+    BS_SIZE_LF,   /* got CR ending the size line */
+    BS_DATA_CR,   /* chunk payload done, want CR */
+    BS_DATA_LF,   /* want LF */
+    BS_TRAILER,   /* after last-chunk line: trailer section */
     BS_DONE,
 };
 
 #define MAX_CHUNK_LINE SK_H1_MAX_CHUNK_LINE
 #define CHUNK_MAX ((uint64_t)INT64_MAX)
+
+int sk_h1_body_done(const struct sk_h1_body *b)
+{
+    return b->state == BS_DONE;
+}
 
 void sk_h1_body_init(struct sk_h1_body *b, int kind, uint64_t content_length,
                      size_t max_trailer_bytes)
@@ -814,8 +822,10 @@ static ssize_t trailer_step(struct sk_h1_body *b, const char *in, size_t len, in
                 goto more;
             if (p[1] != '\n')
                 return SK_ERR_H1_BAD_CHUNK;
-            *ev = SK_H1_BEV_TRAILERS;
-            *data = in;
+            /* no trailer fields (the usual case): finish in this call, so a
+             * body ending at the end of the buffer needs no extra call */
+            *ev = p == in ? SK_H1_BEV_DONE : SK_H1_BEV_TRAILERS;
+            *data = p == in ? NULL : in;
             *data_len = (size_t)(p - in);
             b->state = BS_DONE;
             return (p + 2) - in;
@@ -889,7 +899,8 @@ ssize_t sk_h1_body_step(struct sk_h1_body *b, const char *in, size_t len, int *e
             goto more;
         unsigned char c = U(p);
         p++;
-        if (++b->line_len > MAX_CHUNK_LINE && b->state != BS_DATA_CR && b->state != BS_DATA_LF)
+        /* bound the size line (digits + extensions, CRLF not counted) */
+        if (b->state <= BS_EXT_QEND && ++b->line_len > MAX_CHUNK_LINE && c != '\r')
             return SK_ERR_H1_BAD_CHUNK;
         switch (b->state) {
         case BS_SIZE:

@@ -217,8 +217,7 @@ static uint64_t dur(struct tr *t, const char *field, const PbDuration *d, uint64
 {
     if (!d)
         return dflt;
-    if (d->seconds < 0 || d->nanos < 0 || d->nanos > 999999999 ||
-        d->seconds > 315576000000LL) {
+    if (d->seconds < 0 || d->nanos < 0 || d->nanos > 999999999 || d->seconds > 315576000000LL) {
         err(t, field, "invalid duration (must be non-negative)");
         return dflt;
     }
@@ -369,7 +368,8 @@ static bool address(struct tr *t, const PbAddress *a, int flags, char **host, ui
         ok = false;
     }
     uint32_t pv = 0;
-    if (sa->port_specifier_case == ENVOY__CONFIG__CORE__V3__SOCKET_ADDRESS__PORT_SPECIFIER_NAMED_PORT) {
+    if (sa->port_specifier_case ==
+        ENVOY__CONFIG__CORE__V3__SOCKET_ADDRESS__PORT_SPECIFIER_NAMED_PORT) {
         unsupported(t, "named_port");
         ok = false;
     } else if (sa->port_specifier_case ==
@@ -425,18 +425,18 @@ static void hdr_add(struct tr *t, const char *field, size_t n, PbHeaderValueOpti
         struct sk_hdr_op *op = &ops->add[ops->nadd];
         if (!h->header) {
             err(t, "header", "header is required");
+        } else if (h->header->key && h->header->key[0] == ':') {
+            err(t, "header.key", "pseudo-header '%s' cannot be modified", h->header->key);
         } else if (!valid_header_name(h->header->key)) {
             err(t, "header.key", "invalid header name '%s'", h->header->key ? h->header->key : "");
-        } else if (h->header->key[0] == ':') {
-            err(t, "header.key", "pseudo-header '%s' cannot be modified", h->header->key);
         } else if (h->append && h->append_action != 0) {
             err(t, "append", "append and append_action cannot both be set");
         } else {
             op->key = duplower(t, h->header->key);
             op->key_len = strlen(h->header->key);
             if (empty(h->header->value) && h->header->raw_value.len) {
-                op->value = dupn(t, (const char *)h->header->raw_value.data,
-                                 h->header->raw_value.len);
+                op->value =
+                    dupn(t, (const char *)h->header->raw_value.data, h->header->raw_value.len);
                 op->value_len = h->header->raw_value.len;
             } else {
                 op->value = dup(t, h->header->value);
@@ -444,7 +444,7 @@ static void hdr_add(struct tr *t, const char *field, size_t n, PbHeaderValueOpti
             }
             if (h->append)
                 op->action = h->append->value ? SK_HDR_APPEND_IF_EXISTS_OR_ADD
-                                               : SK_HDR_OVERWRITE_IF_EXISTS_OR_ADD;
+                                              : SK_HDR_OVERWRITE_IF_EXISTS_OR_ADD;
             else
                 op->action = (int)h->append_action;
             op->keep_empty_value = h->keep_empty_value;
@@ -463,10 +463,10 @@ static void hdr_remove(struct tr *t, const char *field, size_t n, char **v, stru
     ops->remove = alarr(t, n, sizeof(*ops->remove));
     for (size_t i = 0; ops->remove && i < n; i++) {
         size_t oi = pushi(t, i);
-        if (!valid_header_name(v[i]))
-            err(t, NULL, "invalid header name '%s'", v[i] ? v[i] : "");
-        else if (v[i][0] == ':')
+        if (v[i] && v[i][0] == ':')
             err(t, NULL, "pseudo-header '%s' cannot be removed", v[i]);
+        else if (!valid_header_name(v[i]))
+            err(t, NULL, "invalid header name '%s'", v[i] ? v[i] : "");
         else
             ops->remove[ops->nremove++] = duplower(t, v[i]);
         pop(t, oi);
@@ -530,14 +530,14 @@ static struct sk_cluster *cluster_ref(struct tr *t, const char *field, const cha
 
 /* ---- routes -------------------------------------------------------------------- */
 
-struct route_ctx { /* per RouteConfiguration */
+struct route_ctx {            /* per RouteConfiguration */
     uint32_t max_direct_body; /* max_direct_response_body_size_bytes */
 };
 
 static void header_matcher(struct tr *t, const PbHeaderMatcher *h, struct sk_header_match *m)
 {
-    if (!valid_header_name(h->name) && !(h->name && h->name[0] == ':' &&
-                                         valid_header_name(h->name + 1))) {
+    if (!valid_header_name(h->name) &&
+        !(h->name && h->name[0] == ':' && valid_header_name(h->name + 1))) {
         err(t, "name", "invalid header name '%s'", h->name ? h->name : "");
         return;
     }
@@ -748,8 +748,10 @@ static struct sk_retry_policy *retry_policy(struct tr *t, const PbRetryPolicy *p
             if (h->config_type_case !=
                 ENVOY__CONFIG__ROUTE__V3__RETRY_POLICY__RETRY_HOST_PREDICATE__CONFIG_TYPE_TYPED_CONFIG)
                 err(t, NULL, "typed_config is required");
-        } else if (is_type(h->typed_config,
-                           &envoy__extensions__retry__host__previous_hosts__v3__previous_hosts_predicate__descriptor)) {
+        } else if (
+            is_type(
+                h->typed_config,
+                &envoy__extensions__retry__host__previous_hosts__v3__previous_hosts_predicate__descriptor)) {
             r->retry_other_host = true;
         } else {
             err(t, NULL, "unsupported retry host predicate '%s'", any_type(h->typed_config));
@@ -760,8 +762,9 @@ static struct sk_retry_policy *retry_policy(struct tr *t, const PbRetryPolicy *p
     if (p->host_selection_retry_max_attempts < 0 || p->host_selection_retry_max_attempts > 1000)
         err(t, "host_selection_retry_max_attempts", "must be 0-1000");
     else
-        r->host_selection_retry_max_attempts =
-            p->host_selection_retry_max_attempts ? (uint32_t)p->host_selection_retry_max_attempts : 1;
+        r->host_selection_retry_max_attempts = p->host_selection_retry_max_attempts
+                                                   ? (uint32_t)p->host_selection_retry_max_attempts
+                                                   : 1;
     if (p->n_retriable_status_codes) {
         r->retriable_status_codes = alarr(t, p->n_retriable_status_codes, sizeof(uint32_t));
         for (size_t i = 0; r->retriable_status_codes && i < p->n_retriable_status_codes; i++) {
@@ -782,8 +785,8 @@ static struct sk_retry_policy *retry_policy(struct tr *t, const PbRetryPolicy *p
         r->base_interval_ms = dur(t, "base_interval", p->retry_back_off->base_interval, 25, 0);
         if (r->base_interval_ms == 0)
             err(t, "base_interval", "base_interval must be greater than 0");
-        r->max_interval_ms = dur(t, "max_interval", p->retry_back_off->max_interval,
-                                 r->base_interval_ms * 10, 0);
+        r->max_interval_ms =
+            dur(t, "max_interval", p->retry_back_off->max_interval, r->base_interval_ms * 10, 0);
         if (p->retry_back_off->max_interval && r->max_interval_ms < r->base_interval_ms)
             err(t, "max_interval", "max_interval must be at least base_interval");
         pop(t, o);
@@ -918,16 +921,17 @@ static void route_action(struct tr *t, const PbRouteAction *a, struct sk_route *
      * cluster side: accepted and ignored. */
     if (a->max_grpc_timeout && (a->max_grpc_timeout->seconds || a->max_grpc_timeout->nanos))
         err(t, "max_grpc_timeout", "a non-zero max_grpc_timeout is not supported by skiff");
-    if (a->grpc_timeout_offset && (a->grpc_timeout_offset->seconds || a->grpc_timeout_offset->nanos))
+    if (a->grpc_timeout_offset &&
+        (a->grpc_timeout_offset->seconds || a->grpc_timeout_offset->nanos))
         unsupported(t, "grpc_timeout_offset");
     if (a->n_upgrade_configs)
         unsupported(t, "upgrade_configs");
     r->max_stream_duration_ms = SK_DUR_NONE;
     if (a->max_stream_duration) {
         size_t o = pushf(t, "max_stream_duration");
-        r->max_stream_duration_ms = dur(t, "max_stream_duration",
-                                        a->max_stream_duration->max_stream_duration, SK_DUR_NONE,
-                                        SK_DUR_NONE);
+        r->max_stream_duration_ms =
+            dur(t, "max_stream_duration", a->max_stream_duration->max_stream_duration, SK_DUR_NONE,
+                SK_DUR_NONE);
         if (a->max_stream_duration->grpc_timeout_header_max)
             unsupported(t, "grpc_timeout_header_max");
         if (a->max_stream_duration->grpc_timeout_header_offset)
@@ -1038,11 +1042,6 @@ static int cmp_domain_ref(const void *a, const void *b)
     return x->idx < y->idx ? -1 : x->idx > y->idx;
 }
 
-static int cmp_str_ptr(const void *a, const void *b)
-{
-    return strcmp(*(char *const *)a, *(char *const *)b);
-}
-
 static struct sk_route_config *route_config(struct tr *t, const PbRouteConfig *pc)
 {
     struct sk_route_config *rc = al(t, sizeof(*rc));
@@ -1089,8 +1088,10 @@ static struct sk_route_config *route_config(struct tr *t, const PbRouteConfig *p
         for (size_t d = 0; d < v->ndomains; d++) {
             size_t od = push(t, ".domains[%zu]", d);
             if (!valid_domain(pv->domains[d]))
-                err(t, NULL, "invalid domain '%s' (a wildcard '*' may only be a leading or "
-                             "trailing character)", pv->domains[d] ? pv->domains[d] : "");
+                err(t, NULL,
+                    "invalid domain '%s' (a wildcard '*' may only be a leading or "
+                    "trailing character)",
+                    pv->domains[d] ? pv->domains[d] : "");
             v->domains[d] = duplower(t, pv->domains[d]);
             if (refs && v->domains[d])
                 refs[nrefs++] = (struct domain_ref){v->domains[d], i, d};
@@ -1173,14 +1174,16 @@ static void http_filters(struct tr *t, const PbHcm *h, struct sk_hcm *m)
             continue;
         }
         size_t ot = pushf(t, "typed_config");
-        const PbAny *a = f->config_type_case ==
-                                 ENVOY__EXTENSIONS__FILTERS__NETWORK__HTTP_CONNECTION_MANAGER__V3__HTTP_FILTER__CONFIG_TYPE_TYPED_CONFIG
-                             ? f->typed_config
-                             : NULL;
+        const PbAny *a =
+            f->config_type_case ==
+                    ENVOY__EXTENSIONS__FILTERS__NETWORK__HTTP_CONNECTION_MANAGER__V3__HTTP_FILTER__CONFIG_TYPE_TYPED_CONFIG
+                ? f->typed_config
+                : NULL;
         if (!any_ok(t, a)) {
             /* reported */
         } else if (is_type(a, &envoy__extensions__filters__http__router__v3__router__descriptor)) {
-            PbRouter *r = unpack(t, a, &envoy__extensions__filters__http__router__v3__router__descriptor);
+            PbRouter *r =
+                unpack(t, a, &envoy__extensions__filters__http__router__v3__router__descriptor);
             if (!last)
                 err(t, NULL, "the router filter must be the last HTTP filter");
             if (f->disabled)
@@ -1188,8 +1191,10 @@ static void http_filters(struct tr *t, const PbHcm *h, struct sk_hcm *m)
             if (r && r->n_upstream_http_filters)
                 unsupported(t, "upstream_http_filters");
             unpacked_free(r);
-        } else if (is_type(a, &envoy__extensions__filters__http__fault__v3__httpfault__descriptor)) {
-            void *fc = unpack(t, a, &envoy__extensions__filters__http__fault__v3__httpfault__descriptor);
+        } else if (is_type(a,
+                           &envoy__extensions__filters__http__fault__v3__httpfault__descriptor)) {
+            void *fc =
+                unpack(t, a, &envoy__extensions__filters__http__fault__v3__httpfault__descriptor);
             if (last)
                 err(t, NULL, "http_filters must end with the router filter");
             /* A disabled filter only runs where a route enables it, and per-route
@@ -1304,7 +1309,8 @@ static struct sk_hcm *hcm(struct tr *t, const PbHcm *h)
     if (h->http2_protocol_options) {
         const PbHttp2Options *p = h->http2_protocol_options;
         size_t o = pushf(t, "http2_protocol_options");
-        m->h2_max_concurrent_streams = u32w(p->max_concurrent_streams, m->h2_max_concurrent_streams);
+        m->h2_max_concurrent_streams =
+            u32w(p->max_concurrent_streams, m->h2_max_concurrent_streams);
         if (m->h2_max_concurrent_streams == 0 || m->h2_max_concurrent_streams > 2147483647u)
             err(t, "max_concurrent_streams", "must be 1-2147483647");
         m->h2_initial_stream_window_size =
@@ -1454,13 +1460,18 @@ static void transport_socket_down(struct tr *t, const PbTransportSocket *ts, voi
     *tls = NULL;
     size_t o = pushf(t, "transport_socket");
     size_t ot = pushf(t, "typed_config");
-    const PbAny *a = ts->config_type_case ==
-                             ENVOY__CONFIG__CORE__V3__TRANSPORT_SOCKET__CONFIG_TYPE_TYPED_CONFIG
-                         ? ts->typed_config
-                         : NULL;
+    const PbAny *a =
+        ts->config_type_case == ENVOY__CONFIG__CORE__V3__TRANSPORT_SOCKET__CONFIG_TYPE_TYPED_CONFIG
+            ? ts->typed_config
+            : NULL;
     if (!any_ok(t, a)) {
-    } else if (is_type(a, &envoy__extensions__transport_sockets__raw_buffer__v3__raw_buffer__descriptor)) {
-    } else if (is_type(a, &envoy__extensions__transport_sockets__tls__v3__downstream_tls_context__descriptor)) {
+    } else if (is_type(
+                   a,
+                   &envoy__extensions__transport_sockets__raw_buffer__v3__raw_buffer__descriptor)) {
+    } else if (
+        is_type(
+            a,
+            &envoy__extensions__transport_sockets__tls__v3__downstream_tls_context__descriptor)) {
         err(t, NULL, "TLS not supported yet (issue 4)");
     } else {
         err(t, NULL, "unsupported transport socket '%s'", any_type(a));
@@ -1489,7 +1500,8 @@ static void chain_match(struct tr *t, const PbFilterChainMatch *fm, struct sk_ch
         unsupported(t, "prefix_ranges");
     if (fm->n_direct_source_prefix_ranges)
         unsupported(t, "direct_source_prefix_ranges");
-    if (fm->source_type != ENVOY__CONFIG__LISTENER__V3__FILTER_CHAIN_MATCH__CONNECTION_SOURCE_TYPE__ANY)
+    if (fm->source_type !=
+        ENVOY__CONFIG__LISTENER__V3__FILTER_CHAIN_MATCH__CONNECTION_SOURCE_TYPE__ANY)
         unsupported(t, "source_type");
     if (fm->n_source_prefix_ranges)
         unsupported(t, "source_prefix_ranges");
@@ -1517,8 +1529,9 @@ static void chain_match(struct tr *t, const PbFilterChainMatch *fm, struct sk_ch
 static void chain_filters(struct tr *t, const PbFilterChain *fc, struct sk_filter_chain *c)
 {
     if (fc->n_filters == 0) {
-        err(t, "filters", "a filter chain needs a terminal network filter "
-                          "(http_connection_manager or tcp_proxy)");
+        err(t, "filters",
+            "a filter chain needs a terminal network filter "
+            "(http_connection_manager or tcp_proxy)");
         return;
     }
     size_t o = pushf(t, "filters");
@@ -1526,7 +1539,8 @@ static void chain_filters(struct tr *t, const PbFilterChain *fc, struct sk_filte
         const PbFilter *f = fc->filters[i];
         bool last = i + 1 == fc->n_filters;
         size_t oi = pushi(t, i);
-        if (f->config_type_case == ENVOY__CONFIG__LISTENER__V3__FILTER__CONFIG_TYPE_CONFIG_DISCOVERY) {
+        if (f->config_type_case ==
+            ENVOY__CONFIG__LISTENER__V3__FILTER__CONFIG_TYPE_CONFIG_DISCOVERY) {
             unsupported(t, "config_discovery");
             pop(t, oi);
             continue;
@@ -1607,8 +1621,8 @@ static bool chain_match_eq(const struct sk_chain_match *x, const struct sk_chain
     if (x->transport_protocol && strcmp(x->transport_protocol, y->transport_protocol) != 0)
         return false;
     return str_set_eq(x->server_names, x->nserver_names, y->server_names, y->nserver_names) &&
-           str_set_eq(x->application_protocols, x->napplication_protocols,
-                      y->application_protocols, y->napplication_protocols);
+           str_set_eq(x->application_protocols, x->napplication_protocols, y->application_protocols,
+                      y->napplication_protocols);
 }
 
 static void listener_filters(struct tr *t, const PbListener *pl)
@@ -1626,10 +1640,11 @@ static void listener_filters(struct tr *t, const PbListener *pl)
             unsupported(t, "config_discovery");
         } else {
             size_t ot = pushf(t, "typed_config");
-            const PbAny *a = f->config_type_case ==
-                                     ENVOY__CONFIG__LISTENER__V3__LISTENER_FILTER__CONFIG_TYPE_TYPED_CONFIG
-                                 ? f->typed_config
-                                 : NULL;
+            const PbAny *a =
+                f->config_type_case ==
+                        ENVOY__CONFIG__LISTENER__V3__LISTENER_FILTER__CONFIG_TYPE_TYPED_CONFIG
+                    ? f->typed_config
+                    : NULL;
             if (any_ok(t, a)) {
                 size_t k = 0;
                 while (k < sizeof(ok) / sizeof(ok[0]) && !is_type(a, ok[k]))
@@ -1745,8 +1760,9 @@ static void up_http_options(struct tr *t, const PbUpHttpOptions *p, struct sk_cl
             size_t o2 = pushf(t, "http2_protocol_options");
             up_http2(t, e->http2_protocol_options, c);
             pop(t, o2);
-        } else if (e->protocol_config_case ==
-                   ENVOY__EXTENSIONS__UPSTREAMS__HTTP__V3__HTTP_PROTOCOL_OPTIONS__EXPLICIT_HTTP_CONFIG__PROTOCOL_CONFIG_HTTP_PROTOCOL_OPTIONS) {
+        } else if (
+            e->protocol_config_case ==
+            ENVOY__EXTENSIONS__UPSTREAMS__HTTP__V3__HTTP_PROTOCOL_OPTIONS__EXPLICIT_HTTP_CONFIG__PROTOCOL_CONFIG_HTTP_PROTOCOL_OPTIONS) {
             c->upstream_proto = SK_UP_HTTP1;
         } else {
             err(t, NULL, "one of http_protocol_options, http2_protocol_options is required");
@@ -1770,8 +1786,7 @@ static void up_http_options(struct tr *t, const PbUpHttpOptions *p, struct sk_cl
         err(t, "auto_config", "auto_config (ALPN) is not supported yet");
         break;
     default:
-        err(t, NULL,
-            "one of explicit_http_config, use_downstream_protocol_config is required");
+        err(t, NULL, "one of explicit_http_config, use_downstream_protocol_config is required");
         break;
     }
 }
@@ -1800,8 +1815,8 @@ static void protocol_options(struct tr *t, const PbCluster *pc, struct sk_cluste
         }
         pop(t, o);
     }
-    bool deprecated = pc->http2_protocol_options || pc->http_protocol_options ||
-                      pc->common_http_protocol_options;
+    bool deprecated =
+        pc->http2_protocol_options || pc->http_protocol_options || pc->common_http_protocol_options;
     if (typed && deprecated) {
         err(t, "typed_extension_protocol_options",
             "cannot be combined with the deprecated cluster-level protocol options");
@@ -1880,7 +1895,8 @@ static void endpoints(struct tr *t, const PbCla *la, struct sk_cluster *c)
             if (lb->endpoint->n_additional_addresses)
                 unsupported(t, "additional_addresses");
             size_t oa = pushf(t, "address");
-            int flags = c->type == SK_CLUSTER_STATIC || c->type == SK_CLUSTER_EDS ? ADDR_NEED_IP : 0;
+            int flags =
+                c->type == SK_CLUSTER_STATIC || c->type == SK_CLUSTER_EDS ? ADDR_NEED_IP : 0;
             bool ok = address(t, lb->endpoint->address, flags, &ep->host, &ep->port, &ep->addr);
             pop(t, oa);
             pop(t, oe);
@@ -1924,8 +1940,9 @@ static void cluster(struct tr *t, const PbCluster *pc, struct sk_cluster *c)
         case ENVOY__CONFIG__CLUSTER__V3__CLUSTER__DISCOVERY_TYPE__EDS:
             c->type = SK_CLUSTER_EDS;
             if (!t->snap->xds.ads)
-                err(t, "type", "EDS clusters require xDS (not configured: "
-                               "dynamic_resources.ads_config)");
+                err(t, "type",
+                    "EDS clusters require xDS (not configured: "
+                    "dynamic_resources.ads_config)");
             break;
         case ENVOY__CONFIG__CLUSTER__V3__CLUSTER__DISCOVERY_TYPE__ORIGINAL_DST:
             err(t, "type", "ORIGINAL_DST clusters are not supported yet");
@@ -1961,16 +1978,19 @@ static void cluster(struct tr *t, const PbCluster *pc, struct sk_cluster *c)
                 &envoy__config__cluster__v3__cluster__lb_policy__descriptor, (int)pc->lb_policy)
                 ? protobuf_c_enum_descriptor_get_value(
                       &envoy__config__cluster__v3__cluster__lb_policy__descriptor,
-                      (int)pc->lb_policy)->name
+                      (int)pc->lb_policy)
+                      ->name
                 : "?");
         break;
     }
     c->lr_choice_count = 2;
-    if (pc->lb_config_case == ENVOY__CONFIG__CLUSTER__V3__CLUSTER__LB_CONFIG_LEAST_REQUEST_LB_CONFIG) {
+    if (pc->lb_config_case ==
+        ENVOY__CONFIG__CLUSTER__V3__CLUSTER__LB_CONFIG_LEAST_REQUEST_LB_CONFIG) {
         c->lr_choice_count = u32w(pc->least_request_lb_config->choice_count, 2);
         if (c->lr_choice_count < 2)
             err(t, "least_request_lb_config.choice_count", "choice_count must be at least 2");
-    } else if (pc->lb_config_case == ENVOY__CONFIG__CLUSTER__V3__CLUSTER__LB_CONFIG_RING_HASH_LB_CONFIG) {
+    } else if (pc->lb_config_case ==
+               ENVOY__CONFIG__CLUSTER__V3__CLUSTER__LB_CONFIG_RING_HASH_LB_CONFIG) {
         unsupported(t, "ring_hash_lb_config");
     }
     c->connect_timeout_ms = dur(t, "connect_timeout", pc->connect_timeout, 5000, 0);
@@ -2022,8 +2042,13 @@ static void cluster(struct tr *t, const PbCluster *pc, struct sk_cluster *c)
                              ? pc->transport_socket->typed_config
                              : NULL;
         if (!any_ok(t, a)) {
-        } else if (is_type(a, &envoy__extensions__transport_sockets__raw_buffer__v3__raw_buffer__descriptor)) {
-        } else if (is_type(a, &envoy__extensions__transport_sockets__tls__v3__upstream_tls_context__descriptor)) {
+        } else if (
+            is_type(
+                a, &envoy__extensions__transport_sockets__raw_buffer__v3__raw_buffer__descriptor)) {
+        } else if (
+            is_type(
+                a,
+                &envoy__extensions__transport_sockets__tls__v3__upstream_tls_context__descriptor)) {
             err(t, NULL, "TLS not supported yet (issue 4)");
         } else {
             err(t, NULL, "unsupported transport socket '%s'", any_type(a));
@@ -2127,6 +2152,25 @@ static void admin(struct tr *t, const Envoy__Config__Bootstrap__V3__Admin *ad)
     pop(t, o);
 }
 
+/* Two listeners that both bind the same ip:port (Envoy rejects this too). */
+static bool same_bound_addr(const struct sk_listener *a, const struct sk_listener *b)
+{
+    if (!a->bind_to_port || !b->bind_to_port || !a->addr_str || !b->addr_str)
+        return false;
+    if (a->addr.len != b->addr.len || a->addr.len == 0)
+        return false;
+    if (a->addr.ss.ss_family == AF_INET) {
+        const struct sockaddr_in *x = (const struct sockaddr_in *)&a->addr.ss;
+        const struct sockaddr_in *y = (const struct sockaddr_in *)&b->addr.ss;
+        return x->sin_port != 0 && x->sin_port == y->sin_port &&
+               x->sin_addr.s_addr == y->sin_addr.s_addr;
+    }
+    const struct sockaddr_in6 *x = (const struct sockaddr_in6 *)&a->addr.ss;
+    const struct sockaddr_in6 *y = (const struct sockaddr_in6 *)&b->addr.ss;
+    return x->sin6_port != 0 && x->sin6_port == y->sin6_port &&
+           memcmp(&x->sin6_addr, &y->sin6_addr, sizeof(x->sin6_addr)) == 0;
+}
+
 /* ---- entry point --------------------------------------------------------------------- */
 
 int sk_snapshot_build(const struct Envoy__Config__Bootstrap__V3__Bootstrap *bs,
@@ -2212,6 +2256,12 @@ int sk_snapshot_build(const struct Envoy__Config__Bootstrap__V3__Bootstrap *bs,
             if (s->listeners[i].name && *s->listeners[i].name && s->listeners[j].name &&
                 strcmp(s->listeners[i].name, s->listeners[j].name) == 0) {
                 err(t, "name", "duplicate listener name '%s'", s->listeners[i].name);
+                break;
+            }
+        for (size_t j = 0; j < i; j++)
+            if (same_bound_addr(&s->listeners[i], &s->listeners[j])) {
+                err(t, "address", "address %s is already used by listener '%s'",
+                    s->listeners[i].addr_str, s->listeners[j].name ? s->listeners[j].name : "");
                 break;
             }
         pop(t, o);

@@ -31,6 +31,7 @@
 #include "skiff/err.h"
 
 #define DEF_MAX_DEPTH 64
+#define MAX_MAX_DEPTH 256
 #define DEF_MAX_NODES 1000000
 #define DEF_MAX_ERRORS 100
 #define MAX_DURATION_SECONDS 315576000000LL
@@ -205,8 +206,9 @@ static const char *q(const yaml_node_t *n, char *buf, size_t cap)
     const unsigned char *s = n->data.scalar.value;
     size_t l = n->data.scalar.length, o = 0;
     buf[o++] = '"';
-    for (size_t i = 0; i < l && o + 8 < cap; i++) {
-        if (i >= 60) {
+    for (size_t i = 0; i < l; i++) {
+        int cont = (s[i] & 0xc0) == 0x80; /* never cut a UTF-8 sequence */
+        if ((i >= 60 || o + 10 >= cap) && !cont) {
             o += (size_t)snprintf(buf + o, cap - o, "...");
             break;
         }
@@ -1416,7 +1418,9 @@ static ProtobufCMessage *parse_fields(struct ctx *c, const ProtobufCMessageDescr
         size_t old = path_push_field(c, f->name);
         record(c, e->k);
         size_t fi = (size_t)(f - d->fields);
-        if (seen[fi]) {
+        if (seen[fi] && e->prio > 0) {
+            /* a merged key ('<<') spelled differently than the written one */
+        } else if (seen[fi]) {
             err(c, e->k, "field '%s' given twice (first at line %d)", f->name,
                 (int)seen[fi]->start_mark.line + 1);
         } else {
@@ -1621,17 +1625,10 @@ static void yaml_error(struct ctx *c, yaml_parser_t *p)
         return;
     }
     yaml_mark_t m = p->problem_mark;
-    if (p->error == YAML_READER_ERROR) {
-        /* reader errors carry a byte offset only */
-        m.line = 0;
-        m.column = 0;
-        char msg[256];
-        snprintf(msg, sizeof(msg), "invalid YAML: %s (at byte %zu)", prob, p->problem_offset);
-        sk_cfgerrs_add_at(c->errs, 1, 1, "", "%s", msg);
-        c->nerr++;
-        return;
-    }
-    if (p->context)
+    if (p->error == YAML_READER_ERROR) /* reader errors carry a byte offset only */
+        sk_cfgerrs_add_at(c->errs, 1, 1, "", "invalid YAML: %s (at byte %zu)", prob,
+                          p->problem_offset);
+    else if (p->context)
         sk_cfgerrs_add_at(c->errs, (int)m.line + 1, (int)m.column + 1, "",
                           "invalid YAML: %s (%s at line %d)", prob, p->context,
                           (int)p->context_mark.line + 1);
@@ -1639,6 +1636,189 @@ static void yaml_error(struct ctx *c, yaml_parser_t *p)
         sk_cfgerrs_add_at(c->errs, (int)m.line + 1, (int)m.column + 1, "", "invalid YAML: %s",
                           prob);
     c->nerr++;
+}
+
+static void compose_err(struct ctx *c, const yaml_mark_t *m, const char *msg)
+{
+    sk_cfgerrs_add_at(c->errs, (int)m->line + 1, (int)m->column + 1, "", "%s", msg);
+    c->nerr++;
+}
+
+struct anchor {
+    char *name;
+    int node;
+};
+
+/* Builds the node graph from libyaml events ourselves rather than with
+ * yaml_parser_load: we stop as soon as the nesting passes the depth limit
+ * (libyaml's scanner costs O(depth) per token, so a deep document would
+ * otherwise cost O(n^2)), we reject a second document at its first event, and
+ * an anchor becomes usable only once its node is complete, so aliases can
+ * never form a cycle. */
+static int compose(struct ctx *c, const char *buf, size_t len, yaml_document_t *doc)
+{
+    yaml_parser_t p;
+    yaml_event_t ev;
+    struct anchor *anc = NULL;
+    size_t nanc = 0, capanc = 0;
+    int stack[MAX_MAX_DEPTH + 2], keyof[MAX_MAX_DEPTH + 2];
+    char *open_anchor[MAX_MAX_DEPTH + 2];
+    unsigned sp = 0, limit = c->max_depth + 2; /* the walker reports the exact path */
+    int docs = 0, rc = -1, done = 0;
+
+    memset(doc, 0, sizeof(*doc)); /* safe to yaml_document_delete() whatever happens */
+    if (!yaml_document_initialize(doc, NULL, NULL, NULL, 1, 1)) {
+        memset(doc, 0, sizeof(*doc));
+        oom(c);
+        return -1;
+    }
+    if (!yaml_parser_initialize(&p)) {
+        oom(c);
+        return -1;
+    }
+    yaml_parser_set_input_string(&p, (const unsigned char *)buf, len);
+    while (!done) {
+        if (!yaml_parser_parse(&p, &ev)) {
+            yaml_error(c, &p);
+            break;
+        }
+        int node = 0, fail = 0;
+        const yaml_char_t *anchor = NULL;
+        switch (ev.type) {
+        case YAML_STREAM_END_EVENT:
+            done = 1;
+            rc = 0;
+            break;
+        case YAML_DOCUMENT_START_EVENT:
+            if (++docs > 1) {
+                compose_err(c, &ev.start_mark,
+                            "more than one YAML document (only one configuration document is "
+                            "allowed)");
+                fail = 1;
+            }
+            break;
+        case YAML_ALIAS_EVENT: {
+            for (size_t i = nanc; i-- > 0;)
+                if (!strcmp(anc[i].name, (const char *)ev.data.alias.anchor)) {
+                    node = anc[i].node;
+                    break;
+                }
+            if (!node) {
+                compose_err(c, &ev.start_mark,
+                            "invalid YAML: unknown or recursive alias (an alias must follow "
+                            "its complete anchored node)");
+                fail = 1;
+            }
+            break;
+        }
+        case YAML_SCALAR_EVENT:
+            if (ev.data.scalar.length > 0x7fffffff) {
+                compose_err(c, &ev.start_mark, "YAML scalar too long");
+                fail = 1;
+                break;
+            }
+            node = yaml_document_add_scalar(doc, NULL, ev.data.scalar.value,
+                                            (int)ev.data.scalar.length, ev.data.scalar.style);
+            if (!node) { /* libyaml re-checks UTF-8 here */
+                compose_err(c, &ev.start_mark, "invalid YAML scalar (bad UTF-8 or out of memory)");
+                fail = 1;
+                break;
+            }
+            anchor = ev.data.scalar.anchor;
+            break;
+        case YAML_SEQUENCE_START_EVENT:
+        case YAML_MAPPING_START_EVENT: {
+            if (sp >= limit) {
+                char m[64];
+                snprintf(m, sizeof(m), "nesting too deep (limit %u)", c->max_depth);
+                compose_err(c, &ev.start_mark, m);
+                fail = 1;
+                break;
+            }
+            int n = ev.type == YAML_SEQUENCE_START_EVENT
+                        ? yaml_document_add_sequence(doc, NULL, ev.data.sequence_start.style)
+                        : yaml_document_add_mapping(doc, NULL, ev.data.mapping_start.style);
+            if (!n) {
+                oom(c);
+                fail = 1;
+                break;
+            }
+            doc->nodes.start[n - 1].start_mark = ev.start_mark;
+            const yaml_char_t *a = ev.type == YAML_SEQUENCE_START_EVENT
+                                       ? ev.data.sequence_start.anchor
+                                       : ev.data.mapping_start.anchor;
+            open_anchor[sp] = a ? strdup((const char *)a) : NULL;
+            if (a && !open_anchor[sp]) {
+                oom(c);
+                fail = 1;
+                break;
+            }
+            keyof[sp] = 0;
+            stack[sp++] = n;
+            break;
+        }
+        case YAML_SEQUENCE_END_EVENT:
+        case YAML_MAPPING_END_EVENT:
+            if (sp == 0) { /* cannot happen with a well-behaved parser */
+                fail = 1;
+                break;
+            }
+            node = stack[--sp];
+            anchor = (const yaml_char_t *)open_anchor[sp];
+            break;
+        default:
+            break;
+        }
+        if (!fail && node) {
+            if (ev.type == YAML_SCALAR_EVENT)
+                doc->nodes.start[node - 1].start_mark = ev.start_mark;
+            if (anchor) {
+                if (nanc == capanc) {
+                    size_t nc = capanc ? capanc * 2 : 16;
+                    struct anchor *na = realloc(anc, nc * sizeof(*na));
+                    if (!na)
+                        fail = 1;
+                    else
+                        anc = na, capanc = nc;
+                }
+                char *nm = fail ? NULL : strdup((const char *)anchor);
+                if (!nm) {
+                    oom(c);
+                    fail = 1;
+                } else {
+                    anc[nanc++] = (struct anchor){nm, node};
+                }
+            }
+            if (ev.type == YAML_SEQUENCE_END_EVENT || ev.type == YAML_MAPPING_END_EVENT)
+                free(open_anchor[sp]);
+            if (!fail && sp > 0) {
+                int parent = stack[sp - 1];
+                int ok = 1;
+                if (doc->nodes.start[parent - 1].type == YAML_SEQUENCE_NODE)
+                    ok = yaml_document_append_sequence_item(doc, parent, node);
+                else if (!keyof[sp - 1])
+                    keyof[sp - 1] = node;
+                else {
+                    ok = yaml_document_append_mapping_pair(doc, parent, keyof[sp - 1], node);
+                    keyof[sp - 1] = 0;
+                }
+                if (!ok) {
+                    oom(c);
+                    fail = 1;
+                }
+            }
+        }
+        yaml_event_delete(&ev);
+        if (fail)
+            break;
+    }
+    while (sp > 0)
+        free(open_anchor[--sp]);
+    for (size_t i = 0; i < nanc; i++)
+        free(anc[i].name);
+    free(anc);
+    yaml_parser_delete(&p);
+    return rc;
 }
 
 int sk_yaml_pb_parse_opts(const char *buf, size_t len, const ProtobufCMessageDescriptor *desc,
@@ -1650,6 +1830,8 @@ int sk_yaml_pb_parse_opts(const char *buf, size_t len, const ProtobufCMessageDes
     c.errs = errs;
     c.lookup = lookup;
     c.max_depth = opts && opts->max_depth ? opts->max_depth : DEF_MAX_DEPTH;
+    if (c.max_depth > MAX_MAX_DEPTH)
+        c.max_depth = MAX_MAX_DEPTH;
     c.max_nodes = opts && opts->max_nodes ? opts->max_nodes : DEF_MAX_NODES;
     c.max_errors = opts && opts->max_errors ? opts->max_errors : DEF_MAX_ERRORS;
     *out = NULL;
@@ -1660,45 +1842,19 @@ int sk_yaml_pb_parse_opts(const char *buf, size_t len, const ProtobufCMessageDes
     }
     c.pcap = 128;
 
-    yaml_parser_t parser;
-    yaml_document_t doc, doc2;
-    int have_doc = 0;
+    yaml_document_t doc;
     ProtobufCMessage *m = NULL;
-    if (!yaml_parser_initialize(&parser)) {
-        oom(&c);
+    int have_doc = 1;
+    if (compose(&c, buf, len, &doc) || c.nerr)
         goto done;
-    }
-    yaml_parser_set_input_string(&parser, (const unsigned char *)buf, len);
-    if (!yaml_parser_load(&parser, &doc)) {
-        yaml_error(&c, &parser);
-        yaml_parser_delete(&parser);
-        goto done;
-    }
-    have_doc = 1;
     yaml_node_t *root = yaml_document_get_root_node(&doc);
     if (!root || is_null(root)) {
         sk_cfgerrs_add_at(errs, root ? (int)root->start_mark.line + 1 : 0,
                           root ? (int)root->start_mark.column + 1 : 0, "",
                           "empty configuration");
         c.nerr++;
-        yaml_parser_delete(&parser);
         goto done;
     }
-    if (!yaml_parser_load(&parser, &doc2)) {
-        yaml_error(&c, &parser);
-    } else {
-        yaml_node_t *r2 = yaml_document_get_root_node(&doc2);
-        if (r2) {
-            sk_cfgerrs_add_at(errs, (int)doc2.start_mark.line + 1, (int)doc2.start_mark.column + 1,
-                              "", "more than one YAML document (only one configuration "
-                                  "document is allowed)");
-            c.nerr++;
-        }
-        yaml_document_delete(&doc2);
-    }
-    yaml_parser_delete(&parser);
-    if (c.nerr)
-        goto done;
 
     c.doc = &doc;
     record(&c, root);

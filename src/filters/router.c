@@ -390,6 +390,7 @@ static int encode_request_head(struct sk_stream *st)
     }
     rc |= sk_buf_append(b, "\r\n", 2);
     st->up_sent_head = true;
+    sk_upconn_flush(st->up);
     return rc ? SK_ERR_TOO_LARGE : 0;
 }
 

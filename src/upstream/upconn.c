@@ -213,6 +213,11 @@ int sk_upconn_write(struct sk_upconn *u, const void *p, size_t n)
     return 0;
 }
 
+void sk_upconn_flush(struct sk_upconn *u)
+{
+    queue_flush(u);
+}
+
 bool sk_upconn_congested(const struct sk_upconn *u)
 {
     return sk_buf_used(&u->out) > UP_HIGH_MARK;
@@ -394,8 +399,8 @@ static void process(struct sk_upconn *u)
         }
         if (u->rstate != R_BODY)
             return;
-        if (!avail)
-            return;
+        /* step even with nothing buffered: DONE after the last DATA or
+         * TRAILERS event comes from one more call consuming nothing */
         int ev = 0;
         const char *d = NULL;
         size_t dl = 0;

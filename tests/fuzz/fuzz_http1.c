@@ -198,11 +198,14 @@ static uint64_t run_conn(const uint8_t *data, size_t size, const struct cfg *c, 
             switch (ev) {
             case SK_H1_BEV_DATA:
                 REQUIRE(dl > 0 && within(d, dl, copy, (size_t)r));
+                if (m.body_kind == SK_H1_BODY_LENGTH)
+                    REQUIRE(sk_h1_body_done(&b) == (body_len + dl == m.content_length));
                 body_hash = fnv(body_hash, d, dl);
                 body_len += dl;
                 break;
             case SK_H1_BEV_TRAILERS: {
-                REQUIRE(within(d, dl, copy, (size_t)r));
+                REQUIRE(dl > 0 && within(d, dl, copy, (size_t)r));
+                REQUIRE(sk_h1_body_done(&b));
                 REQUIRE(dl <= (c->max_trailer ? c->max_trailer : SK_H1_DEFAULT_MAX_HEAD));
                 struct sk_h1_header th[NHDRS];
                 ssize_t nt = sk_h1_parse_trailers(d, dl, th, NHDRS);
@@ -216,7 +219,8 @@ static uint64_t run_conn(const uint8_t *data, size_t size, const struct cfg *c, 
                 break;
             }
             case SK_H1_BEV_DONE:
-                REQUIRE(r == 0);
+                REQUIRE(r == 0 || m.body_kind == SK_H1_BODY_CHUNKED);
+                REQUIRE(sk_h1_body_done(&b));
                 if (m.body_kind == SK_H1_BODY_LENGTH)
                     REQUIRE(body_len == m.content_length);
                 h = fnv_u64(h, body_hash);

@@ -36,18 +36,30 @@ static int failures, checks;
 static const char *errname(ssize_t e)
 {
     switch (e) {
-    case SK_ERR_AGAIN: return "AGAIN";
-    case SK_ERR_INVAL: return "INVAL";
-    case SK_ERR_H1_BAD_START: return "BAD_START";
-    case SK_ERR_H1_BAD_HEADER: return "BAD_HEADER";
-    case SK_ERR_H1_OBS_FOLD: return "OBS_FOLD";
-    case SK_ERR_H1_SMUGGLE: return "SMUGGLE";
-    case SK_ERR_H1_BAD_CHUNK: return "BAD_CHUNK";
-    case SK_ERR_H1_HDR_TOO_LARGE: return "HDR_TOO_LARGE";
-    case SK_ERR_H1_TOO_MANY_HDRS: return "TOO_MANY_HDRS";
-    case SK_ERR_H1_BAD_VERSION: return "BAD_VERSION";
-    case SK_ERR_H1_BAD_CL: return "BAD_CL";
-    case SK_ERR_H1_BAD_TE: return "BAD_TE";
+    case SK_ERR_AGAIN:
+        return "AGAIN";
+    case SK_ERR_INVAL:
+        return "INVAL";
+    case SK_ERR_H1_BAD_START:
+        return "BAD_START";
+    case SK_ERR_H1_BAD_HEADER:
+        return "BAD_HEADER";
+    case SK_ERR_H1_OBS_FOLD:
+        return "OBS_FOLD";
+    case SK_ERR_H1_SMUGGLE:
+        return "SMUGGLE";
+    case SK_ERR_H1_BAD_CHUNK:
+        return "BAD_CHUNK";
+    case SK_ERR_H1_HDR_TOO_LARGE:
+        return "HDR_TOO_LARGE";
+    case SK_ERR_H1_TOO_MANY_HDRS:
+        return "TOO_MANY_HDRS";
+    case SK_ERR_H1_BAD_VERSION:
+        return "BAD_VERSION";
+    case SK_ERR_H1_BAD_CL:
+        return "BAD_CL";
+    case SK_ERR_H1_BAD_TE:
+        return "BAD_TE";
     }
     return "?";
 }
@@ -86,11 +98,9 @@ static void flags_str(unsigned f, char *out, size_t cap)
         unsigned bit;
         const char *name;
     } names[] = {
-        {SK_H1_F_KEEPALIVE, "ka"},   {SK_H1_F_EXPECT_CONTINUE, "exp"},
-        {SK_H1_F_UPGRADE, "upg"},    {SK_H1_F_HAS_CL, "cl"},
-        {SK_H1_F_HAS_TE, "te"},      {SK_H1_F_CONN_CLOSE, "close"},
-        {SK_H1_F_HAS_HOST, "host"},  {SK_H1_F_CONNECT, "connect"},
-        {SK_H1_F_HEAD, "head"},
+        {SK_H1_F_KEEPALIVE, "ka"},  {SK_H1_F_EXPECT_CONTINUE, "exp"}, {SK_H1_F_UPGRADE, "upg"},
+        {SK_H1_F_HAS_CL, "cl"},     {SK_H1_F_HAS_TE, "te"},           {SK_H1_F_CONN_CLOSE, "close"},
+        {SK_H1_F_HAS_HOST, "host"}, {SK_H1_F_CONNECT, "connect"},     {SK_H1_F_HEAD, "head"},
     };
     size_t n = 0;
     out[0] = '\0';
@@ -163,9 +173,9 @@ static void run_session(const struct scase *c, size_t len, int mode, struct tr *
             } else {
                 char *copy = malloc(avail - pos);
                 memcpy(copy, in + pos, avail - pos);
-                ssize_t r = c->resp ? sk_h1_parse_response(copy, avail - pos, &m, &lim,
-                                                           c->req_flags)
-                                    : sk_h1_parse_request(copy, avail - pos, &m, &lim);
+                ssize_t r = c->resp
+                                ? sk_h1_parse_response(copy, avail - pos, &m, &lim, c->req_flags)
+                                : sk_h1_parse_request(copy, avail - pos, &m, &lim);
                 if (r > 0) {
                     /* re-point into the original so the transcript can print */
                     if (m.method)
@@ -249,10 +259,18 @@ static void run_session(const struct scase *c, size_t len, int mode, struct tr *
             }
             size_t step;
             switch (mode) {
-            case 0: step = len; break;
-            case 1: step = 1; break;
-            case 2: step = 1 + rnd(17); break;
-            default: step = 1 + rnd(len); break;
+            case 0:
+                step = len;
+                break;
+            case 1:
+                step = 1;
+                break;
+            case 2:
+                step = 1 + rnd(17);
+                break;
+            default:
+                step = 1 + rnd(len);
+                break;
             }
             avail = avail + step > len ? len : avail + step;
         }
@@ -290,9 +308,8 @@ static const struct scase req_ok[] = {
      "REQ GET / 1.1 b0 cl0 f=ka,host h1;DONE;END;"},
     {"POST with CL", "POST /submit?x=1&y=%20" H11 "Content-Length: 5\r\n\r\nhello", 0, 0, 0, 0, 0,
      0, "REQ POST /submit?x=1&y=%20 1.1 b1 cl5 f=ka,cl,host h2;B[hello];DONE;END;"},
-    {"* for non-OPTIONS", "M-SEARCH *" H11 "\r\nPURGE /x" H11 "\r\nget /lower" H11 "\r\n", 0, 0, 0, 0,
-     0, 0,
-     "ERR BAD_START;"}, /* "*" is only for OPTIONS */
+    {"* for non-OPTIONS", "M-SEARCH *" H11 "\r\nPURGE /x" H11 "\r\nget /lower" H11 "\r\n", 0, 0, 0,
+     0, 0, 0, "ERR BAD_START;"}, /* "*" is only for OPTIONS */
     {"custom methods", "PURGE /x" H11 "\r\nget /lower" H11 "\r\nM-SEARCH /" H11 "\r\n", 0, 0, 0, 0,
      0, 0,
      "REQ PURGE /x 1.1 b0 cl0 f=ka,host h1;DONE;REQ get /lower 1.1 b0 cl0 f=ka,host h1;DONE;"
@@ -313,23 +330,24 @@ static const struct scase req_ok[] = {
      "REQ HEAD /x 1.1 b0 cl0 f=ka,host,head h1;DONE;END;"},
     {"HTTP/1.0 no Host", "GET / HTTP/1.0\r\n\r\n", 0, 0, 0, 0, 0, 0,
      "REQ GET / 1.0 b0 cl0 f= h0;DONE;END;"},
-    {"HTTP/1.0 keep-alive", "GET / HTTP/1.0\r\nConnection: Keep-Alive\r\nHost: a\r\n\r\n", 0, 0,
-     0, 0, 0, 0, "REQ GET / 1.0 b0 cl0 f=ka,host h2;DONE;END;"},
+    {"HTTP/1.0 keep-alive", "GET / HTTP/1.0\r\nConnection: Keep-Alive\r\nHost: a\r\n\r\n", 0, 0, 0,
+     0, 0, 0, "REQ GET / 1.0 b0 cl0 f=ka,host h2;DONE;END;"},
     {"HTTP/1.0 expect/upgrade ignored",
-     "GET / HTTP/1.0\r\nExpect: 100-continue\r\nConnection: upgrade\r\nUpgrade: x\r\n\r\n", 0, 0,
-     0, 0, 0, 0, "REQ GET / 1.0 b0 cl0 f= h3;DONE;END;"},
+     "GET / HTTP/1.0\r\nExpect: 100-continue\r\nConnection: upgrade\r\nUpgrade: x\r\n\r\n", 0, 0, 0,
+     0, 0, 0, "REQ GET / 1.0 b0 cl0 f= h3;DONE;END;"},
     {"Connection close", "GET /" H11 "Connection: foo, Close\r\n\r\n", 0, 0, 0, 0, 0, 0,
      "REQ GET / 1.1 b0 cl0 f=close,host h2;DONE;END;"},
-    {"close wins over keep-alive", "GET / HTTP/1.0\r\nConnection: keep-alive\r\nConnection: close\r\n\r\n",
-     0, 0, 0, 0, 0, 0, "REQ GET / 1.0 b0 cl0 f=close h2;DONE;END;"},
+    {"close wins over keep-alive",
+     "GET / HTTP/1.0\r\nConnection: keep-alive\r\nConnection: close\r\n\r\n", 0, 0, 0, 0, 0, 0,
+     "REQ GET / 1.0 b0 cl0 f=close h2;DONE;END;"},
     {"Expect 100-continue", "PUT /u" H11 "Expect: 100-Continue\r\nContent-Length: 3\r\n\r\nabc", 0,
      0, 0, 0, 0, 0, "REQ PUT /u 1.1 b1 cl3 f=ka,exp,cl,host h3;B[abc];DONE;END;"},
     {"Expect other", "PUT /u" H11 "Expect: 100-continuex\r\n\r\n", 0, 0, 0, 0, 0, 0,
      "REQ PUT /u 1.1 b0 cl0 f=ka,host h2;DONE;END;"},
-    {"upgrade", "GET /ws" H11 "Connection: keep-alive, Upgrade\r\nUpgrade: websocket\r\n\r\n", 0,
-     0, 0, 0, 0, 0, "REQ GET /ws 1.1 b0 cl0 f=ka,upg,host h3;DONE;END;"},
-    {"Upgrade without Connection token", "GET /ws" H11 "Upgrade: websocket\r\n\r\n", 0, 0, 0, 0,
-     0, 0, "REQ GET /ws 1.1 b0 cl0 f=ka,host h2;DONE;END;"},
+    {"upgrade", "GET /ws" H11 "Connection: keep-alive, Upgrade\r\nUpgrade: websocket\r\n\r\n", 0, 0,
+     0, 0, 0, 0, "REQ GET /ws 1.1 b0 cl0 f=ka,upg,host h3;DONE;END;"},
+    {"Upgrade without Connection token", "GET /ws" H11 "Upgrade: websocket\r\n\r\n", 0, 0, 0, 0, 0,
+     0, "REQ GET /ws 1.1 b0 cl0 f=ka,host h2;DONE;END;"},
     {"Connection upgrade without Upgrade", "GET /ws" H11 "Connection: upgrade\r\n\r\n", 0, 0, 0, 0,
      0, 0, "REQ GET /ws 1.1 b0 cl0 f=ka,host h2;DONE;END;"},
     {"leading empty lines", "\r\n\r\nGET /" H11 "\r\n", 0, 0, 0, 0, 0, 0,
@@ -338,24 +356,27 @@ static const struct scase req_ok[] = {
      0, 0, 0, 0, 0,
      "REQ GET /a 1.1 b0 cl0 f=ka,host h1;DONE;REQ POST /b 1.1 b1 cl3 f=ka,cl,host h2;B[xyz];DONE;"
      "REQ GET /c 1.1 b0 cl0 f=ka,host h1;DONE;END;"},
-    {"pipelined chunked", "POST /a" H11 "Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
-     "GET /b" H11 "\r\n", 0, 0, 0, 0, 0, 0,
-     "REQ POST /a 1.1 b2 cl0 f=ka,te,host h2;B[abc];TR[];DONE;REQ GET /b 1.1 b0 cl0 f=ka,host h1;"
+    {"pipelined chunked",
+     "POST /a" H11 "Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
+     "GET /b" H11 "\r\n",
+     0, 0, 0, 0, 0, 0,
+     "REQ POST /a 1.1 b2 cl0 f=ka,te,host h2;B[abc];DONE;REQ GET /b 1.1 b0 cl0 f=ka,host h1;"
      "DONE;END;"},
     {"chunked with ext and trailers",
      "POST /" H11 "Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6;ext=1;q=\"a \\\"b\" ; z\r\n "
      "world\r\n0;last\r\nX-T: 1\r\nY:  2 \r\n\r\n",
      0, 0, 0, 0, 0, 0,
      "REQ POST / 1.1 b2 cl0 f=ka,te,host h2;B[hello world];TR[X-T: 1\r\nY:  2 \r\n];DONE;END;"},
-    {"chunked hex case, leading zeros", "POST /" H11 "Transfer-Encoding: Chunked\r\n\r\n"
-     "00A\r\n0123456789\r\na\r\nabcdefghij\r\n000\r\n\r\n", 0, 0, 0, 0, 0, 0,
-     "REQ POST / 1.1 b2 cl0 f=ka,te,host h2;B[0123456789abcdefghij];TR[];DONE;END;"},
-    {"chunked incomplete", "POST /" H11 "Transfer-Encoding: chunked\r\n\r\n5\r\nhel", 0, 0, 0, 0,
-     0, 0, "REQ POST / 1.1 b2 cl0 f=ka,te,host h2;B[hel];EOF;"},
+    {"chunked hex case, leading zeros",
+     "POST /" H11 "Transfer-Encoding: Chunked\r\n\r\n"
+     "00A\r\n0123456789\r\na\r\nabcdefghij\r\n000\r\n\r\n",
+     0, 0, 0, 0, 0, 0, "REQ POST / 1.1 b2 cl0 f=ka,te,host h2;B[0123456789abcdefghij];DONE;END;"},
+    {"chunked incomplete", "POST /" H11 "Transfer-Encoding: chunked\r\n\r\n5\r\nhel", 0, 0, 0, 0, 0,
+     0, "REQ POST / 1.1 b2 cl0 f=ka,te,host h2;B[hel];EOF;"},
     {"chunked incomplete trailer", "POST /" H11 "Transfer-Encoding: chunked\r\n\r\n0\r\nX: 1\r\n",
      0, 0, 0, 0, 0, 0, "REQ POST / 1.1 b2 cl0 f=ka,te,host h2;EOF;"},
-    {"TE with OWS", "POST /" H11 "Transfer-Encoding:  chunked \t\r\n\r\n0\r\n\r\n", 0, 0, 0, 0,
-     0, 0, "REQ POST / 1.1 b2 cl0 f=ka,te,host h2;TR[];DONE;END;"},
+    {"TE with OWS", "POST /" H11 "Transfer-Encoding:  chunked \t\r\n\r\n0\r\n\r\n", 0, 0, 0, 0, 0,
+     0, "REQ POST / 1.1 b2 cl0 f=ka,te,host h2;DONE;END;"},
     {"CL equal duplicates", "POST /" H11 "Content-Length: 2\r\ncontent-length: 2, 2\r\n\r\nok", 0,
      0, 0, 0, 0, 0, "REQ POST / 1.1 b1 cl2 f=ka,cl,host h3;B[ok];DONE;END;"},
     {"CL zero", "POST /" H11 "Content-Length: 000\r\n\r\n", 0, 0, 0, 0, 0, 0,
@@ -375,7 +396,10 @@ static const struct scase req_ok[] = {
      0, 0, 0, 6, "REQ POST / 1.1 b2 cl0 f=ka,te,host h2;TR[A: 1\r\n];DONE;END;"},
 };
 
-#define REQ_ERR(n, s, e) {n, s, sizeof(s) - 1, 0, 0, 0, 0, 0, "ERR " e ";"}
+#define REQ_ERR(n, s, e)                                                                           \
+    {                                                                                              \
+        n, s, sizeof(s) - 1, 0, 0, 0, 0, 0, "ERR " e ";"                                           \
+    }
 #define TE_HDR "POST /" H11 "Transfer-Encoding: "
 #define CHUNKED(s) "POST /" H11 "Transfer-Encoding: chunked\r\n\r\n" s
 #define CH_HEAD "REQ POST / 1.1 b2 cl0 f=ka,te,host h2;"
@@ -413,8 +437,8 @@ static const struct scase req_bad[] = {
     REQ_ERR("TE in HTTP/1.0", "POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n", "SMUGGLE"),
     REQ_ERR("CONNECT with CL", "CONNECT a:1 HTTP/1.1\r\nHost: a:1\r\nContent-Length: 5\r\n\r\n",
             "SMUGGLE"),
-    REQ_ERR("CONNECT with TE", "CONNECT a:1 HTTP/1.1\r\nHost: a:1\r\nTransfer-Encoding: chunked\r\n\r\n",
-            "SMUGGLE"),
+    REQ_ERR("CONNECT with TE",
+            "CONNECT a:1 HTTP/1.1\r\nHost: a:1\r\nTransfer-Encoding: chunked\r\n\r\n", "SMUGGLE"),
     REQ_ERR("space before colon TE", "POST /" H11 "Transfer-Encoding : chunked\r\n\r\n",
             "BAD_HEADER"),
     REQ_ERR("tab before colon CL", "POST /" H11 "Content-Length\t: 5\r\n\r\n", "BAD_HEADER"),
@@ -438,8 +462,7 @@ static const struct scase req_bad[] = {
     REQ_ERR("Host with space", "GET / HTTP/1.1\r\nHost: a b\r\n\r\n", "BAD_HEADER"),
     REQ_ERR("Host with @", "GET / HTTP/1.1\r\nHost: u@a\r\n\r\n", "BAD_HEADER"),
     REQ_ERR("Host with /", "GET / HTTP/1.1\r\nHost: a/b\r\n\r\n", "BAD_HEADER"),
-    REQ_ERR("two Upgrade", "GET /" H11 "Upgrade: websocket\r\nUpgrade: h2c\r\n\r\n",
-            "BAD_HEADER"),
+    REQ_ERR("two Upgrade", "GET /" H11 "Upgrade: websocket\r\nUpgrade: h2c\r\n\r\n", "BAD_HEADER"),
     /* request line */
     REQ_ERR("HTTP/2.0", "GET / HTTP/2.0\r\n\r\n", "BAD_VERSION"),
     REQ_ERR("HTTP/1.2", "GET / HTTP/1.2\r\nHost: a\r\n\r\n", "BAD_VERSION"),
@@ -471,15 +494,14 @@ static const struct scase req_bad[] = {
     /* limits */
     {"head over limit", "GET / HTTP/1.1\r\nHost: a\r\n\r\n", 0, 0, 0, 26, 0, 0,
      "ERR HDR_TOO_LARGE;"},
-    {"incomplete head over limit", "GET / HTTP/1.1\r\nHost: aaaaaaaaaaaaaaaaaaaaaaaaa", 0, 0, 0,
-     20, 0, 0, "ERR HDR_TOO_LARGE;"},
+    {"incomplete head over limit", "GET / HTTP/1.1\r\nHost: aaaaaaaaaaaaaaaaaaaaaaaaa", 0, 0, 0, 20,
+     0, 0, "ERR HDR_TOO_LARGE;"},
     {"endless empty lines", "\r\n\r\n\r\n\r\n\r\n\r\n\r\n\r\n\r\n\r\n\r\n", 0, 0, 0, 16, 0, 0,
      "ERR HDR_TOO_LARGE;"},
     {"too many headers", "GET /" H11 "A: 1\r\nB: 2\r\nC: 3\r\n\r\n", 0, 0, 0, 0, 3, 0,
      "ERR TOO_MANY_HDRS;"},
     /* chunked body */
-    {"chunk 0x5", CHUNKED("0x5\r\nhello\r\n0\r\n\r\n"), 0, 0, 0, 0, 0, 0,
-     CH_HEAD "ERR BAD_CHUNK;"},
+    {"chunk 0x5", CHUNKED("0x5\r\nhello\r\n0\r\n\r\n"), 0, 0, 0, 0, 0, 0, CH_HEAD "ERR BAD_CHUNK;"},
     {"chunk -1", CHUNKED("-1\r\nhello\r\n0\r\n\r\n"), 0, 0, 0, 0, 0, 0, CH_HEAD "ERR BAD_CHUNK;"},
     {"chunk +1", CHUNKED("+1\r\nh\r\n0\r\n\r\n"), 0, 0, 0, 0, 0, 0, CH_HEAD "ERR BAD_CHUNK;"},
     {"chunk empty size", CHUNKED("\r\nh\r\n0\r\n\r\n"), 0, 0, 0, 0, 0, 0, CH_HEAD "ERR BAD_CHUNK;"},
@@ -491,11 +513,13 @@ static const struct scase req_bad[] = {
      CH_HEAD "ERR BAD_CHUNK;"},
     {"chunk size 17 digits", CHUNKED("10000000000000000\r\n"), 0, 0, 0, 0, 0, 0,
      CH_HEAD "ERR BAD_CHUNK;"},
-    {"chunk size overflow 2^64+5", CHUNKED("10000000000000005\r\nhello\r\n0\r\n\r\n"), 0, 0, 0,
-     0, 0, 0, CH_HEAD "ERR BAD_CHUNK;"},
+    {"chunk size overflow 2^64+5", CHUNKED("10000000000000005\r\nhello\r\n0\r\n\r\n"), 0, 0, 0, 0,
+     0, 0, CH_HEAD "ERR BAD_CHUNK;"},
     {"missing CRLF after data", CHUNKED("5\r\nhelloX\r\n0\r\n\r\n"), 0, 0, 0, 0, 0, 0,
      CH_HEAD "B[hello];ERR BAD_CHUNK;"},
     {"LF only after data", CHUNKED("5\r\nhello\n0\r\n\r\n"), 0, 0, 0, 0, 0, 0,
+     CH_HEAD "B[hello];ERR BAD_CHUNK;"},
+    {"junk+LF after data", CHUNKED("5\r\nhelloX\n0\r\n\r\n"), 0, 0, 0, 0, 0, 0,
      CH_HEAD "B[hello];ERR BAD_CHUNK;"},
     {"CR only after data", CHUNKED("5\r\nhello\r0\r\n\r\n"), 0, 0, 0, 0, 0, 0,
      CH_HEAD "B[hello];ERR BAD_CHUNK;"},
@@ -532,21 +556,32 @@ static const struct scase req_bad[] = {
 
 /* ---- response sessions ------------------------------------------------ */
 
-#define RSP(n, s, f, w) {n, s, 0, 1, f, 0, 0, 0, w}
+#define RSP(n, s, f, w)                                                                            \
+    {                                                                                              \
+        n, s, 0, 1, f, 0, 0, 0, w                                                                  \
+    }
 static const struct scase rsp_cases[] = {
     RSP("200 CL", "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi", 0,
         "RSP 200 OK 1.1 b1 cl2 f=ka,cl h1;B[hi];DONE;END;"),
-    RSP("200 chunked", "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\nT: v\r\n\r\n",
-        0, "RSP 200 OK 1.1 b2 cl0 f=ka,te h1;B[hi];TR[T: v\r\n];DONE;END;"),
+    RSP("200 chunked",
+        "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\nT: v\r\n\r\n", 0,
+        "RSP 200 OK 1.1 b2 cl0 f=ka,te h1;B[hi];TR[T: v\r\n];DONE;END;"),
     RSP("200 EOF", "HTTP/1.1 200 OK\r\nConnection: keep-alive\r\n\r\nall the rest\r\n", 0,
         "RSP 200 OK 1.1 b3 cl0 f= h1;B[all the rest\r\n];EOF;"),
-    RSP("1.0 keep-alive CL", "HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 1\r\n\r\nx",
-        0, "RSP 200 OK 1.0 b1 cl1 f=ka,cl h2;B[x];DONE;END;"),
+    RSP("1.0 keep-alive CL",
+        "HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 1\r\n\r\nx", 0,
+        "RSP 200 OK 1.0 b1 cl1 f=ka,cl h2;B[x];DONE;END;"),
     RSP("1.0 no keep-alive", "HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\nx", 0,
         "RSP 200 OK 1.0 b1 cl1 f=cl h1;B[x];DONE;END;"),
-    RSP("204 then 200", "HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n"
-        "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", 0,
+    RSP("204 then 200",
+        "HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n"
+        "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+        0,
         "RSP 204 No Content 1.1 b0 cl0 f=ka,cl h1;DONE;RSP 200 OK 1.1 b0 cl0 f=ka,cl h1;DONE;END;"),
+    RSP("204 without CL is not EOF", "HTTP/1.1 204 No Content\r\n\r\nHTTP/1.1 200 OK\r\n\r\nx", 0,
+        "RSP 204 No Content 1.1 b0 cl0 f=ka h0;DONE;RSP 200 OK 1.1 b3 cl0 f= h0;B[x];EOF;"),
+    RSP("304 chunked", "HTTP/1.1 304 NM\r\nTransfer-Encoding: chunked\r\n\r\n", 0,
+        "RSP 304 NM 1.1 b0 cl0 f=ka,te h1;DONE;END;"),
     RSP("304 with CL", "HTTP/1.1 304 Not Modified\r\nContent-Length: 100\r\n\r\n", 0,
         "RSP 304 Not Modified 1.1 b0 cl100 f=ka,cl h1;DONE;END;"),
     RSP("HEAD response with CL", "HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n", SK_H1_F_HEAD,
@@ -555,19 +590,25 @@ static const struct scase rsp_cases[] = {
         SK_H1_F_HEAD, "RSP 200 OK 1.1 b0 cl0 f=ka,te h1;DONE;END;"),
     RSP("100 then 200", "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
         0, "RSP 100 Continue 1.1 b0 cl0 f=ka h0;DONE;RSP 200 OK 1.1 b0 cl0 f=ka,cl h1;DONE;END;"),
-    RSP("101 upgrade", "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
-        0, "RSP 101 Switching Protocols 1.1 b0 cl0 f=ka,upg h2;DONE;END;"),
-    RSP("2xx to CONNECT ignores framing", "HTTP/1.1 200 Connection established\r\n"
-        "Transfer-Encoding: gzip\r\nContent-Length: x\r\n\r\n", SK_H1_F_CONNECT,
-        "RSP 200 Connection established 1.1 b0 cl0 f=ka h2;DONE;END;"),
+    RSP("101 upgrade",
+        "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n", 0,
+        "RSP 101 Switching Protocols 1.1 b0 cl0 f=ka,upg h2;DONE;END;"),
+    RSP("2xx to CONNECT ignores framing",
+        "HTTP/1.1 200 Connection established\r\n"
+        "Transfer-Encoding: gzip\r\nContent-Length: x\r\n\r\n",
+        SK_H1_F_CONNECT, "RSP 200 Connection established 1.1 b0 cl0 f=ka h2;DONE;END;"),
     RSP("407 to CONNECT has body", "HTTP/1.1 407 Auth\r\nContent-Length: 1\r\n\r\nx",
         SK_H1_F_CONNECT, "RSP 407 Auth 1.1 b1 cl1 f=ka,cl h1;B[x];DONE;END;"),
     RSP("empty reason with SP", "HTTP/1.1 200 \r\nContent-Length: 0\r\n\r\n", 0,
         "RSP 200 1.1 b0 cl0 f=ka,cl h1;DONE;END;"),
     RSP("no SP before empty reason", "HTTP/1.1 200\r\nContent-Length: 0\r\n\r\n", 0,
         "RSP 200 1.1 b0 cl0 f=ka,cl h1;DONE;END;"),
-    RSP("reason with obs-text", "HTTP/1.1 599 Sp\xe9" "cial \tx\r\nContent-Length: 0\r\n\r\n", 0,
-        "RSP 599 Sp\xe9" "cial \tx 1.1 b0 cl0 f=ka,cl h1;DONE;END;"),
+    RSP("reason with obs-text",
+        "HTTP/1.1 599 Sp\xe9"
+        "cial \tx\r\nContent-Length: 0\r\n\r\n",
+        0,
+        "RSP 599 Sp\xe9"
+        "cial \tx 1.1 b0 cl0 f=ka,cl h1;DONE;END;"),
     RSP("close", "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n", 0,
         "RSP 200 OK 1.1 b0 cl0 f=cl,close h2;DONE;END;"),
     RSP("status 20", "HTTP/1.1 20 OK\r\n\r\n", 0, "ERR BAD_START;"),
@@ -688,6 +729,38 @@ static void test_helpers(void)
     CHECK(strcmp(sk_strerror(SK_ERR_H1_SMUGGLE), "ambiguous message framing") == 0);
 }
 
+/* Every byte value at every position of a long value / target, so the 8-byte
+ * scanning paths are checked against the per-byte definition. */
+static void test_byte_classes(void)
+{
+    struct sk_h1_header hdrs[8];
+    struct sk_h1_msg m = {.hdrs = hdrs, .hdrs_cap = 8};
+    char buf[128];
+    int bad = 0;
+    for (int b = 0; b < 256; b++) {
+        int val_ok = b == '\t' || (b >= 0x20 && b != 0x7f);
+        int tgt_ok = b > 0x20 && b < 0x7f;
+        for (int k = 0; k < 24; k++) {
+            char v[25];
+            memset(v, 'v', 24);
+            v[k] = (char)b;
+            int n = snprintf(buf, sizeof(buf), "GET / HTTP/1.1\r\nHost: h\r\nX: v");
+            memcpy(buf + n, v, 24);
+            memcpy(buf + n + 24, "v\r\n\r\n", 5);
+            ssize_t r = sk_h1_parse_request(buf, (size_t)n + 29, &m, NULL);
+            if (val_ok ? r != n + 29 || hdrs[1].value_len != 26 : r != SK_ERR_H1_BAD_HEADER)
+                bad++;
+            n = snprintf(buf, sizeof(buf), "GET /");
+            memcpy(buf + n, v, 24);
+            memcpy(buf + n + 24, " HTTP/1.1\r\nHost: h\r\n\r\n", 22);
+            r = sk_h1_parse_request(buf, (size_t)n + 46, &m, NULL);
+            if (tgt_ok ? r != n + 46 || m.target_len != 25 : r != SK_ERR_H1_BAD_START)
+                bad++;
+        }
+    }
+    CHECK(bad == 0);
+}
+
 static void test_trailers(void)
 {
     struct sk_h1_header h[4];
@@ -725,9 +798,12 @@ static void test_body_direct(void)
     CHECK(b.remaining == 2);
     CHECK(sk_h1_body_step(&b, in + 3, 5, &ev, &d, &dl) == 2 && ev == SK_H1_BEV_DATA &&
           d == in + 3 && dl == 2);
+    CHECK(sk_h1_body_done(&b)); /* finished without another call */
+    CHECK(sk_h1_body_step(&b, in + 5, 0, &ev, &d, &dl) == 0 && ev == SK_H1_BEV_DONE);
     CHECK(sk_h1_body_step(&b, in + 5, 3, &ev, &d, &dl) == 0 && ev == SK_H1_BEV_DONE);
 
     sk_h1_body_init(&b, SK_H1_BODY_EOF, 0, 0);
+    CHECK(!sk_h1_body_done(&b));
     CHECK(sk_h1_body_step(&b, in, 8, &ev, &d, &dl) == 8 && ev == SK_H1_BEV_DATA && dl == 8);
     CHECK(sk_h1_body_step(&b, in, 0, &ev, &d, &dl) == 0 && ev == SK_H1_BEV_NEED_MORE);
 
@@ -741,8 +817,16 @@ static void test_body_direct(void)
     CHECK(sk_h1_body_step(&b, c + 11, 4, &ev, &d, &dl) == 0 && ev == SK_H1_BEV_NEED_MORE);
     CHECK(sk_h1_body_step(&b, c + 11, 8, &ev, &d, &dl) == 8 && ev == SK_H1_BEV_TRAILERS &&
           d == c + 11 && dl == 6);
+    CHECK(sk_h1_body_done(&b));
+    CHECK(sk_h1_body_step(&b, c + 19, 0, &ev, &d, &dl) == 0 && ev == SK_H1_BEV_DONE);
     CHECK(sk_h1_body_step(&b, c + 19, 4, &ev, &d, &dl) == 0 && ev == SK_H1_BEV_DONE);
-    CHECK(sk_h1_body_step(&b, c + 19, 4, &ev, &d, &dl) == 0 && ev == SK_H1_BEV_DONE);
+
+    const char *c0 = "3\r\nabc\r\n0\r\n\r\n";
+    sk_h1_body_init(&b, SK_H1_BODY_CHUNKED, 0, 0);
+    CHECK(sk_h1_body_step(&b, c0, 13, &ev, &d, &dl) == 6 && ev == SK_H1_BEV_DATA);
+    CHECK(!sk_h1_body_done(&b));
+    CHECK(sk_h1_body_step(&b, c0 + 6, 7, &ev, &d, &dl) == 7 && ev == SK_H1_BEV_DONE);
+    CHECK(sk_h1_body_done(&b));
 
     /* max chunk size accepted; size line length bound */
     sk_h1_body_init(&b, SK_H1_BODY_CHUNKED, 0, 0);
@@ -751,10 +835,21 @@ static void test_body_direct(void)
     static char line[SK_H1_MAX_CHUNK_LINE + 8];
     memset(line, '0', sizeof(line));
     sk_h1_body_init(&b, SK_H1_BODY_CHUNKED, 0, 0);
-    CHECK(sk_h1_body_step(&b, line, SK_H1_MAX_CHUNK_LINE, &ev, &d, &dl) ==
-              SK_H1_MAX_CHUNK_LINE &&
+    CHECK(sk_h1_body_step(&b, line, SK_H1_MAX_CHUNK_LINE, &ev, &d, &dl) == SK_H1_MAX_CHUNK_LINE &&
           ev == SK_H1_BEV_NEED_MORE);
     CHECK(sk_h1_body_step(&b, line, 1, &ev, &d, &dl) == SK_ERR_H1_BAD_CHUNK);
+    sk_h1_body_init(&b, SK_H1_BODY_CHUNKED, 0, 0);
+    memcpy(line + SK_H1_MAX_CHUNK_LINE, "\r\n\r\n", 4); /* longest legal line */
+    CHECK(sk_h1_body_step(&b, line, SK_H1_MAX_CHUNK_LINE + 2, &ev, &d, &dl) ==
+              SK_H1_MAX_CHUNK_LINE + 2 &&
+          ev == SK_H1_BEV_NEED_MORE);
+    CHECK(!sk_h1_body_done(&b));
+    CHECK(sk_h1_body_step(&b, line + SK_H1_MAX_CHUNK_LINE + 2, 2, &ev, &d, &dl) == 2 &&
+          ev == SK_H1_BEV_DONE && sk_h1_body_done(&b));
+    sk_h1_body_init(&b, SK_H1_BODY_CHUNKED, 0, 0);
+    memcpy(line + SK_H1_MAX_CHUNK_LINE - 3, ";a=\"", 4); /* quoted ext running past the bound */
+    memset(line + SK_H1_MAX_CHUNK_LINE + 1, 'x', 3);
+    CHECK(sk_h1_body_step(&b, line, SK_H1_MAX_CHUNK_LINE + 4, &ev, &d, &dl) == SK_ERR_H1_BAD_CHUNK);
 }
 
 int main(void)
@@ -762,6 +857,7 @@ int main(void)
     test_helpers();
     test_fields();
     test_trailers();
+    test_byte_classes();
     test_body_direct();
     run_cases(req_ok, sizeof(req_ok) / sizeof(req_ok[0]));
     run_cases(req_bad, sizeof(req_bad) / sizeof(req_bad[0]));

@@ -1,0 +1,364 @@
+#!/usr/bin/python3
+"""Test upstream for skiff's integration tests: a small threaded HTTP/1.1
+server (raw sockets, so it can misbehave on purpose) or a TCP echo server.
+
+    upstream.py --port P [--name N] [--log FILE] [--mode http|tcpecho]
+
+HTTP behaviour is chosen per request by the path (query string for knobs):
+    /...                 default: echo the request as JSON
+    ?sleep=S             (any path) sleep S seconds before answering
+    /chunked?n=&size=&trailers=1   chunked response, optional trailers
+    /big?size=N          Content-Length body, x-body-sha256 header
+    /slow?chunks=N&delay=S         chunked response, one chunk every S seconds
+    /sleep?s=S           sleep S seconds, then a 200 "slept"
+    /status?code=N       that status, small body
+    /reset               head + part of the body, then RST (SO_LINGER 0)
+    /reset-now           RST without responding
+    /close               close (FIN) without responding
+    /malformed           garbage status line
+    /head                (HEAD or GET) Content-Length 11, body only for GET
+    /204, /304           no body
+Any request with "Upgrade: websocket" gets a 101 and then a raw byte echo.
+"Expect: 100-continue" gets an interim 100 before the body is read.
+Every request seen is appended to --log as one JSON line (method, path,
+headers) before it is answered, so tests can check what reached the upstream.
+"""
+import argparse
+import base64
+import hashlib
+import itertools
+import json
+import socket
+import struct
+import sys
+import threading
+import time
+import urllib.parse
+
+ARGS = None
+LOG_LOCK = threading.Lock()
+CONN_IDS = itertools.count(1)
+
+
+class BadRequest(Exception):
+    pass
+
+
+class Reader:
+    def __init__(self, sock):
+        self.sock = sock
+        self.buf = b""
+
+    def _fill(self):
+        d = self.sock.recv(65536)
+        if not d:
+            raise EOFError
+        self.buf += d
+
+    def line(self, limit=65536):
+        while b"\r\n" not in self.buf:
+            if len(self.buf) > limit:
+                raise BadRequest("line too long")
+            self._fill()
+        ln, self.buf = self.buf.split(b"\r\n", 1)
+        return ln
+
+    def exact(self, n):
+        out = []
+        while n > 0:
+            if not self.buf:
+                self._fill()
+            take = self.buf[:n]
+            self.buf = self.buf[len(take):]
+            n -= len(take)
+            out.append(take)
+        return b"".join(out)
+
+
+def log_request(rec):
+    if not ARGS.log:
+        return
+    with LOG_LOCK:
+        with open(ARGS.log, "a") as f:
+            f.write(json.dumps(rec) + "\n")
+
+
+def read_headers(r):
+    hdrs = []
+    while True:
+        ln = r.line()
+        if ln == b"":
+            return hdrs
+        k, _, v = ln.partition(b":")
+        hdrs.append((k.decode("latin-1"), v.strip().decode("latin-1")))
+
+
+def hget(hdrs, name):
+    for k, v in hdrs:
+        if k.lower() == name:
+            return v
+    return None
+
+
+def read_body(r, hdrs):
+    """Returns (body, trailers)."""
+    te = hget(hdrs, "transfer-encoding")
+    if te and "chunked" in te.lower():
+        parts = []
+        while True:
+            szl = r.line().split(b";")[0].strip()
+            sz = int(szl, 16)
+            if sz == 0:
+                break
+            parts.append(r.exact(sz))
+            if r.exact(2) != b"\r\n":
+                raise BadRequest("bad chunk end")
+        trailers = read_headers(r)
+        return b"".join(parts), trailers
+    cl = hget(hdrs, "content-length")
+    if cl:
+        return r.exact(int(cl)), []
+    return b"", []
+
+
+def send(sock, data):
+    sock.sendall(data)
+
+
+def response(status, reason, headers, body=b"", head_only=False):
+    out = ["HTTP/1.1 %d %s" % (status, reason)]
+    have_len = any(k.lower() in ("content-length", "transfer-encoding") for k, _ in headers)
+    if not have_len and status not in (204, 304) and status >= 200:
+        headers = headers + [("Content-Length", str(len(body)))]
+    for k, v in headers:
+        out.append("%s: %s" % (k, v))
+    data = ("\r\n".join(out) + "\r\n\r\n").encode("latin-1")
+    if not head_only:
+        data += body
+    return data
+
+
+def pattern(n):
+    """Deterministic bytes of length n."""
+    block = hashlib.sha256(b"skiff").digest() * 2048  # 64 KiB
+    reps = n // len(block) + 1
+    return (block * reps)[:n]
+
+
+def rst(sock):
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+
+
+def ws_accept(key):
+    return base64.b64encode(
+        hashlib.sha1((key + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11").encode()).digest()
+    ).decode()
+
+
+def handle_conn(sock, addr):
+    conn_id = next(CONN_IDS)
+    r = Reader(sock)
+    nreq = 0
+    try:
+        while True:
+            try:
+                line = r.line()
+            except EOFError:
+                return
+            if line == b"":
+                continue
+            parts = line.decode("latin-1").split(" ")
+            if len(parts) != 3:
+                send(sock, response(400, "Bad Request", [("Connection", "close")], b"bad line"))
+                return
+            method, target, version = parts
+            hdrs = read_headers(r)
+            nreq += 1
+            u = urllib.parse.urlsplit(target)
+            q = dict(urllib.parse.parse_qsl(u.query))
+            path = u.path
+            log_request({"method": method, "path": target, "version": version,
+                         "headers": hdrs, "server": ARGS.name, "conn": conn_id})
+
+            if (hget(hdrs, "upgrade") or "").lower() == "websocket":
+                key = hget(hdrs, "sec-websocket-key") or ""
+                send(sock, response(101, "Switching Protocols", [
+                    ("Upgrade", "websocket"), ("Connection", "Upgrade"),
+                    ("Sec-WebSocket-Accept", ws_accept(key)), ("x-served-by", ARGS.name)]))
+                if r.buf:
+                    send(sock, r.buf)
+                    r.buf = b""
+                while True:
+                    d = sock.recv(65536)
+                    if not d:
+                        break
+                    send(sock, d)
+                sock.shutdown(socket.SHUT_WR)
+                return
+
+            if "sleep" in q:
+                time.sleep(float(q["sleep"]))
+            if path == "/reset-now":
+                rst(sock)
+                return
+            if path == "/close":
+                sock.close()
+                return
+
+            expect = (hget(hdrs, "expect") or "").lower()
+            saw_expect = expect == "100-continue"
+            if saw_expect:
+                send(sock, b"HTTP/1.1 100 Continue\r\n\r\n")
+            body, trailers = read_body(r, hdrs)
+            keep = not ((hget(hdrs, "connection") or "").lower() == "close" or version == "HTTP/1.0")
+            common = [("x-served-by", ARGS.name), ("x-conn-id", str(conn_id))]
+            if not keep:
+                common.append(("Connection", "close"))
+            head_only = method == "HEAD"
+
+            if path == "/chunked":
+                n = int(q.get("n", "3"))
+                size = int(q.get("size", "10"))
+                total = pattern(n * size)
+                out = [b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n"]
+                if q.get("trailers"):
+                    out.append(b"Trailer: x-checksum, x-extra\r\n")
+                for k, v in common:
+                    out.append(("%s: %s\r\n" % (k, v)).encode())
+                out.append(b"\r\n")
+                for i in range(n):
+                    c = total[i * size:(i + 1) * size]
+                    out.append(b"%x\r\n%s\r\n" % (len(c), c))
+                out.append(b"0\r\n")
+                if q.get("trailers"):
+                    out.append(("x-checksum: %s\r\nx-extra: yes\r\n" % hashlib.sha256(total).hexdigest()).encode())
+                out.append(b"\r\n")
+                send(sock, b"".join(out))
+            elif path == "/big":
+                size = int(q.get("size", "1048576"))
+                data = pattern(size)
+                send(sock, response(200, "OK", common + [("x-body-sha256", hashlib.sha256(data).hexdigest())], data, head_only))
+            elif path == "/slow":
+                n = int(q.get("chunks", "3"))
+                delay = float(q.get("delay", "0.3"))
+                hdr = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n"
+                for k, v in common:
+                    hdr += ("%s: %s\r\n" % (k, v)).encode()
+                send(sock, hdr + b"\r\n")
+                for i in range(n):
+                    time.sleep(delay)
+                    c = b"chunk%d\n" % i
+                    send(sock, b"%x\r\n%s\r\n" % (len(c), c))
+                send(sock, b"0\r\n\r\n")
+            elif path == "/sleep":
+                time.sleep(float(q.get("s", "1")))
+                send(sock, response(200, "OK", common, b"slept", head_only))
+            elif path == "/status":
+                code = int(q.get("code", "500"))
+                send(sock, response(code, "Status", common, b"status %d" % code, head_only))
+            elif path == "/reset":
+                send(sock, b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\npartial")
+                time.sleep(0.05)
+                rst(sock)
+                return
+            elif path == "/malformed":
+                send(sock, b"HTTP/1.1 abc\r\nthis is not : a valid\r\n response\r\n\r\n")
+                time.sleep(0.05)
+                sock.close()
+                return
+            elif path == "/head":
+                send(sock, response(200, "OK", common + [("Content-Length", "11")], b"hello world", head_only))
+            elif path == "/204":
+                send(sock, response(204, "No Content", common))
+            elif path == "/304":
+                send(sock, response(304, "Not Modified", common + [("ETag", '"abc"')]))
+            else:
+                rec = {
+                    "server": ARGS.name,
+                    "conn": conn_id,
+                    "req_on_conn": nreq,
+                    "method": method,
+                    "path": target,
+                    "version": version,
+                    "headers": hdrs,
+                    "trailers": trailers,
+                    "body_len": len(body),
+                    "body_sha256": hashlib.sha256(body).hexdigest(),
+                    "body": body[:4096].decode("latin-1"),
+                    "saw_expect": saw_expect,
+                    "peer": "%s:%d" % addr[:2],
+                }
+                data = json.dumps(rec).encode()
+                extra = [("Content-Type", "application/json")]
+                if q.get("echo_body"):
+                    data = body
+                    extra = [("Content-Type", "application/octet-stream"),
+                             ("x-body-sha256", hashlib.sha256(body).hexdigest())]
+                    if q.get("chunked"):
+                        out = [b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n"]
+                        for k, v in common + extra:
+                            out.append(("%s: %s\r\n" % (k, v)).encode())
+                        out.append(b"\r\n")
+                        for i in range(0, len(data), 65536):
+                            c = data[i:i + 65536]
+                            out.append(b"%x\r\n%s\r\n" % (len(c), c))
+                        out.append(b"0\r\n\r\n")
+                        send(sock, b"".join(out))
+                        if not keep:
+                            return
+                        continue
+                send(sock, response(200, "OK", common + extra, data, head_only))
+            if not keep:
+                return
+    except (EOFError, ConnectionError, BrokenPipeError, BadRequest, OSError, ValueError):
+        return
+    finally:
+        try:
+            sock.close()
+        except OSError:
+            pass
+
+
+def handle_tcp_echo(sock, addr):
+    try:
+        while True:
+            d = sock.recv(65536)
+            if not d:
+                break
+            sock.sendall(d)
+        sock.shutdown(socket.SHUT_WR)
+        # wait for the peer to close
+        sock.settimeout(30)
+        while sock.recv(65536):
+            pass
+    except OSError:
+        pass
+    finally:
+        sock.close()
+
+
+def main():
+    global ARGS
+    p = argparse.ArgumentParser()
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--name", default="up")
+    p.add_argument("--log", default=None)
+    p.add_argument("--mode", default="http", choices=["http", "tcpecho"])
+    ARGS = p.parse_args()
+    ls = socket.socket(socket.AF_INET6 if ":" in ARGS.host else socket.AF_INET, socket.SOCK_STREAM)
+    ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    ls.bind((ARGS.host, ARGS.port))
+    ls.listen(512)
+    handler = handle_conn if ARGS.mode == "http" else handle_tcp_echo
+    sys.stdout.write("listening %s:%d\n" % (ARGS.host, ARGS.port))
+    sys.stdout.flush()
+    while True:
+        s, a = ls.accept()
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        threading.Thread(target=handler, args=(s, a), daemon=True).start()
+
+
+if __name__ == "__main__":
+    main()
