@@ -399,6 +399,7 @@ static void op_send_end(struct sk_stream *st)
         out_append(c, "0\r\n\r\n", 5);
     if (c->state == S_CLOSED)
         return;
+    queue_flush(c);
     c->resp_done = true;
     if (!c->req_done) {
         /* answered before the request body was read: we cannot find the next

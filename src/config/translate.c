@@ -2143,7 +2143,7 @@ static void admin(struct tr *t, const Envoy__Config__Bootstrap__V3__Admin *ad)
     if (ad->address) {
         size_t oa = pushf(t, "address");
         struct sk_admin_cfg *m = &t->snap->admin;
-        if (address(t, ad->address, ADDR_NEED_IP, NULL, NULL, &m->addr)) {
+        if (address(t, ad->address, ADDR_NEED_IP | ADDR_PORT0_OK, NULL, NULL, &m->addr)) {
             m->enabled = true;
             m->addr_str = addr_str(t, &m->addr);
         }

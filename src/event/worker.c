@@ -128,8 +128,8 @@ static void apply_config(struct sk_worker *w, struct sk_msg *m)
     m->snap = NULL;
     sk_clusters_apply(w, w->snap);
     sk_listeners_apply(w, w->snap, m->lfds, m->nlfds);
-    /* fds now belong to the worker's listener objects */
-    m->nlfds = 0;
+    /* fds now belong to the worker's listener objects (msg_free frees
+     * only the names and the array) */
     atomic_store(&w->applied_version, w->snap->version);
     if (old)
         sk_snapshot_unref(old);
