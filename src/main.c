@@ -39,17 +39,31 @@ static ev_signal sig_hup, sig_term, sig_int;
 
 /* ---- DNS clusters (main thread resolves, workers get host sets) --------- */
 
+/* One entry per DNS cluster; every endpoint hostname is resolved each
+ * refresh and the union of the answers becomes the cluster's host set
+ * (STRICT_DNS). LOGICAL_DNS has one endpoint and uses its first address. */
+struct dns_ctx;
+struct dns_ep {
+    char *host;
+    uint16_t port;
+    struct sk_dns_query *q;
+    struct dns_ctx *ctx; /* owned while q is pending (a cancelled query never calls back) */
+    struct sk_sockaddr *addrs; /* last good answer */
+    size_t naddrs;
+};
+
 struct dns_cluster {
     struct dns_cluster *next;
     char *name;
-    char *host;
-    uint16_t port;
     int family;
     int type;
     double refresh_s;
     ev_timer timer;
-    struct sk_dns_query *q;
+    struct dns_ep *eps;
+    size_t neps;
+    size_t pending;
     bool seen;
+    char *sig; /* endpoints + family + type, to detect changes */
 };
 static struct sk_dns *dns;
 static struct dns_cluster *dns_clusters;
@@ -72,21 +86,63 @@ static void post_hosts(const char *cluster, const struct sk_sockaddr *a, size_t 
 
 static void dns_start(struct dns_cluster *dc);
 
+static void dns_publish(struct dns_cluster *dc)
+{
+    size_t total = 0;
+    for (size_t i = 0; i < dc->neps; i++)
+        total += dc->eps[i].naddrs;
+    struct sk_sockaddr *all = calloc(total ? total : 1, sizeof(*all));
+    if (!all)
+        return;
+    size_t n = 0;
+    for (size_t i = 0; i < dc->neps; i++)
+        for (size_t j = 0; j < dc->eps[i].naddrs; j++) {
+            const struct sk_sockaddr *a = &dc->eps[i].addrs[j];
+            bool dup = false;
+            for (size_t k = 0; k < n && !dup; k++)
+                dup = all[k].len == a->len && memcmp(&all[k].ss, &a->ss, a->len) == 0;
+            if (!dup)
+                all[n++] = *a;
+        }
+    if (dc->type == SK_CLUSTER_LOGICAL_DNS && n > 1)
+        n = 1;
+    sk_debug("dns: cluster %s: %zu host(s)", dc->name, n);
+    post_hosts(dc->name, all, n);
+    free(all);
+}
+
+struct dns_ctx {
+    struct dns_cluster *dc;
+    size_t idx;
+};
+
 static void dns_done(void *arg, int status, const struct sk_sockaddr *addrs, size_t n)
 {
-    struct dns_cluster *dc = arg;
-    dc->q = NULL;
+    struct dns_ctx *ctx = arg;
+    struct dns_cluster *dc = ctx->dc;
+    struct dns_ep *ep = &dc->eps[ctx->idx];
+    free(ctx);
+    ep->ctx = NULL;
+    ep->q = NULL;
     if (status == 0) {
-        /* LOGICAL_DNS: one address (the first) serves new connections */
-        size_t use = dc->type == SK_CLUSTER_LOGICAL_DNS && n > 1 ? 1 : n;
-        sk_debug("dns: cluster %s: %s -> %zu address(es)", dc->name, dc->host, use);
-        post_hosts(dc->name, addrs, use);
+        struct sk_sockaddr *copy = calloc(n ? n : 1, sizeof(*copy));
+        if (copy) {
+            if (n)
+                memcpy(copy, addrs, n * sizeof(*copy));
+            free(ep->addrs);
+            ep->addrs = copy;
+            ep->naddrs = n;
+        }
     } else {
         /* keep the last good answer, as Envoy does */
-        sk_warn("dns: cluster %s: resolving %s failed: %s", dc->name, dc->host, sk_strerror(status));
+        sk_warn("dns: cluster %s: resolving %s failed: %s", dc->name, ep->host,
+                sk_strerror(status));
     }
-    ev_timer_set(&dc->timer, dc->refresh_s, 0.);
-    ev_timer_start(main_loop, &dc->timer);
+    if (dc->pending && --dc->pending == 0) {
+        dns_publish(dc);
+        ev_timer_set(&dc->timer, dc->refresh_s, 0.);
+        ev_timer_start(main_loop, &dc->timer);
+    }
 }
 
 static void dns_timer_cb(struct ev_loop *loop, ev_timer *t, int revents)
@@ -96,10 +152,24 @@ static void dns_timer_cb(struct ev_loop *loop, ev_timer *t, int revents)
 
 static void dns_start(struct dns_cluster *dc)
 {
-    if (dc->q)
+    if (dc->pending)
         return;
-    if (sk_dns_resolve(dns, dc->host, dc->port, dc->family, dns_done, dc, &dc->q) < 0) {
-        sk_warn("dns: cluster %s: cannot resolve %s", dc->name, dc->host);
+    for (size_t i = 0; i < dc->neps; i++) {
+        struct dns_ctx *ctx = malloc(sizeof(*ctx));
+        if (!ctx)
+            continue;
+        ctx->dc = dc;
+        ctx->idx = i;
+        if (sk_dns_resolve(dns, dc->eps[i].host, dc->eps[i].port, dc->family, dns_done, ctx,
+                           &dc->eps[i].q) < 0) {
+            sk_warn("dns: cluster %s: cannot resolve %s", dc->name, dc->eps[i].host);
+            free(ctx);
+            continue;
+        }
+        dc->eps[i].ctx = ctx;
+        dc->pending++;
+    }
+    if (!dc->pending) {
         ev_timer_set(&dc->timer, dc->refresh_s, 0.);
         ev_timer_start(main_loop, &dc->timer);
     }
@@ -107,12 +177,35 @@ static void dns_start(struct dns_cluster *dc)
 
 static void dns_free_one(struct dns_cluster *dc)
 {
-    if (dc->q)
-        sk_dns_cancel(dc->q);
+    for (size_t i = 0; i < dc->neps; i++) {
+        /* a cancelled query never calls back: its context is ours to free */
+        if (dc->eps[i].q) {
+            sk_dns_cancel(dc->eps[i].q);
+            free(dc->eps[i].ctx);
+        }
+        free(dc->eps[i].host);
+        free(dc->eps[i].addrs);
+    }
+    free(dc->eps);
     ev_timer_stop(main_loop, &dc->timer);
     free(dc->name);
-    free(dc->host);
+    free(dc->sig);
     free(dc);
+}
+
+static char *dns_sig(const struct sk_cluster *c)
+{
+    size_t len = 64;
+    for (size_t i = 0; i < c->nendpoints; i++)
+        len += strlen(c->endpoints[i].host) + 16;
+    char *sig = malloc(len);
+    if (!sig)
+        return NULL;
+    int o = snprintf(sig, len, "%d/%d", c->type, c->dns_lookup_family);
+    for (size_t i = 0; i < c->nendpoints && o > 0 && (size_t)o < len; i++)
+        o += snprintf(sig + o, len - (size_t)o, " %s:%u", c->endpoints[i].host,
+                      c->endpoints[i].port);
+    return sig;
 }
 
 /* Bring the resolvers in line with the snapshot (keep unchanged ones). */
@@ -132,11 +225,11 @@ static void dns_apply(const struct sk_snapshot *s)
         const struct sk_cluster *c = &s->clusters[i];
         if (c->type != SK_CLUSTER_STRICT_DNS && c->type != SK_CLUSTER_LOGICAL_DNS)
             continue;
-        /* one resolver entry per (cluster, endpoint); STRICT_DNS with several
-         * endpoints resolves the first for now */
         if (c->nendpoints == 0)
             continue;
-        const struct sk_endpoint *ep = &c->endpoints[0];
+        char *sig = dns_sig(c);
+        if (!sig)
+            continue;
         struct dns_cluster *dc;
         for (dc = dns_clusters; dc; dc = dc->next)
             if (strcmp(dc->name, c->name) == 0)
@@ -145,17 +238,16 @@ static void dns_apply(const struct sk_snapshot *s)
             c->dns_refresh_rate_ms == SK_DUR_NONE ? 5.0 : (double)c->dns_refresh_rate_ms / 1000.0;
         if (refresh < 0.05)
             refresh = 0.05;
-        if (dc && strcmp(dc->host, ep->host) == 0 && dc->port == ep->port &&
-            dc->family == c->dns_lookup_family && dc->type == c->type) {
+        if (dc && strcmp(dc->sig, sig) == 0) {
+            free(sig);
             dc->seen = true;
             dc->refresh_s = refresh;
-            /* a new snapshot resets worker host lists of fresh runtimes: re-post */
-            ev_timer_stop(main_loop, &dc->timer);
-            dns_start(dc);
+            /* workers may have created a fresh runtime: re-post what we know
+             * now, and refresh */
+            dns_publish(dc);
             continue;
         }
         if (dc) {
-            /* changed: replace */
             struct dns_cluster **pp = &dns_clusters;
             while (*pp != dc)
                 pp = &(*pp)->next;
@@ -163,15 +255,24 @@ static void dns_apply(const struct sk_snapshot *s)
             dns_free_one(dc);
         }
         dc = calloc(1, sizeof(*dc));
-        if (!dc)
+        if (!dc) {
+            free(sig);
             continue;
+        }
         dc->name = strdup(c->name);
-        dc->host = strdup(ep->host);
-        dc->port = ep->port;
+        dc->sig = sig;
         dc->family = c->dns_lookup_family;
         dc->type = c->type;
         dc->refresh_s = refresh;
         dc->seen = true;
+        dc->neps = c->nendpoints;
+        dc->eps = calloc(dc->neps, sizeof(*dc->eps));
+        for (size_t k = 0; dc->eps && k < dc->neps; k++) {
+            dc->eps[k].host = strdup(c->endpoints[k].host);
+            dc->eps[k].port = c->endpoints[k].port;
+        }
+        if (!dc->eps)
+            dc->neps = 0;
         ev_init(&dc->timer, dns_timer_cb);
         dc->timer.data = dc;
         dc->next = dns_clusters;

@@ -315,7 +315,8 @@ static void op_send_head(struct sk_stream *st, int status, const struct sk_hdrs 
     }
     bool no_body = status == 204 || status == 304 || (status >= 100 && status < 200) ||
                    st->resp_head_req;
-    if (status == 101) {
+    bool tunnel = status == 101 || ((st->req_flags & SK_H1_F_CONNECT) && cls == 2);
+    if (tunnel) {
         c->resp_mode = RM_NONE;
     } else if (no_body) {
         c->resp_mode = RM_NONE;
@@ -334,7 +335,7 @@ static void op_send_head(struct sk_stream *st, int status, const struct sk_hdrs 
         c->resp_mode = RM_EOF;
         c->close_after = true;
     }
-    if (status != 101) {
+    if (!tunnel) {
         if (c->close_after || !c->keepalive) {
             c->close_after = true;
             out_append(c, "connection: close\r\n", 19);

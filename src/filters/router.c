@@ -636,7 +636,8 @@ static void up_response(void *ctx, const struct sk_h1_msg *m)
     }
     ev_timer_stop(st->w->loop, &st->timeout);
     struct sk_hdrs h = {0};
-    bool upgraded = m->status == 101 && st->upgrade;
+    bool upgraded = (m->status == 101 && st->upgrade) ||
+                    ((st->req_flags & SK_H1_F_CONNECT) && m->status >= 200 && m->status < 300);
     for (size_t i = 0; i < m->nhdrs; i++) {
         const struct sk_h1_header *x = &m->hdrs[i];
         struct sk_hdrs tmp = {0};
@@ -662,7 +663,7 @@ static void up_response(void *ctx, const struct sk_h1_msg *m)
         h.v[h.n++] = *lx;
     }
     apply_all_ops(st, &h, false);
-    if (upgraded) {
+    if (upgraded && m->status == 101) {
         for (size_t i = 0; i < m->nhdrs; i++)
             if (sk_h1_name_eq(m->hdrs[i].name, m->hdrs[i].name_len, "upgrade")) {
                 sk_hdrs_add(&h, &st->arena, "upgrade", 7, m->hdrs[i].value, m->hdrs[i].value_len);

@@ -182,7 +182,9 @@ struct sk_host *sk_lb_choose(struct sk_cluster_rt *c)
             struct sk_host *h = c->hosts[sk_worker_rand(w) % n];
             if (!usable(h))
                 continue;
-            if (!best || (uint64_t)h->active_rq * best->weight < (uint64_t)best->active_rq * h->weight)
+            /* Envoy: weight / (active_rq + 1), higher wins */
+            if (!best || ((uint64_t)h->active_rq + 1) * best->weight <
+                             ((uint64_t)best->active_rq + 1) * h->weight)
                 best = h;
             if (k + 1 >= choices && best)
                 break;
