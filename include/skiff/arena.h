@@ -18,5 +18,7 @@ void *sk_arena_alloc(struct sk_arena *a, size_t n);
 char *sk_arena_strndup(struct sk_arena *a, const char *s, size_t n);
 char *sk_arena_strdup(struct sk_arena *a, const char *s); /* NULL in -> NULL out */
 void sk_arena_free(struct sk_arena *a);                   /* frees all blocks; reusable after */
+/* Forget all allocations but keep one ordinary block for reuse (pooled owners). */
+void sk_arena_reset(struct sk_arena *a);
 
 #endif

@@ -35,6 +35,9 @@ void sk_buf_consume(struct sk_buf *b, size_t n);
 /* Append bytes; returns 0 or SK_ERR_TOO_LARGE / SK_ERR_NOMEM (nothing appended). */
 int sk_buf_append(struct sk_buf *b, const void *p, size_t n);
 int sk_buf_appendf(struct sk_buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Decimal / lower-case hex of v into out (no NUL); returns length (<= 20). */
+size_t sk_fmt_u64(char *out, unsigned long long v);
+size_t sk_fmt_hex(char *out, unsigned long long v);
 /* Release memory when empty (idle connections keep no buffer). */
 void sk_buf_shrink(struct sk_buf *b);
 /* read(2) into the buffer; returns bytes, 0 on EOF, SK_ERR_AGAIN, SK_ERR_TOO_LARGE, SK_ERR_IO */

@@ -72,4 +72,7 @@ void sk_tcp_proxy_accept(struct sk_worker *w, const struct sk_listener *l,
 void sk_http_accept(struct sk_worker *w, const struct sk_listener *l,
                     const struct sk_filter_chain *fc, int fd, const struct sk_sockaddr *peer);
 
+/* Free the calling worker thread's pooled HTTP objects (at thread exit). */
+void sk_http_thread_cleanup(void);
+
 #endif

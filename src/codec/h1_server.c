@@ -83,9 +83,51 @@ struct stream_box {
     struct sk_stream st;
 };
 
+/* Finished streams go back to a small per-thread pool (each worker is one
+ * thread), keeping their arena block: no malloc on the request path. */
+#define STREAM_POOL_MAX 128
+static __thread struct stream_box *stream_pool;
+static __thread unsigned stream_pool_n;
+
 static void stream_free(struct sk_reap *r)
 {
-    free(r);
+    struct stream_box *b = (struct stream_box *)r;
+    if (stream_pool_n < STREAM_POOL_MAX) {
+        b->reap.next = (struct sk_reap *)stream_pool;
+        stream_pool = b;
+        stream_pool_n++;
+        return;
+    }
+    sk_arena_free(&b->st.arena);
+    free(b);
+}
+
+void sk_http_thread_cleanup(void)
+{
+    while (stream_pool) {
+        struct stream_box *b = stream_pool;
+        stream_pool = (struct stream_box *)b->reap.next;
+        sk_arena_free(&b->st.arena);
+        free(b);
+    }
+    stream_pool_n = 0;
+}
+
+static struct stream_box *stream_alloc(void)
+{
+    struct stream_box *b = stream_pool;
+    if (b) {
+        stream_pool = (struct stream_box *)b->reap.next;
+        stream_pool_n--;
+        struct sk_arena keep = b->st.arena;
+        memset(b, 0, sizeof(*b));
+        b->st.arena = keep;
+        return b;
+    }
+    b = calloc(1, sizeof(*b));
+    if (b)
+        sk_arena_init(&b->st.arena, 2048);
+    return b;
 }
 
 static void stream_finish(struct h1s *c)
@@ -285,6 +327,15 @@ static const char *reason_phrase(int s)
 
 /* ---- downstream ops (called by the router) ------------------------------------ */
 
+static int cl_line(char *line, unsigned long long v)
+{
+    memcpy(line, "content-length: ", 16);
+    size_t n = 16 + sk_fmt_u64(line + 16, v);
+    line[n++] = '\r';
+    line[n++] = '\n';
+    return (int)n;
+}
+
 static struct h1s *conn_of(struct sk_stream *st)
 {
     return st->conn;
@@ -302,7 +353,15 @@ static void op_send_head(struct sk_stream *st, int status, const struct sk_hdrs 
     if (c->draining)
         c->close_after = true;
     char line[64];
-    int n = snprintf(line, sizeof(line), "HTTP/1.1 %d %s\r\n", status, reason_phrase(status));
+    const char *rp = reason_phrase(status);
+    size_t rl = strlen(rp);
+    memcpy(line, "HTTP/1.1 ", 9);
+    int n = 9 + (int)sk_fmt_u64(line + 9, (unsigned)status % 1000);
+    line[n++] = ' ';
+    memcpy(line + n, rp, rl);
+    n += (int)rl;
+    line[n++] = '\r';
+    line[n++] = '\n';
     if (out_append(c, line, (size_t)n) < 0)
         return;
     for (uint32_t i = 0; i < h->n; i++) {
@@ -321,12 +380,12 @@ static void op_send_head(struct sk_stream *st, int status, const struct sk_hdrs 
     } else if (no_body) {
         c->resp_mode = RM_NONE;
         if (st->resp_head_req && content_length >= 0 && !sk_hdrs_get(h, "content-length", 14)) {
-            n = snprintf(line, sizeof(line), "content-length: %lld\r\n", (long long)content_length);
+            n = cl_line(line, (unsigned long long)content_length);
             out_append(c, line, (size_t)n);
         }
     } else if (content_length >= 0) {
         c->resp_mode = RM_CL;
-        n = snprintf(line, sizeof(line), "content-length: %lld\r\n", (long long)content_length);
+        n = cl_line(line, (unsigned long long)content_length);
         out_append(c, line, (size_t)n);
     } else if (!c->minor0) {
         c->resp_mode = RM_CHUNKED;
@@ -359,7 +418,9 @@ static void op_send_data(struct sk_stream *st, const char *p, size_t n)
     }
     if (c->resp_mode == RM_CHUNKED) {
         char sz[24];
-        int l = snprintf(sz, sizeof(sz), "%zx\r\n", n);
+        size_t l = sk_fmt_hex(sz, n);
+        sz[l++] = '\r';
+        sz[l++] = '\n';
         if (out_append(c, sz, (size_t)l) < 0 || out_append(c, p, n) < 0 ||
             out_append(c, "\r\n", 2) < 0)
             return;
@@ -558,12 +619,11 @@ static void refresh_config(struct h1s *c)
 static int start_stream(struct h1s *c, const struct sk_h1_msg *m, size_t head_len)
 {
     struct sk_worker *w = c->base.w;
-    struct stream_box *b = calloc(1, sizeof(*b));
+    struct stream_box *b = stream_alloc();
     if (!b)
         return SK_ERR_NOMEM;
     b->reap.free_fn = stream_free;
     struct sk_stream *st = &b->st;
-    sk_arena_init(&st->arena, 2048);
     st->w = w;
     st->ops = &h1_ops;
     st->conn = c;
@@ -577,7 +637,8 @@ static int start_stream(struct h1s *c, const struct sk_h1_msg *m, size_t head_le
     /* copy what outlives the input buffer into the stream arena */
     char *blk = sk_arena_alloc(&st->arena, m->method_len + m->target_len + m->host_len + 3);
     if (!blk) {
-        free(b);
+        sk_arena_reset(&st->arena);
+        stream_free(&b->reap);
         return SK_ERR_NOMEM;
     }
     memcpy(blk, m->method, m->method_len);
@@ -599,8 +660,8 @@ static int start_stream(struct h1s *c, const struct sk_h1_msg *m, size_t head_le
     for (size_t i = 0; i < m->nhdrs; i++)
         if (sk_hdrs_add(&st->req, &st->arena, m->hdrs[i].name, m->hdrs[i].name_len,
                         m->hdrs[i].value, m->hdrs[i].value_len) < 0) {
-            sk_arena_free(&st->arena);
-            free(b);
+            sk_arena_reset(&st->arena);
+            stream_free(&b->reap);
             return SK_ERR_NOMEM;
         }
     st->req_flags = m->flags;

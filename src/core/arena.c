@@ -75,3 +75,22 @@ void sk_arena_free(struct sk_arena *a)
     a->head = NULL;
     a->total = 0;
 }
+
+void sk_arena_reset(struct sk_arena *a)
+{
+    struct sk_arena_block *keep = NULL, *b = a->head;
+    while (b) {
+        struct sk_arena_block *n = b->next;
+        if (!keep && b->size == a->block_size)
+            keep = b;
+        else
+            free(b);
+        b = n;
+    }
+    if (keep) {
+        keep->next = NULL;
+        keep->used = 0;
+    }
+    a->head = keep;
+    a->total = 0;
+}

@@ -171,3 +171,30 @@ ssize_t sk_buf_write_fd(struct sk_buf *b, int fd)
     sk_buf_consume(b, (size_t)r);
     return r;
 }
+
+size_t sk_fmt_u64(char *out, unsigned long long v)
+{
+    char tmp[24];
+    size_t n = 0;
+    do {
+        tmp[n++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    for (size_t i = 0; i < n; i++)
+        out[i] = tmp[n - 1 - i];
+    return n;
+}
+
+size_t sk_fmt_hex(char *out, unsigned long long v)
+{
+    static const char hx[] = "0123456789abcdef";
+    char tmp[24];
+    size_t n = 0;
+    do {
+        tmp[n++] = hx[v & 15];
+        v >>= 4;
+    } while (v);
+    for (size_t i = 0; i < n; i++)
+        out[i] = tmp[n - 1 - i];
+    return n;
+}

@@ -181,6 +181,9 @@ static void *worker_main(void *arg)
         c = n;
     }
     sk_listeners_close_all(w);
+    /* run the reap list once more so nothing queued is left, then pools */
+    reap_cb(w->loop, &w->reap_w, 0);
+    sk_http_thread_cleanup();
     return NULL;
 }
 

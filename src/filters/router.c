@@ -382,8 +382,12 @@ static int encode_request_head(struct sk_stream *st)
         rc |= sk_buf_append(b, "transfer-encoding: chunked\r\n", 28);
         st->up_body_kind = SK_H1_BODY_CHUNKED;
     } else if (st->req_body_kind == SK_H1_BODY_LENGTH || (st->req_flags & SK_H1_F_HAS_CL)) {
-        rc |= sk_buf_appendf(b, "content-length: %llu\r\n",
-                             (unsigned long long)st->req_content_length);
+        char cl[48];
+        memcpy(cl, "content-length: ", 16);
+        size_t n = 16 + sk_fmt_u64(cl + 16, (unsigned long long)st->req_content_length);
+        cl[n++] = '\r';
+        cl[n++] = '\n';
+        rc |= sk_buf_append(b, cl, n);
         st->up_body_kind = SK_H1_BODY_LENGTH;
     } else {
         st->up_body_kind = SK_H1_BODY_NONE;
@@ -525,7 +529,9 @@ void sk_stream_data(struct sk_stream *st, const char *p, size_t n)
         return; /* already answered locally: drop the body */
     if (st->up_body_kind == SK_H1_BODY_CHUNKED) {
         char sz[24];
-        int l = snprintf(sz, sizeof(sz), "%zx\r\n", n);
+        size_t l = sk_fmt_hex(sz, n);
+        sz[l++] = '\r';
+        sz[l++] = '\n';
         if (up_write(st, sz, (size_t)l) < 0 || up_write(st, p, n) < 0 ||
             up_write(st, "\r\n", 2) < 0)
             goto overflow;

@@ -144,5 +144,6 @@ void sk_stream_cleanup(struct sk_stream *st)
         st->crt->active_rq--;
     st->crt = NULL;
     ev_timer_stop(st->w->loop, &st->timeout);
-    sk_arena_free(&st->arena);
+    /* the owner may pool the stream: keep one arena block */
+    sk_arena_reset(&st->arena);
 }

@@ -84,10 +84,7 @@ def test_least_request_avoids_busy_host(skiff_factory, upstreams):
         assert c[less] >= 10, (busy, c)
 
 
-@pytest.mark.parametrize("lb", ["ROUND_ROBIN", pytest.param("LEAST_REQUEST", marks=pytest.mark.xfail(
-    strict=True, reason="BUG: LEAST_REQUEST ignores load_balancing_weight when hosts are idle "
-    "(cluster.c sk_cluster_pick: active_rq * weight compare is 0 == 0); Envoy weighs by "
-    "weight / (active_rq + 1)"))])
+@pytest.mark.parametrize("lb", ["ROUND_ROBIN", "LEAST_REQUEST"])
 def test_endpoint_weights(skiff_factory, upstreams, lb):
     ups = [upstreams("w1"), upstreams("w3")]
     s = lb_proxy(skiff_factory, ups, lb=lb, weights=[1, 3])

@@ -7,6 +7,13 @@ server (raw sockets, so it can misbehave on purpose) or a TCP echo server.
 HTTP behaviour is chosen per request by the path (query string for knobs):
     /...                 default: echo the request as JSON
     ?sleep=S             (any path) sleep S seconds before answering
+    ?close_after=1       answer with "Connection: close", then close
+    ?drop_after=1        answer as keep-alive, then close the connection anyway
+    /cl-te, /bad-chunk   responses with ambiguous / broken framing
+    /head-chunked        chunked response (no body for HEAD)
+    /304-cl              304 with a Content-Length and no body
+    /eof-body?size=&v10= body delimited by connection close
+    /many-headers?n=     n extra response headers
     /chunked?n=&size=&trailers=1   chunked response, optional trailers
     /big?size=N          Content-Length body, x-body-sha256 header
     /slow?chunks=N&delay=S         chunked response, one chunk every S seconds
@@ -211,7 +218,8 @@ def handle_conn(sock, addr):
             if saw_expect:
                 send(sock, b"HTTP/1.1 100 Continue\r\n\r\n")
             body, trailers = read_body(r, hdrs)
-            keep = not ((hget(hdrs, "connection") or "").lower() == "close" or version == "HTTP/1.0")
+            keep = not ((hget(hdrs, "connection") or "").lower() == "close" or version == "HTTP/1.0"
+                        or q.get("close_after"))
             common = [("x-served-by", ARGS.name), ("x-conn-id", str(conn_id))]
             if not keep:
                 common.append(("Connection", "close"))
@@ -267,6 +275,28 @@ def handle_conn(sock, addr):
                 time.sleep(0.05)
                 sock.close()
                 return
+            elif path == "/cl-te":
+                send(sock, b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n")
+                time.sleep(0.05)
+                return
+            elif path == "/bad-chunk":
+                send(sock, b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n")
+                time.sleep(0.05)
+                return
+            elif path == "/head-chunked":
+                hdr = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nx-served-by: %s\r\n\r\n" % ARGS.name.encode()
+                send(sock, hdr if head_only else hdr + b"5\r\nhello\r\n0\r\n\r\n")
+            elif path == "/304-cl":
+                send(sock, b"HTTP/1.1 304 Not Modified\r\nContent-Length: 100\r\nETag: \"x\"\r\n\r\n")
+            elif path == "/eof-body":
+                ver = b"HTTP/1.0" if q.get("v10") else b"HTTP/1.1"
+                send(sock, ver + b" 200 OK\r\nx-served-by: %s\r\n\r\n" % ARGS.name.encode() + pattern(int(q.get("size", "1000"))))
+                sock.shutdown(socket.SHUT_WR)
+                return
+            elif path == "/many-headers":
+                n = int(q.get("n", "50"))
+                hs = [("x-h%d" % i, "v%d" % i) for i in range(n)]
+                send(sock, response(200, "OK", common + hs, b"ok", head_only))
             elif path == "/head":
                 send(sock, response(200, "OK", common + [("Content-Length", "11")], b"hello world", head_only))
             elif path == "/204":
@@ -309,7 +339,7 @@ def handle_conn(sock, addr):
                             return
                         continue
                 send(sock, response(200, "OK", common + extra, data, head_only))
-            if not keep:
+            if not keep or q.get("drop_after"):
                 return
     except (EOFError, ConnectionError, BrokenPipeError, BadRequest, OSError, ValueError):
         return

@@ -1082,9 +1082,9 @@ static void test_dynamic_errors(void)
     EXPECT_ERR(noads, "dynamic_resources.cds_config", "ads requires ads_config");
 
     static const char admin[] = "admin:\n"
-                                "  address: {socket_address: {address: 0.0.0.0, port_value: 0}}\n"
+                                "  address: {socket_address: {address: 0.0.0.0, port_value: 70000}}\n"
                                 "  socket_options: [{level: 1, name: 2, int_value: 1}]\n";
-    EXPECT_ERR(admin, "admin.address.socket_address.port_value", "port_value is required");
+    EXPECT_ERR(admin, "admin.address.socket_address.port_value", "out of range");
     EXPECT_ERR(admin, "admin.socket_options", "socket_options is not supported by skiff");
 }
 
