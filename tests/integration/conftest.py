@@ -20,7 +20,8 @@ sys.path.insert(0, str(HERE))
 import helpers  # noqa: E402
 from helpers import admin_get, dump, free_port, parse_stats, wait_port  # noqa: E402
 
-READY_TIMEOUT = 10.0
+# sanitizer builds start and run slower
+READY_TIMEOUT = 30.0 if os.environ.get("SKIFF_SANITIZED") else 10.0
 
 
 def _find_bin():

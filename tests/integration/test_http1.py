@@ -337,3 +337,32 @@ def test_response_hop_by_hop_not_leaked(proxy):
     assert r.header("keep-alive") is None
     # the proxy re-frames; exactly one framing header
     assert not (r.header("content-length") and r.header("transfer-encoding"))
+
+
+def test_slow_reader_large_download(proxy):
+    """Backpressure: a client reading slowly still gets every byte."""
+    import time
+    size = 8 * 1024 * 1024
+    with RawConn(proxy.port, timeout=30) as c:
+        c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+        c.send(b"GET /big?size=%d HTTP/1.1\r\nHost: t\r\n\r\n" % size)
+        h = hashlib.sha256()
+        while b"\r\n\r\n" not in c.buf:
+            c._fill()
+        head, rest = c.buf.split(b"\r\n\r\n", 1)
+        c.buf = b""
+        exp = [ln.split(b":", 1)[1].strip().decode() for ln in head.split(b"\r\n") if ln.lower().startswith(b"x-body-sha256")][0]
+        got = len(rest)
+        h.update(rest)
+        deadline = time.monotonic() + 60
+        i = 0
+        while got < size and time.monotonic() < deadline:
+            d = c.sock.recv(65536)
+            assert d
+            h.update(d)
+            got += len(d)
+            i += 1
+            if i < 40:
+                time.sleep(0.02)
+        assert got == size
+        assert h.hexdigest() == exp

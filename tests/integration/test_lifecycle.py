@@ -289,3 +289,34 @@ def test_drain_deadline_forces_exit(skiff_factory, upstream):
         assert s.proc.wait(timeout=6) == 0
     finally:
         c.close()
+
+
+def test_sighup_reaches_every_worker(skiff_factory, upstreams):
+    a, b = upstreams("a"), upstreams("b")
+    lp, ap = free_port(), free_port()
+    s = skiff_factory(two_cluster_cfg(lp, ap, a, b, "a"), port=lp, admin_port=ap, args=["--concurrency", 4])
+    # idle keep-alive connections spread over the workers
+    conns = [RawConn(s.port, timeout=10) for _ in range(12)]
+    try:
+        for c in conns:
+            assert c.request("GET", "/pre").json()["server"] == "a"
+        assert s.reload(two_cluster_cfg(lp, ap, a, b, "b"))["config_reload_ok"] == 1
+        for c in conns:
+            assert c.request("GET", "/post").json()["server"] == "b"
+        for i in range(20):
+            assert get(s.port, "/fresh/%d" % i).json()["server"] == "b"
+    finally:
+        for c in conns:
+            c.close()
+
+
+def test_repeated_reloads(skiff_factory, upstreams):
+    a, b = upstreams("a"), upstreams("b")
+    lp, ap = free_port(), free_port()
+    s = skiff_factory(two_cluster_cfg(lp, ap, a, b, "a"), port=lp, admin_port=ap)
+    with RawConn(s.port, timeout=10) as c:
+        for i in range(10):
+            target = "ab"[i % 2]
+            s.reload(two_cluster_cfg(lp, ap, a, b, target))
+            assert c.request("GET", "/r%d" % i).json()["server"] == target
+    assert s.stat("config_reload_ok") == 10
