@@ -63,6 +63,8 @@ struct sk_hdrs {
 /* Append (copying both strings into the arena). 0 or SK_ERR_NOMEM. */
 int sk_hdrs_add(struct sk_hdrs *h, struct sk_arena *a, const char *name, size_t nlen,
                 const char *value, size_t vlen);
+/* Append an entry whose strings already live long enough (no copy). */
+int sk_hdrs_push(struct sk_hdrs *h, struct sk_arena *a, const struct sk_hdr *x);
 struct sk_hdr *sk_hdrs_get(const struct sk_hdrs *h, const char *lname, size_t nlen);
 void sk_hdrs_del(struct sk_hdrs *h, const char *lname, size_t nlen);
 

@@ -325,17 +325,8 @@ static int encode_request_head(struct sk_stream *st)
             continue;
         if (x->name[0] == ':')
             continue;
-        if (h.n == h.cap) {
-            uint32_t nc = h.cap ? h.cap * 2 : 32;
-            struct sk_hdr *v = sk_arena_alloc(&st->arena, sizeof(*v) * nc);
-            if (!v)
-                return SK_ERR_NOMEM;
-            if (h.n)
-                memcpy(v, h.v, sizeof(*v) * h.n);
-            h.v = v;
-            h.cap = nc;
-        }
-        h.v[h.n++] = *x;
+        if (sk_hdrs_push(&h, &st->arena, x) < 0)
+            return SK_ERR_NOMEM;
     }
     /* x-forwarded-for: append the peer */
     struct sk_hdr *xff = sk_hdrs_get(&h, "x-forwarded-for", 15);
@@ -646,27 +637,16 @@ static void up_response(void *ctx, const struct sk_h1_msg *m)
                     ((st->req_flags & SK_H1_F_CONNECT) && m->status >= 200 && m->status < 300);
     for (size_t i = 0; i < m->nhdrs; i++) {
         const struct sk_h1_header *x = &m->hdrs[i];
-        struct sk_hdrs tmp = {0};
-        if (sk_hdrs_add(&tmp, &st->arena, x->name, x->name_len, x->value, x->value_len) < 0)
+        /* add (lower-cased copy), then drop it again if it is hop-by-hop */
+        if (sk_hdrs_add(&h, &st->arena, x->name, x->name_len, x->value, x->value_len) < 0)
             break;
-        const struct sk_hdr *lx = &tmp.v[0];
+        const struct sk_hdr *lx = &h.v[h.n - 1];
         if (hop_by_hop(lx->name, lx->nlen)) {
             /* keep content-length on HEAD responses and 304s: it describes the entity */
             bool keep_cl = lx->nlen == 14 && (st->resp_head_req || m->status == 304);
             if (!keep_cl)
-                continue;
+                h.n--;
         }
-        if (h.n == h.cap) {
-            uint32_t nc = h.cap ? h.cap * 2 : 32;
-            struct sk_hdr *v = sk_arena_alloc(&st->arena, sizeof(*v) * nc);
-            if (!v)
-                break;
-            if (h.n)
-                memcpy(v, h.v, sizeof(*v) * h.n);
-            h.v = v;
-            h.cap = nc;
-        }
-        h.v[h.n++] = *lx;
     }
     apply_all_ops(st, &h, false);
     if (upgraded && m->status == 101) {

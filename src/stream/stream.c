@@ -46,19 +46,34 @@ const char *sk_term_reason(int c)
     return (c >= 0 && c < SK_TERM__COUNT) ? terms[c].reason : "internal error";
 }
 
+static int hdrs_grow(struct sk_hdrs *h, struct sk_arena *a)
+{
+    if (h->n < h->cap)
+        return 0;
+    uint32_t nc = h->cap ? h->cap * 2 : 16;
+    struct sk_hdr *v = sk_arena_alloc(a, sizeof(*v) * nc);
+    if (!v)
+        return SK_ERR_NOMEM;
+    if (h->n)
+        memcpy(v, h->v, sizeof(*v) * h->n);
+    h->v = v;
+    h->cap = nc;
+    return 0;
+}
+
+int sk_hdrs_push(struct sk_hdrs *h, struct sk_arena *a, const struct sk_hdr *x)
+{
+    if (hdrs_grow(h, a) < 0)
+        return SK_ERR_NOMEM;
+    h->v[h->n++] = *x;
+    return 0;
+}
+
 int sk_hdrs_add(struct sk_hdrs *h, struct sk_arena *a, const char *name, size_t nlen,
                 const char *value, size_t vlen)
 {
-    if (h->n == h->cap) {
-        uint32_t nc = h->cap ? h->cap * 2 : 16;
-        struct sk_hdr *v = sk_arena_alloc(a, sizeof(*v) * nc);
-        if (!v)
-            return SK_ERR_NOMEM;
-        if (h->n)
-            memcpy(v, h->v, sizeof(*v) * h->n);
-        h->v = v;
-        h->cap = nc;
-    }
+    if (hdrs_grow(h, a) < 0)
+        return SK_ERR_NOMEM;
     char *n = sk_arena_alloc(a, nlen + vlen + 2);
     if (!n)
         return SK_ERR_NOMEM;
