@@ -1,0 +1,1305 @@
+/* Downstream HTTP/2 connections (server role) on nghttp2: h2c with prior
+ * knowledge. Each request becomes a struct sk_stream driven through the
+ * router like an HTTP/1.1 one; the router encodes it as HTTP/1.1 upstream.
+ *
+ * I/O: the read side feeds socket bytes to nghttp2_session_mem_recv; the
+ * write side pulls frames with nghttp2_session_mem_send into the connection's
+ * output buffer and writes it (deferred to the end of the loop iteration when
+ * triggered by the router, so one write covers many streams). nghttp2 is
+ * never re-entered: mem_recv/mem_send are only called from the I/O, timer and
+ * deferred-flush callbacks, never from inside a callback or an op.
+ *
+ * Flow control follows the slow side: automatic WINDOW_UPDATE is off and
+ * request DATA is consumed (nghttp2_session_consume) only once the router has
+ * taken it; while the router pauses us, DATA the client may still send within
+ * its window is held in a per-stream buffer (bounded by the stream window).
+ * Responses go through a per-stream bounded buffer read by a deferred data
+ * provider; above a high mark the router pauses the upstream, and it resumes
+ * once nghttp2 has sent the buffer below a low mark.
+ *
+ * Lifetime: a stream object is finished (sk_stream_cleanup + pool) when both
+ * the router is done with it (send_end / reset / abort) and nghttp2 closed the
+ * stream, whichever comes last. The connection and its stream objects are
+ * freed from the worker's reap list, never inside a callback. */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <nghttp2/nghttp2.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "skiff/err.h"
+#include "skiff/h2.h"
+#include "skiff/http1.h"
+#include "skiff/log.h"
+#include "skiff/net.h"
+#include "skiff/stream.h"
+#include "skiff/upstream.h"
+#include "skiff/worker.h"
+
+/* skiff's own defaults where the HCM holds Envoy's (effectively unbounded)
+ * ones, and hard caps so that one connection's memory stays bounded. */
+#define H2_DEF_MAX_STREAMS 100u
+#define H2_CAP_MAX_STREAMS 1024u
+#define H2_DEF_STREAM_WINDOW (64u * 1024)
+#define H2_CAP_STREAM_WINDOW (16u * 1024 * 1024)
+#define H2_DEF_CONN_WINDOW (1024u * 1024)
+#define H2_CAP_CONN_WINDOW (64u * 1024 * 1024)
+#define H2_CAP_HPACK_TABLE (64u * 1024)
+#define H2_ENVOY_DEF_STREAMS 2147483647u
+#define H2_ENVOY_DEF_WINDOW 268435456u
+
+#define H2_OUT_HIGH (64 * 1024)          /* stop pulling frames above this */
+#define H2_OUT_CAP (4 * 1024 * 1024)     /* hard cap of the output buffer */
+#define H2_RESP_HIGH (128 * 1024)        /* per-stream response buffer: congested */
+#define H2_RESP_LOW (32 * 1024)          /* ... and drained */
+#define H2_SESSION_MEM_CAP (16u * 1024 * 1024) /* nghttp2's own allocations */
+#define H2_READ_CHUNK (64 * 1024)
+#define H2_GOAWAY_GRACE_S 1.0 /* shutdown notice -> final GOAWAY */
+#define H2_DYING_S 2.0        /* bound on flushing a final GOAWAY */
+#define H2_RST_BURST 1000     /* rapid reset protection (token bucket) */
+#define H2_RST_RATE 33
+
+struct h2c;
+
+struct h2s {
+    struct sk_reap reap;
+    struct sk_stream st;
+    struct h2c *c;
+    struct h2s *prev, *next; /* c->streams */
+    int32_t id;
+    struct sk_buf rbody; /* response body waiting for the data provider */
+    struct sk_buf qbody; /* request body held while the router pauses us */
+    struct sk_hdrs resp_trailers;
+    struct sk_hdrs req_trailers;
+    uint32_t hdr_bytes, hdr_count;
+    bool hdr_too_large;
+    bool has_cl;
+    bool started;        /* sk_stream_headers called */
+    bool head_sent;      /* response HEADERS submitted */
+    bool has_body;       /* a data provider is attached */
+    bool deferred;       /* data provider returned DEFERRED */
+    bool resp_eof;       /* send_end: no more body */
+    bool end_submitted;  /* END_STREAM on our side is (or will be) sent */
+    bool resp_done;      /* the router is done with the stream */
+    bool rst;            /* we reset it */
+    bool ng_closed;      /* nghttp2 closed it */
+    bool finished;
+    bool paused;         /* router paused the request body */
+    bool req_done;       /* client sent END_STREAM */
+    bool req_end_pending; /* END_STREAM arrived while body was held */
+    bool want_drained;   /* router saw us congested */
+    bool delivering;
+};
+
+struct h2c {
+    struct sk_conn_base base;
+    struct sk_reap reap;
+    struct sk_reap flush;
+    int fd;
+    ev_io io;
+    ev_timer idle;   /* idle timeout (no streams) */
+    ev_timer goaway; /* shutdown notice -> final GOAWAY; bound on dying */
+    struct sk_snapshot *snap;
+    const struct sk_listener *l;
+    const struct sk_filter_chain *fc;
+    nghttp2_session *ng;
+    size_t ng_mem;
+    struct sk_buf out;
+    struct h2s *streams;
+    uint32_t nstreams;
+    uint64_t id;
+    char peer_ip[48];
+    bool closed;
+    bool write_blocked;
+    bool flush_queued;
+    bool in_pump;
+    bool draining;
+    bool goaway_sent;
+    bool dying; /* fatal error: flush what nghttp2 queued (GOAWAY), then close */
+    bool no_read;
+};
+
+static void conn_close(struct h2c *c);
+static void queue_flush(struct h2c *c);
+static void pump(struct h2c *c);
+static void final_goaway(struct h2c *c);
+static void start_graceful(struct h2c *c);
+
+static const struct sk_downstream_ops h2_ops;
+
+int sk_h2_preface_match(const char *p, size_t n)
+{
+    size_t k = n < SK_H2_PREFACE_LEN ? n : SK_H2_PREFACE_LEN;
+    if (memcmp(p, SK_H2_PREFACE, k) != 0)
+        return -1;
+    return n >= SK_H2_PREFACE_LEN ? 1 : 0;
+}
+
+/* ---- nghttp2 memory: counted per connection, capped ------------------------ */
+
+struct mem_hdr {
+    size_t n;
+    size_t pad; /* keep 16-byte alignment */
+};
+
+static void *ng_malloc(size_t n, void *ud)
+{
+    struct h2c *c = ud;
+    if (n > H2_SESSION_MEM_CAP || c->ng_mem + n > H2_SESSION_MEM_CAP)
+        return NULL;
+    struct mem_hdr *h = malloc(sizeof(*h) + n);
+    if (!h)
+        return NULL;
+    h->n = n;
+    c->ng_mem += n;
+    return h + 1;
+}
+
+static void ng_free(void *p, void *ud)
+{
+    if (!p)
+        return;
+    struct h2c *c = ud;
+    struct mem_hdr *h = (struct mem_hdr *)p - 1;
+    c->ng_mem -= h->n;
+    free(h);
+}
+
+static void *ng_calloc(size_t nm, size_t sz, void *ud)
+{
+    if (sz && nm > SIZE_MAX / sz)
+        return NULL;
+    void *p = ng_malloc(nm * sz, ud);
+    if (p)
+        memset(p, 0, nm * sz);
+    return p;
+}
+
+static void *ng_realloc(void *p, size_t n, void *ud)
+{
+    struct h2c *c = ud;
+    if (!p)
+        return ng_malloc(n, ud);
+    struct mem_hdr *h = (struct mem_hdr *)p - 1;
+    size_t old = h->n;
+    if (n > old && c->ng_mem + (n - old) > H2_SESSION_MEM_CAP)
+        return NULL;
+    struct mem_hdr *nh = realloc(h, sizeof(*nh) + n);
+    if (!nh)
+        return NULL;
+    nh->n = n;
+    c->ng_mem = c->ng_mem - old + n;
+    return nh + 1;
+}
+
+/* ---- stream objects ------------------------------------------------------------ */
+
+#define STREAM_POOL_MAX 128
+static __thread struct h2s *stream_pool;
+static __thread unsigned stream_pool_n;
+
+static void stream_free(struct sk_reap *r)
+{
+    struct h2s *s = (struct h2s *)((char *)r - offsetof(struct h2s, reap));
+    if (stream_pool_n < STREAM_POOL_MAX) {
+        s->next = stream_pool;
+        stream_pool = s;
+        stream_pool_n++;
+        return;
+    }
+    sk_arena_free(&s->st.arena);
+    free(s);
+}
+
+void sk_h2_thread_cleanup(void)
+{
+    while (stream_pool) {
+        struct h2s *s = stream_pool;
+        stream_pool = s->next;
+        sk_arena_free(&s->st.arena);
+        free(s);
+    }
+    stream_pool_n = 0;
+}
+
+static struct h2s *stream_alloc(void)
+{
+    struct h2s *s = stream_pool;
+    if (s) {
+        stream_pool = s->next;
+        stream_pool_n--;
+        struct sk_arena keep = s->st.arena;
+        memset(s, 0, sizeof(*s));
+        s->st.arena = keep;
+        return s;
+    }
+    s = calloc(1, sizeof(*s));
+    if (s)
+        sk_arena_init(&s->st.arena, 2048);
+    return s;
+}
+
+static struct h2s *S(struct sk_stream *st)
+{
+    return (struct h2s *)((char *)st - offsetof(struct h2s, st));
+}
+
+static void idle_start(struct h2c *c)
+{
+    struct ev_loop *loop = c->base.w->loop;
+    ev_timer_stop(loop, &c->idle);
+    uint64_t ms = c->fc->hcm->idle_timeout_ms;
+    if (ms == SK_DUR_NONE || ms == 0 || c->draining || c->closed)
+        return;
+    ev_timer_set(&c->idle, (double)ms / 1000.0, 0.);
+    ev_timer_start(loop, &c->idle);
+}
+
+/* Give back flow-control credit for request bytes we will never deliver. */
+static void release_held(struct h2s *s)
+{
+    size_t n = sk_buf_used(&s->qbody);
+    if (n && !s->c->closed)
+        nghttp2_session_consume(s->c->ng, s->id, n);
+    sk_buf_consume(&s->qbody, n);
+}
+
+static void stream_finish(struct h2s *s)
+{
+    if (s->finished)
+        return;
+    s->finished = true;
+    struct h2c *c = s->c;
+    struct sk_worker *w = c->base.w;
+    release_held(s);
+    if (!s->ng_closed && !c->closed)
+        nghttp2_session_set_stream_user_data(c->ng, s->id, NULL);
+    if (s->prev)
+        s->prev->next = s->next;
+    else
+        c->streams = s->next;
+    if (s->next)
+        s->next->prev = s->prev;
+    s->prev = s->next = NULL;
+    c->nstreams--;
+    sk_stream_cleanup(&s->st);
+    sk_buf_free(&s->rbody);
+    sk_buf_free(&s->qbody);
+    if (s->st.snap)
+        sk_snapshot_unref((struct sk_snapshot *)s->st.snap);
+    s->st.snap = NULL;
+    sk_stat_add(&w->stats, SK_ST_downstream_rq_active, -1);
+    sk_worker_reap(w, &s->reap);
+    if (c->nstreams == 0 && !c->closed) {
+        if (c->draining)
+            final_goaway(c);
+        else
+            idle_start(c);
+    }
+}
+
+static void maybe_finish(struct h2s *s)
+{
+    if (!s->finished && s->resp_done && s->ng_closed)
+        stream_finish(s);
+}
+
+/* ---- connection lifecycle --------------------------------------------------------- */
+
+static void conn_free(struct sk_reap *r)
+{
+    struct h2c *c = (struct h2c *)((char *)r - offsetof(struct h2c, reap));
+    if (c->ng)
+        nghttp2_session_del(c->ng);
+    sk_buf_free(&c->out);
+    if (c->snap)
+        sk_snapshot_unref(c->snap);
+    free(c);
+}
+
+static void conn_close(struct h2c *c)
+{
+    if (c->closed)
+        return;
+    struct sk_worker *w = c->base.w;
+    /* stop everything upstream; stream objects go to the reap list */
+    while (c->streams) {
+        struct h2s *s = c->streams;
+        s->ng_closed = true;
+        if (!s->resp_done) {
+            s->resp_done = true;
+            sk_stream_abort(&s->st, SK_TERM_CLIENT_RESET);
+        }
+        stream_finish(s);
+    }
+    c->closed = true;
+    ev_io_stop(w->loop, &c->io);
+    ev_timer_stop(w->loop, &c->idle);
+    ev_timer_stop(w->loop, &c->goaway);
+    close(c->fd);
+    c->fd = -1;
+    sk_worker_conn_unlink(w, &c->base);
+    sk_stat_add(&w->stats, SK_ST_downstream_cx_active, -1);
+    sk_stat_add(&w->stats, SK_ST_downstream_cx_destroy, 1);
+    /* the session is deleted in conn_free: we may be below one of its callbacks */
+    sk_worker_reap(w, &c->reap);
+}
+
+static void update_io(struct h2c *c)
+{
+    if (c->closed)
+        return;
+    int ev = 0;
+    if (!c->no_read)
+        ev |= EV_READ;
+    if (c->write_blocked)
+        ev |= EV_WRITE;
+    if ((c->io.events & (EV_READ | EV_WRITE)) == ev && ev_is_active(&c->io))
+        return;
+    ev_io_stop(c->base.w->loop, &c->io);
+    ev_io_modify(&c->io, ev);
+    if (ev)
+        ev_io_start(c->base.w->loop, &c->io);
+}
+
+static void final_goaway(struct h2c *c)
+{
+    if (c->goaway_sent || c->closed)
+        return;
+    c->goaway_sent = true;
+    c->draining = true;
+    ev_timer_stop(c->base.w->loop, &c->idle);
+    ev_timer_stop(c->base.w->loop, &c->goaway);
+    nghttp2_submit_goaway(c->ng, NGHTTP2_FLAG_NONE, nghttp2_session_get_last_proc_stream_id(c->ng),
+                          NGHTTP2_NO_ERROR, NULL, 0);
+    queue_flush(c);
+}
+
+/* Graceful: a GOAWAY that only announces the shutdown (last id 2^31-1), then
+ * after a grace period (streams the client had in flight arrive) the final
+ * one; the connection closes once the remaining streams are done. */
+static void start_graceful(struct h2c *c)
+{
+    if (c->draining || c->closed)
+        return;
+    c->draining = true;
+    ev_timer_stop(c->base.w->loop, &c->idle);
+    if (c->nstreams == 0) {
+        final_goaway(c);
+        return;
+    }
+    nghttp2_submit_shutdown_notice(c->ng);
+    ev_timer_stop(c->base.w->loop, &c->goaway);
+    ev_timer_set(&c->goaway, H2_GOAWAY_GRACE_S, 0.);
+    ev_timer_start(c->base.w->loop, &c->goaway);
+    queue_flush(c);
+}
+
+static void conn_drain(struct sk_conn_base *b)
+{
+    struct h2c *c = (struct h2c *)b;
+    if (c->closed)
+        return;
+    if (c->base.w->stopping) {
+        conn_close(c);
+        return;
+    }
+    start_graceful(c);
+}
+
+/* Fatal protocol error or resource limit: flush whatever nghttp2 queued
+ * (normally a GOAWAY), stop reading, close soon. */
+static void die(struct h2c *c, int ngerr)
+{
+    if (c->closed)
+        return;
+    sk_debug("conn %llu: h2 session error: %s", (unsigned long long)c->id,
+             nghttp2_strerror(ngerr));
+    if (c->dying) {
+        conn_close(c);
+        return;
+    }
+    c->dying = true;
+    c->no_read = true;
+    update_io(c);
+    ev_timer_stop(c->base.w->loop, &c->idle);
+    ev_timer_stop(c->base.w->loop, &c->goaway);
+    ev_timer_set(&c->goaway, H2_DYING_S, 0.);
+    ev_timer_start(c->base.w->loop, &c->goaway);
+}
+
+/* ---- writing ---------------------------------------------------------------------- */
+
+static void notify_drained(struct h2c *c)
+{
+    for (struct h2s *s = c->streams; s; s = s->next) {
+        if (s->want_drained && !s->resp_done && sk_buf_used(&s->rbody) <= H2_RESP_LOW) {
+            s->want_drained = false;
+            sk_stream_downstream_drained(&s->st);
+        }
+    }
+}
+
+static void pump(struct h2c *c)
+{
+    if (c->closed || c->in_pump)
+        return;
+    c->in_pump = true;
+    for (;;) {
+        if (!c->dying || !c->write_blocked) {
+            while (!c->write_blocked && sk_buf_used(&c->out) < H2_OUT_HIGH) {
+                const uint8_t *d = NULL;
+                ssize_t n = nghttp2_session_mem_send(c->ng, &d);
+                if (n < 0) {
+                    c->in_pump = false;
+                    conn_close(c);
+                    return;
+                }
+                if (n == 0)
+                    break;
+                if (sk_buf_append(&c->out, d, (size_t)n) < 0) {
+                    sk_warn("conn %llu: h2 output buffer limit reached; closing",
+                            (unsigned long long)c->id);
+                    c->in_pump = false;
+                    conn_close(c);
+                    return;
+                }
+            }
+        }
+        if (sk_buf_used(&c->out) == 0)
+            break;
+        if (c->write_blocked)
+            break;
+        bool progressed = false;
+        while (sk_buf_used(&c->out)) {
+            ssize_t r = sk_buf_write_fd(&c->out, c->fd);
+            if (r == SK_ERR_AGAIN) {
+                c->write_blocked = true;
+                update_io(c);
+                break;
+            }
+            if (r < 0) {
+                c->in_pump = false;
+                conn_close(c);
+                return;
+            }
+            progressed = true;
+        }
+        if (c->write_blocked || !progressed)
+            break;
+    }
+    if (sk_buf_used(&c->out) == 0)
+        sk_buf_shrink(&c->out);
+    c->in_pump = false;
+    notify_drained(c);
+    if (!c->closed && sk_buf_used(&c->out) == 0 && !nghttp2_session_want_read(c->ng) &&
+        !nghttp2_session_want_write(c->ng))
+        conn_close(c);
+    else if (!c->closed && c->dying && sk_buf_used(&c->out) == 0 &&
+             !nghttp2_session_want_write(c->ng))
+        conn_close(c);
+}
+
+static void flush_cb(struct sk_reap *r)
+{
+    struct h2c *c = (struct h2c *)((char *)r - offsetof(struct h2c, flush));
+    c->flush_queued = false;
+    if (!c->closed && !c->write_blocked)
+        pump(c);
+}
+
+static void queue_flush(struct h2c *c)
+{
+    if (!c->flush_queued && !c->closed) {
+        c->flush_queued = true;
+        sk_worker_defer(c->base.w, &c->flush);
+    }
+}
+
+/* ---- downstream ops (called by the router) ------------------------------------------- */
+
+static bool resp_hop_by_hop(const char *n, uint32_t l)
+{
+    switch (l) {
+    case 2:
+        return memcmp(n, "te", 2) == 0;
+    case 7:
+        return memcmp(n, "upgrade", 7) == 0;
+    case 10:
+        return memcmp(n, "connection", 10) == 0 || memcmp(n, "keep-alive", 10) == 0;
+    case 16:
+        return memcmp(n, "proxy-connection", 16) == 0;
+    case 17:
+        return memcmp(n, "transfer-encoding", 17) == 0;
+    }
+    return false;
+}
+
+static ssize_t data_read_cb(nghttp2_session *ng, int32_t id, uint8_t *buf, size_t len,
+                            uint32_t *flags, nghttp2_data_source *src, void *ud)
+{
+    struct h2s *s = src->ptr;
+    if (!s || s->finished)
+        return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+    size_t n = sk_buf_used(&s->rbody);
+    if (n > len)
+        n = len;
+    if (n) {
+        memcpy(buf, sk_buf_rptr(&s->rbody), n);
+        sk_buf_consume(&s->rbody, n);
+    }
+    if (sk_buf_used(&s->rbody) == 0) {
+        if (s->resp_eof) {
+            *flags |= NGHTTP2_DATA_FLAG_EOF;
+            if (s->resp_trailers.n) {
+                nghttp2_nv *nva =
+                    sk_arena_alloc(&s->st.arena, sizeof(*nva) * s->resp_trailers.n);
+                if (nva) {
+                    for (uint32_t i = 0; i < s->resp_trailers.n; i++) {
+                        const struct sk_hdr *h = &s->resp_trailers.v[i];
+                        nva[i] = (nghttp2_nv){(uint8_t *)h->name, (uint8_t *)h->value, h->nlen,
+                                              h->vlen, NGHTTP2_NV_FLAG_NONE};
+                    }
+                    if (nghttp2_submit_trailer(ng, id, nva, s->resp_trailers.n) == 0)
+                        *flags |= NGHTTP2_DATA_FLAG_NO_END_STREAM;
+                }
+            }
+        } else if (n == 0) {
+            s->deferred = true;
+            return NGHTTP2_ERR_DEFERRED;
+        }
+        sk_buf_shrink(&s->rbody);
+    }
+    return (ssize_t)n;
+}
+
+static void resume(struct h2s *s)
+{
+    if (s->deferred && !s->ng_closed && !s->c->closed) {
+        s->deferred = false;
+        nghttp2_session_resume_data(s->c->ng, s->id);
+    }
+    queue_flush(s->c);
+}
+
+static bool has_upper(const char *p, uint32_t n)
+{
+    for (uint32_t i = 0; i < n; i++)
+        if (p[i] >= 'A' && p[i] <= 'Z')
+            return true;
+    return false;
+}
+
+static void op_send_head(struct sk_stream *st, int status, const struct sk_hdrs *h,
+                         int64_t content_length, bool end_stream)
+{
+    struct h2s *s = S(st);
+    struct h2c *c = s->c;
+    if (c->closed || s->rst || s->head_sent || s->ng_closed)
+        return;
+    int cls = status / 100;
+    if (cls >= 1 && cls <= 5)
+        sk_stat_add(&c->base.w->stats, SK_ST_downstream_rq_1xx + cls - 1, 1);
+    nghttp2_nv *nva = sk_arena_alloc(&st->arena, sizeof(*nva) * (h->n + 2));
+    char *sv = sk_arena_alloc(&st->arena, 24);
+    if (!nva || !sv) {
+        st->ops->reset(st);
+        return;
+    }
+    size_t nvl = sk_fmt_u64(sv, (unsigned)status % 1000);
+    size_t n = 0;
+    nva[n++] = (nghttp2_nv){(uint8_t *)":status", (uint8_t *)sv, 7, nvl, NGHTTP2_NV_FLAG_NONE};
+    bool has_cl = false;
+    for (uint32_t i = 0; i < h->n; i++) {
+        const struct sk_hdr *x = &h->v[i];
+        if (x->nlen == 0 || x->name[0] == ':' || resp_hop_by_hop(x->name, x->nlen))
+            continue;
+        if (x->nlen == 14 && memcmp(x->name, "content-length", 14) == 0)
+            has_cl = true;
+        const char *name = x->name;
+        if (has_upper(name, x->nlen)) {
+            char *ln = sk_arena_alloc(&st->arena, x->nlen + 1);
+            if (!ln)
+                continue;
+            for (uint32_t k = 0; k < x->nlen; k++)
+                ln[k] = (x->name[k] >= 'A' && x->name[k] <= 'Z') ? (char)(x->name[k] | 0x20)
+                                                                  : x->name[k];
+            name = ln;
+        }
+        nva[n++] = (nghttp2_nv){(uint8_t *)name, (uint8_t *)x->value, x->nlen, x->vlen,
+                                NGHTTP2_NV_FLAG_NONE};
+    }
+    bool no_body = end_stream || status == 204 || status == 304 || st->resp_head_req ||
+                   status < 200;
+    if (!has_cl && content_length >= 0 && status != 204 && status != 304 && status >= 200) {
+        char *cl = sk_arena_alloc(&st->arena, 24);
+        if (cl) {
+            size_t cll = sk_fmt_u64(cl, (unsigned long long)content_length);
+            nva[n++] = (nghttp2_nv){(uint8_t *)"content-length", (uint8_t *)cl, 14, cll,
+                                    NGHTTP2_NV_FLAG_NONE};
+        }
+    }
+    int rv;
+    s->head_sent = true;
+    if (no_body) {
+        s->end_submitted = true;
+        rv = nghttp2_submit_response(c->ng, s->id, nva, n, NULL);
+    } else {
+        const struct sk_cluster *cl = st->cluster;
+        size_t upcap = cl && cl->per_connection_buffer_limit_bytes
+                           ? cl->per_connection_buffer_limit_bytes
+                           : 1024 * 1024;
+        sk_buf_init(&s->rbody, H2_RESP_HIGH + upcap + 64 * 1024);
+        s->has_body = true;
+        nghttp2_data_provider dp = {.source.ptr = s, .read_callback = data_read_cb};
+        rv = nghttp2_submit_response(c->ng, s->id, nva, n, &dp);
+    }
+    if (rv != 0) {
+        sk_debug("conn %llu stream %d: submit_response: %s", (unsigned long long)c->id, s->id,
+                 nghttp2_strerror(rv));
+        s->has_body = false;
+    }
+    queue_flush(c);
+}
+
+static void op_send_data(struct sk_stream *st, const char *p, size_t n)
+{
+    struct h2s *s = S(st);
+    if (s->c->closed || !s->has_body || s->rst || s->resp_eof || n == 0)
+        return;
+    if (s->ng_closed)
+        return; /* client went away; the router hears it from on_stream_close */
+    if (sk_buf_append(&s->rbody, p, n) < 0) {
+        sk_warn("conn %llu stream %d: response buffer limit reached; resetting",
+                (unsigned long long)s->c->id, s->id);
+        if (st->cause == SK_TERM_NONE)
+            st->cause = SK_TERM_OVERFLOW;
+        st->ops->reset(st);
+        return;
+    }
+    resume(s);
+}
+
+static void op_send_trailers(struct sk_stream *st, const struct sk_hdrs *t)
+{
+    struct h2s *s = S(st);
+    if (!s->has_body || !t || !t->n || s->resp_eof)
+        return;
+    /* the list lives in the stream arena; filter what h2 forbids */
+    struct sk_hdrs out = {0};
+    for (uint32_t i = 0; i < t->n; i++) {
+        const struct sk_hdr *x = &t->v[i];
+        if (x->nlen == 0 || x->name[0] == ':' || resp_hop_by_hop(x->name, x->nlen) ||
+            (x->nlen == 14 && memcmp(x->name, "content-length", 14) == 0))
+            continue;
+        sk_hdrs_add(&out, &st->arena, x->name, x->nlen, x->value, x->vlen);
+    }
+    s->resp_trailers = out;
+}
+
+static void op_send_end(struct sk_stream *st)
+{
+    struct h2s *s = S(st);
+    struct h2c *c = s->c;
+    if (s->resp_done)
+        return;
+    s->resp_done = true;
+    if (!c->closed && !s->rst && !s->ng_closed) {
+        if (s->has_body) {
+            s->resp_eof = true;
+            s->end_submitted = true;
+            resume(s);
+        } else if (!s->head_sent) {
+            /* the router ended without a head: nothing sane to send */
+            s->rst = true;
+            nghttp2_submit_rst_stream(c->ng, NGHTTP2_FLAG_NONE, s->id, NGHTTP2_INTERNAL_ERROR);
+            queue_flush(c);
+        }
+    }
+    maybe_finish(s);
+}
+
+static void op_reset(struct sk_stream *st)
+{
+    struct h2s *s = S(st);
+    struct h2c *c = s->c;
+    if (!s->rst && !s->ng_closed && !c->closed) {
+        nghttp2_submit_rst_stream(c->ng, NGHTTP2_FLAG_NONE, s->id, NGHTTP2_INTERNAL_ERROR);
+        queue_flush(c);
+    }
+    s->rst = true;
+    if (!s->resp_done) {
+        s->resp_done = true;
+        maybe_finish(s);
+    }
+}
+
+static bool op_congested(struct sk_stream *st)
+{
+    struct h2s *s = S(st);
+    if (sk_buf_used(&s->rbody) > H2_RESP_HIGH) {
+        s->want_drained = true;
+        return true;
+    }
+    return false;
+}
+
+/* Hand held request bytes to the router (and give the client its credit). */
+static void deliver_held(struct h2s *s)
+{
+    struct h2c *c = s->c;
+    if (s->delivering)
+        return;
+    s->delivering = true;
+    while (!s->paused && !s->resp_done && sk_buf_used(&s->qbody)) {
+        size_t n = sk_buf_used(&s->qbody);
+        sk_stream_data(&s->st, sk_buf_rptr(&s->qbody), n);
+        if (s->finished)
+            break;
+        sk_buf_consume(&s->qbody, n);
+        if (!c->closed)
+            nghttp2_session_consume(c->ng, s->id, n);
+    }
+    if (s->resp_done)
+        release_held(s);
+    if (!s->finished && sk_buf_used(&s->qbody) == 0) {
+        sk_buf_shrink(&s->qbody);
+        if (s->req_end_pending && !s->paused) {
+            s->req_end_pending = false;
+            if (!s->resp_done)
+                sk_stream_end(&s->st, s->req_trailers.n ? &s->req_trailers : NULL);
+        }
+    }
+    s->delivering = false;
+    queue_flush(c);
+}
+
+static void op_pause_read(struct sk_stream *st, bool pause)
+{
+    struct h2s *s = S(st);
+    if (s->paused == pause)
+        return;
+    s->paused = pause;
+    if (!pause && !s->c->closed)
+        deliver_held(s);
+}
+
+static void op_tunnel(struct sk_stream *st)
+{
+    /* CONNECT over h2 (RFC 9113 8.5) is not supported yet */
+    if (st->cause == SK_TERM_NONE)
+        st->cause = SK_TERM_UPGRADE_REFUSED;
+    if (st->up) {
+        sk_upconn_abort(st->up);
+        st->up = NULL;
+    }
+    op_reset(st);
+}
+
+static void op_send_1xx(struct sk_stream *st, int status)
+{
+    struct h2s *s = S(st);
+    if (status != 100 || s->head_sent || s->rst || s->ng_closed || s->c->closed)
+        return;
+    nghttp2_nv nv = {(uint8_t *)":status", (uint8_t *)"100", 7, 3, NGHTTP2_NV_FLAG_NONE};
+    nghttp2_submit_headers(s->c->ng, NGHTTP2_FLAG_NONE, s->id, NULL, &nv, 1, NULL);
+    queue_flush(s->c);
+}
+
+static const struct sk_downstream_ops h2_ops = {
+    op_send_head, op_send_data, op_send_trailers, op_send_end, op_reset,
+    op_congested, op_pause_read, op_tunnel, op_send_1xx,
+};
+
+/* ---- request side (nghttp2 callbacks) ------------------------------------------------ */
+
+/* Point the connection at the worker's newest snapshot (new streams use it;
+ * streams in flight keep their own reference). A removed listener drains. */
+static void refresh_config(struct h2c *c)
+{
+    struct sk_worker *w = c->base.w;
+    if (!w->snap || w->snap == c->snap)
+        return;
+    const struct sk_listener *nl = sk_snapshot_find_listener(w->snap, c->l->name);
+    const struct sk_filter_chain *nfc = NULL;
+    if (nl) {
+        size_t idx = (size_t)(c->fc - c->l->chains);
+        if (c->fc == c->l->default_chain)
+            nfc = nl->default_chain;
+        else if (idx < nl->nchains && idx < c->l->nchains)
+            nfc = &nl->chains[idx];
+    }
+    if (!nfc || nfc->kind != SK_CHAIN_HCM) {
+        start_graceful(c);
+        return;
+    }
+    sk_snapshot_unref(c->snap);
+    c->snap = sk_snapshot_ref(w->snap);
+    c->l = nl;
+    c->fc = nfc;
+}
+
+static int on_begin_headers(nghttp2_session *ng, const nghttp2_frame *f, void *ud)
+{
+    struct h2c *c = ud;
+    if (f->hd.type != NGHTTP2_HEADERS || f->headers.cat != NGHTTP2_HCAT_REQUEST)
+        return 0;
+    struct sk_worker *w = c->base.w;
+    refresh_config(c);
+    struct h2s *s = stream_alloc();
+    if (!s)
+        return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+    s->reap.free_fn = stream_free;
+    s->c = c;
+    s->id = f->hd.stream_id;
+    struct sk_stream *st = &s->st;
+    st->w = w;
+    st->ops = &h2_ops;
+    st->conn = c;
+    st->conn_id = c->id;
+    st->stream_id = (uint32_t)f->hd.stream_id;
+    st->snap = sk_snapshot_ref(c->snap);
+    st->listener = c->l;
+    st->hcm = c->fc->hcm;
+    st->t_start = ev_now(w->loop);
+    st->scheme = "http"; /* the transport, not the client's claim */
+    memcpy(st->peer_ip, c->peer_ip, sizeof(st->peer_ip));
+    sk_buf_init(&s->qbody, (size_t)nghttp2_session_get_local_settings(
+                               ng, NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE) + 16384);
+    s->next = c->streams;
+    if (c->streams)
+        c->streams->prev = s;
+    c->streams = s;
+    c->nstreams++;
+    ev_timer_stop(w->loop, &c->idle);
+    sk_stat_add(&w->stats, SK_ST_downstream_rq_active, 1);
+    nghttp2_session_set_stream_user_data(ng, s->id, s);
+    return 0;
+}
+
+static bool name_is(const uint8_t *n, size_t nl, const char *lit)
+{
+    size_t l = strlen(lit);
+    return nl == l && memcmp(n, lit, l) == 0;
+}
+
+static int on_header(nghttp2_session *ng, const nghttp2_frame *f, const uint8_t *name,
+                     size_t nlen, const uint8_t *value, size_t vlen, uint8_t flags, void *ud)
+{
+    if (f->hd.type != NGHTTP2_HEADERS)
+        return 0;
+    struct h2s *s = nghttp2_session_get_stream_user_data(ng, f->hd.stream_id);
+    if (!s || s->finished)
+        return 0;
+    struct sk_stream *st = &s->st;
+    const struct sk_hcm *hcm = st->hcm;
+    size_t max_bytes = (size_t)(hcm->max_request_headers_kb ? hcm->max_request_headers_kb : 60) *
+                       1024;
+    size_t max_count = hcm->max_headers_count ? hcm->max_headers_count : 100;
+    s->hdr_bytes += (uint32_t)(nlen + vlen + 32);
+    s->hdr_count++;
+    if (s->hdr_bytes > max_bytes || s->hdr_count > max_count + 4 /* pseudo-headers */)
+        s->hdr_too_large = true;
+    if (s->hdr_too_large)
+        return 0;
+    const char *n = (const char *)name, *v = (const char *)value;
+    if (f->headers.cat != NGHTTP2_HCAT_REQUEST) {
+        /* trailers (nghttp2 has rejected pseudo-headers in them) */
+        if (sk_hdrs_add(&s->req_trailers, &st->arena, n, nlen, v, vlen) < 0)
+            return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+        return 0;
+    }
+    if (nlen && n[0] == ':') {
+        char *dup = sk_arena_strndup(&st->arena, v, vlen);
+        if (!dup)
+            return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+        if (name_is(name, nlen, ":method")) {
+            st->method = dup;
+            st->method_len = (uint32_t)vlen;
+        } else if (name_is(name, nlen, ":path")) {
+            st->path = dup;
+            st->path_len = (uint32_t)vlen;
+        } else if (name_is(name, nlen, ":authority")) {
+            st->authority = dup;
+            st->authority_len = (uint32_t)vlen;
+        }
+        /* :scheme is the client's claim; x-forwarded-proto uses the transport */
+        return 0;
+    }
+    if (name_is(name, nlen, "cookie")) {
+        /* RFC 9113 8.2.3: crumbs are joined with "; " for HTTP/1.1 */
+        struct sk_hdr *ck = sk_hdrs_get(&st->req, "cookie", 6);
+        if (ck) {
+            char *nv = sk_arena_alloc(&st->arena, ck->vlen + 2 + vlen + 1);
+            if (!nv)
+                return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+            memcpy(nv, ck->value, ck->vlen);
+            memcpy(nv + ck->vlen, "; ", 2);
+            memcpy(nv + ck->vlen + 2, v, vlen);
+            nv[ck->vlen + 2 + vlen] = 0;
+            ck->value = nv;
+            ck->vlen += (uint32_t)(2 + vlen);
+            return 0;
+        }
+    }
+    if (name_is(name, nlen, "content-length")) {
+        uint64_t cl = 0;
+        for (size_t i = 0; i < vlen; i++)
+            cl = cl * 10 + (uint64_t)(v[i] - '0'); /* nghttp2 checked: digits only */
+        s->has_cl = true;
+        st->req_content_length = cl;
+    } else if (name_is(name, nlen, "expect")) {
+        if (vlen == 12 && strncasecmp(v, "100-continue", 12) == 0)
+            st->req_flags |= SK_H1_F_EXPECT_CONTINUE;
+    }
+    if (sk_hdrs_add(&st->req, &st->arena, n, nlen, v, vlen) < 0)
+        return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+    return 0;
+}
+
+static void request_end(struct h2s *s, const struct sk_hdrs *trailers)
+{
+    s->req_done = true;
+    if (!s->started || s->resp_done)
+        return;
+    if (sk_buf_used(&s->qbody)) {
+        s->req_end_pending = true;
+        return;
+    }
+    sk_stream_end(&s->st, trailers);
+}
+
+static void start_request(struct h2s *s, bool end_stream)
+{
+    struct h2c *c = s->c;
+    struct sk_stream *st = &s->st;
+    if (!st->authority) {
+        struct sk_hdr *host = sk_hdrs_get(&st->req, "host", 4);
+        if (host) {
+            st->authority = host->value;
+            st->authority_len = host->vlen;
+        }
+    }
+    if (!st->path) {
+        st->path = ""; /* CONNECT */
+        st->path_len = 0;
+    }
+    if (!st->method) {
+        st->method = "";
+        st->method_len = 0;
+    }
+    if (st->method_len == 4 && memcmp(st->method, "HEAD", 4) == 0)
+        st->req_flags |= SK_H1_F_HEAD;
+    if (st->method_len == 7 && memcmp(st->method, "CONNECT", 7) == 0)
+        st->req_flags |= SK_H1_F_CONNECT;
+    st->req_flags |= SK_H1_F_KEEPALIVE | SK_H1_F_HAS_HOST;
+    if (end_stream) {
+        st->req_body_kind = SK_H1_BODY_NONE;
+        st->req_end = true;
+        s->req_done = true;
+        if (s->has_cl && st->req_content_length == 0)
+            st->req_flags |= SK_H1_F_HAS_CL;
+    } else if (s->has_cl) {
+        st->req_body_kind = SK_H1_BODY_LENGTH;
+        st->req_flags |= SK_H1_F_HAS_CL;
+    } else {
+        st->req_body_kind = SK_H1_BODY_CHUNKED;
+    }
+    s->started = true;
+    if (s->hdr_too_large) {
+        sk_stat_add(&c->base.w->stats, SK_ST_downstream_rq_total, 1);
+        sk_stream_local_reply(st, SK_TERM_DOWNSTREAM_PROTO, 431, "request headers too large");
+        return;
+    }
+    if (c->goaway_sent && s->id > nghttp2_session_get_last_proc_stream_id(c->ng)) {
+        op_reset(st);
+        return;
+    }
+    sk_stream_headers(st);
+}
+
+static int on_frame_recv(nghttp2_session *ng, const nghttp2_frame *f, void *ud)
+{
+    struct h2c *c = ud;
+    (void)c;
+    if (f->hd.type != NGHTTP2_HEADERS && f->hd.type != NGHTTP2_DATA)
+        return 0;
+    struct h2s *s = nghttp2_session_get_stream_user_data(ng, f->hd.stream_id);
+    if (!s || s->finished)
+        return 0;
+    bool es = (f->hd.flags & NGHTTP2_FLAG_END_STREAM) != 0;
+    if (f->hd.type == NGHTTP2_HEADERS) {
+        if (f->headers.cat == NGHTTP2_HCAT_REQUEST) {
+            start_request(s, es);
+            return 0;
+        }
+        if (es && s->started)
+            request_end(s, s->req_trailers.n ? &s->req_trailers : NULL);
+        return 0;
+    }
+    if (es && s->started)
+        request_end(s, NULL);
+    return 0;
+}
+
+static int on_data_chunk_recv(nghttp2_session *ng, uint8_t flags, int32_t id, const uint8_t *data,
+                              size_t len, void *ud)
+{
+    struct h2c *c = ud;
+    struct h2s *s = nghttp2_session_get_stream_user_data(ng, id);
+    if (!s || s->finished || s->resp_done || !s->started) {
+        nghttp2_session_consume(ng, id, len);
+        return 0;
+    }
+    s->st.bytes_rx += len;
+    if (s->paused || sk_buf_used(&s->qbody)) {
+        if (sk_buf_append(&s->qbody, data, len) < 0) {
+            /* more than the window we granted: the peer broke flow control */
+            nghttp2_session_consume(ng, id, len);
+            nghttp2_submit_rst_stream(ng, NGHTTP2_FLAG_NONE, id, NGHTTP2_FLOW_CONTROL_ERROR);
+        }
+        return 0;
+    }
+    sk_stream_data(&s->st, (const char *)data, len);
+    /* the router took the bytes (possibly pausing us for what comes next) */
+    nghttp2_session_consume(ng, id, len);
+    (void)c;
+    return 0;
+}
+
+static int on_stream_close(nghttp2_session *ng, int32_t id, uint32_t err, void *ud)
+{
+    struct h2s *s = nghttp2_session_get_stream_user_data(ng, id);
+    if (!s || s->finished)
+        return 0;
+    s->ng_closed = true;
+    release_held(s);
+    if (!s->resp_done && !(s->end_submitted && err == NGHTTP2_NO_ERROR && !s->rst)) {
+        /* reset by the client (or by nghttp2 for a protocol violation) */
+        s->resp_done = true;
+        if (err != NGHTTP2_NO_ERROR || !s->req_done)
+            sk_debug("conn %llu stream %d: closed by peer (%s)", (unsigned long long)s->c->id, id,
+                     nghttp2_http2_strerror(err));
+        sk_stream_abort(&s->st, SK_TERM_CLIENT_RESET);
+    }
+    maybe_finish(s);
+    return 0;
+}
+
+static int on_frame_send(nghttp2_session *ng, const nghttp2_frame *f, void *ud)
+{
+    if ((f->hd.type != NGHTTP2_HEADERS && f->hd.type != NGHTTP2_DATA) ||
+        !(f->hd.flags & NGHTTP2_FLAG_END_STREAM))
+        return 0;
+    struct h2s *s = nghttp2_session_get_stream_user_data(ng, f->hd.stream_id);
+    if (!s || s->finished || s->req_done || s->rst)
+        return 0;
+    /* complete response to an incomplete request: the rest is not wanted
+     * (RFC 9113 8.1) */
+    s->rst = true;
+    nghttp2_submit_rst_stream(ng, NGHTTP2_FLAG_NONE, s->id, NGHTTP2_NO_ERROR);
+    return 0;
+}
+
+static int on_invalid_frame_recv(nghttp2_session *ng, const nghttp2_frame *f, int lib_err,
+                                 void *ud)
+{
+    struct h2c *c = ud;
+    sk_debug("conn %llu: invalid frame (type %u, stream %d): %s", (unsigned long long)c->id,
+             f->hd.type, f->hd.stream_id, nghttp2_strerror(lib_err));
+    return 0;
+}
+
+/* ---- reading ------------------------------------------------------------------------ */
+
+static void feed(struct h2c *c, const char *p, size_t n)
+{
+    ssize_t r = nghttp2_session_mem_recv(c->ng, (const uint8_t *)p, n);
+    if (r < 0) {
+        sk_stat_add(&c->base.w->stats, SK_ST_downstream_cx_protocol_error, 1);
+        if (r == NGHTTP2_ERR_BAD_CLIENT_MAGIC) {
+            conn_close(c);
+            return;
+        }
+        die(c, (int)r);
+        if (!c->closed)
+            nghttp2_session_terminate_session(c->ng, NGHTTP2_PROTOCOL_ERROR);
+    }
+}
+
+static void on_readable(struct h2c *c)
+{
+    char buf[H2_READ_CHUNK];
+    ssize_t r = read(c->fd, buf, sizeof(buf));
+    if (r < 0) {
+        if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
+            return;
+        conn_close(c);
+        return;
+    }
+    if (r == 0) {
+        conn_close(c);
+        return;
+    }
+    feed(c, buf, (size_t)r);
+    pump(c);
+}
+
+static void conn_io_cb(struct ev_loop *loop, ev_io *io, int revents)
+{
+    struct h2c *c = io->data;
+    if (revents & EV_WRITE) {
+        c->write_blocked = false;
+        update_io(c);
+        pump(c);
+        if (c->closed)
+            return;
+    }
+    if ((revents & EV_READ) && !c->no_read)
+        on_readable(c);
+}
+
+static void idle_cb(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    struct h2c *c = t->data;
+    if (c->nstreams)
+        return;
+    sk_stat_add(&c->base.w->stats, SK_ST_downstream_cx_idle_timeout, 1);
+    final_goaway(c);
+}
+
+static void goaway_cb(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    struct h2c *c = t->data;
+    if (c->dying) {
+        conn_close(c);
+        return;
+    }
+    final_goaway(c);
+}
+
+/* ---- accept ----------------------------------------------------------------------------- */
+
+static uint32_t clamp_u32(uint32_t v, uint32_t envoy_def, uint32_t def, uint32_t lo, uint32_t hi)
+{
+    if (v == 0 || v == envoy_def)
+        v = def;
+    if (v < lo)
+        v = lo;
+    if (v > hi)
+        v = hi;
+    return v;
+}
+
+void sk_h2_accept(struct sk_worker *w, const struct sk_listener *l,
+                  const struct sk_filter_chain *fc, int fd, const struct sk_sockaddr *peer,
+                  struct sk_snapshot *snap, const char *pre, size_t prelen)
+{
+    struct h2c *c = calloc(1, sizeof(*c));
+    if (!c) {
+        close(fd);
+        if (snap)
+            sk_snapshot_unref(snap);
+        return;
+    }
+    c->reap.free_fn = conn_free;
+    c->flush.free_fn = flush_cb;
+    c->base.drain = conn_drain;
+    c->fd = fd;
+    c->snap = snap ? snap : sk_snapshot_ref(w->snap);
+    c->l = l;
+    c->fc = fc;
+    c->id = ++w->next_conn_id;
+    if (peer->ss.ss_family == AF_INET6)
+        inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)&peer->ss)->sin6_addr, c->peer_ip,
+                  sizeof(c->peer_ip));
+    else
+        inet_ntop(AF_INET, &((const struct sockaddr_in *)&peer->ss)->sin_addr, c->peer_ip,
+                  sizeof(c->peer_ip));
+    sk_buf_init(&c->out, H2_OUT_CAP);
+    c->base.w = w;
+
+    const struct sk_hcm *hcm = fc->hcm;
+    uint32_t max_streams = clamp_u32(hcm->h2_max_concurrent_streams, H2_ENVOY_DEF_STREAMS,
+                                     H2_DEF_MAX_STREAMS, 1, H2_CAP_MAX_STREAMS);
+    uint32_t swin = clamp_u32(hcm->h2_initial_stream_window_size, H2_ENVOY_DEF_WINDOW,
+                              H2_DEF_STREAM_WINDOW, 65535, H2_CAP_STREAM_WINDOW);
+    uint32_t cwin = clamp_u32(hcm->h2_initial_connection_window_size, H2_ENVOY_DEF_WINDOW,
+                              H2_DEF_CONN_WINDOW, 65535, H2_CAP_CONN_WINDOW);
+    uint32_t table = hcm->h2_hpack_table_size;
+    if (table > H2_CAP_HPACK_TABLE)
+        table = H2_CAP_HPACK_TABLE;
+    uint32_t max_hdr_list = (hcm->max_request_headers_kb ? hcm->max_request_headers_kb : 60) * 1024;
+
+    nghttp2_session_callbacks *cbs = NULL;
+    nghttp2_option *opt = NULL;
+    int rv = nghttp2_session_callbacks_new(&cbs);
+    if (rv == 0)
+        rv = nghttp2_option_new(&opt);
+    if (rv == 0) {
+        nghttp2_session_callbacks_set_on_begin_headers_callback(cbs, on_begin_headers);
+        nghttp2_session_callbacks_set_on_header_callback(cbs, on_header);
+        nghttp2_session_callbacks_set_on_frame_recv_callback(cbs, on_frame_recv);
+        nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cbs, on_data_chunk_recv);
+        nghttp2_session_callbacks_set_on_stream_close_callback(cbs, on_stream_close);
+        nghttp2_session_callbacks_set_on_frame_send_callback(cbs, on_frame_send);
+        nghttp2_session_callbacks_set_on_invalid_frame_recv_callback(cbs, on_invalid_frame_recv);
+        nghttp2_option_set_no_auto_window_update(opt, 1);
+        nghttp2_option_set_no_closed_streams(opt, 1);
+        nghttp2_option_set_max_deflate_dynamic_table_size(opt, 4096);
+        nghttp2_option_set_max_send_header_block_length(opt, 256 * 1024);
+        nghttp2_option_set_stream_reset_rate_limit(opt, H2_RST_BURST, H2_RST_RATE);
+        nghttp2_mem mem = {c, ng_malloc, ng_free, ng_calloc, ng_realloc};
+        rv = nghttp2_session_server_new3(&c->ng, cbs, c, opt, &mem);
+    }
+    if (cbs)
+        nghttp2_session_callbacks_del(cbs);
+    if (opt)
+        nghttp2_option_del(opt);
+    if (rv == 0) {
+        nghttp2_settings_entry iv[] = {
+            {NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, max_streams},
+            {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, swin},
+            {NGHTTP2_SETTINGS_HEADER_TABLE_SIZE, table},
+            {NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE, max_hdr_list},
+            {NGHTTP2_SETTINGS_NO_RFC7540_PRIORITIES, 1},
+        };
+        rv = nghttp2_submit_settings(c->ng, NGHTTP2_FLAG_NONE, iv, sizeof(iv) / sizeof(iv[0]));
+        if (rv == 0 && cwin > 65535)
+            rv = nghttp2_session_set_local_window_size(c->ng, NGHTTP2_FLAG_NONE, 0,
+                                                       (int32_t)cwin);
+    }
+    if (rv != 0) {
+        sk_warn("conn %llu: cannot start an HTTP/2 session: %s", (unsigned long long)c->id,
+                nghttp2_strerror(rv));
+        if (c->ng)
+            nghttp2_session_del(c->ng);
+        sk_buf_free(&c->out);
+        sk_snapshot_unref(c->snap);
+        close(fd);
+        free(c);
+        return;
+    }
+
+    sk_worker_conn_link(w, &c->base);
+    sk_stat_add(&w->stats, SK_ST_downstream_cx_active, 1);
+    sk_stat_add(&w->stats, SK_ST_downstream_cx_http2_total, 1);
+    ev_io_init(&c->io, conn_io_cb, fd, EV_READ);
+    c->io.data = c;
+    ev_io_start(w->loop, &c->io);
+    ev_init(&c->idle, idle_cb);
+    c->idle.data = c;
+    ev_init(&c->goaway, goaway_cb);
+    c->goaway.data = c;
+    idle_start(c);
+    if (prelen)
+        feed(c, pre, prelen);
+    if (w->draining)
+        conn_drain(&c->base);
+    if (!c->closed)
+        pump(c);
+}
