@@ -14,6 +14,7 @@
 #include "skiff/config.h"
 #include "skiff/dns.h"
 #include "skiff/err.h"
+#include "skiff/hoststate.h"
 #include "skiff/log.h"
 #include "skiff/net.h"
 #include "skiff/worker.h"
@@ -291,6 +292,102 @@ static void dns_apply(const struct sk_snapshot *s)
     }
 }
 
+/* ---- outlier detection intervals (main thread) ---------------------------- */
+
+struct od_timer {
+    struct od_timer *next;
+    char *name;
+    ev_timer t;
+    bool seen;
+};
+static struct od_timer *od_timers;
+
+static struct dns_cluster *dns_find(const char *name)
+{
+    for (struct dns_cluster *dc = dns_clusters; dc; dc = dc->next)
+        if (strcmp(dc->name, name) == 0)
+            return dc;
+    return NULL;
+}
+
+static void od_cb(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    struct od_timer *ot = t->data;
+    const struct sk_cluster *c = cur ? sk_snapshot_find_cluster(cur, ot->name) : NULL;
+    if (!c || !c->outlier)
+        return;
+    struct sk_cluster_state *cs = sk_cstate_get(c->name);
+    if (!cs)
+        return;
+    /* the cluster's current hosts: static endpoints or the DNS answers */
+    size_t cap = c->nendpoints + 1;
+    struct dns_cluster *dc = dns_find(c->name);
+    if (dc)
+        for (size_t i = 0; i < dc->neps; i++)
+            cap += dc->eps[i].naddrs;
+    struct sk_host_state **hs = calloc(cap, sizeof(*hs));
+    if (!hs)
+        return;
+    size_t n = 0;
+    if (dc) {
+        for (size_t i = 0; i < dc->neps; i++)
+            for (size_t j = 0; j < dc->eps[i].naddrs && n < cap; j++)
+                hs[n++] = sk_hstate_get(cs, &dc->eps[i].addrs[j]);
+    } else {
+        for (size_t i = 0; i < c->nendpoints && n < cap; i++)
+            if (c->endpoints[i].addr.len)
+                hs[n++] = sk_hstate_get(cs, &c->endpoints[i].addr);
+    }
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++)
+        if (hs[i])
+            hs[k++] = hs[i];
+    sk_outlier_interval(cs, c->outlier, hs, k, sk_now_ms());
+    free(hs);
+}
+
+static void od_apply(const struct sk_snapshot *s)
+{
+    for (struct od_timer *o = od_timers; o; o = o->next)
+        o->seen = false;
+    for (size_t i = 0; i < s->nclusters; i++) {
+        const struct sk_cluster *c = &s->clusters[i];
+        if (!c->outlier)
+            continue;
+        struct od_timer *o;
+        for (o = od_timers; o; o = o->next)
+            if (strcmp(o->name, c->name) == 0)
+                break;
+        double iv = c->outlier->interval_ms ? (double)c->outlier->interval_ms / 1000.0 : 10.0;
+        if (!o) {
+            o = calloc(1, sizeof(*o));
+            if (!o)
+                continue;
+            o->name = strdup(c->name);
+            ev_init(&o->t, od_cb);
+            o->t.data = o;
+            o->next = od_timers;
+            od_timers = o;
+        }
+        o->seen = true;
+        ev_timer_stop(main_loop, &o->t);
+        ev_timer_set(&o->t, iv, iv);
+        ev_timer_start(main_loop, &o->t);
+    }
+    struct od_timer **pp = &od_timers;
+    while (*pp) {
+        struct od_timer *o = *pp;
+        if (!o->seen) {
+            *pp = o->next;
+            ev_timer_stop(main_loop, &o->t);
+            free(o->name);
+            free(o);
+        } else {
+            pp = &o->next;
+        }
+    }
+}
+
 /* ---- config application ------------------------------------------------------ */
 
 /* Bind what the snapshot needs and hand it to every worker. Takes the
@@ -317,6 +414,7 @@ static int publish(struct sk_snapshot *s)
         sk_snapshot_unref(cur);
     cur = s;
     dns_apply(s);
+    od_apply(s);
     return 0;
 }
 
@@ -373,6 +471,11 @@ static const char *state_name(void)
 static uint64_t config_version(void)
 {
     return cur ? cur->version : 0;
+}
+
+static const struct sk_snapshot *current_snapshot(void)
+{
+    return cur;
 }
 
 static void stop_all(void)
@@ -571,7 +674,8 @@ int main(int argc, char **argv)
         fprintf(stderr, "skiff: bad admin address '%s'\n", astr);
         return 1;
     }
-    struct sk_admin_hooks hooks = {is_ready, state_name, start_drain, config_version};
+    struct sk_admin_hooks hooks = {is_ready, state_name, start_drain, config_version,
+                                   current_snapshot};
     const char *why = "";
     int ar = sk_admin_start(main_loop, &aaddr, &hooks, &why);
     if (ar < 0) {

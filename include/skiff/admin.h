@@ -6,6 +6,9 @@
  *   GET /stats             plain "name: value" counters, summed over workers
  *   GET /stats/prometheus  same counters in Prometheus text format
  *   GET /server_info       state, version, config version, uptime
+ *   GET /clusters          every cluster's circuit-breaker usage and every host's
+ *                          health, ejection, active/total requests, success rate,
+ *                          EWMA latency (Envoy's text format: cluster::host::key::value)
  *   POST /quitquitquit     start a graceful drain and exit (like SIGTERM)
  *   POST /healthcheck/fail | /healthcheck/ok  force /ready to 503 / clear it
  */
@@ -23,6 +26,7 @@ struct sk_admin_hooks {
     const char *(*state)(void); /* "INITIALIZING" / "LIVE" / "DRAINING" */
     void (*quit)(void);         /* start graceful shutdown */
     uint64_t (*config_version)(void);
+    const struct sk_snapshot *(*snapshot)(void); /* main thread's current snapshot */
 };
 
 /* Returns 0, or a negative errno with *why set. */

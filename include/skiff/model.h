@@ -162,6 +162,10 @@ struct sk_route {
     bool auto_host_rewrite;     /* :authority = chosen endpoint's hostname (DNS clusters) */
     uint32_t cluster_not_found_status; /* cluster_not_found_response_code: 503 (default),
                                           404 or 500; only reachable with dynamic CDS */
+    struct sk_hash_policy *hash_policy; /* route.hash_policy (RING_HASH / MAGLEV) */
+    size_t nhash_policy;
+    uint64_t per_request_buffer_limit_bytes; /* body kept for retries; default 1 MiB */
+    bool include_attempt_count; /* vhost include_request_attempt_count: x-envoy-attempt-count */
     struct sk_retry_policy *retry; /* NULL = no retries; the vhost's policy is copied in
                                       when the route has none */
 
@@ -290,7 +294,15 @@ enum sk_cluster_type {
     SK_CLUSTER_EDS = 3,
 };
 
-enum sk_lb_policy { SK_LB_ROUND_ROBIN = 0, SK_LB_LEAST_REQUEST = 1, SK_LB_RANDOM = 3 };
+enum sk_lb_policy {
+    SK_LB_ROUND_ROBIN = 0,
+    SK_LB_LEAST_REQUEST = 1,
+    SK_LB_RING_HASH = 2,
+    SK_LB_RANDOM = 3,
+    SK_LB_MAGLEV = 5,
+    SK_LB_PEAK_EWMA = 100, /* our own; selected via load_balancing_policy typed
+                              extension skiff.lb.peak_ewma (see docs) */
+};
 
 enum sk_upstream_proto {
     SK_UP_HTTP1 = 0,
@@ -321,6 +333,89 @@ struct sk_circuit_breakers { /* DEFAULT priority thresholds; issue 5 */
     uint32_t max_pending_requests; /* default 1024 */
     uint32_t max_requests;         /* default 1024 */
     uint32_t max_retries;          /* default 3 */
+    bool track_remaining;          /* admin shows remaining capacity (we always do) */
+    /* retry_budget: when set (budget_percent > 0), the retry limit is
+     * max(min_retry_concurrency, budget_percent% of active requests) instead
+     * of max_retries */
+    double retry_budget_percent;        /* 0 = no budget; Envoy's default when the
+                                           message is present: 20 */
+    uint32_t retry_budget_min_concurrency; /* default 3 */
+    bool retry_budget; /* retry_budget message present (then the budget applies even
+                          with an explicit budget_percent of 0: limit = min_concurrency) */
+};
+
+/* Cluster.outlier_detection (NULL pointer in sk_cluster = disabled). Envoy's
+ * defaults in comments apply when the message is present but a field is not. */
+struct sk_outlier {
+    uint32_t consecutive_5xx;                 /* default 5; 0 = off */
+    uint32_t consecutive_gateway_failure;     /* default 5 */
+    uint32_t consecutive_local_origin_failure; /* default 5 */
+    uint32_t enforcing_consecutive_5xx;       /* percent, default 100 */
+    uint32_t enforcing_consecutive_gateway_failure; /* default 0 (Envoy) */
+    uint32_t enforcing_consecutive_local_origin_failure; /* default 100 */
+    bool split_external_local_origin_errors;  /* default false: local errors count as 5xx */
+    uint64_t interval_ms;            /* default 10000 */
+    uint64_t base_ejection_time_ms;  /* default 30000 */
+    uint64_t max_ejection_time_ms;   /* default 300000 */
+    uint32_t max_ejection_percent;   /* default 10 */
+    /* success rate */
+    uint32_t success_rate_minimum_hosts;   /* default 5 */
+    uint32_t success_rate_request_volume;  /* default 100 */
+    uint32_t success_rate_stdev_factor;    /* default 1900 (= 1.9) */
+    uint32_t enforcing_success_rate;       /* default 100 */
+    /* failure percentage */
+    uint32_t failure_percentage_threshold;     /* default 85 */
+    uint32_t failure_percentage_minimum_hosts; /* default 5 */
+    uint32_t failure_percentage_request_volume; /* default 50 */
+    uint32_t enforcing_failure_percentage;     /* default 0 */
+    uint64_t max_ejection_time_jitter_ms;      /* default 0: random 0..jitter added to
+                                                  each ejection */
+    uint32_t enforcing_local_origin_success_rate; /* default 100 (split mode only) */
+};
+
+enum sk_hc_kind { SK_HC_HTTP = 1, SK_HC_TCP = 2 };
+
+/* One Cluster.health_checks[] entry. */
+struct sk_health_check {
+    int kind;                      /* enum sk_hc_kind */
+    uint64_t timeout_ms;           /* required */
+    uint64_t interval_ms;          /* required */
+    uint64_t initial_jitter_ms;    /* default 0 */
+    uint64_t interval_jitter_ms;   /* default 0 */
+    uint32_t interval_jitter_percent; /* default 0 */
+    uint32_t unhealthy_threshold;  /* required (Envoy: required, we default 3) */
+    uint32_t healthy_threshold;    /* required (default 2) */
+    uint64_t no_traffic_interval_ms;  /* default 60000 */
+    uint64_t no_traffic_healthy_interval_ms; /* default = no_traffic_interval */
+    uint64_t unhealthy_interval_ms;   /* default = interval */
+    uint64_t healthy_edge_interval_ms; /* default = interval */
+    uint64_t unhealthy_edge_interval_ms; /* default = unhealthy_interval */
+    /* HTTP */
+    char *path;                    /* required for HTTP */
+    char *host;                    /* default: the cluster name */
+    int64_t *expected_statuses;    /* pairs [start, end) flattened; default [200,201) */
+    size_t nexpected;              /* number of pairs */
+    struct sk_hdr_ops req_hdrs;    /* request_headers_to_add / remove */
+    /* TCP: optional payloads (hex text decoded to bytes, or raw text) */
+    unsigned char *send;
+    size_t send_len;
+    unsigned char **receive;      /* each must be found in the response, in order */
+    size_t *receive_len;
+    size_t nreceive;
+};
+
+struct sk_health_checks {
+    struct sk_health_check *v;
+    size_t n;
+};
+
+/* Route hash_policy entry (RING_HASH / MAGLEV). */
+enum sk_hash_kind { SK_HASH_HEADER = 1, SK_HASH_COOKIE = 2, SK_HASH_SOURCE_IP = 3,
+                    SK_HASH_QUERY_PARAM = 4 };
+struct sk_hash_policy {
+    int kind;
+    char *name; /* header (lower-case) / cookie / query parameter name */
+    bool terminal;
 };
 
 struct sk_cluster {
@@ -344,8 +439,12 @@ struct sk_cluster {
     uint32_t max_requests_per_connection; /* 0 = unlimited */
     uint32_t h2_max_concurrent_streams;   /* default 100 */
     struct sk_circuit_breakers cb;
-    void *outlier; /* issue 5 */
-    void *health_checks; /* issue 5 */
+    struct sk_outlier *outlier;              /* NULL = outlier detection off */
+    struct sk_health_checks *health_checks;  /* NULL = no active health checking */
+    uint64_t ring_hash_min_size;             /* ring_hash_lb_config.minimum_ring_size, 1024 */
+    uint64_t ring_hash_max_size;             /* default 8M */
+    uint64_t maglev_table_size;              /* maglev_lb_config.table_size, default 65537 */
+    uint64_t peak_ewma_decay_ms;             /* skiff.lb.v1.PeakEwma decay_time, default 10000 */
     void *tls; /* UpstreamTlsContext model (issue 4); NULL = plaintext */
 };
 

@@ -16,6 +16,7 @@
 #include <stdint.h>
 
 #include "skiff/arena.h"
+#include "skiff/buf.h"
 #include "skiff/model.h"
 
 struct sk_worker;
@@ -40,6 +41,7 @@ enum sk_term {
     SK_TERM_UPGRADE_REFUSED,  /* --  403 upgrade / CONNECT not enabled */
     SK_TERM_STREAM_IDLE,      /* SI  408/504 stream idle timeout */
     SK_TERM_DRAINING,         /* --  503 listener draining */
+    SK_TERM_RETRY_LIMIT,      /* URX 503/502 retries exhausted (last attempt's cause) */
     SK_TERM__COUNT
 };
 
@@ -128,6 +130,7 @@ struct sk_stream {
     int req_body_kind;  /* enum sk_h1_body_kind (NONE, LENGTH, CHUNKED) */
     uint64_t req_content_length;
     bool req_end;     /* whole request received from downstream */
+    struct sk_hdrs req_trailers; /* kept for retries */
     bool upgrade;     /* websocket upgrade requested and allowed */
     char peer_ip[48];
     bool downstream_tls;
@@ -139,6 +142,22 @@ struct sk_stream {
     bool up_sent_head;
     int up_body_kind; /* how the body is framed upstream */
     bool up_retried;  /* reused keep-alive connection failed; retried once */
+
+    /* retries (route retry_policy) */
+    uint32_t attempt;         /* 1-based number of the current attempt */
+    uint32_t retries_left;
+    struct sk_buf body_copy;  /* request body kept while a retry is possible */
+    bool body_copy_ok;        /* the whole body so far is in body_copy */
+    bool retry_wait;          /* backoff timer running, no upstream */
+    bool holds_retry_slot;    /* counted in the cluster's retries_active */
+    bool holds_rq_slot;       /* counted in the cluster's rq_active */
+    bool holds_pending_slot;  /* counted in rq_pending (connecting) */
+    ev_timer retry_timer;     /* backoff */
+    ev_timer try_timer;       /* per-try timeout */
+    struct sk_host *tried[8]; /* previous hosts (retry_host_predicate) */
+    uint32_t ntried;
+    int64_t try_start_ms;
+    uint64_t hash;            /* route hash_policy result, 0 = none */
 
     /* response */
     int status;

@@ -18,8 +18,12 @@
 
 struct sk_upconn;
 
+struct sk_host_state;
+struct sk_cluster_state;
+
 struct sk_host {
     struct sk_cluster_rt *cl;
+    struct sk_host_state *hs; /* process-wide: health, ejection, accounting */
     struct sk_sockaddr addr;
     char addr_str[64];
     uint32_t weight;
@@ -37,6 +41,7 @@ struct sk_cluster_rt {
     struct sk_cluster_rt *next;
     char *name;
     struct sk_worker *w;
+    struct sk_cluster_state *cs; /* process-wide: circuit breakers, counters */
     const struct sk_cluster *cfg; /* from the worker's current snapshot */
     struct sk_host **hosts;
     size_t nhosts;
@@ -45,7 +50,19 @@ struct sk_cluster_rt {
     uint32_t active_rq;
     uint32_t active_cx;
     uint32_t pending;
+    bool in_panic;
+    /* RING_HASH / MAGLEV table over `hosts` (rebuilt when hosts change) */
+    void *hash_table;
+    int hash_kind;
 };
+
+/* lb_glue.c: hash tables and EWMA costs over the cluster's hosts */
+void sk_cluster_hash_rebuild(struct sk_cluster_rt *c);
+void sk_cluster_hash_free(struct sk_cluster_rt *c);
+int sk_cluster_hash_pick(struct sk_cluster_rt *c, uint64_t hash); /* host index or -1 */
+uint64_t sk_host_ewma_cost(const struct sk_host *h, int64_t now_ms);
+/* record a latency sample (response head arrived after `us` microseconds) */
+void sk_host_ewma_sample(struct sk_host *h, uint64_t us, int64_t now_ms);
 
 /* Worker: bring cluster runtimes in line with a new snapshot (create new
  * ones, refresh config pointers, set hosts of STATIC clusters). */
@@ -54,9 +71,15 @@ void sk_clusters_apply(struct sk_worker *w, struct sk_snapshot *snap);
 void sk_clusters_set_hosts(struct sk_worker *w, const char *cluster, const struct sk_sockaddr *a,
                            size_t n);
 
-/* Pick a host (ROUND_ROBIN with weights / LEAST_REQUEST P2C / RANDOM);
- * NULL when the cluster has no usable host. Hosts whose health is
- * UNHEALTHY/DRAINING/TIMEOUT are skipped. */
+/* Pick a host (ROUND_ROBIN with weights / LEAST_REQUEST P2C / RANDOM /
+ * RING_HASH / MAGLEV by `hash` / PEAK_EWMA); NULL when the cluster has no
+ * usable host. Unusable: config health UNHEALTHY/DRAINING/TIMEOUT, failing
+ * active health checks, ejected by outlier detection -- unless fewer than
+ * healthy_panic_percent of the hosts are usable (panic: all hosts are used).
+ * `avoid` (may be NULL / n 0): hosts to skip if possible (retry
+ * previous_hosts). `hash` is used by the hashing policies (0 = random). */
+struct sk_host *sk_lb_choose_ex(struct sk_cluster_rt *c, uint64_t hash, struct sk_host *const *avoid,
+                                size_t navoid);
 struct sk_host *sk_lb_choose(struct sk_cluster_rt *c);
 
 void sk_host_ref(struct sk_host *h);

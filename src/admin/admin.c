@@ -11,6 +11,7 @@
 
 #include "skiff/buf.h"
 #include "skiff/err.h"
+#include "skiff/hoststate.h"
 #include "skiff/http1.h"
 #include "skiff/log.h"
 #include "skiff/net.h"
@@ -69,8 +70,117 @@ static void reply(struct admin_conn *c, int status, const char *ctype, const cha
     c->replied = true;
 }
 
+struct dump_ctx {
+    struct sk_buf *b;
+    const struct sk_snapshot *snap;
+    bool prom;
+};
+
+static void cluster_counters(struct sk_cluster_state *cs, void *arg)
+{
+    struct dump_ctx *d = arg;
+    const struct sk_snapshot *snap = d->snap;
+    if (!snap || !sk_snapshot_find_cluster(snap, cs->name))
+        return; /* only clusters of the serving config */
+#define C(field)                                                                                   \
+    do {                                                                                           \
+        unsigned long long v = (unsigned long long)atomic_load(&cs->field);                       \
+        if (d->prom)                                                                               \
+            sk_buf_appendf(d->b, "skiff_cluster_" #field "{cluster=\"%s\"} %llu\n", cs->name, v); \
+        else                                                                                       \
+            sk_buf_appendf(d->b, "cluster.%s." #field ": %llu\n", cs->name, v);                    \
+    } while (0)
+    C(upstream_rq_total);
+    C(upstream_rq_2xx);
+    C(upstream_rq_3xx);
+    C(upstream_rq_4xx);
+    C(upstream_rq_5xx);
+    C(upstream_rq_retry);
+    C(upstream_rq_retry_success);
+    C(upstream_rq_retry_overflow);
+    C(upstream_rq_timeout);
+    C(upstream_rq_per_try_timeout);
+    C(upstream_rq_pending_overflow);
+    C(upstream_cx_overflow);
+    C(upstream_cx_connect_fail);
+    C(outlier_ejections_total);
+    C(outlier_ejections_consecutive_5xx);
+    C(outlier_ejections_success_rate);
+    C(outlier_ejections_failure_percentage);
+    C(health_check_attempt);
+    C(health_check_success);
+    C(health_check_failure);
+    C(rq_active);
+    C(cx_active);
+    C(rq_pending);
+    C(retries_active);
+    C(ejected_hosts);
+#undef C
+}
+
+static void cluster_dump(struct sk_cluster_state *cs, void *arg)
+{
+    struct dump_ctx *d = arg;
+    const struct sk_cluster *c = d->snap ? sk_snapshot_find_cluster(d->snap, cs->name) : NULL;
+    if (!c)
+        return;
+    struct sk_buf *b = d->b;
+    const struct sk_circuit_breakers *cb = &c->cb;
+    long long rq = (long long)atomic_load(&cs->rq_active), cx = (long long)atomic_load(&cs->cx_active);
+    long long pend = (long long)atomic_load(&cs->rq_pending),
+              rt = (long long)atomic_load(&cs->retries_active);
+#define REM(lim, used) ((long long)(lim) - (used) > 0 ? (long long)(lim) - (used) : 0)
+    sk_buf_appendf(b, "%s::default_priority::max_connections::%u\n", cs->name, cb->max_connections);
+    sk_buf_appendf(b, "%s::default_priority::max_pending_requests::%u\n", cs->name,
+                   cb->max_pending_requests);
+    sk_buf_appendf(b, "%s::default_priority::max_requests::%u\n", cs->name, cb->max_requests);
+    sk_buf_appendf(b, "%s::default_priority::max_retries::%u\n", cs->name, cb->max_retries);
+    sk_buf_appendf(b, "%s::default_priority::remaining_cx::%lld\n", cs->name,
+                   REM(cb->max_connections, cx));
+    sk_buf_appendf(b, "%s::default_priority::remaining_pending::%lld\n", cs->name,
+                   REM(cb->max_pending_requests, pend));
+    sk_buf_appendf(b, "%s::default_priority::remaining_rq::%lld\n", cs->name,
+                   REM(cb->max_requests, rq));
+    sk_buf_appendf(b, "%s::default_priority::remaining_retries::%lld\n", cs->name,
+                   REM(cb->max_retries, rt));
+#undef REM
+    int64_t now = sk_now_ms();
+    pthread_mutex_lock(&cs->lock);
+    for (struct sk_host_state *h = cs->hosts; h; h = h->next) {
+        int hc = atomic_load(&h->hc_status);
+        int64_t until = atomic_load(&h->ejected_until_ms);
+        bool ejected = until != 0 && until > now;
+        const char *flags = hc == SK_HC_UNHEALTHY ? (ejected ? "/failed_active_hc/failed_outlier_check"
+                                                              : "/failed_active_hc")
+                            : ejected ? "/failed_outlier_check"
+                                      : "healthy";
+        uint64_t tot = atomic_load(&h->rq_total), err = atomic_load(&h->rq_errors);
+        sk_buf_appendf(b, "%s::%s::health_flags::%s\n", cs->name, h->addr_str, flags);
+        sk_buf_appendf(b, "%s::%s::active_hc::%s\n", cs->name, h->addr_str,
+                       hc == SK_HC_HEALTHY ? "healthy" : hc == SK_HC_UNHEALTHY ? "unhealthy"
+                                                                               : "unknown");
+        if (ejected)
+            sk_buf_appendf(b, "%s::%s::ejected_for_ms::%lld\n", cs->name, h->addr_str,
+                           (long long)(until - now));
+        sk_buf_appendf(b, "%s::%s::ejections::%u\n", cs->name, h->addr_str,
+                       atomic_load(&h->ejection_count));
+        sk_buf_appendf(b, "%s::%s::rq_active::%lld\n", cs->name, h->addr_str,
+                       (long long)atomic_load(&h->active_rq));
+        sk_buf_appendf(b, "%s::%s::rq_total::%llu\n", cs->name, h->addr_str,
+                       (unsigned long long)tot);
+        sk_buf_appendf(b, "%s::%s::rq_error::%llu\n", cs->name, h->addr_str,
+                       (unsigned long long)err);
+        sk_buf_appendf(b, "%s::%s::success_rate::%.1f\n", cs->name, h->addr_str,
+                       tot ? 100.0 * (double)(tot - err) / (double)tot : 100.0);
+        sk_buf_appendf(b, "%s::%s::ewma_latency_us::%llu\n", cs->name, h->addr_str,
+                       (unsigned long long)atomic_load(&h->ewma_us));
+    }
+    pthread_mutex_unlock(&cs->lock);
+}
+
 static void stats_body(struct sk_buf *b, bool prom)
 {
+    struct dump_ctx d = {b, A.hooks.snapshot ? A.hooks.snapshot() : NULL, prom};
     for (int i = 0; i < SK_ST__COUNT; i++) {
         uint64_t v = sk_workers_stat((enum sk_stat_id)i);
         if (i == SK_ST_config_reload_ok)
@@ -85,6 +195,7 @@ static void stats_body(struct sk_buf *b, bool prom)
             sk_buf_appendf(b, "%s: %llu\n", sk_stat_names[i], (unsigned long long)v);
         }
     }
+    sk_cstate_foreach(cluster_counters, &d);
 }
 
 static void handle(struct admin_conn *c, const struct sk_h1_msg *m)
@@ -116,6 +227,13 @@ static void handle(struct admin_conn *c, const struct sk_h1_msg *m)
         stats_body(&b, true);
         reply(c, 200, "text/plain; version=0.0.4", sk_buf_rptr(&b), sk_buf_used(&b));
         sk_buf_free(&b);
+    } else if (IS("/clusters") && (get || head)) {
+        struct sk_buf b;
+        sk_buf_init(&b, 8 << 20);
+        struct dump_ctx d = {&b, A.hooks.snapshot ? A.hooks.snapshot() : NULL, false};
+        sk_cstate_foreach(cluster_dump, &d);
+        reply(c, 200, "text/plain", sk_buf_rptr(&b), sk_buf_used(&b));
+        sk_buf_free(&b);
     } else if (IS("/server_info")) {
         char body[512];
         int n = snprintf(body, sizeof(body),
@@ -140,7 +258,7 @@ static void handle(struct admin_conn *c, const struct sk_h1_msg *m)
         A.forced_fail = IS("/healthcheck/fail");
         reply(c, 200, "text/plain", "OK\n", 3);
     } else if (IS("/")) {
-        static const char idx[] = "skiff admin\n  /ready\n  /stats\n  /stats/prometheus\n"
+        static const char idx[] = "skiff admin\n  /ready\n  /stats\n  /stats/prometheus\n  /clusters\n"
                                   "  /server_info\n  POST /quitquitquit\n"
                                   "  POST /healthcheck/fail | /healthcheck/ok\n";
         reply(c, 200, "text/plain", idx, sizeof(idx) - 1);

@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "skiff/err.h"
+#include "skiff/h2.h"
 #include "skiff/http1.h"
 #include "skiff/log.h"
 #include "skiff/net.h"
@@ -111,6 +112,7 @@ void sk_http_thread_cleanup(void)
         free(b);
     }
     stream_pool_n = 0;
+    sk_h2_thread_cleanup();
 }
 
 static struct stream_box *stream_alloc(void)
@@ -686,9 +688,41 @@ static int start_stream(struct h1s *c, const struct sk_h1_msg *m, size_t head_le
     return 0;
 }
 
+/* codec_type AUTO and the client sent the HTTP/2 preface: hand the socket,
+ * the bytes read so far and our snapshot reference to the h2 codec. This
+ * object then only waits for the reap list (we are inside its callbacks). */
+static void to_h2(struct h1s *c)
+{
+    struct sk_worker *w = c->base.w;
+    struct sk_sockaddr peer = {0};
+    peer.len = c->peer.v4.sin_family == AF_INET6 ? sizeof(c->peer.v6) : sizeof(c->peer.v4);
+    memcpy(&peer.ss, &c->peer, peer.len);
+    ev_io_stop(w->loop, &c->io);
+    ev_timer_stop(w->loop, &c->timer);
+    int fd = c->fd;
+    struct sk_snapshot *snap = c->snap;
+    c->fd = -1;
+    c->snap = NULL;
+    c->state = S_CLOSED;
+    sk_worker_conn_unlink(w, &c->base);
+    sk_stat_add(&w->stats, SK_ST_downstream_cx_active, -1);
+    sk_stat_add(&w->stats, SK_ST_downstream_cx_http1_total, -1);
+    sk_h2_accept(w, c->l, c->fc, fd, &peer, snap, sk_buf_rptr(&c->in), sk_buf_used(&c->in));
+    sk_worker_reap(w, &c->reap);
+}
+
 static void process_head(struct h1s *c)
 {
     const struct sk_hcm *hcm = c->fc->hcm;
+    if (c->nreq == 0 && hcm->codec_type == SK_CODEC_AUTO) {
+        int pm = sk_h2_preface_match(sk_buf_rptr(&c->in), sk_buf_used(&c->in));
+        if (pm == 0)
+            return; /* still a prefix of the preface: wait for more */
+        if (pm > 0) {
+            to_h2(c);
+            return;
+        }
+    }
     size_t maxh = hcm->max_headers_count ? hcm->max_headers_count : 100;
     if (maxh > H1_MAX_HDRS_CAP)
         maxh = H1_MAX_HDRS_CAP;
@@ -880,6 +914,10 @@ static void conn_timer_cb(struct ev_loop *loop, ev_timer *t, int revents)
 void sk_http_accept(struct sk_worker *w, const struct sk_listener *l,
                     const struct sk_filter_chain *fc, int fd, const struct sk_sockaddr *peer)
 {
+    if (fc->hcm->codec_type == SK_CODEC_HTTP2) {
+        sk_h2_accept(w, l, fc, fd, peer, NULL, NULL, 0);
+        return;
+    }
     struct h1s *c = calloc(1, sizeof(*c));
     if (!c) {
         close(fd);

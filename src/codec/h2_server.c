@@ -25,9 +25,11 @@
 #include <errno.h>
 #include <netinet/in.h>
 #include <nghttp2/nghttp2.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -112,6 +114,7 @@ struct h2c {
     struct h2s *streams;
     uint32_t nstreams;
     uint64_t id;
+    uint32_t swin; /* our SETTINGS_INITIAL_WINDOW_SIZE: bounds what a stream holds */
     char peer_ip[48];
     bool closed;
     bool write_blocked;
@@ -326,6 +329,7 @@ static void conn_close(struct h2c *c)
     if (c->closed)
         return;
     struct sk_worker *w = c->base.w;
+    c->closed = true;
     /* stop everything upstream; stream objects go to the reap list */
     while (c->streams) {
         struct h2s *s = c->streams;
@@ -336,7 +340,6 @@ static void conn_close(struct h2c *c)
         }
         stream_finish(s);
     }
-    c->closed = true;
     ev_io_stop(w->loop, &c->io);
     ev_timer_stop(w->loop, &c->idle);
     ev_timer_stop(w->loop, &c->goaway);
@@ -450,24 +453,22 @@ static void pump(struct h2c *c)
         return;
     c->in_pump = true;
     for (;;) {
-        if (!c->dying || !c->write_blocked) {
-            while (!c->write_blocked && sk_buf_used(&c->out) < H2_OUT_HIGH) {
-                const uint8_t *d = NULL;
-                ssize_t n = nghttp2_session_mem_send(c->ng, &d);
-                if (n < 0) {
-                    c->in_pump = false;
-                    conn_close(c);
-                    return;
-                }
-                if (n == 0)
-                    break;
-                if (sk_buf_append(&c->out, d, (size_t)n) < 0) {
-                    sk_warn("conn %llu: h2 output buffer limit reached; closing",
-                            (unsigned long long)c->id);
-                    c->in_pump = false;
-                    conn_close(c);
-                    return;
-                }
+        while (!c->write_blocked && sk_buf_used(&c->out) < H2_OUT_HIGH) {
+            const uint8_t *d = NULL;
+            ssize_t n = nghttp2_session_mem_send(c->ng, &d);
+            if (n < 0) {
+                c->in_pump = false;
+                conn_close(c);
+                return;
+            }
+            if (n == 0)
+                break;
+            if (sk_buf_append(&c->out, d, (size_t)n) < 0) {
+                sk_warn("conn %llu: h2 output buffer limit reached; closing",
+                        (unsigned long long)c->id);
+                c->in_pump = false;
+                conn_close(c);
+                return;
             }
         }
         if (sk_buf_used(&c->out) == 0)
@@ -819,11 +820,11 @@ static const struct sk_downstream_ops h2_ops = {
 
 /* Point the connection at the worker's newest snapshot (new streams use it;
  * streams in flight keep their own reference). A removed listener drains. */
-static void refresh_config(struct h2c *c)
+static bool refresh_config(struct h2c *c)
 {
     struct sk_worker *w = c->base.w;
     if (!w->snap || w->snap == c->snap)
-        return;
+        return true;
     const struct sk_listener *nl = sk_snapshot_find_listener(w->snap, c->l->name);
     const struct sk_filter_chain *nfc = NULL;
     if (nl) {
@@ -833,14 +834,13 @@ static void refresh_config(struct h2c *c)
         else if (idx < nl->nchains && idx < c->l->nchains)
             nfc = &nl->chains[idx];
     }
-    if (!nfc || nfc->kind != SK_CHAIN_HCM) {
-        start_graceful(c);
-        return;
-    }
+    if (!nfc || nfc->kind != SK_CHAIN_HCM)
+        return false; /* keep serving with the old one while draining */
     sk_snapshot_unref(c->snap);
     c->snap = sk_snapshot_ref(w->snap);
     c->l = nl;
     c->fc = nfc;
+    return true;
 }
 
 static int on_begin_headers(nghttp2_session *ng, const nghttp2_frame *f, void *ud)
@@ -849,7 +849,7 @@ static int on_begin_headers(nghttp2_session *ng, const nghttp2_frame *f, void *u
     if (f->hd.type != NGHTTP2_HEADERS || f->headers.cat != NGHTTP2_HCAT_REQUEST)
         return 0;
     struct sk_worker *w = c->base.w;
-    refresh_config(c);
+    bool still_there = refresh_config(c);
     struct h2s *s = stream_alloc();
     if (!s)
         return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
@@ -868,8 +868,7 @@ static int on_begin_headers(nghttp2_session *ng, const nghttp2_frame *f, void *u
     st->t_start = ev_now(w->loop);
     st->scheme = "http"; /* the transport, not the client's claim */
     memcpy(st->peer_ip, c->peer_ip, sizeof(st->peer_ip));
-    sk_buf_init(&s->qbody, (size_t)nghttp2_session_get_local_settings(
-                               ng, NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE) + 16384);
+    sk_buf_init(&s->qbody, (size_t)c->swin + 16384);
     s->next = c->streams;
     if (c->streams)
         c->streams->prev = s;
@@ -878,6 +877,8 @@ static int on_begin_headers(nghttp2_session *ng, const nghttp2_frame *f, void *u
     ev_timer_stop(w->loop, &c->idle);
     sk_stat_add(&w->stats, SK_ST_downstream_rq_active, 1);
     nghttp2_session_set_stream_user_data(ng, s->id, s);
+    if (!still_there)
+        start_graceful(c); /* the listener is gone from the config: drain */
     return 0;
 }
 
@@ -1011,6 +1012,7 @@ static void start_request(struct h2s *s, bool end_stream)
     }
     s->started = true;
     if (s->hdr_too_large) {
+        st->resp_head_req = (st->req_flags & SK_H1_F_HEAD) != 0;
         sk_stat_add(&c->base.w->stats, SK_ST_downstream_rq_total, 1);
         sk_stream_local_reply(st, SK_TERM_DOWNSTREAM_PROTO, 431, "request headers too large");
         return;
@@ -1078,7 +1080,7 @@ static int on_stream_close(nghttp2_session *ng, int32_t id, uint32_t err, void *
         return 0;
     s->ng_closed = true;
     release_held(s);
-    if (!s->resp_done && !(s->end_submitted && err == NGHTTP2_NO_ERROR && !s->rst)) {
+    if (!s->resp_done && !(s->end_submitted && err == NGHTTP2_NO_ERROR)) {
         /* reset by the client (or by nghttp2 for a protocol violation) */
         s->resp_done = true;
         if (err != NGHTTP2_NO_ERROR || !s->req_done)
@@ -1230,6 +1232,7 @@ void sk_h2_accept(struct sk_worker *w, const struct sk_listener *l,
                               H2_DEF_STREAM_WINDOW, 65535, H2_CAP_STREAM_WINDOW);
     uint32_t cwin = clamp_u32(hcm->h2_initial_connection_window_size, H2_ENVOY_DEF_WINDOW,
                               H2_DEF_CONN_WINDOW, 65535, H2_CAP_CONN_WINDOW);
+    c->swin = swin;
     uint32_t table = hcm->h2_hpack_table_size;
     if (table > H2_CAP_HPACK_TABLE)
         table = H2_CAP_HPACK_TABLE;

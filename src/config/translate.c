@@ -38,11 +38,17 @@
 #include "envoy.extensions.filters.listener.tls_inspector.v3.pb-c.h"
 #include "envoy.extensions.filters.network.http_connection_manager.v3.pb-c.h"
 #include "envoy.extensions.filters.network.tcp_proxy.v3.pb-c.h"
+#include "envoy.extensions.load_balancing_policies.least_request.v3.pb-c.h"
+#include "envoy.extensions.load_balancing_policies.maglev.v3.pb-c.h"
+#include "envoy.extensions.load_balancing_policies.random.v3.pb-c.h"
+#include "envoy.extensions.load_balancing_policies.ring_hash.v3.pb-c.h"
+#include "envoy.extensions.load_balancing_policies.round_robin.v3.pb-c.h"
 #include "envoy.extensions.retry.host.previous_hosts.v3.pb-c.h"
 #include "envoy.extensions.transport_sockets.raw_buffer.v3.pb-c.h"
 #include "envoy.extensions.transport_sockets.tls.v3.pb-c.h"
 #include "envoy.extensions.upstreams.http.v3.pb-c.h"
 #include "google.protobuf.pb-c.h"
+#include "skiff.lb.v1.pb-c.h"
 #include "udpa.type.v1.pb-c.h"
 #include "xds.type.v3.pb-c.h"
 
@@ -50,6 +56,7 @@
 typedef Google__Protobuf__Any PbAny;
 typedef Google__Protobuf__Duration PbDuration;
 typedef Google__Protobuf__UInt32Value PbU32;
+typedef Google__Protobuf__UInt64Value PbU64;
 typedef Google__Protobuf__BoolValue PbBool;
 typedef Envoy__Config__Bootstrap__V3__Bootstrap PbBootstrap;
 typedef Envoy__Config__Core__V3__Address PbAddress;
@@ -76,7 +83,14 @@ typedef Envoy__Config__Route__V3__RetryPolicy PbRetryPolicy;
 typedef Envoy__Config__Route__V3__WeightedCluster PbWeightedCluster;
 typedef Envoy__Config__Route__V3__WeightedCluster__ClusterWeight PbClusterWeight;
 typedef Envoy__Config__Route__V3__DirectResponseAction PbDirectResponse;
+typedef Envoy__Config__Route__V3__RouteAction__HashPolicy PbHashPolicy;
 typedef Envoy__Config__Cluster__V3__Cluster PbCluster;
+typedef Envoy__Config__Cluster__V3__OutlierDetection PbOutlier;
+typedef Envoy__Config__Cluster__V3__LoadBalancingPolicy PbLbPolicy;
+typedef Envoy__Config__Core__V3__HealthCheck PbHealthCheck;
+typedef Envoy__Config__Core__V3__HealthCheck__HttpHealthCheck PbHttpHc;
+typedef Envoy__Config__Core__V3__HealthCheck__TcpHealthCheck PbTcpHc;
+typedef Envoy__Config__Core__V3__HealthCheck__Payload PbPayload;
 typedef Envoy__Config__Endpoint__V3__ClusterLoadAssignment PbCla;
 typedef Envoy__Extensions__Filters__Network__HttpConnectionManager__V3__HttpConnectionManager PbHcm;
 typedef Envoy__Extensions__Filters__Network__HttpConnectionManager__V3__HttpFilter PbHttpFilter;
@@ -233,6 +247,35 @@ static uint32_t u32w(const PbU32 *v, uint32_t dflt)
 static bool boolw(const PbBool *v, bool dflt)
 {
     return v ? v->value : dflt;
+}
+
+static uint64_t u64w(const PbU64 *v, uint64_t dflt)
+{
+    return v ? v->value : dflt;
+}
+
+/* A UInt32Value percentage (Envoy: lte 100). Unset -> dflt. */
+static uint32_t pct32(struct tr *t, const char *field, const PbU32 *v, uint32_t dflt)
+{
+    if (!v)
+        return dflt;
+    if (v->value > 100) {
+        err(t, field, "%s must be 0-100 (got %u)", field, v->value);
+        return dflt;
+    }
+    return v->value;
+}
+
+/* A Duration that must be greater than 0 when set (Envoy: `gt {}`). Unset -> dflt. */
+static uint64_t dur_pos(struct tr *t, const char *field, const PbDuration *d, uint64_t dflt)
+{
+    if (!d)
+        return dflt;
+    if (d->seconds == 0 && d->nanos == 0) {
+        err(t, field, "%s must be greater than 0", field);
+        return dflt;
+    }
+    return dur(t, field, d, dflt, dflt);
 }
 
 /* Type name of an Any: the part of the type URL after the last '/'. */
@@ -532,7 +575,22 @@ static struct sk_cluster *cluster_ref(struct tr *t, const char *field, const cha
 
 struct route_ctx {            /* per RouteConfiguration */
     uint32_t max_direct_body; /* max_direct_response_body_size_bytes */
+    /* per VirtualHost, inherited by its routes */
+    const struct sk_retry_policy *vh_retry;
+    bool include_attempt_count; /* include_request_attempt_count */
+    uint64_t buffer_limit;      /* request_body_buffer_limit / per_request_buffer_limit_bytes */
 };
+
+/* request_body_buffer_limit (newer, UInt64Value) wins over the deprecated
+ * per_request_buffer_limit_bytes (UInt32Value); both unset -> dflt. */
+static uint64_t buffer_limit(const PbU64 *body_limit, const PbU32 *per_request, uint64_t dflt)
+{
+    if (body_limit)
+        return body_limit->value;
+    if (per_request)
+        return per_request->value;
+    return dflt;
+}
 
 static void header_matcher(struct tr *t, const PbHeaderMatcher *h, struct sk_header_match *m)
 {
@@ -846,6 +904,79 @@ static void weighted_clusters(struct tr *t, const PbWeightedCluster *w, struct s
     r->total_weight = (uint32_t)sum;
 }
 
+/* RouteAction.hash_policy -> r->hash_policy (used by RING_HASH / MAGLEV clusters). */
+static void hash_policies(struct tr *t, size_t n, PbHashPolicy **v, struct sk_route *r)
+{
+    if (n == 0)
+        return;
+    r->hash_policy = alarr(t, n, sizeof(*r->hash_policy));
+    for (size_t i = 0; r->hash_policy && i < n; i++) {
+        const PbHashPolicy *p = v[i];
+        struct sk_hash_policy *hp = &r->hash_policy[r->nhash_policy];
+        size_t o = push(t, ".hash_policy[%zu]", i);
+        bool ok = false;
+        switch (p->policy_specifier_case) {
+        case ENVOY__CONFIG__ROUTE__V3__ROUTE_ACTION__HASH_POLICY__POLICY_SPECIFIER_HEADER: {
+            const char *h = p->header->header_name;
+            size_t oh = pushf(t, "header");
+            if (!valid_header_name(h) && !(h && h[0] == ':' && valid_header_name(h + 1))) {
+                err(t, "header_name", "invalid header name '%s'", h ? h : "");
+            } else if (p->header->regex_rewrite) {
+                unsupported(t, "regex_rewrite");
+            } else {
+                hp->kind = SK_HASH_HEADER;
+                hp->name = duplower(t, h);
+                ok = true;
+            }
+            pop(t, oh);
+            break;
+        }
+        case ENVOY__CONFIG__ROUTE__V3__ROUTE_ACTION__HASH_POLICY__POLICY_SPECIFIER_COOKIE: {
+            size_t oc = pushf(t, "cookie");
+            if (empty(p->cookie->name)) {
+                err(t, "name", "name is required");
+            } else {
+                /* ttl (cookie generation) and path: accepted and ignored */
+                (void)dur(t, "ttl", p->cookie->ttl, 0, 0);
+                hp->kind = SK_HASH_COOKIE;
+                hp->name = dup(t, p->cookie->name);
+                ok = true;
+            }
+            pop(t, oc);
+            break;
+        }
+        case ENVOY__CONFIG__ROUTE__V3__ROUTE_ACTION__HASH_POLICY__POLICY_SPECIFIER_CONNECTION_PROPERTIES:
+            /* source_ip: false never yields a hash (Envoy): leave the entry out */
+            if (p->connection_properties->source_ip) {
+                hp->kind = SK_HASH_SOURCE_IP;
+                ok = true;
+            }
+            break;
+        case ENVOY__CONFIG__ROUTE__V3__ROUTE_ACTION__HASH_POLICY__POLICY_SPECIFIER_QUERY_PARAMETER:
+            if (empty(p->query_parameter->name)) {
+                err(t, "query_parameter.name", "name is required");
+            } else {
+                hp->kind = SK_HASH_QUERY_PARAM;
+                hp->name = dup(t, p->query_parameter->name);
+                ok = true;
+            }
+            break;
+        case ENVOY__CONFIG__ROUTE__V3__ROUTE_ACTION__HASH_POLICY__POLICY_SPECIFIER_FILTER_STATE:
+            err(t, "filter_state", "filter_state hash policy is not supported by skiff");
+            break;
+        default:
+            err(t, NULL,
+                "one of header, cookie, connection_properties, query_parameter is required");
+            break;
+        }
+        if (ok) {
+            hp->terminal = p->terminal;
+            r->nhash_policy++;
+        }
+        pop(t, o);
+    }
+}
+
 static void route_action(struct tr *t, const PbRouteAction *a, struct sk_route *r,
                          const struct sk_retry_policy *vh_retry)
 {
@@ -917,8 +1048,7 @@ static void route_action(struct tr *t, const PbRouteAction *a, struct sk_route *
     }
     if (a->priority != ENVOY__CONFIG__CORE__V3__ROUTING_PRIORITY__DEFAULT)
         err(t, "priority", "priority HIGH is not supported by skiff");
-    /* hash_policy only matters for RING_HASH/MAGLEV, which are rejected on the
-     * cluster side: accepted and ignored. */
+    hash_policies(t, a->n_hash_policy, a->hash_policy, r);
     if (a->max_grpc_timeout && (a->max_grpc_timeout->seconds || a->max_grpc_timeout->nanos))
         err(t, "max_grpc_timeout", "a non-zero max_grpc_timeout is not supported by skiff");
     if (a->grpc_timeout_offset &&
@@ -975,11 +1105,14 @@ static void direct_response(struct tr *t, const PbDirectResponse *d, struct sk_r
     pop(t, o);
 }
 
-static void route(struct tr *t, const PbRoute *pr, struct sk_route *r,
-                  const struct sk_retry_policy *vh_retry, const struct route_ctx *rc)
+static void route(struct tr *t, const PbRoute *pr, struct sk_route *r, const struct route_ctx *rc)
 {
+    const struct sk_retry_policy *vh_retry = rc->vh_retry;
     if (!empty(pr->name))
         r->name = dup(t, pr->name);
+    r->include_attempt_count = rc->include_attempt_count;
+    r->per_request_buffer_limit_bytes = buffer_limit(
+        pr->request_body_buffer_limit, pr->per_request_buffer_limit_bytes, rc->buffer_limit);
     if (!pr->match) {
         err(t, "match", "match is required");
     } else {
@@ -1104,17 +1237,20 @@ static struct sk_route_config *route_config(struct tr *t, const PbRouteConfig *p
         v->include_request_attempt_count = pv->include_request_attempt_count;
         v->include_attempt_count_in_response = pv->include_attempt_count_in_response;
         HDR_OPS(t, pv, &v->hdrs_req, &v->hdrs_resp);
-        const struct sk_retry_policy *vh_retry = NULL;
+        ctx.vh_retry = NULL;
         if (pv->retry_policy) {
             size_t orp = pushf(t, "retry_policy");
-            vh_retry = retry_policy(t, pv->retry_policy);
+            ctx.vh_retry = retry_policy(t, pv->retry_policy);
             pop(t, orp);
         }
+        ctx.include_attempt_count = pv->include_request_attempt_count;
+        ctx.buffer_limit = buffer_limit(pv->request_body_buffer_limit,
+                                        pv->per_request_buffer_limit_bytes, DEFAULT_BUFFER_LIMIT);
         v->routes = alarr(t, pv->n_routes, sizeof(*v->routes));
         v->nroutes = v->routes ? pv->n_routes : 0;
         for (size_t r = 0; r < v->nroutes; r++) {
             size_t orr = push(t, ".routes[%zu]", r);
-            route(t, pv->routes[r], &v->routes[r], vh_retry, &ctx);
+            route(t, pv->routes[r], &v->routes[r], &ctx);
             pop(t, orr);
         }
         pop(t, ov);
@@ -1847,24 +1983,454 @@ static void circuit_breakers(struct tr *t, const Envoy__Config__Cluster__V3__Cir
     for (size_t i = 0; i < cb->n_thresholds; i++) {
         const Envoy__Config__Cluster__V3__CircuitBreakers__Thresholds *th = cb->thresholds[i];
         size_t oi = push(t, ".thresholds[%zu]", i);
-        if (th->retry_budget)
-            unsupported(t, "retry_budget");
-        if (th->max_connection_pools)
-            unsupported(t, "max_connection_pools");
         if (th->priority == ENVOY__CONFIG__CORE__V3__ROUTING_PRIORITY__DEFAULT) {
             if (seen_default)
                 err(t, "priority", "duplicate thresholds for priority DEFAULT");
             seen_default = true;
+            if (th->max_connection_pools)
+                unsupported(t, "max_connection_pools");
             m->max_connections = u32w(th->max_connections, 1024);
             m->max_pending_requests = u32w(th->max_pending_requests, 1024);
             m->max_requests = u32w(th->max_requests, 1024);
             m->max_retries = u32w(th->max_retries, 3);
+            m->track_remaining = th->track_remaining;
+            if (th->retry_budget) {
+                const Envoy__Config__Cluster__V3__CircuitBreakers__Thresholds__RetryBudget *rb =
+                    th->retry_budget;
+                size_t ob = pushf(t, "retry_budget");
+                m->retry_budget = true;
+                m->retry_budget_percent = 20.0;
+                if (rb->budget_percent) {
+                    double v = rb->budget_percent->value;
+                    if (!(v >= 0.0 && v <= 100.0))
+                        err(t, "budget_percent.value", "budget_percent must be 0-100");
+                    else
+                        m->retry_budget_percent = v;
+                }
+                m->retry_budget_min_concurrency = u32w(rb->min_retry_concurrency, 3);
+                pop(t, ob);
+            }
+        } else if (th->priority != ENVOY__CONFIG__CORE__V3__ROUTING_PRIORITY__HIGH) {
+            err(t, "priority", "unknown priority");
         }
-        /* HIGH thresholds: accepted; routes with priority HIGH are rejected */
+        /* HIGH thresholds: accepted and ignored (routes with priority HIGH are
+         * rejected, so they would never apply) */
         pop(t, oi);
     }
     if (cb->n_per_host_thresholds)
         unsupported(t, "per_host_thresholds");
+    pop(t, o);
+}
+
+/* Cluster.outlier_detection. Envoy's defaults; percentages must be <= 100 and
+ * the intervals > 0 (gRPC A50 NACKs the same). */
+static struct sk_outlier *outlier(struct tr *t, const PbOutlier *p)
+{
+    struct sk_outlier *o = al(t, sizeof(*o));
+    if (!o)
+        return NULL;
+    size_t old = pushf(t, "outlier_detection");
+    o->consecutive_5xx = u32w(p->consecutive_5xx, 5);
+    o->consecutive_gateway_failure = u32w(p->consecutive_gateway_failure, 5);
+    o->consecutive_local_origin_failure = u32w(p->consecutive_local_origin_failure, 5);
+    o->enforcing_consecutive_5xx =
+        pct32(t, "enforcing_consecutive_5xx", p->enforcing_consecutive_5xx, 100);
+    o->enforcing_consecutive_gateway_failure = pct32(t, "enforcing_consecutive_gateway_failure",
+                                                     p->enforcing_consecutive_gateway_failure, 0);
+    o->enforcing_consecutive_local_origin_failure =
+        pct32(t, "enforcing_consecutive_local_origin_failure",
+              p->enforcing_consecutive_local_origin_failure, 100);
+    o->enforcing_local_origin_success_rate = pct32(t, "enforcing_local_origin_success_rate",
+                                                   p->enforcing_local_origin_success_rate, 100);
+    o->split_external_local_origin_errors = p->split_external_local_origin_errors;
+    o->interval_ms = dur_pos(t, "interval", p->interval, 10000);
+    o->base_ejection_time_ms = dur_pos(t, "base_ejection_time", p->base_ejection_time, 30000);
+    /* unset: 300 s or base_ejection_time, whichever is larger (Envoy) */
+    uint64_t max_dflt = o->base_ejection_time_ms > 300000 ? o->base_ejection_time_ms : 300000;
+    o->max_ejection_time_ms = dur_pos(t, "max_ejection_time", p->max_ejection_time, max_dflt);
+    if (o->max_ejection_time_ms < o->base_ejection_time_ms)
+        err(t, "max_ejection_time", "max_ejection_time cannot be smaller than base_ejection_time");
+    o->max_ejection_time_jitter_ms =
+        dur(t, "max_ejection_time_jitter", p->max_ejection_time_jitter, 0, 0);
+    o->max_ejection_percent = pct32(t, "max_ejection_percent", p->max_ejection_percent, 10);
+    o->success_rate_minimum_hosts = u32w(p->success_rate_minimum_hosts, 5);
+    o->success_rate_request_volume = u32w(p->success_rate_request_volume, 100);
+    o->success_rate_stdev_factor = u32w(p->success_rate_stdev_factor, 1900);
+    o->enforcing_success_rate = pct32(t, "enforcing_success_rate", p->enforcing_success_rate, 100);
+    o->failure_percentage_threshold =
+        pct32(t, "failure_percentage_threshold", p->failure_percentage_threshold, 85);
+    o->enforcing_failure_percentage =
+        pct32(t, "enforcing_failure_percentage", p->enforcing_failure_percentage, 0);
+    o->failure_percentage_minimum_hosts = u32w(p->failure_percentage_minimum_hosts, 5);
+    o->failure_percentage_request_volume = u32w(p->failure_percentage_request_volume, 50);
+    /* Only takes effect in split mode, where skiff has no local-origin failure
+     * percentage detector. */
+    uint32_t efplo = pct32(t, "enforcing_failure_percentage_local_origin",
+                           p->enforcing_failure_percentage_local_origin, 0);
+    if (efplo && o->split_external_local_origin_errors)
+        err(t, "enforcing_failure_percentage_local_origin",
+            "enforcing_failure_percentage_local_origin is not supported by skiff");
+    if (!boolw(p->successful_active_health_check_uneject_host, true))
+        err(t, "successful_active_health_check_uneject_host",
+            "successful_active_health_check_uneject_host: false is not supported by skiff");
+    if (boolw(p->always_eject_one_host, false))
+        err(t, "always_eject_one_host", "always_eject_one_host: true is not supported by skiff");
+    pop(t, old);
+    return o;
+}
+
+static int hexval(int c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}
+
+/* HealthCheck.Payload at the current path: text (hex) or binary -> bytes. */
+static void hc_payload(struct tr *t, const PbPayload *p, unsigned char **out, size_t *len)
+{
+    switch (p->payload_case) {
+    case ENVOY__CONFIG__CORE__V3__HEALTH_CHECK__PAYLOAD__PAYLOAD_TEXT: {
+        const char *s = p->text ? p->text : "";
+        size_t n = strlen(s);
+        if (n == 0) {
+            err(t, "text", "text must not be empty");
+            return;
+        }
+        bool ok = n % 2 == 0;
+        for (size_t i = 0; ok && i < n; i++)
+            ok = hexval((unsigned char)s[i]) >= 0;
+        if (!ok) {
+            err(t, "text", "invalid hex string '%s'", s);
+            return;
+        }
+        unsigned char *b = al(t, n / 2);
+        if (!b)
+            return;
+        for (size_t i = 0; i < n / 2; i++)
+            b[i] = (unsigned char)(hexval((unsigned char)s[2 * i]) << 4 |
+                                   hexval((unsigned char)s[2 * i + 1]));
+        *out = b;
+        *len = n / 2;
+        return;
+    }
+    case ENVOY__CONFIG__CORE__V3__HEALTH_CHECK__PAYLOAD__PAYLOAD_BINARY:
+        *out = (unsigned char *)dupn(t, (const char *)p->binary.data, p->binary.len);
+        *len = p->binary.len;
+        return;
+    default:
+        err(t, NULL, "one of text, binary is required");
+        return;
+    }
+}
+
+/* A value for a request line / Host header: no CR, LF or NUL. */
+static bool valid_header_value(const char *s)
+{
+    return !s || !strpbrk(s, "\r\n");
+}
+
+static void http_health_check(struct tr *t, const PbHttpHc *p, struct sk_health_check *h,
+                              const char *cluster_name)
+{
+    if (!valid_header_value(p->host))
+        err(t, "host", "invalid host");
+    h->host = dup(t, empty(p->host) ? cluster_name : p->host);
+    if (empty(p->path))
+        err(t, "path", "path is required");
+    else if (!valid_header_value(p->path))
+        err(t, "path", "invalid path");
+    else
+        h->path = dup(t, p->path);
+    if (p->send)
+        unsupported(t, "send");
+    if (p->n_receive)
+        unsupported(t, "receive");
+    /* response_buffer_size only matters with receive */
+    hdr_add(t, "request_headers_to_add", p->n_request_headers_to_add, p->request_headers_to_add,
+            &h->req_hdrs);
+    hdr_remove(t, "request_headers_to_remove", p->n_request_headers_to_remove,
+               p->request_headers_to_remove, &h->req_hdrs);
+    if (p->n_expected_statuses == 0) {
+        h->expected_statuses = alarr(t, 2, sizeof(int64_t));
+        if (h->expected_statuses) {
+            h->expected_statuses[0] = 200;
+            h->expected_statuses[1] = 201;
+            h->nexpected = 1;
+        }
+    } else {
+        h->expected_statuses = alarr(t, 2 * p->n_expected_statuses, sizeof(int64_t));
+        for (size_t i = 0; h->expected_statuses && i < p->n_expected_statuses; i++) {
+            const Envoy__Type__V3__Int64Range *r = p->expected_statuses[i];
+            size_t o = push(t, ".expected_statuses[%zu]", i);
+            if (r->start < 100 || r->end > 600 || r->start >= r->end)
+                err(t, NULL, "invalid status range [%lld, %lld): need 100 <= start < end <= 600",
+                    (long long)r->start, (long long)r->end);
+            else {
+                h->expected_statuses[2 * h->nexpected] = r->start;
+                h->expected_statuses[2 * h->nexpected + 1] = r->end;
+                h->nexpected++;
+            }
+            pop(t, o);
+        }
+    }
+    if (p->n_retriable_statuses)
+        unsupported(t, "retriable_statuses");
+    if (p->codec_client_type != ENVOY__TYPE__V3__CODEC_CLIENT_TYPE__HTTP1)
+        err(t, "codec_client_type", "codec_client_type %s is not supported by skiff (HTTP1 only)",
+            p->codec_client_type == ENVOY__TYPE__V3__CODEC_CLIENT_TYPE__HTTP2   ? "HTTP2"
+            : p->codec_client_type == ENVOY__TYPE__V3__CODEC_CLIENT_TYPE__HTTP3 ? "HTTP3"
+                                                                                : "?");
+    if (p->service_name_matcher)
+        unsupported(t, "service_name_matcher");
+    if (p->method == ENVOY__CONFIG__CORE__V3__REQUEST_METHOD__CONNECT)
+        err(t, "method", "method CONNECT is not allowed for health checks");
+    else if (p->method != ENVOY__CONFIG__CORE__V3__REQUEST_METHOD__METHOD_UNSPECIFIED &&
+             p->method != ENVOY__CONFIG__CORE__V3__REQUEST_METHOD__GET)
+        err(t, "method", "methods other than GET are not supported by skiff");
+}
+
+static void tcp_health_check(struct tr *t, const PbTcpHc *p, struct sk_health_check *h)
+{
+    if (p->send) {
+        size_t o = pushf(t, "send");
+        hc_payload(t, p->send, &h->send, &h->send_len);
+        pop(t, o);
+    }
+    if (p->n_receive) {
+        h->receive = alarr(t, p->n_receive, sizeof(*h->receive));
+        h->receive_len = alarr(t, p->n_receive, sizeof(*h->receive_len));
+        for (size_t i = 0; h->receive && h->receive_len && i < p->n_receive; i++) {
+            size_t o = push(t, ".receive[%zu]", i);
+            hc_payload(t, p->receive[i], &h->receive[i], &h->receive_len[i]);
+            pop(t, o);
+        }
+        if (h->receive && h->receive_len)
+            h->nreceive = p->n_receive;
+    }
+}
+
+/* One Cluster.health_checks[] entry at the current path. */
+static void health_check(struct tr *t, const PbHealthCheck *p, struct sk_health_check *h,
+                         const char *cluster_name)
+{
+    if (!p->timeout)
+        err(t, "timeout", "timeout is required");
+    h->timeout_ms = dur_pos(t, "timeout", p->timeout, 0);
+    if (!p->interval)
+        err(t, "interval", "interval is required");
+    h->interval_ms = dur_pos(t, "interval", p->interval, 0);
+    h->initial_jitter_ms = dur(t, "initial_jitter", p->initial_jitter, 0, 0);
+    h->interval_jitter_ms = dur(t, "interval_jitter", p->interval_jitter, 0, 0);
+    h->interval_jitter_percent = p->interval_jitter_percent;
+    if (!p->unhealthy_threshold)
+        err(t, "unhealthy_threshold", "unhealthy_threshold is required");
+    h->unhealthy_threshold = u32w(p->unhealthy_threshold, 0);
+    if (!p->healthy_threshold)
+        err(t, "healthy_threshold", "healthy_threshold is required");
+    h->healthy_threshold = u32w(p->healthy_threshold, 0);
+    if (p->alt_port)
+        unsupported(t, "alt_port");
+    if (!boolw(p->reuse_connection, true))
+        err(t, "reuse_connection", "reuse_connection: false is not supported by skiff");
+    h->no_traffic_interval_ms = dur_pos(t, "no_traffic_interval", p->no_traffic_interval, 60000);
+    h->no_traffic_healthy_interval_ms =
+        dur_pos(t, "no_traffic_healthy_interval", p->no_traffic_healthy_interval,
+                h->no_traffic_interval_ms);
+    h->unhealthy_interval_ms =
+        dur_pos(t, "unhealthy_interval", p->unhealthy_interval, h->interval_ms);
+    h->unhealthy_edge_interval_ms =
+        dur_pos(t, "unhealthy_edge_interval", p->unhealthy_edge_interval, h->unhealthy_interval_ms);
+    h->healthy_edge_interval_ms =
+        dur_pos(t, "healthy_edge_interval", p->healthy_edge_interval, h->interval_ms);
+    /* accepted and ignored: event_log_path, always_log_health_check_{failures,success},
+     * tls_options (no upstream TLS yet), transport_socket_match_criteria
+     * (transport_socket_matches are rejected) */
+    switch (p->health_checker_case) {
+    case ENVOY__CONFIG__CORE__V3__HEALTH_CHECK__HEALTH_CHECKER_HTTP_HEALTH_CHECK: {
+        size_t o = pushf(t, "http_health_check");
+        h->kind = SK_HC_HTTP;
+        http_health_check(t, p->http_health_check, h, cluster_name);
+        pop(t, o);
+        break;
+    }
+    case ENVOY__CONFIG__CORE__V3__HEALTH_CHECK__HEALTH_CHECKER_TCP_HEALTH_CHECK: {
+        size_t o = pushf(t, "tcp_health_check");
+        h->kind = SK_HC_TCP;
+        tcp_health_check(t, p->tcp_health_check, h);
+        pop(t, o);
+        break;
+    }
+    case ENVOY__CONFIG__CORE__V3__HEALTH_CHECK__HEALTH_CHECKER_GRPC_HEALTH_CHECK:
+        unsupported(t, "grpc_health_check");
+        break;
+    case ENVOY__CONFIG__CORE__V3__HEALTH_CHECK__HEALTH_CHECKER_CUSTOM_HEALTH_CHECK:
+        unsupported(t, "custom_health_check");
+        break;
+    default:
+        err(t, NULL, "one of http_health_check, tcp_health_check is required");
+        break;
+    }
+}
+
+static void health_checks(struct tr *t, const PbCluster *pc, struct sk_cluster *c)
+{
+    size_t n = pc->n_health_checks;
+    if (n == 0)
+        return;
+    if (n > 1)
+        err(t, "health_checks", "multiple health checks are not supported (Envoy neither)");
+    struct sk_health_checks *hcs = al(t, sizeof(*hcs));
+    if (!hcs)
+        return;
+    hcs->v = alarr(t, n, sizeof(*hcs->v));
+    for (size_t i = 0; hcs->v && i < n; i++) {
+        size_t o = push(t, ".health_checks[%zu]", i);
+        health_check(t, pc->health_checks[i], &hcs->v[i], c->name);
+        pop(t, o);
+    }
+    hcs->n = hcs->v ? n : 0;
+    c->health_checks = hcs;
+}
+
+/* ---- load balancing policy ----------------------------------------------------- */
+
+#define RING_MAX 8388608u
+#define MAGLEV_MAX 5000011u
+
+static void ring_sizes(struct tr *t, const PbU64 *mn, const PbU64 *mx, struct sk_cluster *c)
+{
+    c->ring_hash_min_size = u64w(mn, 1024);
+    c->ring_hash_max_size = u64w(mx, RING_MAX);
+    if (c->ring_hash_min_size > RING_MAX)
+        err(t, "minimum_ring_size", "minimum_ring_size must be at most %u", RING_MAX);
+    else if (c->ring_hash_max_size > RING_MAX)
+        err(t, "maximum_ring_size", "maximum_ring_size must be at most %u", RING_MAX);
+    else if (c->ring_hash_min_size > c->ring_hash_max_size)
+        err(t, "minimum_ring_size",
+            "minimum_ring_size (%llu) must not be greater than maximum_ring_size (%llu)",
+            (unsigned long long)c->ring_hash_min_size, (unsigned long long)c->ring_hash_max_size);
+}
+
+static bool is_prime(uint64_t n)
+{
+    if (n < 2)
+        return false;
+    if (n % 2 == 0)
+        return n == 2;
+    for (uint64_t d = 3; d * d <= n; d += 2)
+        if (n % d == 0)
+            return false;
+    return true;
+}
+
+static void maglev_size(struct tr *t, const PbU64 *v, struct sk_cluster *c)
+{
+    c->maglev_table_size = u64w(v, 65537);
+    if (c->maglev_table_size > MAGLEV_MAX)
+        err(t, "table_size", "table_size must be at most %u", MAGLEV_MAX);
+    else if (!is_prime(c->maglev_table_size))
+        err(t, "table_size", "table_size %llu is not a prime number",
+            (unsigned long long)c->maglev_table_size);
+}
+
+/* Descriptor of Envoy's load_balancing_policies extension config messages. */
+#define LBP(pkg, msg) envoy__extensions__load_balancing_policies__##pkg##__v3__##msg##__descriptor
+
+/* One load_balancing_policy typed_config (current path). Returns false if the
+ * type is not one skiff implements (the caller tries the next policy). */
+static bool lb_policy_ext(struct tr *t, const PbAny *a, struct sk_cluster *c)
+{
+    if (is_type(a, &LBP(round_robin, round_robin))) {
+        unpacked_free(unpack(t, a, &LBP(round_robin, round_robin)));
+        c->lb_policy = SK_LB_ROUND_ROBIN;
+        return true;
+    }
+    if (is_type(a, &LBP(random, random))) {
+        unpacked_free(unpack(t, a, &LBP(random, random)));
+        c->lb_policy = SK_LB_RANDOM;
+        return true;
+    }
+    if (is_type(a, &LBP(least_request, least_request))) {
+        Envoy__Extensions__LoadBalancingPolicies__LeastRequest__V3__LeastRequest *m =
+            unpack(t, a, &LBP(least_request, least_request));
+        c->lb_policy = SK_LB_LEAST_REQUEST;
+        if (m) {
+            c->lr_choice_count = u32w(m->choice_count, 2);
+            if (c->lr_choice_count < 2)
+                err(t, "choice_count", "choice_count must be at least 2");
+        }
+        unpacked_free(m);
+        return true;
+    }
+    if (is_type(a, &LBP(ring_hash, ring_hash))) {
+        Envoy__Extensions__LoadBalancingPolicies__RingHash__V3__RingHash *m =
+            unpack(t, a, &LBP(ring_hash, ring_hash));
+        c->lb_policy = SK_LB_RING_HASH;
+        if (m) {
+            if (m->hash_function !=
+                    ENVOY__EXTENSIONS__LOAD_BALANCING_POLICIES__RING_HASH__V3__RING_HASH__HASH_FUNCTION__DEFAULT_HASH &&
+                m->hash_function !=
+                    ENVOY__EXTENSIONS__LOAD_BALANCING_POLICIES__RING_HASH__V3__RING_HASH__HASH_FUNCTION__XX_HASH)
+                err(t, "hash_function", "only hash_function XX_HASH is supported by skiff");
+            ring_sizes(t, m->minimum_ring_size, m->maximum_ring_size, c);
+        }
+        unpacked_free(m);
+        return true;
+    }
+    if (is_type(a, &LBP(maglev, maglev))) {
+        Envoy__Extensions__LoadBalancingPolicies__Maglev__V3__Maglev *m =
+            unpack(t, a, &LBP(maglev, maglev));
+        c->lb_policy = SK_LB_MAGLEV;
+        if (m)
+            maglev_size(t, m->table_size, c);
+        unpacked_free(m);
+        return true;
+    }
+    if (is_type(a, &skiff__lb__v1__peak_ewma__descriptor)) {
+        Skiff__Lb__V1__PeakEwma *m = unpack(t, a, &skiff__lb__v1__peak_ewma__descriptor);
+        c->lb_policy = SK_LB_PEAK_EWMA;
+        if (m)
+            c->peak_ewma_decay_ms = dur_pos(t, "decay_time", m->decay_time, 10000);
+        unpacked_free(m);
+        return true;
+    }
+    return false;
+}
+
+/* Cluster.load_balancing_policy: the first policy skiff supports wins (Envoy's
+ * rule); it overrides lb_policy. */
+static void load_balancing_policy(struct tr *t, const PbLbPolicy *lp, struct sk_cluster *c)
+{
+    size_t o = pushf(t, "load_balancing_policy");
+    if (lp->n_policies == 0) {
+        err(t, "policies", "at least one policy is required");
+        pop(t, o);
+        return;
+    }
+    bool chosen = false;
+    for (size_t i = 0; !chosen && i < lp->n_policies; i++) {
+        const Envoy__Config__Core__V3__TypedExtensionConfig *tc =
+            lp->policies[i]->typed_extension_config;
+        size_t oi = push(t, ".policies[%zu].typed_extension_config", i);
+        if (!tc || !tc->typed_config || empty(tc->typed_config->type_url)) {
+            err(t, "typed_config", "typed_config with an @type is required");
+            chosen = true; /* reported; do not also report "none supported" */
+        } else {
+            size_t ot = pushf(t, "typed_config");
+            chosen = lb_policy_ext(t, tc->typed_config, c);
+            pop(t, ot);
+        }
+        pop(t, oi);
+    }
+    if (!chosen)
+        err(t, "policies",
+            "none of the policies is supported by skiff (supported: round_robin, least_request, "
+            "random, ring_hash, maglev, skiff.lb.v1.PeakEwma)");
     pop(t, o);
 }
 
@@ -1962,7 +2528,9 @@ static void cluster(struct tr *t, const PbCluster *pc, struct sk_cluster *c)
                 ENVOY__CONFIG__CORE__V3__CONFIG_SOURCE__CONFIG_SOURCE_SPECIFIER_SELF)
             err(t, "eds_cluster_config.eds_config", "eds_config must be ads");
     }
-    switch (pc->lb_policy) {
+    /* load_balancing_policy, when set, decides the policy and lb_policy is ignored */
+    switch (pc->load_balancing_policy ? ENVOY__CONFIG__CLUSTER__V3__CLUSTER__LB_POLICY__ROUND_ROBIN
+                                      : pc->lb_policy) {
     case ENVOY__CONFIG__CLUSTER__V3__CLUSTER__LB_POLICY__ROUND_ROBIN:
         c->lb_policy = SK_LB_ROUND_ROBIN;
         break;
@@ -1971,6 +2539,15 @@ static void cluster(struct tr *t, const PbCluster *pc, struct sk_cluster *c)
         break;
     case ENVOY__CONFIG__CLUSTER__V3__CLUSTER__LB_POLICY__RANDOM:
         c->lb_policy = SK_LB_RANDOM;
+        break;
+    case ENVOY__CONFIG__CLUSTER__V3__CLUSTER__LB_POLICY__RING_HASH:
+        c->lb_policy = SK_LB_RING_HASH;
+        break;
+    case ENVOY__CONFIG__CLUSTER__V3__CLUSTER__LB_POLICY__MAGLEV:
+        c->lb_policy = SK_LB_MAGLEV;
+        break;
+    case ENVOY__CONFIG__CLUSTER__V3__CLUSTER__LB_POLICY__LOAD_BALANCING_POLICY_CONFIG:
+        err(t, "lb_policy", "lb_policy LOAD_BALANCING_POLICY_CONFIG needs load_balancing_policy");
         break;
     default:
         err(t, "lb_policy", "lb_policy %s is not supported by skiff",
@@ -1984,6 +2561,11 @@ static void cluster(struct tr *t, const PbCluster *pc, struct sk_cluster *c)
         break;
     }
     c->lr_choice_count = 2;
+    c->ring_hash_min_size = 1024;
+    c->ring_hash_max_size = RING_MAX;
+    c->maglev_table_size = 65537;
+    c->peak_ewma_decay_ms = 10000;
+    /* the lb_config of another policy than the chosen one is validated, unused */
     if (pc->lb_config_case ==
         ENVOY__CONFIG__CLUSTER__V3__CLUSTER__LB_CONFIG_LEAST_REQUEST_LB_CONFIG) {
         c->lr_choice_count = u32w(pc->least_request_lb_config->choice_count, 2);
@@ -1991,8 +2573,21 @@ static void cluster(struct tr *t, const PbCluster *pc, struct sk_cluster *c)
             err(t, "least_request_lb_config.choice_count", "choice_count must be at least 2");
     } else if (pc->lb_config_case ==
                ENVOY__CONFIG__CLUSTER__V3__CLUSTER__LB_CONFIG_RING_HASH_LB_CONFIG) {
-        unsupported(t, "ring_hash_lb_config");
+        const Envoy__Config__Cluster__V3__Cluster__RingHashLbConfig *r = pc->ring_hash_lb_config;
+        size_t o = pushf(t, "ring_hash_lb_config");
+        if (r->hash_function !=
+            ENVOY__CONFIG__CLUSTER__V3__CLUSTER__RING_HASH_LB_CONFIG__HASH_FUNCTION__XX_HASH)
+            err(t, "hash_function", "only hash_function XX_HASH is supported by skiff");
+        ring_sizes(t, r->minimum_ring_size, r->maximum_ring_size, c);
+        pop(t, o);
+    } else if (pc->lb_config_case ==
+               ENVOY__CONFIG__CLUSTER__V3__CLUSTER__LB_CONFIG_MAGLEV_LB_CONFIG) {
+        size_t o = pushf(t, "maglev_lb_config");
+        maglev_size(t, pc->maglev_lb_config->table_size, c);
+        pop(t, o);
     }
+    if (pc->load_balancing_policy)
+        load_balancing_policy(t, pc->load_balancing_policy, c);
     c->connect_timeout_ms = dur(t, "connect_timeout", pc->connect_timeout, 5000, 0);
     if (c->connect_timeout_ms == 0)
         err(t, "connect_timeout", "connect_timeout must be greater than 0");
@@ -2011,7 +2606,11 @@ static void cluster(struct tr *t, const PbCluster *pc, struct sk_cluster *c)
     c->idle_timeout_ms = MS_PER_HOUR;
     c->h2_max_concurrent_streams = 100;
     protocol_options(t, pc, c);
-    c->cb = (struct sk_circuit_breakers){1024, 1024, 1024, 3};
+    c->cb = (struct sk_circuit_breakers){.max_connections = 1024,
+                                         .max_pending_requests = 1024,
+                                         .max_requests = 1024,
+                                         .max_retries = 3,
+                                         .retry_budget_min_concurrency = 3};
     if (pc->circuit_breakers)
         circuit_breakers(t, pc->circuit_breakers, &c->cb);
     c->healthy_panic_percent = 50.0;
@@ -2060,12 +2659,12 @@ static void cluster(struct tr *t, const PbCluster *pc, struct sk_cluster *c)
         unsupported(t, "transport_socket_matches");
     if (pc->upstream_bind_config)
         unsupported(t, "upstream_bind_config");
-    if (pc->load_balancing_policy)
-        unsupported(t, "load_balancing_policy");
     if (pc->connection_pool_per_downstream_connection)
         unsupported(t, "connection_pool_per_downstream_connection");
-    /* outlier_detection, health_checks: accepted; implemented by issue 5, which
-     * fills c->outlier / c->health_checks. Accepted and ignored: alt_stat_name,
+    if (pc->outlier_detection)
+        c->outlier = outlier(t, pc->outlier_detection);
+    health_checks(t, pc, c);
+    /* Accepted and ignored: alt_stat_name,
      * metadata, filters (upstream network filters such as Istio's metadata
      * exchange), upstream_connection_options, upstream_http_protocol_options,
      * cleanup_interval, close_connections_on_host_health_failure,

@@ -6,6 +6,7 @@
 #include <strings.h>
 
 #include "skiff/err.h"
+#include "skiff/hoststate.h"
 #include "skiff/http1.h"
 #include "skiff/log.h"
 #include "skiff/stream.h"
@@ -355,6 +356,12 @@ static int encode_request_head(struct sk_stream *st)
         sk_hdrs_add(&h, &st->arena, "x-request-id", 12, id, 36);
     }
     apply_all_ops(st, &h, true);
+    if (r->include_attempt_count) {
+        char ac[12];
+        size_t al = sk_fmt_u64(ac, st->attempt ? st->attempt : 1);
+        sk_hdrs_del(&h, "x-envoy-attempt-count", 21);
+        sk_hdrs_add(&h, &st->arena, "x-envoy-attempt-count", 21, ac, al);
+    }
     for (uint32_t i = 0; i < h.n; i++) {
         rc |= sk_buf_append(b, h.v[i].name, h.v[i].nlen);
         rc |= sk_buf_append(b, ": ", 2);
@@ -389,23 +396,383 @@ static int encode_request_head(struct sk_stream *st)
     return rc ? SK_ERR_TOO_LARGE : 0;
 }
 
+/* ---- attempts, retries, circuit breakers ---------------------------------- */
+
+static bool dispatch(struct sk_stream *st);
+static void write_request_end(struct sk_stream *st);
+
 static void stream_timeout_cb(struct ev_loop *loop, ev_timer *t, int revents)
 {
     struct sk_stream *st = t->data;
     sk_stat_add(&st->w->stats, SK_ST_upstream_rq_timeout, 1);
+    if (st->crt && st->crt->cs)
+        atomic_fetch_add_explicit(&st->crt->cs->upstream_rq_timeout, 1, memory_order_relaxed);
     if (st->up) {
         sk_upconn_abort(st->up);
         st->up = NULL;
     }
+    ev_timer_stop(loop, &st->retry_timer);
+    ev_timer_stop(loop, &st->try_timer);
+    st->retry_wait = false;
     char detail[64];
     snprintf(detail, sizeof(detail), "no complete response within %llu ms",
              (unsigned long long)st->route->timeout_ms);
     sk_stream_local_reply(st, SK_TERM_UPSTREAM_TIMEOUT, 0, detail);
 }
 
-/* Pick host + connection and send the head. Returns false when a local reply
- * was sent instead. */
+/* Give back what the current attempt holds on its host. */
+static void release_host(struct sk_stream *st)
+{
+    struct sk_host *h = st->host;
+    if (!h)
+        return;
+    if (h->active_rq)
+        h->active_rq--;
+    if (h->hs)
+        atomic_fetch_sub_explicit(&h->hs->active_rq, 1, memory_order_relaxed);
+    sk_host_unref(h);
+    st->host = NULL;
+}
+
+static void release_pending(struct sk_stream *st)
+{
+    if (st->holds_pending_slot && st->crt && st->crt->cs)
+        atomic_fetch_sub(&st->crt->cs->rq_pending, 1);
+    st->holds_pending_slot = false;
+}
+
+/* Outlier detection + EWMA + per-host counters for one attempt's outcome. */
+static void record_outcome(struct sk_stream *st, int outcome)
+{
+    struct sk_host *h = st->host;
+    if (!h || !h->hs)
+        return;
+    int64_t now = sk_now_ms();
+    atomic_fetch_add_explicit(&h->hs->rq_total, 1, memory_order_relaxed);
+    if (outcome != SK_OUT_SUCCESS)
+        atomic_fetch_add_explicit(&h->hs->rq_errors, 1, memory_order_relaxed);
+    const struct sk_cluster *cfg = st->crt ? st->crt->cfg : NULL;
+    if (cfg && (cfg->outlier || cfg->lb_policy == SK_LB_PEAK_EWMA || cfg->health_checks))
+        sk_outlier_record(h->hs, cfg->outlier, outcome, st->crt->nhosts, now);
+    if (cfg && cfg->lb_policy == SK_LB_PEAK_EWMA && st->try_start_ms) {
+        int64_t dt = now - st->try_start_ms;
+        sk_host_ewma_sample(h, (uint64_t)(dt > 0 ? dt : 0) * 1000, now);
+    }
+}
+
+static int grpc_status_of(const struct sk_h1_msg *m)
+{
+    for (size_t i = 0; m && i < m->nhdrs; i++)
+        if (sk_h1_name_eq(m->hdrs[i].name, m->hdrs[i].name_len, "grpc-status")) {
+            int v = 0;
+            for (size_t k = 0; k < m->hdrs[i].value_len && k < 4; k++) {
+                char c = m->hdrs[i].value[k];
+                if (c < '0' || c > '9')
+                    return -1;
+                v = v * 10 + (c - '0');
+            }
+            return v;
+        }
+    return -1;
+}
+
+/* Is this failure retriable under the route's policy? `status` > 0 for an
+ * upstream response, else `cause` says what went wrong locally. */
+static bool policy_allows(const struct sk_retry_policy *rp, int cause, int status, int grpc)
+{
+    uint32_t on = rp->retry_on;
+    if (status > 0) {
+        if ((on & SK_RETRY_ON_5XX) && status >= 500 && status <= 599)
+            return true;
+        if ((on & SK_RETRY_ON_GATEWAY_ERROR) && status >= 502 && status <= 504)
+            return true;
+        if ((on & SK_RETRY_ON_RETRIABLE_4XX) && status == 409)
+            return true;
+        if ((on & SK_RETRY_ON_ENVOY_RATELIMITED) && status == 429)
+            return false; /* only with x-envoy-ratelimited, which we never add */
+        if (on & SK_RETRY_ON_RETRIABLE_STATUS_CODES)
+            for (size_t i = 0; i < rp->nretriable_status_codes; i++)
+                if ((int)rp->retriable_status_codes[i] == status)
+                    return true;
+        if (grpc >= 0) {
+            if ((grpc == 1 && (on & SK_RETRY_ON_GRPC_CANCELLED)) ||
+                (grpc == 4 && (on & SK_RETRY_ON_GRPC_DEADLINE_EXCEEDED)) ||
+                (grpc == 8 && (on & SK_RETRY_ON_GRPC_RESOURCE_EXHAUSTED)) ||
+                (grpc == 13 && (on & SK_RETRY_ON_GRPC_INTERNAL)) ||
+                (grpc == 14 && (on & SK_RETRY_ON_GRPC_UNAVAILABLE)))
+                return true;
+        }
+        return false;
+    }
+    switch (cause) {
+    case SK_TERM_CONNECT_FAIL:
+        return on & (SK_RETRY_ON_CONNECT_FAILURE | SK_RETRY_ON_5XX | SK_RETRY_ON_GATEWAY_ERROR |
+                     SK_RETRY_ON_RESET_BEFORE_REQUEST);
+    case SK_TERM_UPSTREAM_RESET:
+    case SK_TERM_UPSTREAM_PROTO:
+        return on & (SK_RETRY_ON_RESET | SK_RETRY_ON_5XX | SK_RETRY_ON_GATEWAY_ERROR);
+    case SK_TERM_UPSTREAM_TIMEOUT: /* per-try timeout */
+        return on & (SK_RETRY_ON_5XX | SK_RETRY_ON_GATEWAY_ERROR | SK_RETRY_ON_RESET);
+    }
+    return false;
+}
+
+/* Retry budget / max_retries circuit breaker. Takes a slot on success. */
+static bool take_retry_slot(struct sk_stream *st)
+{
+    if (st->holds_retry_slot)
+        return true;
+    struct sk_cluster_state *cs = st->crt ? st->crt->cs : NULL;
+    const struct sk_cluster *cfg = st->crt ? st->crt->cfg : NULL;
+    if (!cs || !cfg)
+        return true;
+    int64_t limit = cfg->cb.max_retries;
+    if (cfg->cb.retry_budget_percent > 0) {
+        int64_t act = atomic_load(&cs->rq_active);
+        int64_t b = (int64_t)(cfg->cb.retry_budget_percent * (double)act / 100.0);
+        int64_t minc = cfg->cb.retry_budget_min_concurrency ? cfg->cb.retry_budget_min_concurrency
+                                                             : 3;
+        limit = b > minc ? b : minc;
+    }
+    if (atomic_fetch_add(&cs->retries_active, 1) >= limit) {
+        atomic_fetch_sub(&cs->retries_active, 1);
+        atomic_fetch_add(&cs->upstream_rq_retry_overflow, 1);
+        return false;
+    }
+    st->holds_retry_slot = true;
+    return true;
+}
+
+static void retry_timer_cb(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    struct sk_stream *st = t->data;
+    st->retry_wait = false;
+    dispatch(st);
+}
+
+/* The current attempt failed (no response bytes went downstream). Retry
+ * after a jittered backoff if the policy, the budget and the buffered body
+ * allow; otherwise answer with the failure. `status` > 0: the upstream
+ * answered `status` and the caller forwards that response itself when we
+ * return false. */
+static bool maybe_retry(struct sk_stream *st, int cause, int status, int grpc)
+{
+    const struct sk_retry_policy *rp = st->route ? st->route->retry : NULL;
+    if (!rp || st->retries_left == 0 || st->resp_started || st->upgrade)
+        return false;
+    if (!policy_allows(rp, cause, status, grpc))
+        return false;
+    /* the body must still be whole in our buffer to send it again */
+    if (st->req_body_kind != SK_H1_BODY_NONE && !st->body_copy_ok)
+        return false;
+    if (!take_retry_slot(st))
+        return false;
+    st->retries_left--;
+    if (st->crt && st->crt->cs)
+        atomic_fetch_add(&st->crt->cs->upstream_rq_retry, 1);
+    /* fully jittered exponential backoff (Envoy) */
+    uint64_t base = rp->base_interval_ms ? rp->base_interval_ms : 25;
+    uint64_t cap = rp->max_interval_ms ? rp->max_interval_ms : base * 10;
+    uint64_t span = base << (st->attempt > 10 ? 10 : st->attempt - 1);
+    if (span > cap)
+        span = cap;
+    uint64_t wait = span ? sk_worker_rand(st->w) % (span + 1) : 0;
+    sk_debug("conn %llu stream %u: attempt %u failed (%s%s%d); retrying in %llu ms",
+             (unsigned long long)st->conn_id, st->stream_id, st->attempt,
+             status > 0 ? "status " : sk_term_flag(cause), status > 0 ? "" : " ",
+             status > 0 ? status : 0, (unsigned long long)wait);
+    st->retry_wait = true;
+    ev_timer_set(&st->retry_timer, (double)wait / 1000.0, 0.);
+    ev_timer_start(st->w->loop, &st->retry_timer);
+    return true;
+}
+
+/* A failed attempt without any upstream response: record, then retry or
+ * answer locally. */
+static void attempt_failed(struct sk_stream *st, int cause, const char *detail)
+{
+    ev_timer_stop(st->w->loop, &st->try_timer);
+    release_pending(st);
+    record_outcome(st, SK_OUT_LOCAL);
+    release_host(st);
+    if (maybe_retry(st, cause, 0, -1))
+        return;
+    if (st->attempt > 1 && st->cause == SK_TERM_NONE) {
+        char d[160];
+        snprintf(d, sizeof(d), "%s (after %u attempts)", detail ? detail : sk_term_reason(cause),
+                 st->attempt);
+        sk_stream_local_reply(st, cause, 0, d);
+        return;
+    }
+    sk_stream_local_reply(st, cause, 0, detail);
+}
+
+static void try_timer_cb(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    struct sk_stream *st = t->data;
+    if (st->up) {
+        sk_upconn_abort(st->up);
+        st->up = NULL;
+    }
+    if (st->crt && st->crt->cs)
+        atomic_fetch_add(&st->crt->cs->upstream_rq_per_try_timeout, 1);
+    attempt_failed(st, SK_TERM_UPSTREAM_TIMEOUT, "per-try timeout");
+}
+
+static void write_body_copy(struct sk_stream *st)
+{
+    size_t n = sk_buf_used(&st->body_copy);
+    if (!n || !st->up)
+        return;
+    if (st->up_body_kind == SK_H1_BODY_CHUNKED) {
+        char sz[24];
+        size_t l = sk_fmt_hex(sz, n);
+        sz[l++] = '\r';
+        sz[l++] = '\n';
+        up_write(st, sz, l);
+        up_write(st, sk_buf_rptr(&st->body_copy), n);
+        up_write(st, "\r\n", 2);
+    } else {
+        up_write(st, sk_buf_rptr(&st->body_copy), n);
+    }
+}
+
+/* Pick a host and a connection for the next attempt and send what we have
+ * of the request. Returns false when a local reply was sent instead. */
 static bool dispatch(struct sk_stream *st)
+{
+    struct sk_worker *w = st->w;
+    struct sk_cluster_rt *crt = st->crt;
+    const struct sk_cluster *cfg = crt->cfg;
+    struct sk_cluster_state *cs = crt->cs;
+    st->attempt++;
+    const struct sk_retry_policy *rp = st->route->retry;
+    bool other = rp && rp->retry_other_host && st->ntried;
+    struct sk_host *h = sk_lb_choose_ex(crt, st->hash, other ? st->tried : NULL,
+                                        other ? st->ntried : 0);
+    if (!h) {
+        sk_stat_add(&w->stats, SK_ST_rq_no_healthy_upstream, 1);
+        sk_stream_local_reply(st, SK_TERM_NO_HEALTHY, 0, st->cluster->name);
+        return false;
+    }
+    if (st->ntried < sizeof(st->tried) / sizeof(st->tried[0]))
+        st->tried[st->ntried++] = h;
+    sk_host_ref(h);
+    h->active_rq++;
+    if (h->hs)
+        atomic_fetch_add_explicit(&h->hs->active_rq, 1, memory_order_relaxed);
+    st->host = h;
+    st->try_start_ms = (cfg && cfg->lb_policy == SK_LB_PEAK_EWMA) ? sk_now_ms() : 0;
+    /* a new connection is needed: connection and pending-request breakers */
+    if (!h->idle && cs && cfg) {
+        if (atomic_load(&cs->cx_active) >= (int64_t)cfg->cb.max_connections) {
+            atomic_fetch_add(&cs->upstream_cx_overflow, 1);
+            release_host(st);
+            sk_stream_local_reply(st, SK_TERM_OVERFLOW, 0, "max_connections reached");
+            return false;
+        }
+        if (atomic_fetch_add(&cs->rq_pending, 1) >= (int64_t)cfg->cb.max_pending_requests) {
+            atomic_fetch_sub(&cs->rq_pending, 1);
+            atomic_fetch_add(&cs->upstream_rq_pending_overflow, 1);
+            release_host(st);
+            sk_stream_local_reply(st, SK_TERM_OVERFLOW, 0, "max_pending_requests reached");
+            return false;
+        }
+        st->holds_pending_slot = true;
+    }
+    int err = 0;
+    st->up = sk_upconn_acquire(h, &up_cbs, st, st->req_flags, &err);
+    if (!st->up) {
+        if (cs)
+            atomic_fetch_add(&cs->upstream_cx_connect_fail, 1);
+        attempt_failed(st, err ? err : SK_TERM_CONNECT_FAIL, h->addr_str);
+        return false;
+    }
+    if (st->up->state != SK_UP_S_CONNECTING)
+        release_pending(st);
+    sk_stat_add(&w->stats, SK_ST_upstream_rq_total, 1);
+    if (cs)
+        atomic_fetch_add_explicit(&cs->upstream_rq_total, 1, memory_order_relaxed);
+    if (encode_request_head(st) < 0) {
+        sk_stream_local_reply(st, SK_TERM_OVERFLOW, 0, "request head too large");
+        return false;
+    }
+    write_body_copy(st);
+    if (st->req_end)
+        write_request_end(st);
+    if (rp && rp->per_try_timeout_ms && rp->per_try_timeout_ms != SK_DUR_NONE) {
+        ev_timer_set(&st->try_timer, (double)rp->per_try_timeout_ms / 1000.0, 0.);
+        ev_timer_start(w->loop, &st->try_timer);
+    }
+    return true;
+}
+
+/* Route hash_policy -> 64-bit key for RING_HASH / MAGLEV (0 = none). */
+static uint64_t route_hash(const struct sk_stream *st)
+{
+    const struct sk_route *r = st->route;
+    uint64_t hv = 0;
+    for (size_t i = 0; i < r->nhash_policy; i++) {
+        const struct sk_hash_policy *hp = &r->hash_policy[i];
+        const char *v = NULL;
+        size_t vl = 0;
+        if (hp->kind == SK_HASH_SOURCE_IP) {
+            v = st->peer_ip;
+            vl = strlen(st->peer_ip);
+        } else if (hp->kind == SK_HASH_HEADER && hp->name) {
+            header_lookup(st, hp->name, strlen(hp->name), &v, &vl);
+        } else if (hp->kind == SK_HASH_COOKIE && hp->name) {
+            struct sk_hdr *c = sk_hdrs_get(&st->req, "cookie", 6);
+            size_t nl = strlen(hp->name);
+            for (const char *p = c ? c->value : NULL, *e = c ? c->value + c->vlen : NULL;
+                 p && p < e;) {
+                while (p < e && (*p == ' ' || *p == ';'))
+                    p++;
+                const char *eq = memchr(p, '=', (size_t)(e - p));
+                const char *semi = memchr(p, ';', (size_t)(e - p));
+                if (!semi)
+                    semi = e;
+                if (eq && eq < semi && (size_t)(eq - p) == nl && memcmp(p, hp->name, nl) == 0) {
+                    v = eq + 1;
+                    vl = (size_t)(semi - v);
+                    break;
+                }
+                p = semi;
+            }
+        } else if (hp->kind == SK_HASH_QUERY_PARAM && hp->name) {
+            const char *q = memchr(st->path, '?', st->path_len);
+            size_t nl = strlen(hp->name);
+            const char *e = st->path + st->path_len;
+            for (const char *p = q ? q + 1 : NULL; p && p < e;) {
+                const char *amp = memchr(p, '&', (size_t)(e - p));
+                if (!amp)
+                    amp = e;
+                if ((size_t)(amp - p) > nl && p[nl] == '=' && memcmp(p, hp->name, nl) == 0) {
+                    v = p + nl + 1;
+                    vl = (size_t)(amp - v);
+                    break;
+                }
+                p = amp + 1;
+            }
+        }
+        if (!v)
+            continue;
+        /* FNV-1a 64 over the value, combined like Envoy (rotate + xor) */
+        uint64_t x = 1469598103934665603ull;
+        for (size_t k = 0; k < vl; k++) {
+            x ^= (unsigned char)v[k];
+            x *= 1099511628211ull;
+        }
+        hv = ((hv << 1) | (hv >> 63)) ^ x;
+        if (hp->terminal)
+            break;
+    }
+    return hv;
+}
+
+/* First attempt: resolve the cluster runtime, take the request slot, set
+ * up retry state, dispatch. */
+static bool start_upstream(struct sk_stream *st)
 {
     struct sk_worker *w = st->w;
     if (!st->cluster) {
@@ -418,27 +785,36 @@ static bool dispatch(struct sk_stream *st)
         return false;
     }
     st->crt->active_rq++;
-    struct sk_host *h = sk_lb_choose(st->crt);
-    if (!h) {
-        sk_stat_add(&w->stats, SK_ST_rq_no_healthy_upstream, 1);
-        sk_stream_local_reply(st, SK_TERM_NO_HEALTHY, 0, st->cluster->name);
-        return false;
+    const struct sk_cluster *cfg = st->crt->cfg;
+    struct sk_cluster_state *cs = st->crt->cs;
+    if (cs && cfg) {
+        if (atomic_fetch_add(&cs->rq_active, 1) >= (int64_t)cfg->cb.max_requests) {
+            atomic_fetch_sub(&cs->rq_active, 1);
+            atomic_fetch_add(&cs->upstream_rq_pending_overflow, 1);
+            sk_stream_local_reply(st, SK_TERM_OVERFLOW, 0, "max_requests reached");
+            return false;
+        }
+        st->holds_rq_slot = true;
     }
-    sk_host_ref(h);
-    h->active_rq++;
-    st->host = h;
-    int err = 0;
-    st->up = sk_upconn_acquire(h, &up_cbs, st, st->req_flags, &err);
-    if (!st->up) {
-        sk_stream_local_reply(st, err ? err : SK_TERM_CONNECT_FAIL, 0, h->addr_str);
-        return false;
+    ev_init(&st->retry_timer, retry_timer_cb);
+    st->retry_timer.data = st;
+    ev_init(&st->try_timer, try_timer_cb);
+    st->try_timer.data = st;
+    const struct sk_retry_policy *rp = st->route->retry;
+    if (rp && rp->num_retries && !st->upgrade) {
+        st->retries_left = rp->num_retries;
+        if (st->req_body_kind != SK_H1_BODY_NONE) {
+            uint64_t lim = st->route->per_request_buffer_limit_bytes
+                               ? st->route->per_request_buffer_limit_bytes
+                               : (1u << 20);
+            sk_buf_init(&st->body_copy, (size_t)lim);
+            st->body_copy_ok = true;
+        }
     }
-    sk_stat_add(&w->stats, SK_ST_upstream_rq_total, 1);
-    if (encode_request_head(st) < 0) {
-        sk_stream_local_reply(st, SK_TERM_OVERFLOW, 0, "request head too large");
-        return false;
-    }
-    return true;
+    if (cfg && (cfg->lb_policy == SK_LB_RING_HASH || cfg->lb_policy == SK_LB_MAGLEV) &&
+        st->route->nhash_policy)
+        st->hash = route_hash(st);
+    return dispatch(st);
 }
 
 void sk_stream_headers(struct sk_stream *st)
@@ -447,6 +823,10 @@ void sk_stream_headers(struct sk_stream *st)
     sk_stat_add(&w->stats, SK_ST_downstream_rq_total, 1);
     ev_init(&st->timeout, stream_timeout_cb);
     st->timeout.data = st;
+    ev_init(&st->retry_timer, retry_timer_cb);
+    st->retry_timer.data = st;
+    ev_init(&st->try_timer, try_timer_cb);
+    st->try_timer.data = st;
     st->state = SK_ST_S_HEADERS;
     st->resp_head_req = (st->req_flags & SK_H1_F_HEAD) != 0;
 
@@ -508,27 +888,47 @@ void sk_stream_headers(struct sk_stream *st)
         st->cluster = r->cluster;
     }
     st->state = SK_ST_S_UPSTREAM;
-    if (!dispatch(st))
+    if (!start_upstream(st))
         return;
     if (st->req_end)
         sk_stream_end(st, NULL);
 }
 
-void sk_stream_data(struct sk_stream *st, const char *p, size_t n)
+static int frame_data(struct sk_stream *st, const char *p, size_t n)
 {
-    if (!st->up || st->state != SK_ST_S_UPSTREAM)
-        return; /* already answered locally: drop the body */
     if (st->up_body_kind == SK_H1_BODY_CHUNKED) {
         char sz[24];
         size_t l = sk_fmt_hex(sz, n);
         sz[l++] = '\r';
         sz[l++] = '\n';
-        if (up_write(st, sz, (size_t)l) < 0 || up_write(st, p, n) < 0 ||
-            up_write(st, "\r\n", 2) < 0)
-            goto overflow;
-    } else if (up_write(st, p, n) < 0) {
-        goto overflow;
+        if (up_write(st, sz, l) < 0 || up_write(st, p, n) < 0 || up_write(st, "\r\n", 2) < 0)
+            return -1;
+        return 0;
     }
+    return up_write(st, p, n) < 0 ? -1 : 0;
+}
+
+void sk_stream_data(struct sk_stream *st, const char *p, size_t n)
+{
+    if (st->state != SK_ST_S_UPSTREAM)
+        return; /* already answered locally: drop the body */
+    if (st->body_copy_ok && sk_buf_append(&st->body_copy, p, n) < 0) {
+        /* over the retry buffer limit: no more retries possible */
+        st->body_copy_ok = false;
+        sk_buf_free(&st->body_copy);
+        if (!st->up) {
+            /* waiting to retry, and the body can no longer be replayed */
+            ev_timer_stop(st->w->loop, &st->retry_timer);
+            st->retry_wait = false;
+            sk_stream_local_reply(st, SK_TERM_OVERFLOW, 0,
+                                  "request body over the retry buffer limit");
+            return;
+        }
+    }
+    if (!st->up)
+        return; /* between attempts: the copy holds it */
+    if (frame_data(st, p, n) < 0)
+        goto overflow;
     if (sk_upconn_congested(st->up))
         st->ops->pause_read(st, true);
     return;
@@ -538,24 +938,34 @@ overflow:
     sk_stream_local_reply(st, SK_TERM_OVERFLOW, 0, "request buffer limit");
 }
 
-void sk_stream_end(struct sk_stream *st, const struct sk_hdrs *trailers)
+/* Terminate the request body upstream (chunked: last chunk + trailers). */
+static void write_request_end(struct sk_stream *st)
 {
-    st->req_end = true;
-    if (!st->up || st->state != SK_ST_S_UPSTREAM)
+    if (st->up_body_kind != SK_H1_BODY_CHUNKED || !st->up)
         return;
-    if (st->up_body_kind == SK_H1_BODY_CHUNKED) {
-        up_write(st, "0\r\n", 3);
-        if (trailers)
-            for (uint32_t i = 0; i < trailers->n; i++) {
-                up_write(st, trailers->v[i].name, trailers->v[i].nlen);
-                up_write(st, ": ", 2);
-                up_write(st, trailers->v[i].value, trailers->v[i].vlen);
-                up_write(st, "\r\n", 2);
-            }
+    const struct sk_hdrs *t = &st->req_trailers;
+    up_write(st, "0\r\n", 3);
+    for (uint32_t i = 0; i < t->n; i++) {
+        up_write(st, t->v[i].name, t->v[i].nlen);
+        up_write(st, ": ", 2);
+        up_write(st, t->v[i].value, t->v[i].vlen);
         up_write(st, "\r\n", 2);
     }
+    up_write(st, "\r\n", 2);
+}
+
+void sk_stream_end(struct sk_stream *st, const struct sk_hdrs *trailers)
+{
+    bool was_end = st->req_end;
+    st->req_end = true;
+    if (trailers && trailers != &st->req_trailers)
+        st->req_trailers = *trailers; /* entries live in the stream arena */
+    if (st->state != SK_ST_S_UPSTREAM)
+        return;
+    if (st->up && !was_end)
+        write_request_end(st);
     if (!st->upgrade && st->route && st->route->timeout_ms != SK_DUR_NONE &&
-        st->route->timeout_ms > 0) {
+        st->route->timeout_ms > 0 && !ev_is_active(&st->timeout)) {
         ev_timer_set(&st->timeout, (double)st->route->timeout_ms / 1000.0, 0.);
         ev_timer_start(st->w->loop, &st->timeout);
     }
@@ -570,6 +980,8 @@ void sk_stream_abort(struct sk_stream *st, int cause)
         st->up = NULL;
     }
     ev_timer_stop(st->w->loop, &st->timeout);
+    ev_timer_stop(st->w->loop, &st->retry_timer);
+    ev_timer_stop(st->w->loop, &st->try_timer);
     st->state = SK_ST_S_DONE;
 }
 
@@ -603,7 +1015,7 @@ void sk_stream_tunnel_eof(struct sk_stream *st)
 
 static void up_connected(void *ctx)
 {
-    (void)ctx;
+    release_pending(ctx);
 }
 
 static void up_drained(void *ctx)
@@ -613,24 +1025,55 @@ static void up_drained(void *ctx)
         st->ops->pause_read(st, false);
 }
 
-static void count_status(struct sk_worker *w, int status, bool upstream)
+static void count_status(struct sk_stream *st, int status, bool upstream)
 {
     int cls = status / 100;
     if (cls < 1 || cls > 5)
         return;
-    sk_stat_add(&w->stats, (upstream ? SK_ST_upstream_rq_1xx : SK_ST_downstream_rq_1xx) + cls - 1,
-                1);
+    sk_stat_add(&st->w->stats,
+                (upstream ? SK_ST_upstream_rq_1xx : SK_ST_downstream_rq_1xx) + cls - 1, 1);
+    if (upstream && cls >= 2 && st->crt && st->crt->cs) {
+        struct sk_cluster_state *cs = st->crt->cs;
+        _Atomic uint64_t *c = cls == 2   ? &cs->upstream_rq_2xx
+                              : cls == 3 ? &cs->upstream_rq_3xx
+                              : cls == 4 ? &cs->upstream_rq_4xx
+                                         : &cs->upstream_rq_5xx;
+        atomic_fetch_add_explicit(c, 1, memory_order_relaxed);
+    }
 }
 
 static void up_response(void *ctx, const struct sk_h1_msg *m)
 {
     struct sk_stream *st = ctx;
-    count_status(st->w, m->status, true);
+    count_status(st, m->status, true);
     if (m->status >= 100 && m->status < 200 && m->status != 101) {
         if (m->status == 100 && (st->req_flags & SK_H1_F_EXPECT_CONTINUE) && st->ops->send_1xx)
             st->ops->send_1xx(st, 100);
         return;
     }
+    ev_timer_stop(st->w->loop, &st->try_timer);
+    /* outcome of this attempt, for outlier detection */
+    int outcome = SK_OUT_SUCCESS;
+    if (m->status >= 500)
+        outcome = (m->status >= 502 && m->status <= 504) ? SK_OUT_GATEWAY : SK_OUT_5XX;
+    record_outcome(st, outcome);
+    if (st->route && st->route->retry && st->retries_left) {
+        int grpc = grpc_status_of(m);
+        /* a retriable answer: drop this response, try again */
+        if (policy_allows(st->route->retry, 0, m->status, grpc)) {
+            struct sk_upconn *u = st->up;
+            st->up = NULL;
+            if (maybe_retry(st, 0, m->status, grpc)) {
+                if (u)
+                    sk_upconn_abort(u);
+                release_host(st);
+                return;
+            }
+            st->up = u;
+        }
+    }
+    if (st->holds_retry_slot && st->attempt > 1 && m->status < 500 && st->crt && st->crt->cs)
+        atomic_fetch_add(&st->crt->cs->upstream_rq_retry_success, 1);
     ev_timer_stop(st->w->loop, &st->timeout);
     struct sk_hdrs h = {0};
     bool upgraded = (m->status == 101 && st->upgrade) ||
@@ -660,6 +1103,9 @@ static void up_response(void *ctx, const struct sk_h1_msg *m)
     st->status = m->status;
     st->resp_started = true;
     st->state = SK_ST_S_RESPONDING;
+    /* the body copy is no longer needed: no retry after response bytes */
+    sk_buf_free(&st->body_copy);
+    st->body_copy_ok = false;
     int64_t cl = -1;
     bool end = false;
     if (upgraded)
@@ -728,7 +1174,8 @@ static void up_error(void *ctx, int cause, const char *detail)
     sk_stat_add(&st->w->stats, SK_ST_upstream_rq_reset, 1);
     /* A pooled keep-alive connection the upstream had already closed: the
      * request never reached it. Retry once on a fresh connection when the
-     * request has no body still streaming (nothing is lost). */
+     * request has no body still streaming (nothing is lost). This is not a
+     * policy retry and does not count against the host. */
     if (reused && !st->up_retried && !st->resp_started && st->req_end &&
         st->req_body_kind == SK_H1_BODY_NONE && st->host) {
         st->up_retried = true;
@@ -745,10 +1192,12 @@ static void up_error(void *ctx, int cause, const char *detail)
         }
     }
     if (st->resp_started) {
+        ev_timer_stop(st->w->loop, &st->try_timer);
+        record_outcome(st, SK_OUT_LOCAL);
         if (st->cause == SK_TERM_NONE)
             st->cause = cause;
         st->ops->reset(st);
         return;
     }
-    sk_stream_local_reply(st, cause, 0, detail);
+    attempt_failed(st, cause, detail);
 }

@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "skiff/err.h"
+#include "skiff/hoststate.h"
 #include "skiff/log.h"
 #include "skiff/stats.h"
 #include "skiff/upstream.h"
@@ -31,6 +32,7 @@ static const struct {
     [SK_TERM_UPGRADE_REFUSED] = {"UPG", 403, "upgrade or CONNECT not enabled on this listener"},
     [SK_TERM_STREAM_IDLE] = {"SI", 504, "stream idle timeout"},
     [SK_TERM_DRAINING] = {"DR", 503, "proxy is draining"},
+    [SK_TERM_RETRY_LIMIT] = {"URX", 503, "upstream retry limit exceeded"},
 };
 
 const char *sk_term_flag(int c)
@@ -152,13 +154,27 @@ void sk_stream_cleanup(struct sk_stream *st)
     if (st->host) {
         if (st->host->active_rq)
             st->host->active_rq--;
+        if (st->host->hs)
+            atomic_fetch_sub_explicit(&st->host->hs->active_rq, 1, memory_order_relaxed);
         sk_host_unref(st->host);
         st->host = NULL;
     }
     if (st->crt && st->crt->active_rq)
         st->crt->active_rq--;
+    if (st->crt && st->crt->cs) {
+        if (st->holds_rq_slot)
+            atomic_fetch_sub(&st->crt->cs->rq_active, 1);
+        if (st->holds_retry_slot)
+            atomic_fetch_sub(&st->crt->cs->retries_active, 1);
+        if (st->holds_pending_slot)
+            atomic_fetch_sub(&st->crt->cs->rq_pending, 1);
+    }
+    st->holds_rq_slot = st->holds_retry_slot = st->holds_pending_slot = false;
     st->crt = NULL;
     ev_timer_stop(st->w->loop, &st->timeout);
+    ev_timer_stop(st->w->loop, &st->retry_timer);
+    ev_timer_stop(st->w->loop, &st->try_timer);
+    sk_buf_free(&st->body_copy);
     /* the owner may pool the stream: keep one arena block */
     sk_arena_reset(&st->arena);
 }

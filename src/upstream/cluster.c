@@ -3,6 +3,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "skiff/hoststate.h"
 #include "skiff/log.h"
 #include "skiff/net.h"
 #include "skiff/upstream.h"
@@ -33,6 +34,8 @@ static struct sk_host *host_new(struct sk_cluster_rt *c, const struct sk_sockadd
     h->weight = weight ? weight : 1;
     h->cfg_health = health;
     h->refs = 1; /* the host list's */
+    if (c->cs)
+        h->hs = sk_hstate_get(c->cs, a);
     return h;
 }
 
@@ -84,6 +87,7 @@ static void set_hosts(struct sk_cluster_rt *c, const struct sk_sockaddr *addrs,
     for (size_t i = 0; i < k; i++)
         if (nh[i]->weight != 1)
             c->weighted = true;
+    sk_cluster_hash_rebuild(c);
 }
 
 static struct sk_cluster_rt *rt_find(struct sk_worker *w, const char *name)
@@ -108,6 +112,7 @@ void sk_clusters_apply(struct sk_worker *w, struct sk_snapshot *snap)
                 continue;
             c->name = strdup(cfg->name);
             c->w = w;
+            c->cs = sk_cstate_get(cfg->name);
             c->rr = sk_worker_rand(w);
             c->next = w->clusters;
             w->clusters = c;
@@ -115,9 +120,12 @@ void sk_clusters_apply(struct sk_worker *w, struct sk_snapshot *snap)
         }
         bool was_dns = c->cfg && (c->cfg->type == SK_CLUSTER_STRICT_DNS ||
                                   c->cfg->type == SK_CLUSTER_LOGICAL_DNS);
+        int old_policy = c->cfg ? c->cfg->lb_policy : -1;
         c->cfg = cfg;
         if (w->rt_by_index)
             w->rt_by_index[i] = c;
+        if (old_policy != cfg->lb_policy)
+            sk_cluster_hash_rebuild(c);
         if (cfg->type == SK_CLUSTER_STATIC || cfg->type == SK_CLUSTER_EDS) {
             size_t n = cfg->nendpoints;
             struct sk_sockaddr *a = calloc(n ? n : 1, sizeof(*a));
@@ -159,33 +167,76 @@ struct sk_cluster_rt *sk_worker_cluster_rt(struct sk_worker *w, const struct sk_
     return rt_find(w, c->name);
 }
 
-static bool usable(const struct sk_host *h)
+static bool cfg_usable(const struct sk_host *h)
 {
     return h->cfg_health != SK_HEALTH_UNHEALTHY && h->cfg_health != SK_HEALTH_DRAINING &&
            h->cfg_health != SK_HEALTH_TIMEOUT;
 }
 
-struct sk_host *sk_lb_choose(struct sk_cluster_rt *c)
+struct pick_ctx {
+    int64_t now;
+    bool check_state; /* cluster has outlier detection / health checks */
+    bool panic;
+    struct sk_host *const *avoid;
+    size_t navoid;
+};
+
+static bool usable(const struct sk_host *h, const struct pick_ctx *p)
+{
+    if (p->panic)
+        return true;
+    if (!cfg_usable(h))
+        return false;
+    if (p->check_state && h->hs && !sk_hstate_usable(h->hs, p->now))
+        return false;
+    for (size_t i = 0; i < p->navoid; i++)
+        if (p->avoid[i] == h)
+            return false;
+    return true;
+}
+
+static struct sk_host *pick(struct sk_cluster_rt *c, const struct pick_ctx *p, uint64_t hash)
 {
     size_t n = c->nhosts;
-    if (n == 0)
-        return NULL;
     struct sk_worker *w = c->w;
     int policy = c->cfg ? c->cfg->lb_policy : SK_LB_ROUND_ROBIN;
     if (n == 1)
-        return usable(c->hosts[0]) ? c->hosts[0] : NULL;
-    if (policy == SK_LB_LEAST_REQUEST) {
-        /* power of N choices among usable hosts; weights scale the load */
+        return usable(c->hosts[0], p) ? c->hosts[0] : NULL;
+    if (policy == SK_LB_RING_HASH || policy == SK_LB_MAGLEV) {
+        /* consistent choice by hash; walk forward from it over unusable hosts */
+        if (!hash)
+            hash = ((uint64_t)sk_worker_rand(w) << 32) | sk_worker_rand(w);
+        int idx = sk_cluster_hash_pick(c, hash);
+        if (idx >= 0) {
+            for (size_t k = 0; k < n; k++) {
+                struct sk_host *h = c->hosts[((size_t)idx + k) % n];
+                if (usable(h, p))
+                    return h;
+            }
+            return NULL;
+        }
+        /* no table (allocation failed): fall through to round robin */
+    }
+    if (policy == SK_LB_LEAST_REQUEST || policy == SK_LB_PEAK_EWMA) {
+        /* power of N choices among usable hosts */
         uint32_t choices = c->cfg && c->cfg->lr_choice_count ? c->cfg->lr_choice_count : 2;
         struct sk_host *best = NULL;
+        uint64_t best_cost = 0;
         for (uint32_t k = 0; k < choices * 2 && k < 64; k++) {
             struct sk_host *h = c->hosts[sk_worker_rand(w) % n];
-            if (!usable(h))
+            if (!usable(h, p))
                 continue;
-            /* Envoy: weight / (active_rq + 1), higher wins */
-            if (!best || ((uint64_t)h->active_rq + 1) * best->weight <
-                             ((uint64_t)best->active_rq + 1) * h->weight)
+            if (policy == SK_LB_PEAK_EWMA) {
+                uint64_t cost = sk_host_ewma_cost(h, p->now);
+                if (!best || cost < best_cost) {
+                    best = h;
+                    best_cost = cost;
+                }
+            } else if (!best || ((uint64_t)h->active_rq + 1) * best->weight <
+                                    ((uint64_t)best->active_rq + 1) * h->weight) {
+                /* Envoy: weight / (active_rq + 1), higher wins */
                 best = h;
+            }
             if (k + 1 >= choices && best)
                 break;
         }
@@ -194,7 +245,7 @@ struct sk_host *sk_lb_choose(struct sk_cluster_rt *c)
     } else if (policy == SK_LB_RANDOM) {
         for (size_t k = 0; k < n; k++) {
             struct sk_host *h = c->hosts[sk_worker_rand(w) % n];
-            if (usable(h))
+            if (usable(h, p))
                 return h;
         }
     } else if (c->weighted) {
@@ -203,7 +254,7 @@ struct sk_host *sk_lb_choose(struct sk_cluster_rt *c)
         struct sk_host *best = NULL;
         for (size_t i = 0; i < n; i++) {
             struct sk_host *h = c->hosts[i];
-            if (!usable(h))
+            if (!usable(h, p))
                 continue;
             h->swrr_current += (int32_t)h->weight;
             total += (int32_t)h->weight;
@@ -218,14 +269,60 @@ struct sk_host *sk_lb_choose(struct sk_cluster_rt *c)
     } else {
         for (size_t k = 0; k < n; k++) {
             struct sk_host *h = c->hosts[c->rr++ % n];
-            if (usable(h))
+            if (usable(h, p))
                 return h;
         }
         return NULL;
     }
-    /* fall back to the first usable host */
     for (size_t i = 0; i < n; i++)
-        if (usable(c->hosts[i]))
+        if (usable(c->hosts[i], p))
             return c->hosts[i];
     return NULL;
+}
+
+struct sk_host *sk_lb_choose_ex(struct sk_cluster_rt *c, uint64_t hash, struct sk_host *const *avoid,
+                                size_t navoid)
+{
+    size_t n = c->nhosts;
+    if (n == 0)
+        return NULL;
+    struct pick_ctx p = {0};
+    const struct sk_cluster *cfg = c->cfg;
+    p.check_state = cfg && (cfg->outlier || cfg->health_checks);
+    if (p.check_state) {
+        p.now = sk_now_ms();
+        /* panic mode: too few usable hosts -> use them all (Envoy) */
+        double panic = cfg->healthy_panic_percent;
+        if (panic > 0) {
+            size_t ok = 0;
+            for (size_t i = 0; i < n; i++)
+                if (cfg_usable(c->hosts[i]) &&
+                    (!c->hosts[i]->hs || sk_hstate_usable(c->hosts[i]->hs, p.now)))
+                    ok++;
+            if ((double)ok * 100.0 < panic * (double)n) {
+                p.panic = true;
+                if (!c->in_panic)
+                    sk_warn("cluster %s: only %zu of %zu hosts healthy: panic mode, using all",
+                            c->name, ok, n);
+                c->in_panic = true;
+            } else {
+                c->in_panic = false;
+            }
+        }
+    }
+    if (navoid) {
+        p.avoid = avoid;
+        p.navoid = navoid;
+        struct sk_host *h = pick(c, &p, hash);
+        if (h)
+            return h;
+        p.avoid = NULL;
+        p.navoid = 0;
+    }
+    return pick(c, &p, hash);
+}
+
+struct sk_host *sk_lb_choose(struct sk_cluster_rt *c)
+{
+    return sk_lb_choose_ex(c, 0, NULL, 0);
 }

@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include "skiff/err.h"
+#include "skiff/hoststate.h"
 #include "skiff/log.h"
 #include "skiff/net.h"
 #include "skiff/stream.h"
@@ -96,6 +97,8 @@ static void up_close(struct sk_upconn *u)
     u->ctx = NULL;
     if (u->host && u->host->active_cx)
         u->host->active_cx--;
+    if (u->host && u->host->cl->cs)
+        atomic_fetch_sub_explicit(&u->host->cl->cs->cx_active, 1, memory_order_relaxed);
     sk_stat_add(&u->w->stats, SK_ST_upstream_cx_active, -1);
     sk_stat_add(&u->w->stats, SK_ST_upstream_cx_destroy, 1);
     sk_worker_reap(u->w, &u->reap);
@@ -164,6 +167,8 @@ struct sk_upconn *sk_upconn_acquire(struct sk_host *h, const struct sk_upconn_cb
     sk_stat_add(&w->stats, SK_ST_upstream_cx_total, 1);
     sk_stat_add(&w->stats, SK_ST_upstream_cx_active, 1);
     h->active_cx++;
+    if (h->cl->cs)
+        atomic_fetch_add_explicit(&h->cl->cs->cx_active, 1, memory_order_relaxed);
     if (u->fd < 0) {
         sk_warn("upstream %s: connect: %s", h->addr_str, strerror(-u->fd));
         sk_stat_add(&w->stats, SK_ST_upstream_cx_connect_fail, 1);
@@ -172,6 +177,8 @@ struct sk_upconn *sk_upconn_acquire(struct sk_host *h, const struct sk_upconn_cb
         /* no socket: fail synchronously, the caller answers */
         u->cbs = NULL;
         h->active_cx--;
+        if (h->cl->cs)
+            atomic_fetch_sub_explicit(&h->cl->cs->cx_active, 1, memory_order_relaxed);
         sk_stat_add(&w->stats, SK_ST_upstream_cx_active, -1);
         sk_host_unref(h);
         sk_buf_free(&u->in);

@@ -21,6 +21,7 @@ import helpers  # noqa: E402
 from helpers import admin_get, dump, free_port, parse_stats, wait_port  # noqa: E402
 
 # sanitizer builds start and run slower
+SANITIZER_MARKERS = ("runtime error:", "AddressSanitizer", "LeakSanitizer", "ThreadSanitizer")
 READY_TIMEOUT = 30.0 if os.environ.get("SKIFF_SANITIZED") else 10.0
 
 
@@ -181,7 +182,8 @@ class Skiff:
 
     def stop(self, timeout=10.0):
         rc = _stop(self.proc, timeout)
-        self.logf.close()
+        if not self.logf.closed:
+            self.logf.close()
         return rc
 
     @property
@@ -207,10 +209,21 @@ def skiff_factory(skiff_bin, tmp_path, request):
 
     yield start
     failed = getattr(request.node, "rep_call", None) is not None and request.node.rep_call.failed
+    problems = []
     for s in started:
-        s.stop()
+        rc = s.stop()
+        log = s.log()
         if failed:
-            sys.stderr.write("\n----- skiff log %s (%s) -----\n%s\n" % (s.log_path, " ".join(s.argv), s.log()))
+            sys.stderr.write("\n----- skiff log %s (%s) -----\n%s\n" % (s.log_path, " ".join(s.argv), log))
+        # a clean shutdown is part of every test: exit 0, no sanitizer report
+        if rc != 0:
+            problems.append("skiff (%s) exited with %s (SIGTERM at teardown or earlier)" % (s.log_path, rc))
+        for marker in SANITIZER_MARKERS:
+            if marker in log:
+                problems.append("sanitizer report (%r) in %s" % (marker, s.log_path))
+                break
+    if problems and not failed:
+        pytest.fail("; ".join(problems) + "\n" + "\n".join(s.log()[-4000:] for s in started), pytrace=False)
 
 
 @pytest.fixture

@@ -7,8 +7,7 @@ import pytest
 import yaml
 
 from conftest import REPO
-from helpers import (RawConn, admin_get, admin_post, curl, free_port, get, parse_stats,
-                     simple_http, wait_for)
+from helpers import RawConn, admin_get, admin_post, curl, free_port, get, wait_for
 
 
 def _retarget_example(path, upstream_port):

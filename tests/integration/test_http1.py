@@ -4,19 +4,11 @@ import base64
 import hashlib
 import os
 import re
-import socket
 
 import pytest
 
-from helpers import UUID4_RE, RawConn, curl, free_port, get, simple_http, wait_for
+from helpers import UUID4_RE, RawConn, curl, get
 from upstream import pattern
-
-BUG_CL_DONE = pytest.mark.xfail(strict=True, reason=(
-    "BUG: a Content-Length body that ends exactly at the end of the read buffer never "
-    "completes (upconn.c process(): `if (!avail) return;` before sk_h1_body_step; "
-    "h1_server.c process_body(): loop requires sk_buf_used(&c->in)), so the response "
-    "never finishes and the keep-alive connection hangs"))
-
 
 def sha(b):
     return hashlib.sha256(b).hexdigest()
@@ -369,3 +361,52 @@ def test_slow_writer_large_upload(proxy):
     assert r.status == 200
     assert r.header("x-body-sha256") == sha(data)
     assert sha(r.body) == sha(data)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "BUG: absolute-form request target (RFC 9112 3.2.2, which a server MUST accept; Envoy "
+    "accepts it by default) is used verbatim as the path, so 'GET http://h/p' never matches "
+    "prefix '/' and gets 404 NR (h1_server.c start_stream copies m->target into st->path)"))
+def test_absolute_form_request_target(proxy):
+    with RawConn(proxy.port) as c:
+        c.send(b"GET http://abs.example/abs?q=1 HTTP/1.1\r\nHost: abs.example\r\n\r\n")
+        r = c.read_response()
+    assert r.status == 200, r
+    j = r.json()
+    assert j["path"] == "/abs?q=1"
+    assert dict((k.lower(), v) for k, v in j["headers"])["host"] == "abs.example"
+
+
+def test_websocket_early_bytes_after_handshake(make_proxy, upstream):
+    """Bytes the client sends right behind the upgrade request (same write)
+    belong to the tunnel."""
+    s = make_proxy([upstream.port], hcm_extra={"upgrade_configs": [{"upgrade_type": "websocket"}]})
+    with RawConn(s.port, timeout=5) as c:
+        c.send(b"GET /ws HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+               b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\nearly-bytes")
+        r = c.read_response()
+        assert r.status == 101
+        got = c.buf
+        while len(got) < len(b"early-bytes"):
+            d = c.sock.recv(100)
+            assert d
+            got += d
+        assert got == b"early-bytes"
+
+
+def test_header_value_details_forwarded(proxy):
+    with RawConn(proxy.port) as c:
+        c.send(b"GET /obs HTTP/1.1\r\nHOST: t\r\nX-Obs: caf\xe9\r\nX-Empty:\r\nX-Pad:   v   \r\n\r\n")
+        r = c.read_response()
+    hs = {k.lower(): v for k, v in r.json()["headers"]}
+    assert hs["host"] == "t"
+    assert hs["x-obs"] == "caf\xe9"
+    assert hs["x-empty"] == ""
+    assert hs["x-pad"] == "v"
+
+
+def test_bare_lf_line_endings_rejected(proxy):
+    with RawConn(proxy.port) as c:
+        c.send(b"GET /lf-only HTTP/1.1\nHost: t\n\n")
+        assert c.read_response().status == 400
+    assert proxy.upstream.requests() == []

@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from helpers import RawConn, wait_for
+from helpers import RawConn
 
 SMUGGLED = b"GET /smuggled HTTP/1.1\r\nHost: t\r\n\r\n"
 

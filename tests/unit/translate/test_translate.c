@@ -1034,7 +1034,7 @@ static void test_cluster_errors(void)
         "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions\n"
         "    http2_protocol_options: {}\n"
         "  - name: rh\n"
-        "    lb_policy: RING_HASH\n"
+        "    lb_policy: LOAD_BALANCING_POLICY_CONFIG\n"
         "  secrets:\n"
         "  - name: s\n";
     EXPECT_ERR_AT(y, C0 ".type", "EDS clusters require xDS", NULL, "type: EDS");
@@ -1062,7 +1062,8 @@ static void test_cluster_errors(void)
                "one of explicit_http_config, use_downstream_protocol_config is required");
     EXPECT_ERR(y, "static_resources.clusters[4].typed_extension_protocol_options",
                "cannot be combined with the deprecated");
-    EXPECT_ERR(y, "static_resources.clusters[5].lb_policy", "lb_policy RING_HASH is not supported");
+    EXPECT_ERR(y, "static_resources.clusters[5].lb_policy",
+               "lb_policy LOAD_BALANCING_POLICY_CONFIG needs load_balancing_policy");
     EXPECT_ERR(y, "static_resources.secrets", "secrets are not supported yet");
 }
 
