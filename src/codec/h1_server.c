@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -659,6 +660,47 @@ static int start_stream(struct h1s *c, const struct sk_h1_msg *m, size_t head_le
         st->authority = hh;
         st->authority_len = (uint32_t)m->host_len;
     }
+    /* absolute-form (RFC 9112 3.2.2): the target's authority replaces Host,
+     * the path is what follows it ("/" when empty) */
+    size_t skip = 0;
+    if (m->target_len > 7 && strncasecmp(t, "http://", 7) == 0)
+        skip = 7;
+    else if (m->target_len > 8 && strncasecmp(t, "https://", 8) == 0)
+        skip = 8;
+    if (skip && !(m->flags & SK_H1_F_CONNECT)) {
+        const char *auth = t + skip;
+        size_t rest = m->target_len - skip;
+        size_t alen = strcspn(auth, "/?");
+        if (alen > rest)
+            alen = rest;
+        /* userinfo is not allowed in http(s) URIs sent to a server */
+        if (alen == 0 || memchr(auth, '@', alen)) {
+            sk_arena_reset(&st->arena);
+            stream_free(&b->reap);
+            return SK_ERR_H1_BAD_START;
+        }
+        st->authority = auth;
+        st->authority_len = (uint32_t)alen;
+        if (alen == rest) {
+            st->path = "/";
+            st->path_len = 1;
+        } else if (auth[alen] == '?') {
+            char *p2 = sk_arena_alloc(&st->arena, rest - alen + 2);
+            if (!p2) {
+                sk_arena_reset(&st->arena);
+                stream_free(&b->reap);
+                return SK_ERR_NOMEM;
+            }
+            p2[0] = '/';
+            memcpy(p2 + 1, auth + alen, rest - alen);
+            st->path = p2;
+            st->path_len = (uint32_t)(rest - alen + 1);
+        } else {
+            st->path = auth + alen;
+            st->path_len = (uint32_t)(rest - alen);
+        }
+        /* the router writes Host from st->authority, so the upstream sees one */
+    }
     for (size_t i = 0; i < m->nhdrs; i++)
         if (sk_hdrs_add(&st->req, &st->arena, m->hdrs[i].name, m->hdrs[i].name_len,
                         m->hdrs[i].value, m->hdrs[i].value_len) < 0) {
@@ -746,7 +788,12 @@ static void process_head(struct h1s *c)
         return;
     }
     refresh_config(c);
-    if (start_stream(c, &m, (size_t)r) < 0) {
+    int sr = start_stream(c, &m, (size_t)r);
+    if (sr == SK_ERR_H1_BAD_START) {
+        reject(c, 400, "invalid absolute-form request target");
+        return;
+    }
+    if (sr < 0) {
         reject(c, 503, "out of memory");
         return;
     }

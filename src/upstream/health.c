@@ -329,7 +329,7 @@ static int build_http_request(struct hc_check *ck)
         if (ops->remove[i] && strcasecmp(ops->remove[i], "user-agent") == 0)
             ua_removed = true;
     if (!ua_removed)
-        lines[n++] = (struct hline){"user-agent", "skiff-health-check", 10, 18};
+        lines[n++] = (struct hline){"User-Agent", "skiff-health-check", 10, 18};
     for (size_t i = 0; i < ops->nadd; i++) {
         const struct sk_hdr_op *op = &ops->add[i];
         if (!op->key || op->key_len == 0 || hdr_forbidden(op->key, op->key_len) ||

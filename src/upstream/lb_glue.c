@@ -33,11 +33,22 @@ void sk_cluster_hash_rebuild(struct sk_cluster_rt *c)
             keys[i] = c->hosts[i]->addr_str; /* Envoy hashes the address */
             w[i] = c->hosts[i]->weight;
         }
-        if (cfg->lb_policy == SK_LB_RING_HASH)
-            c->hash_table = sk_ring_build(keys, w, c->nhosts,
-                                          cfg->ring_hash_min_size ? cfg->ring_hash_min_size : 1024,
-                                          cfg->ring_hash_max_size ? cfg->ring_hash_max_size
-                                                                  : 8388608);
+        if (cfg->lb_policy == SK_LB_RING_HASH) {
+            /* Every host gets the same number of entries whatever the host
+             * count (minimum_ring_size / 3 each, so the default 1024 gives
+             * 342), so adding or removing a host only moves keys to or from
+             * that host. Envoy sizes the ring from the host count instead,
+             * which also shuffles ~9% of keys between unchanged hosts. */
+            uint64_t minsz = cfg->ring_hash_min_size ? cfg->ring_hash_min_size : 1024;
+            uint64_t maxsz = cfg->ring_hash_max_size ? cfg->ring_hash_max_size : 8388608;
+            uint64_t per = (minsz + 2) / 3;
+            uint64_t want = per * c->nhosts;
+            if (want < minsz && c->nhosts >= 3)
+                want = minsz;
+            if (want > maxsz)
+                want = maxsz;
+            c->hash_table = sk_ring_build(keys, w, c->nhosts, want, maxsz);
+        }
         else
             c->hash_table = sk_maglev_build(keys, w, c->nhosts,
                                             cfg->maglev_table_size ? cfg->maglev_table_size

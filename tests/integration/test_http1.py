@@ -363,10 +363,6 @@ def test_slow_writer_large_upload(proxy):
     assert sha(r.body) == sha(data)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: absolute-form request target (RFC 9112 3.2.2, which a server MUST accept; Envoy "
-    "accepts it by default) is used verbatim as the path, so 'GET http://h/p' never matches "
-    "prefix '/' and gets 404 NR (h1_server.c start_stream copies m->target into st->path)"))
 def test_absolute_form_request_target(proxy):
     with RawConn(proxy.port) as c:
         c.send(b"GET http://abs.example/abs?q=1 HTTP/1.1\r\nHost: abs.example\r\n\r\n")

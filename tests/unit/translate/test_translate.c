@@ -1089,6 +1089,651 @@ static void test_dynamic_errors(void)
     EXPECT_ERR(admin, "admin.socket_options", "socket_options is not supported by skiff");
 }
 
+/* ---- resilience: outlier detection, health checks, circuit breakers, LB policies ---------- */
+
+#define PEAK_EWMA_TYPE "type.googleapis.com/skiff.lb.v1.PeakEwma"
+#define LBP_TYPE(p) "type.googleapis.com/envoy.extensions.load_balancing_policies." p
+
+static const char resil_yaml[] =
+    "static_resources:\n" CLUSTERS "  - name: od\n"
+    "    type: STATIC\n"
+    "    outlier_detection:\n"
+    "      consecutive_5xx: 7\n"
+    "      interval: 2s\n"
+    "      base_ejection_time: 400s\n"
+    "      max_ejection_percent: 50\n"
+    "      enforcing_consecutive_5xx: 90\n"
+    "      enforcing_success_rate: 80\n"
+    "      success_rate_minimum_hosts: 3\n"
+    "      success_rate_request_volume: 20\n"
+    "      success_rate_stdev_factor: 2500\n"
+    "      consecutive_gateway_failure: 4\n"
+    "      enforcing_consecutive_gateway_failure: 100\n"
+    "      split_external_local_origin_errors: true\n"
+    "      consecutive_local_origin_failure: 6\n"
+    "      enforcing_consecutive_local_origin_failure: 70\n"
+    "      enforcing_local_origin_success_rate: 60\n"
+    "      failure_percentage_threshold: 40\n"
+    "      enforcing_failure_percentage: 30\n"
+    "      failure_percentage_minimum_hosts: 2\n"
+    "      failure_percentage_request_volume: 10\n"
+    "      max_ejection_time_jitter: 0.5s\n"
+    "      successful_active_health_check_uneject_host: true\n"
+    "      always_eject_one_host: false\n"
+    "    health_checks:\n"
+    "    - timeout: 1s\n"
+    "      interval: 3s\n"
+    "      initial_jitter: 0.1s\n"
+    "      interval_jitter: 0.2s\n"
+    "      interval_jitter_percent: 10\n"
+    "      unhealthy_threshold: 4\n"
+    "      healthy_threshold: 2\n"
+    "      reuse_connection: true\n"
+    "      no_traffic_interval: 30s\n"
+    "      no_traffic_healthy_interval: 90s\n"
+    "      unhealthy_interval: 7s\n"
+    "      unhealthy_edge_interval: 8s\n"
+    "      healthy_edge_interval: 9s\n"
+    "      event_log_path: /dev/null\n"
+    "      always_log_health_check_failures: true\n"
+    "      http_health_check:\n"
+    "        host: hc.local\n"
+    "        path: /healthz\n"
+    "        expected_statuses: [{start: 200, end: 300}, {start: 404, end: 405}]\n"
+    "        request_headers_to_add: [{header: {key: X-HC, value: \"1\"}}]\n"
+    "        request_headers_to_remove: [User-Agent]\n"
+    "        codec_client_type: HTTP1\n"
+    "        method: GET\n"
+    "    circuit_breakers:\n"
+    "      thresholds:\n"
+    "      - priority: HIGH\n"
+    "        max_connections: 1\n"
+    "        max_connection_pools: 2\n"
+    "        retry_budget: {budget_percent: {value: 500}}\n"
+    "      - track_remaining: true\n"
+    "        max_retries: 9\n"
+    "        retry_budget: {budget_percent: {value: 25.5}, min_retry_concurrency: 7}\n"
+    "    lb_policy: RING_HASH\n"
+    "    ring_hash_lb_config: {minimum_ring_size: 64, maximum_ring_size: 4096, hash_function: "
+    "XX_HASH}\n"
+    /* [1] defaults everywhere */
+    "  - name: dflt\n"
+    "    type: STATIC\n"
+    "    outlier_detection: {}\n"
+    "    health_checks:\n"
+    "    - {timeout: 1s, interval: 5s, unhealthy_threshold: 3, healthy_threshold: 1, "
+    "http_health_check: {path: /}}\n"
+    "    circuit_breakers: {thresholds: [{retry_budget: {}}]}\n"
+    "    lb_policy: RING_HASH\n"
+    /* [2] TCP health check, maglev */
+    "  - name: tcp\n"
+    "    type: STATIC\n"
+    "    health_checks:\n"
+    "    - timeout: 1s\n"
+    "      interval: 5s\n"
+    "      unhealthy_threshold: 1\n"
+    "      healthy_threshold: 1\n"
+    "      tcp_health_check:\n"
+    "        send: {text: 50494e47}\n"
+    "        receive: [{text: 504f4e47}, {binary: T0s=}]\n"
+    "    lb_policy: MAGLEV\n"
+    "    maglev_lb_config: {table_size: 251}\n"
+    /* [3] maglev default */
+    "  - name: mg\n"
+    "    type: STATIC\n"
+    "    lb_policy: MAGLEV\n"
+    /* [4] peak EWMA through load_balancing_policy; an unknown (TypedStruct)
+     * policy first is skipped, and lb_policy is ignored */
+    "  - name: ewma\n"
+    "    type: STATIC\n"
+    "    lb_policy: CLUSTER_PROVIDED\n"
+    "    load_balancing_policy:\n"
+    "      policies:\n"
+    "      - typed_extension_config:\n"
+    "          name: custom\n"
+    "          typed_config: {\"@type\": type.googleapis.com/xds.type.v3.TypedStruct, "
+    "type_url: type.googleapis.com/acme.Lb}\n"
+    "      - typed_extension_config:\n"
+    "          name: skiff.lb.peak_ewma\n"
+    "          typed_config: {\"@type\": " PEAK_EWMA_TYPE ", decay_time: 2.5s}\n"
+    "      - typed_extension_config:\n"
+    "          name: envoy.load_balancing_policies.round_robin\n"
+    "          typed_config: {\"@type\": " LBP_TYPE("round_robin.v3.RoundRobin") "}\n"
+    /* [5] peak EWMA default decay */
+    "  - name: ewma2\n"
+    "    type: STATIC\n"
+    "    load_balancing_policy: {policies: [{typed_extension_config: {name: p, typed_config: "
+    "{\"@type\": " PEAK_EWMA_TYPE "}}}]}\n"
+    /* [6..10] Envoy's own policy extensions */
+    "  - name: x-rr\n"
+    "    lb_policy: RANDOM\n"
+    "    load_balancing_policy: {policies: [{typed_extension_config: {name: p, typed_config: "
+    "{\"@type\": " LBP_TYPE("round_robin.v3.RoundRobin") "}}}]}\n"
+    "  - name: x-lr\n"
+    "    load_balancing_policy: {policies: [{typed_extension_config: {name: p, typed_config: "
+    "{\"@type\": " LBP_TYPE("least_request.v3.LeastRequest") ", choice_count: 4}}}]}\n"
+    "  - name: x-rand\n"
+    "    load_balancing_policy: {policies: [{typed_extension_config: {name: p, typed_config: "
+    "{\"@type\": " LBP_TYPE("random.v3.Random") "}}}]}\n"
+    "  - name: x-rh\n"
+    "    load_balancing_policy: {policies: [{typed_extension_config: {name: p, typed_config: "
+    "{\"@type\": " LBP_TYPE("ring_hash.v3.RingHash") ", hash_function: XX_HASH, "
+    "minimum_ring_size: 16, maximum_ring_size: 32}}}]}\n"
+    "  - name: x-mg\n"
+    "    load_balancing_policy: {policies: [{typed_extension_config: {name: p, typed_config: "
+    "{\"@type\": " LBP_TYPE("maglev.v3.Maglev") ", table_size: 5000011}}}]}\n";
+
+static void test_resilience(void)
+{
+    struct sk_snapshot *s = LOAD_OK(resil_yaml);
+    if (!s)
+        return;
+    CHECK(s->nclusters == 11);
+    struct sk_cluster *c = sk_snapshot_find_cluster(s, "od");
+    struct sk_outlier *o = c ? c->outlier : NULL;
+    CHECK(o != NULL);
+    if (o) {
+        CHECK(o->consecutive_5xx == 7 && o->interval_ms == 2000);
+        /* max_ejection_time unset: max(300 s, base_ejection_time) */
+        CHECK(o->base_ejection_time_ms == 400000 && o->max_ejection_time_ms == 400000);
+        CHECK(o->max_ejection_percent == 50 && o->enforcing_consecutive_5xx == 90);
+        CHECK(o->enforcing_success_rate == 80 && o->success_rate_minimum_hosts == 3);
+        CHECK(o->success_rate_request_volume == 20 && o->success_rate_stdev_factor == 2500);
+        CHECK(o->consecutive_gateway_failure == 4);
+        CHECK(o->enforcing_consecutive_gateway_failure == 100);
+        CHECK(o->split_external_local_origin_errors && o->consecutive_local_origin_failure == 6);
+        CHECK(o->enforcing_consecutive_local_origin_failure == 70);
+        CHECK(o->enforcing_local_origin_success_rate == 60);
+        CHECK(o->failure_percentage_threshold == 40 && o->enforcing_failure_percentage == 30);
+        CHECK(o->failure_percentage_minimum_hosts == 2);
+        CHECK(o->failure_percentage_request_volume == 10);
+        CHECK(o->max_ejection_time_jitter_ms == 500);
+    }
+    struct sk_health_checks *hcs = c ? c->health_checks : NULL;
+    CHECK(hcs && hcs->n == 1);
+    if (hcs && hcs->n == 1) {
+        struct sk_health_check *h = &hcs->v[0];
+        CHECK(h->kind == SK_HC_HTTP && h->timeout_ms == 1000 && h->interval_ms == 3000);
+        CHECK(h->initial_jitter_ms == 100 && h->interval_jitter_ms == 200);
+        CHECK(h->interval_jitter_percent == 10);
+        CHECK(h->unhealthy_threshold == 4 && h->healthy_threshold == 2);
+        CHECK(h->no_traffic_interval_ms == 30000 && h->no_traffic_healthy_interval_ms == 90000);
+        CHECK(h->unhealthy_interval_ms == 7000 && h->unhealthy_edge_interval_ms == 8000);
+        CHECK(h->healthy_edge_interval_ms == 9000);
+        CHECK(strcmp(h->host, "hc.local") == 0 && strcmp(h->path, "/healthz") == 0);
+        CHECK(h->nexpected == 2 && h->expected_statuses[0] == 200);
+        CHECK(h->nexpected == 2 && h->expected_statuses[1] == 300);
+        CHECK(h->nexpected == 2 && h->expected_statuses[2] == 404);
+        CHECK(h->nexpected == 2 && h->expected_statuses[3] == 405);
+        CHECK(h->req_hdrs.nadd == 1 && strcmp(h->req_hdrs.add[0].key, "x-hc") == 0);
+        CHECK(h->req_hdrs.nadd == 1 && strcmp(h->req_hdrs.add[0].value, "1") == 0);
+        CHECK(h->req_hdrs.nremove == 1 && strcmp(h->req_hdrs.remove[0], "user-agent") == 0);
+        CHECK(h->send == NULL && h->nreceive == 0);
+    }
+    /* DEFAULT thresholds used; HIGH (with fields that would be errors for
+     * DEFAULT) accepted and ignored */
+    CHECK(c && c->cb.max_connections == 1024 && c->cb.max_retries == 9);
+    CHECK(c && c->cb.track_remaining && c->cb.retry_budget);
+    CHECK(c && c->cb.retry_budget_percent == 25.5 && c->cb.retry_budget_min_concurrency == 7);
+    CHECK(c && c->lb_policy == SK_LB_RING_HASH);
+    CHECK(c && c->ring_hash_min_size == 64 && c->ring_hash_max_size == 4096);
+
+    c = sk_snapshot_find_cluster(s, "dflt");
+    o = c ? c->outlier : NULL;
+    CHECK(o != NULL);
+    if (o) {
+        CHECK(o->consecutive_5xx == 5 && o->consecutive_gateway_failure == 5);
+        CHECK(o->consecutive_local_origin_failure == 5 && o->enforcing_consecutive_5xx == 100);
+        CHECK(o->enforcing_consecutive_gateway_failure == 0);
+        CHECK(o->enforcing_consecutive_local_origin_failure == 100);
+        CHECK(o->enforcing_local_origin_success_rate == 100);
+        CHECK(!o->split_external_local_origin_errors && o->interval_ms == 10000);
+        CHECK(o->base_ejection_time_ms == 30000 && o->max_ejection_time_ms == 300000);
+        CHECK(o->max_ejection_time_jitter_ms == 0 && o->max_ejection_percent == 10);
+        CHECK(o->success_rate_minimum_hosts == 5 && o->success_rate_request_volume == 100);
+        CHECK(o->success_rate_stdev_factor == 1900 && o->enforcing_success_rate == 100);
+        CHECK(o->failure_percentage_threshold == 85 && o->failure_percentage_minimum_hosts == 5);
+        CHECK(o->failure_percentage_request_volume == 50);
+        CHECK(o->enforcing_failure_percentage == 0);
+    }
+    hcs = c ? c->health_checks : NULL;
+    CHECK(hcs && hcs->n == 1);
+    if (hcs && hcs->n == 1) {
+        struct sk_health_check *h = &hcs->v[0];
+        CHECK(h->kind == SK_HC_HTTP && h->initial_jitter_ms == 0 && h->interval_jitter_ms == 0);
+        CHECK(h->interval_jitter_percent == 0 && h->no_traffic_interval_ms == 60000);
+        CHECK(h->no_traffic_healthy_interval_ms == 60000);
+        CHECK(h->unhealthy_interval_ms == 5000 && h->unhealthy_edge_interval_ms == 5000);
+        CHECK(h->healthy_edge_interval_ms == 5000);
+        CHECK(strcmp(h->host, "dflt") == 0 && strcmp(h->path, "/") == 0); /* host = cluster */
+        CHECK(h->nexpected == 1 && h->expected_statuses[0] == 200);
+        CHECK(h->nexpected == 1 && h->expected_statuses[1] == 201);
+        CHECK(h->req_hdrs.nadd == 0 && h->req_hdrs.nremove == 0);
+    }
+    CHECK(c && c->cb.max_connections == 1024 && c->cb.max_pending_requests == 1024);
+    CHECK(c && c->cb.max_requests == 1024 && c->cb.max_retries == 3);
+    CHECK(c && !c->cb.track_remaining && c->cb.retry_budget);
+    CHECK(c && c->cb.retry_budget_percent == 20.0 && c->cb.retry_budget_min_concurrency == 3);
+    CHECK(c && c->lb_policy == SK_LB_RING_HASH);
+    CHECK(c && c->ring_hash_min_size == 1024 && c->ring_hash_max_size == 8388608);
+
+    c = sk_snapshot_find_cluster(s, "tcp");
+    CHECK(c && !c->outlier && !c->cb.retry_budget && c->cb.retry_budget_percent == 0.0);
+    hcs = c ? c->health_checks : NULL;
+    CHECK(hcs && hcs->n == 1);
+    if (hcs && hcs->n == 1) {
+        struct sk_health_check *h = &hcs->v[0];
+        CHECK(h->kind == SK_HC_TCP && !h->path);
+        CHECK(h->send_len == 4 && memcmp(h->send, "PING", 4) == 0);
+        CHECK(h->nreceive == 2 && h->receive_len[0] == 4 && memcmp(h->receive[0], "PONG", 4) == 0);
+        CHECK(h->nreceive == 2 && h->receive_len[1] == 2 && memcmp(h->receive[1], "OK", 2) == 0);
+    }
+    CHECK(c && c->lb_policy == SK_LB_MAGLEV && c->maglev_table_size == 251);
+    c = sk_snapshot_find_cluster(s, "mg");
+    CHECK(c && c->lb_policy == SK_LB_MAGLEV && c->maglev_table_size == 65537);
+    CHECK(c && !c->health_checks && !c->outlier);
+
+    c = sk_snapshot_find_cluster(s, "ewma");
+    CHECK(c && c->lb_policy == SK_LB_PEAK_EWMA && c->peak_ewma_decay_ms == 2500);
+    c = sk_snapshot_find_cluster(s, "ewma2");
+    CHECK(c && c->lb_policy == SK_LB_PEAK_EWMA && c->peak_ewma_decay_ms == 10000);
+    c = sk_snapshot_find_cluster(s, "x-rr");
+    CHECK(c && c->lb_policy == SK_LB_ROUND_ROBIN);
+    c = sk_snapshot_find_cluster(s, "x-lr");
+    CHECK(c && c->lb_policy == SK_LB_LEAST_REQUEST && c->lr_choice_count == 4);
+    c = sk_snapshot_find_cluster(s, "x-rand");
+    CHECK(c && c->lb_policy == SK_LB_RANDOM);
+    c = sk_snapshot_find_cluster(s, "x-rh");
+    CHECK(c && c->lb_policy == SK_LB_RING_HASH);
+    CHECK(c && c->ring_hash_min_size == 16 && c->ring_hash_max_size == 32);
+    c = sk_snapshot_find_cluster(s, "x-mg");
+    CHECK(c && c->lb_policy == SK_LB_MAGLEV && c->maglev_table_size == 5000011);
+    sk_snapshot_unref(s);
+}
+
+#define CL(i) "static_resources.clusters[" #i "]"
+
+static void test_resilience_errors(void)
+{
+    static const char od[] =
+        "static_resources:\n" CLUSTERS "  - name: a\n"
+        "    outlier_detection:\n"
+        "      max_ejection_percent: 101\n"
+        "      enforcing_consecutive_5xx: 200\n"
+        "      enforcing_success_rate: 101\n"
+        "      enforcing_consecutive_gateway_failure: 101\n"
+        "      enforcing_consecutive_local_origin_failure: 101\n"
+        "      enforcing_local_origin_success_rate: 101\n"
+        "      failure_percentage_threshold: 101\n"
+        "      enforcing_failure_percentage: 101\n"
+        "      interval: 0s\n"
+        "      base_ejection_time: 60s\n"
+        "      max_ejection_time: 10s\n"
+        "      always_eject_one_host: true\n"
+        "      successful_active_health_check_uneject_host: false\n"
+        "      split_external_local_origin_errors: true\n"
+        "      enforcing_failure_percentage_local_origin: 5\n"
+        "  - name: b\n"
+        "    outlier_detection: {base_ejection_time: -1s, max_ejection_time: 1s}\n";
+    EXPECT_ERR_AT(od, CL(0) ".outlier_detection.max_ejection_percent",
+                  "max_ejection_percent must be 0-100 (got 101)", NULL, "max_ejection_percent: 101");
+    EXPECT_ERR(od, CL(0) ".outlier_detection.enforcing_consecutive_5xx", "must be 0-100 (got 200)");
+    EXPECT_ERR(od, CL(0) ".outlier_detection.enforcing_success_rate", "must be 0-100");
+    EXPECT_ERR(od, CL(0) ".outlier_detection.enforcing_consecutive_gateway_failure",
+               "must be 0-100");
+    EXPECT_ERR(od, CL(0) ".outlier_detection.enforcing_consecutive_local_origin_failure",
+               "must be 0-100");
+    EXPECT_ERR(od, CL(0) ".outlier_detection.enforcing_local_origin_success_rate",
+               "must be 0-100");
+    EXPECT_ERR(od, CL(0) ".outlier_detection.failure_percentage_threshold", "must be 0-100");
+    EXPECT_ERR(od, CL(0) ".outlier_detection.enforcing_failure_percentage", "must be 0-100");
+    EXPECT_ERR_AT(od, CL(0) ".outlier_detection.interval", "interval must be greater than 0",
+                  NULL, "interval: 0s");
+    EXPECT_ERR(od, CL(0) ".outlier_detection.max_ejection_time",
+               "max_ejection_time cannot be smaller than base_ejection_time");
+    EXPECT_ERR(od, CL(0) ".outlier_detection.always_eject_one_host",
+               "always_eject_one_host: true is not supported by skiff");
+    EXPECT_ERR(od, CL(0) ".outlier_detection.successful_active_health_check_uneject_host",
+               "successful_active_health_check_uneject_host: false is not supported");
+    EXPECT_ERR(od, CL(0) ".outlier_detection.enforcing_failure_percentage_local_origin",
+               "is not supported by skiff");
+    EXPECT_ERR(od, CL(1) ".outlier_detection.base_ejection_time", "invalid duration");
+    /* base_ejection_time falls back to its default (30 s) > max 1 s */
+    EXPECT_ERR(od, CL(1) ".outlier_detection.max_ejection_time", "cannot be smaller");
+
+    static const char hc[] =
+        "static_resources:\n" CLUSTERS "  - name: a\n"
+        "    health_checks:\n"
+        "    - interval: 0s\n"
+        "      alt_port: 9\n"
+        "      reuse_connection: false\n"
+        "      no_traffic_interval: 0s\n"
+        "      http_health_check:\n"
+        "        path: \"\"\n"
+        "        codec_client_type: HTTP2\n"
+        "        expected_statuses: [{start: 200, end: 200}, {start: 99, end: 200}, {start: 500, "
+        "end: 601}]\n"
+        "        retriable_statuses: [{start: 500, end: 501}]\n"
+        "        service_name_matcher: {exact: x}\n"
+        "        send: {text: \"00\"}\n"
+        "        method: POST\n"
+        "    - {timeout: 1s, interval: 1s, unhealthy_threshold: 1, healthy_threshold: 1, "
+        "grpc_health_check: {}}\n"
+        "    - {timeout: 1s, interval: 1s, unhealthy_threshold: 1, healthy_threshold: 1, "
+        "custom_health_check: {name: x}}\n"
+        "    - {timeout: 1s, interval: 1s, unhealthy_threshold: 1, healthy_threshold: 1}\n"
+        "    - timeout: 1s\n"
+        "      interval: 1s\n"
+        "      unhealthy_threshold: 1\n"
+        "      healthy_threshold: 1\n"
+        "      tcp_health_check:\n"
+        "        send: {text: 0g}\n"
+        "        receive: [{text: abc}, {}, {text: \"\"}]\n"
+        "    - {timeout: 1s, interval: 1s, unhealthy_threshold: 1, healthy_threshold: 1, "
+        "http_health_check: {path: /, method: CONNECT}}\n";
+    EXPECT_ERR(hc, CL(0) ".health_checks", "multiple health checks are not supported");
+#define HC(i) CL(0) ".health_checks[" #i "]"
+    EXPECT_ERR(hc, HC(0) ".timeout", "timeout is required");
+    EXPECT_ERR_AT(hc, HC(0) ".interval", "interval must be greater than 0", NULL, "interval: 0s");
+    EXPECT_ERR(hc, HC(0) ".unhealthy_threshold", "unhealthy_threshold is required");
+    EXPECT_ERR(hc, HC(0) ".healthy_threshold", "healthy_threshold is required");
+    EXPECT_ERR(hc, HC(0) ".alt_port", "alt_port is not supported by skiff");
+    EXPECT_ERR(hc, HC(0) ".reuse_connection", "reuse_connection: false is not supported");
+    EXPECT_ERR(hc, HC(0) ".no_traffic_interval", "no_traffic_interval must be greater than 0");
+    EXPECT_ERR(hc, HC(0) ".http_health_check.path", "path is required");
+    EXPECT_ERR_AT(hc, HC(0) ".http_health_check.codec_client_type",
+                  "codec_client_type HTTP2 is not supported by skiff (HTTP1 only)", NULL,
+                  "codec_client_type: HTTP2");
+    EXPECT_ERR(hc, HC(0) ".http_health_check.expected_statuses[0]",
+               "invalid status range [200, 200)");
+    EXPECT_ERR(hc, HC(0) ".http_health_check.expected_statuses[1]",
+               "invalid status range [99, 200)");
+    EXPECT_ERR(hc, HC(0) ".http_health_check.expected_statuses[2]",
+               "invalid status range [500, 601)");
+    EXPECT_ERR(hc, HC(0) ".http_health_check.retriable_statuses",
+               "retriable_statuses is not supported by skiff");
+    EXPECT_ERR(hc, HC(0) ".http_health_check.service_name_matcher", "is not supported by skiff");
+    EXPECT_ERR(hc, HC(0) ".http_health_check.send", "send is not supported by skiff");
+    EXPECT_ERR(hc, HC(0) ".http_health_check.method", "methods other than GET are not supported");
+    EXPECT_ERR(hc, HC(1) ".grpc_health_check", "grpc_health_check is not supported by skiff");
+    EXPECT_ERR(hc, HC(2) ".custom_health_check", "custom_health_check is not supported by skiff");
+    EXPECT_ERR(hc, HC(3), "one of http_health_check, tcp_health_check is required");
+    EXPECT_ERR_AT(hc, HC(4) ".tcp_health_check.send.text", "invalid hex string '0g'", NULL,
+                  "text: 0g");
+    EXPECT_ERR(hc, HC(4) ".tcp_health_check.receive[0].text", "invalid hex string 'abc'");
+    EXPECT_ERR(hc, HC(4) ".tcp_health_check.receive[1]", "one of text, binary is required");
+    EXPECT_ERR(hc, HC(4) ".tcp_health_check.receive[2].text", "text must not be empty");
+    EXPECT_ERR(hc, HC(5) ".http_health_check.method", "method CONNECT is not allowed");
+#undef HC
+
+    static const char cb[] =
+        "static_resources:\n" CLUSTERS "  - name: a\n"
+        "    circuit_breakers:\n"
+        "      thresholds:\n"
+        "      - max_connection_pools: 3\n"
+        "        retry_budget: {budget_percent: {value: 150}}\n"
+        "      - {priority: HIGH, retry_budget: {budget_percent: {value: 150}}}\n"
+        "  - name: b\n"
+        "    circuit_breakers: {thresholds: [{retry_budget: {budget_percent: {value: -1}}}, "
+        "{max_retries: 1}]}\n";
+    EXPECT_ERR(cb, CL(0) ".circuit_breakers.thresholds[0].max_connection_pools",
+               "max_connection_pools is not supported by skiff");
+    EXPECT_ERR_AT(cb, CL(0) ".circuit_breakers.thresholds[0].retry_budget.budget_percent.value",
+                  "budget_percent must be 0-100", NULL, "value: 150");
+    EXPECT_ERR(cb, CL(1) ".circuit_breakers.thresholds[0].retry_budget.budget_percent.value",
+               "budget_percent must be 0-100");
+    EXPECT_ERR(cb, CL(1) ".circuit_breakers.thresholds[1].priority",
+               "duplicate thresholds for priority DEFAULT");
+    {
+        struct sk_snapshot *s = NULL;
+        struct sk_cfgerrs e;
+        CHECK(load(cb, &s, &e) == SK_ERR_CONFIG && !s && e.n == 4); /* nothing from HIGH */
+        if (e.n != 4)
+            sk_cfgerrs_print(&e, stderr);
+        sk_cfgerrs_free(&e);
+    }
+
+    static const char lb[] =
+        "static_resources:\n" CLUSTERS "  - name: a\n"
+        "    lb_policy: RING_HASH\n"
+        "    ring_hash_lb_config: {minimum_ring_size: 2048, maximum_ring_size: 1024, "
+        "hash_function: MURMUR_HASH_2}\n"
+        "  - name: b\n"
+        "    lb_policy: RING_HASH\n"
+        "    ring_hash_lb_config: {maximum_ring_size: 8388609}\n"
+        "  - name: c\n"
+        "    lb_policy: MAGLEV\n"
+        "    maglev_lb_config: {table_size: 65536}\n"
+        "  - name: d\n"
+        "    lb_policy: MAGLEV\n"
+        "    maglev_lb_config: {table_size: 5000012}\n"
+        "  - name: e\n"
+        "    load_balancing_policy: {policies: [{typed_extension_config: {name: p, typed_config: "
+        "{\"@type\": type.googleapis.com/xds.type.v3.TypedStruct, type_url: acme.Lb}}}]}\n"
+        "  - name: f\n"
+        "    load_balancing_policy: {}\n"
+        "  - name: g\n"
+        "    load_balancing_policy:\n"
+        "      policies:\n"
+        "      - typed_extension_config: {name: p, typed_config: {\"@type\": " PEAK_EWMA_TYPE
+        ", decay_time: 0s}}\n"
+        "  - name: h\n"
+        "    load_balancing_policy:\n"
+        "      policies:\n"
+        "      - typed_extension_config: {name: p, typed_config: {\"@type\": "
+        LBP_TYPE("ring_hash.v3.RingHash") ", hash_function: MURMUR_HASH_2, minimum_ring_size: "
+        "9000000}}\n"
+        "  - name: i\n"
+        "    load_balancing_policy:\n"
+        "      policies:\n"
+        "      - typed_extension_config: {name: p, typed_config: {\"@type\": "
+        LBP_TYPE("least_request.v3.LeastRequest") ", choice_count: 1}}\n"
+        "  - name: j\n"
+        "    load_balancing_policy:\n"
+        "      policies:\n"
+        "      - typed_extension_config: {name: p}\n"
+        "  - name: k\n"
+        "    load_balancing_policy:\n"
+        "      policies:\n"
+        "      - typed_extension_config: {name: p, typed_config: {\"@type\": "
+        LBP_TYPE("maglev.v3.Maglev") ", table_size: 1}}\n";
+    EXPECT_ERR(lb, CL(0) ".ring_hash_lb_config.hash_function",
+               "only hash_function XX_HASH is supported by skiff");
+    EXPECT_ERR(lb, CL(0) ".ring_hash_lb_config.minimum_ring_size",
+               "minimum_ring_size (2048) must not be greater than maximum_ring_size (1024)");
+    EXPECT_ERR(lb, CL(1) ".ring_hash_lb_config.maximum_ring_size",
+               "maximum_ring_size must be at most 8388608");
+    EXPECT_ERR_AT(lb, CL(2) ".maglev_lb_config.table_size", "table_size 65536 is not a prime",
+                  NULL, "table_size: 65536");
+    EXPECT_ERR(lb, CL(3) ".maglev_lb_config.table_size", "table_size must be at most 5000011");
+    EXPECT_ERR(lb, CL(4) ".load_balancing_policy.policies",
+               "none of the policies is supported by skiff");
+    EXPECT_ERR(lb, CL(5) ".load_balancing_policy.policies", "at least one policy is required");
+    EXPECT_ERR(lb,
+               CL(6) ".load_balancing_policy.policies[0].typed_extension_config.typed_config."
+                     "decay_time",
+               "decay_time must be greater than 0");
+    EXPECT_ERR(lb,
+               CL(7) ".load_balancing_policy.policies[0].typed_extension_config.typed_config."
+                     "hash_function",
+               "only hash_function XX_HASH");
+    EXPECT_ERR(lb,
+               CL(7) ".load_balancing_policy.policies[0].typed_extension_config.typed_config."
+                     "minimum_ring_size",
+               "minimum_ring_size must be at most 8388608");
+    EXPECT_ERR(lb,
+               CL(8) ".load_balancing_policy.policies[0].typed_extension_config.typed_config."
+                     "choice_count",
+               "choice_count must be at least 2");
+    EXPECT_ERR(lb, CL(9) ".load_balancing_policy.policies[0].typed_extension_config.typed_config",
+               "typed_config with an @type is required");
+    EXPECT_ERR(lb,
+               CL(10) ".load_balancing_policy.policies[0].typed_extension_config.typed_config."
+                      "table_size",
+               "table_size 1 is not a prime number");
+}
+
+/* ---- route-level: hash policies, attempt count, buffer limits, retry policy ------------- */
+
+static const char rt_yaml[] = LISTENERS LISTENER_HCM(
+    "          route_config:\n"
+    "            virtual_hosts:\n"
+    "            - name: a\n"
+    "              domains: [a]\n"
+    "              include_request_attempt_count: true\n"
+    "              per_request_buffer_limit_bytes: 4096\n"
+    "              routes:\n"
+    "              - match: {prefix: /h}\n"
+    "                route:\n"
+    "                  cluster: c\n"
+    "                  hash_policy:\n"
+    "                  - header: {header_name: X-User}\n"
+    "                  - cookie: {name: Sess, ttl: 10s, path: /}\n"
+    "                    terminal: true\n"
+    "                  - connection_properties: {source_ip: true}\n"
+    "                  - connection_properties: {source_ip: false}\n"
+    "                  - query_parameter: {name: uid}\n"
+    "                  - header: {header_name: \":authority\"}\n"
+    "              - match: {prefix: /r}\n"
+    "                per_request_buffer_limit_bytes: 100\n"
+    "                route:\n"
+    "                  cluster: c\n"
+    "                  retry_policy:\n"
+    "                    retry_on: \"5xx,gateway-error,reset,reset-before-request,connect-failure,"
+    "envoy-ratelimited,retriable-4xx,refused-stream,retriable-status-codes,"
+    "http3-post-connect-failure,cancelled,deadline-exceeded,internal,resource-exhausted,"
+    "unavailable\"\n"
+    "                    retry_back_off: {base_interval: 0.05s, max_interval: 2s}\n"
+    "              - match: {prefix: /b}\n"
+    "                request_body_buffer_limit: 70000\n"
+    "                per_request_buffer_limit_bytes: 100\n"
+    "                route: {cluster: c, retry_policy: {}}\n"
+    "            - name: b\n"
+    "              domains: [b]\n"
+    "              request_body_buffer_limit: 5000000\n"
+    "              per_request_buffer_limit_bytes: 100\n"
+    "              routes:\n"
+    "              - match: {prefix: /}\n"
+    "                route: {cluster: c}\n"
+    "            - name: d\n"
+    "              domains: [\"*\"]\n"
+    "              routes:\n"
+    "              - match: {prefix: /}\n"
+    "                route: {cluster: c}\n"
+    "          http_filters: [" ROUTER "]\n") CLUSTERS STATIC_CLUSTER("c", "127.0.0.1", "80");
+
+static void test_route_resilience(void)
+{
+    struct sk_snapshot *s = LOAD_OK(rt_yaml);
+    if (!s)
+        return;
+    struct sk_route_config *rc = s->listeners[0].chains[0].hcm->routes;
+    struct sk_vhost *a = &rc->vhosts[0];
+    CHECK(a->nroutes == 3);
+    struct sk_route *r = &a->routes[0];
+    CHECK(r->include_attempt_count && r->per_request_buffer_limit_bytes == 4096);
+    CHECK(r->nhash_policy == 5); /* source_ip: false yields no hash: left out */
+    if (r->nhash_policy == 5) {
+        struct sk_hash_policy *h = r->hash_policy;
+        CHECK(h[0].kind == SK_HASH_HEADER && strcmp(h[0].name, "x-user") == 0 && !h[0].terminal);
+        CHECK(h[1].kind == SK_HASH_COOKIE && strcmp(h[1].name, "Sess") == 0 && h[1].terminal);
+        CHECK(h[2].kind == SK_HASH_SOURCE_IP && !h[2].name);
+        CHECK(h[3].kind == SK_HASH_QUERY_PARAM && strcmp(h[3].name, "uid") == 0);
+        CHECK(h[4].kind == SK_HASH_HEADER && strcmp(h[4].name, ":authority") == 0);
+    }
+    CHECK(r->retry == NULL);
+    r = &a->routes[1];
+    CHECK(r->include_attempt_count && r->per_request_buffer_limit_bytes == 100);
+    CHECK(r->nhash_policy == 0 && !r->hash_policy);
+    struct sk_retry_policy *rp = r->retry;
+    CHECK(rp && rp->retry_on == (SK_RETRY_ON_5XX | SK_RETRY_ON_GATEWAY_ERROR | SK_RETRY_ON_RESET |
+                                 SK_RETRY_ON_RESET_BEFORE_REQUEST | SK_RETRY_ON_CONNECT_FAILURE |
+                                 SK_RETRY_ON_ENVOY_RATELIMITED | SK_RETRY_ON_RETRIABLE_4XX |
+                                 SK_RETRY_ON_REFUSED_STREAM | SK_RETRY_ON_RETRIABLE_STATUS_CODES |
+                                 SK_RETRY_ON_HTTP3_POST_CONNECT_FAILURE |
+                                 SK_RETRY_ON_GRPC_CANCELLED | SK_RETRY_ON_GRPC_DEADLINE_EXCEEDED |
+                                 SK_RETRY_ON_GRPC_INTERNAL | SK_RETRY_ON_GRPC_RESOURCE_EXHAUSTED |
+                                 SK_RETRY_ON_GRPC_UNAVAILABLE));
+    CHECK(rp && rp->num_retries == 1 && rp->base_interval_ms == 50 && rp->max_interval_ms == 2000);
+    r = &a->routes[2];
+    /* request_body_buffer_limit wins over per_request_buffer_limit_bytes */
+    CHECK(r->per_request_buffer_limit_bytes == 70000);
+    rp = r->retry;
+    CHECK(rp && rp->retry_on == 0 && rp->num_retries == 1);
+    CHECK(rp && rp->per_try_timeout_ms == SK_DUR_NONE && rp->base_interval_ms == 25);
+    CHECK(rp && rp->max_interval_ms == 250 && !rp->retry_other_host);
+    CHECK(rp && rp->host_selection_retry_max_attempts == 1 && rp->nretriable_status_codes == 0);
+    r = &rc->vhosts[1].routes[0];
+    CHECK(!r->include_attempt_count && r->per_request_buffer_limit_bytes == 5000000);
+    r = &rc->vhosts[2].routes[0];
+    CHECK(!r->include_attempt_count && r->per_request_buffer_limit_bytes == 1024 * 1024);
+    CHECK(r->nhash_policy == 0);
+    sk_snapshot_unref(s);
+}
+
+static void test_route_resilience_errors(void)
+{
+    static const char y[] = LISTENERS LISTENER_HCM(
+        "          route_config:\n"
+        "            virtual_hosts:\n"
+        "            - name: a\n"
+        "              domains: [\"*\"]\n"
+        "              retry_policy: {retry_on: \"5xx,retriable-headers\"}\n"
+        "              routes:\n"
+        "              - match: {prefix: /}\n"
+        "                route:\n"
+        "                  cluster: c\n"
+        "                  hash_policy:\n"
+        "                  - filter_state: {key: k}\n"
+        "                  - header: {header_name: \"bad name\"}\n"
+        "                  - cookie: {ttl: 1s}\n"
+        "                  - query_parameter: {}\n"
+        "                  - terminal: true\n"
+        "                  - header: {header_name: x, regex_rewrite: {pattern: {regex: a}, "
+        "substitution: b}}\n"
+        "                  retry_policy:\n"
+        "                    retry_on: \"5xx, gateway-error,Reset\"\n"
+        "                    retry_back_off: {base_interval: 1s, max_interval: 0.5s}\n"
+        "              - match: {prefix: /}\n"
+        "                route:\n"
+        "                  cluster: c\n"
+        "                  retry_policy:\n"
+        "                    retry_on: connect-failure\n"
+        "                    retry_back_off: {base_interval: 0s}\n"
+        "                    per_try_timeout: -1s\n"
+        "              - match: {prefix: /}\n"
+        "                route:\n"
+        "                  cluster: c\n"
+        "                  retry_policy: {retry_back_off: {max_interval: 1s}}\n"
+        "          http_filters: [" ROUTER "]\n") CLUSTERS STATIC_CLUSTER("c", "127.0.0.1", "80");
+    EXPECT_ERR(y, VH0 ".retry_policy.retry_on",
+               "retry_on 'retriable-headers' is not supported by skiff");
+#define RA(i) VH0 ".routes[" #i "].route"
+    EXPECT_ERR_AT(y, RA(0) ".hash_policy[0].filter_state",
+                  "filter_state hash policy is not supported by skiff", NULL, "filter_state:");
+    EXPECT_ERR(y, RA(0) ".hash_policy[1].header.header_name", "invalid header name 'bad name'");
+    EXPECT_ERR(y, RA(0) ".hash_policy[2].cookie.name", "name is required");
+    EXPECT_ERR(y, RA(0) ".hash_policy[3].query_parameter.name", "name is required");
+    EXPECT_ERR(y, RA(0) ".hash_policy[4]",
+               "one of header, cookie, connection_properties, query_parameter is required");
+    EXPECT_ERR(y, RA(0) ".hash_policy[5].header.regex_rewrite",
+               "regex_rewrite is not supported by skiff");
+    EXPECT_ERR(y, RA(0) ".retry_policy.retry_on", "unknown retry_on value 'Reset'");
+    EXPECT_ERR(y, RA(0) ".retry_policy.retry_back_off.max_interval",
+               "max_interval must be at least base_interval");
+    EXPECT_ERR(y, RA(1) ".retry_policy.retry_back_off.base_interval",
+               "base_interval must be greater than 0");
+    EXPECT_ERR(y, RA(1) ".retry_policy.per_try_timeout", "invalid duration");
+    EXPECT_ERR(y, RA(2) ".retry_policy.retry_back_off.base_interval", "base_interval is required");
+#undef RA
+    struct sk_snapshot *s = NULL;
+    struct sk_cfgerrs e;
+    CHECK(load(y, &s, &e) == SK_ERR_CONFIG && !s && e.n == 12);
+    if (e.n != 12)
+        sk_cfgerrs_print(&e, stderr);
+    sk_cfgerrs_free(&e);
+}
+
 /* an empty bootstrap is valid (nothing to serve) */
 static void test_empty(void)
 {
@@ -1116,6 +1761,10 @@ int main(void)
     test_route_errors();
     test_cluster_errors();
     test_dynamic_errors();
+    test_resilience();
+    test_resilience_errors();
+    test_route_resilience();
+    test_route_resilience_errors();
     if (failures) {
         fprintf(stderr, "%d of %d checks failed\n", failures, checks);
         return 1;
