@@ -14,6 +14,7 @@
 #include "skiff/config.h"
 #include "skiff/dns.h"
 #include "skiff/err.h"
+#include "skiff/health.h"
 #include "skiff/hoststate.h"
 #include "skiff/log.h"
 #include "skiff/net.h"
@@ -109,6 +110,7 @@ static void dns_publish(struct dns_cluster *dc)
         n = 1;
     sk_debug("dns: cluster %s: %zu host(s)", dc->name, n);
     post_hosts(dc->name, all, n);
+    sk_health_set_hosts(dc->name, all, n);
     free(all);
 }
 
@@ -415,6 +417,7 @@ static int publish(struct sk_snapshot *s)
     cur = s;
     dns_apply(s);
     od_apply(s);
+    sk_health_apply(main_loop, s);
     return 0;
 }
 
@@ -703,6 +706,7 @@ int main(int argc, char **argv)
 
     sk_workers_join();
     sk_admin_stop();
+    sk_health_stop_all();
     sk_info("skiff stopped");
     return 0;
 }

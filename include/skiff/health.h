@@ -11,15 +11,19 @@
  *
  * Scheduling (per checker):
  *   - first check after a random delay in [0, initial_jitter];
- *   - then after `interval` when the check passed and the host is not
- *     waiting to turn healthy, `healthy_edge_interval` when it passed but the
- *     host still needs more passes to turn healthy, `unhealthy_interval`
- *     after a failure (Envoy has no separate unhealthy_edge_interval in our
- *     model: its default is unhealthy_interval anyway);
+ *   - then, as Envoy's HealthCheckerImplBase::interval(): `interval` after
+ *     a pass (host healthy or unknown), `healthy_edge_interval` after a pass
+ *     that leaves an UNHEALTHY host short of healthy_threshold,
+ *     `unhealthy_edge_interval` after a failure that leaves the host short of
+ *     unhealthy_threshold, `unhealthy_interval` after a failure of a host that
+ *     is (now) UNHEALTHY; a 0 / SK_DUR_NONE field falls back to its Envoy
+ *     default (unhealthy_edge -> unhealthy -> interval, healthy_edge ->
+ *     interval);
  *   - plus random [0, interval_jitter) and [0, interval_jitter_percent% of
  *     the base) on top, as Envoy does.
- *   no_traffic_interval is ignored: we always use the intervals above (Envoy
- *   slows down to no_traffic_interval for clusters that never saw traffic).
+ *   no_traffic_interval / no_traffic_healthy_interval are ignored: we always
+ *   use the intervals above (Envoy slows down to them for clusters that never
+ *   saw traffic).
  *
  * Verdicts (Envoy's rules):
  *   - A host starts SK_HC_UNKNOWN (usable). Envoy starts hosts as failed

@@ -196,6 +196,51 @@ struct sk_route_config {
     bool ignore_port_in_host_matching; /* strip ":port" from Host before domain match */
 };
 
+/* ---- TLS (issue 4) ------------------------------------------------------ */
+
+enum sk_ds_kind { SK_DS_NONE = 0, SK_DS_FILE = 1, SK_DS_INLINE = 2, SK_DS_ENV = 3 };
+
+struct sk_datasource { /* envoy.config.core.v3.DataSource */
+    int kind;        /* enum sk_ds_kind */
+    char *filename;  /* SK_DS_FILE: watched for rotation */
+    char *data;      /* SK_DS_INLINE (inline_bytes / inline_string) or SK_DS_ENV: the
+                        variable's name */
+    size_t len;
+};
+
+enum sk_san_type { SK_SAN_ANY = 0, SK_SAN_EMAIL = 1, SK_SAN_DNS = 2, SK_SAN_URI = 3,
+                   SK_SAN_IP = 4 };
+
+struct sk_san_matcher { /* match_typed_subject_alt_names / match_subject_alt_names */
+    int san_type;    /* enum sk_san_type; ANY for the deprecated untyped list */
+    int kind;        /* enum sk_str_match_kind (EXACT, PREFIX, SUFFIX, CONTAINS) */
+    char *value;
+    bool ignore_case;
+};
+
+/* Downstream/UpstreamTlsContext + CommonTlsContext, the subset we support. */
+struct sk_tls_cfg {
+    bool is_server;
+    struct sk_datasource cert_chain;   /* tls_certificates[0].certificate_chain */
+    struct sk_datasource private_key;  /* tls_certificates[0].private_key */
+    struct sk_datasource trusted_ca;   /* validation_context.trusted_ca */
+    char *sds_cert_name;               /* tls_certificate_sds_secret_configs[0].name (xDS) */
+    char *sds_ca_name;                 /* validation_context_sds_secret_config.name (xDS) */
+    struct sk_san_matcher *san;        /* expected peer SANs (any one must match) */
+    size_t nsan;
+    char **alpn;                       /* common_tls_context.alpn_protocols */
+    size_t nalpn;
+    int min_version;                   /* tls_params: 0 auto, 3 TLSv1_2, 4 TLSv1_3 */
+    int max_version;
+    char *cipher_suites;               /* joined with ':' (OpenSSL syntax) */
+    char *ecdh_curves;                 /* joined with ':' */
+    bool require_client_cert;          /* downstream: require_client_certificate */
+    char *sni;                         /* upstream: sni */
+    bool allow_expired;                /* validation_context.allow_expired_certificate */
+    uint64_t session_timeout_ms;       /* downstream session_timeout, 0 = OpenSSL default */
+    uint32_t max_session_keys;         /* upstream: max_session_keys, default 1 */
+};
+
 /* ---- listeners ----------------------------------------------------------- */
 
 enum sk_codec_type { SK_CODEC_AUTO = 0, SK_CODEC_HTTP1 = 1, SK_CODEC_HTTP2 = 2 };
@@ -269,7 +314,7 @@ struct sk_filter_chain {
     int kind; /* enum sk_chain_kind */
     struct sk_hcm *hcm;
     struct sk_tcp_proxy *tcp;
-    void *tls; /* DownstreamTlsContext model (issue 4); NULL = plaintext */
+    struct sk_tls_cfg *tls; /* DownstreamTlsContext; NULL = plaintext */
 };
 
 struct sk_listener {
@@ -445,7 +490,7 @@ struct sk_cluster {
     uint64_t ring_hash_max_size;             /* default 8M */
     uint64_t maglev_table_size;              /* maglev_lb_config.table_size, default 65537 */
     uint64_t peak_ewma_decay_ms;             /* skiff.lb.v1.PeakEwma decay_time, default 10000 */
-    void *tls; /* UpstreamTlsContext model (issue 4); NULL = plaintext */
+    struct sk_tls_cfg *tls; /* UpstreamTlsContext; NULL = plaintext */
 };
 
 /* ---- bootstrap-level ----------------------------------------------------- */

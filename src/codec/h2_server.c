@@ -54,10 +54,10 @@
 #define H2_ENVOY_DEF_STREAMS 2147483647u
 #define H2_ENVOY_DEF_WINDOW 268435456u
 
-#define H2_OUT_HIGH (64 * 1024)          /* stop pulling frames above this */
-#define H2_OUT_CAP (4 * 1024 * 1024)     /* hard cap of the output buffer */
-#define H2_RESP_HIGH (128 * 1024)        /* per-stream response buffer: congested */
-#define H2_RESP_LOW (32 * 1024)          /* ... and drained */
+#define H2_OUT_HIGH (64 * 1024)                /* stop pulling frames above this */
+#define H2_OUT_CAP (4 * 1024 * 1024)           /* hard cap of the output buffer */
+#define H2_RESP_HIGH (128 * 1024)              /* per-stream response buffer: congested */
+#define H2_RESP_LOW (32 * 1024)                /* ... and drained */
 #define H2_SESSION_MEM_CAP (16u * 1024 * 1024) /* nghttp2's own allocations */
 #define H2_READ_CHUNK (64 * 1024)
 #define H2_GOAWAY_GRACE_S 1.0 /* shutdown notice -> final GOAWAY */
@@ -80,20 +80,20 @@ struct h2s {
     uint32_t hdr_bytes, hdr_count;
     bool hdr_too_large;
     bool has_cl;
-    bool started;        /* sk_stream_headers called */
-    bool head_sent;      /* response HEADERS submitted */
-    bool has_body;       /* a data provider is attached */
-    bool deferred;       /* data provider returned DEFERRED */
-    bool resp_eof;       /* send_end: no more body */
-    bool end_submitted;  /* END_STREAM on our side is (or will be) sent */
-    bool resp_done;      /* the router is done with the stream */
-    bool rst;            /* we reset it */
-    bool ng_closed;      /* nghttp2 closed it */
+    bool started;       /* sk_stream_headers called */
+    bool head_sent;     /* response HEADERS submitted */
+    bool has_body;      /* a data provider is attached */
+    bool deferred;      /* data provider returned DEFERRED */
+    bool resp_eof;      /* send_end: no more body */
+    bool end_submitted; /* END_STREAM on our side is (or will be) sent */
+    bool resp_done;     /* the router is done with the stream */
+    bool rst;           /* we reset it */
+    bool ng_closed;     /* nghttp2 closed it */
     bool finished;
-    bool paused;         /* router paused the request body */
-    bool req_done;       /* client sent END_STREAM */
+    bool paused;          /* router paused the request body */
+    bool req_done;        /* client sent END_STREAM */
     bool req_end_pending; /* END_STREAM arrived while body was held */
-    bool want_drained;   /* router saw us congested */
+    bool want_drained;    /* router saw us congested */
     bool delivering;
 };
 
@@ -420,8 +420,7 @@ static void die(struct h2c *c, int ngerr)
 {
     if (c->closed)
         return;
-    sk_debug("conn %llu: h2 session error: %s", (unsigned long long)c->id,
-             nghttp2_strerror(ngerr));
+    sk_debug("conn %llu: h2 session error: %s", (unsigned long long)c->id, nghttp2_strerror(ngerr));
     if (c->dying) {
         conn_close(c);
         return;
@@ -557,8 +556,7 @@ static ssize_t data_read_cb(nghttp2_session *ng, int32_t id, uint8_t *buf, size_
         if (s->resp_eof) {
             *flags |= NGHTTP2_DATA_FLAG_EOF;
             if (s->resp_trailers.n) {
-                nghttp2_nv *nva =
-                    sk_arena_alloc(&s->st.arena, sizeof(*nva) * s->resp_trailers.n);
+                nghttp2_nv *nva = sk_arena_alloc(&s->st.arena, sizeof(*nva) * s->resp_trailers.n);
                 if (nva) {
                     for (uint32_t i = 0; i < s->resp_trailers.n; i++) {
                         const struct sk_hdr *h = &s->resp_trailers.v[i];
@@ -628,14 +626,14 @@ static void op_send_head(struct sk_stream *st, int status, const struct sk_hdrs 
                 continue;
             for (uint32_t k = 0; k < x->nlen; k++)
                 ln[k] = (x->name[k] >= 'A' && x->name[k] <= 'Z') ? (char)(x->name[k] | 0x20)
-                                                                  : x->name[k];
+                                                                 : x->name[k];
             name = ln;
         }
         nva[n++] = (nghttp2_nv){(uint8_t *)name, (uint8_t *)x->value, x->nlen, x->vlen,
                                 NGHTTP2_NV_FLAG_NONE};
     }
-    bool no_body = end_stream || status == 204 || status == 304 || st->resp_head_req ||
-                   status < 200;
+    bool no_body =
+        end_stream || status == 204 || status == 304 || st->resp_head_req || status < 200;
     if (!has_cl && content_length >= 0 && status != 204 && status != 304 && status >= 200) {
         char *cl = sk_arena_alloc(&st->arena, 24);
         if (cl) {
@@ -663,6 +661,8 @@ static void op_send_head(struct sk_stream *st, int status, const struct sk_hdrs 
         sk_debug("conn %llu stream %d: submit_response: %s", (unsigned long long)c->id, s->id,
                  nghttp2_strerror(rv));
         s->has_body = false;
+        s->rst = true;
+        nghttp2_submit_rst_stream(c->ng, NGHTTP2_FLAG_NONE, s->id, NGHTTP2_INTERNAL_ERROR);
     }
     queue_flush(c);
 }
@@ -812,8 +812,8 @@ static void op_send_1xx(struct sk_stream *st, int status)
 }
 
 static const struct sk_downstream_ops h2_ops = {
-    op_send_head, op_send_data, op_send_trailers, op_send_end, op_reset,
-    op_congested, op_pause_read, op_tunnel, op_send_1xx,
+    op_send_head, op_send_data,  op_send_trailers, op_send_end, op_reset,
+    op_congested, op_pause_read, op_tunnel,        op_send_1xx,
 };
 
 /* ---- request side (nghttp2 callbacks) ------------------------------------------------ */
@@ -888,8 +888,8 @@ static bool name_is(const uint8_t *n, size_t nl, const char *lit)
     return nl == l && memcmp(n, lit, l) == 0;
 }
 
-static int on_header(nghttp2_session *ng, const nghttp2_frame *f, const uint8_t *name,
-                     size_t nlen, const uint8_t *value, size_t vlen, uint8_t flags, void *ud)
+static int on_header(nghttp2_session *ng, const nghttp2_frame *f, const uint8_t *name, size_t nlen,
+                     const uint8_t *value, size_t vlen, uint8_t flags, void *ud)
 {
     if (f->hd.type != NGHTTP2_HEADERS)
         return 0;
@@ -898,8 +898,8 @@ static int on_header(nghttp2_session *ng, const nghttp2_frame *f, const uint8_t 
         return 0;
     struct sk_stream *st = &s->st;
     const struct sk_hcm *hcm = st->hcm;
-    size_t max_bytes = (size_t)(hcm->max_request_headers_kb ? hcm->max_request_headers_kb : 60) *
-                       1024;
+    size_t max_bytes =
+        (size_t)(hcm->max_request_headers_kb ? hcm->max_request_headers_kb : 60) * 1024;
     size_t max_count = hcm->max_headers_count ? hcm->max_headers_count : 100;
     s->hdr_bytes += (uint32_t)(nlen + vlen + 32);
     s->hdr_count++;
@@ -1026,8 +1026,6 @@ static void start_request(struct h2s *s, bool end_stream)
 
 static int on_frame_recv(nghttp2_session *ng, const nghttp2_frame *f, void *ud)
 {
-    struct h2c *c = ud;
-    (void)c;
     if (f->hd.type != NGHTTP2_HEADERS && f->hd.type != NGHTTP2_DATA)
         return 0;
     struct h2s *s = nghttp2_session_get_stream_user_data(ng, f->hd.stream_id);
@@ -1051,7 +1049,6 @@ static int on_frame_recv(nghttp2_session *ng, const nghttp2_frame *f, void *ud)
 static int on_data_chunk_recv(nghttp2_session *ng, uint8_t flags, int32_t id, const uint8_t *data,
                               size_t len, void *ud)
 {
-    struct h2c *c = ud;
     struct h2s *s = nghttp2_session_get_stream_user_data(ng, id);
     if (!s || s->finished || s->resp_done || !s->started) {
         nghttp2_session_consume(ng, id, len);
@@ -1069,7 +1066,6 @@ static int on_data_chunk_recv(nghttp2_session *ng, uint8_t flags, int32_t id, co
     sk_stream_data(&s->st, (const char *)data, len);
     /* the router took the bytes (possibly pausing us for what comes next) */
     nghttp2_session_consume(ng, id, len);
-    (void)c;
     return 0;
 }
 
@@ -1107,8 +1103,7 @@ static int on_frame_send(nghttp2_session *ng, const nghttp2_frame *f, void *ud)
     return 0;
 }
 
-static int on_invalid_frame_recv(nghttp2_session *ng, const nghttp2_frame *f, int lib_err,
-                                 void *ud)
+static int on_invalid_frame_recv(nghttp2_session *ng, const nghttp2_frame *f, int lib_err, void *ud)
 {
     struct h2c *c = ud;
     sk_debug("conn %llu: invalid frame (type %u, stream %d): %s", (unsigned long long)c->id,
@@ -1273,8 +1268,7 @@ void sk_h2_accept(struct sk_worker *w, const struct sk_listener *l,
         };
         rv = nghttp2_submit_settings(c->ng, NGHTTP2_FLAG_NONE, iv, sizeof(iv) / sizeof(iv[0]));
         if (rv == 0 && cwin > 65535)
-            rv = nghttp2_session_set_local_window_size(c->ng, NGHTTP2_FLAG_NONE, 0,
-                                                       (int32_t)cwin);
+            rv = nghttp2_session_set_local_window_size(c->ng, NGHTTP2_FLAG_NONE, 0, (int32_t)cwin);
     }
     if (rv != 0) {
         sk_warn("conn %llu: cannot start an HTTP/2 session: %s", (unsigned long long)c->id,

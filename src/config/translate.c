@@ -1591,7 +1591,7 @@ static struct sk_tcp_proxy *tcp_proxy(struct tr *t, const PbTcpProxy *p)
 
 /* ---- listeners ------------------------------------------------------------------ */
 
-static void transport_socket_down(struct tr *t, const PbTransportSocket *ts, void **tls)
+static void transport_socket_down(struct tr *t, const PbTransportSocket *ts, struct sk_tls_cfg **tls)
 {
     *tls = NULL;
     size_t o = pushf(t, "transport_socket");

@@ -1074,7 +1074,8 @@ static void up_response(void *ctx, const struct sk_h1_msg *m)
     }
     if (st->holds_retry_slot && st->attempt > 1 && m->status < 500 && st->crt && st->crt->cs)
         atomic_fetch_add(&st->crt->cs->upstream_rq_retry_success, 1);
-    ev_timer_stop(st->w->loop, &st->timeout);
+    /* the route timeout runs until the response is complete (Envoy); only
+     * an upgrade/tunnel ends it here */
     struct sk_hdrs h = {0};
     bool upgraded = (m->status == 101 && st->upgrade) ||
                     ((st->req_flags & SK_H1_F_CONNECT) && m->status >= 200 && m->status < 300);
@@ -1120,6 +1121,7 @@ static void up_response(void *ctx, const struct sk_h1_msg *m)
         end = true;
     st->ops->send_head(st, m->status, &h, cl, end);
     if (upgraded) {
+        ev_timer_stop(st->w->loop, &st->timeout);
         st->state = SK_ST_S_TUNNEL;
         sk_upconn_set_tunnel(st->up);
         st->ops->tunnel(st);
@@ -1156,6 +1158,7 @@ static void up_complete(void *ctx)
             sk_upconn_abort(u); /* request still streaming: connection unusable */
     }
     st->state = SK_ST_S_DONE;
+    ev_timer_stop(st->w->loop, &st->timeout);
     st->ops->send_end(st);
 }
 

@@ -38,8 +38,7 @@
 /* ---- state machine ------------------------------------------------------- */
 
 enum hc_state { HC_S_IDLE = 0, HC_S_CONNECTING, HC_S_SENDING, HC_S_READING, HC_S_NSTATES };
-static const char *const hc_state_name[HC_S_NSTATES] = {"idle", "connecting", "sending",
-                                                        "reading"};
+static const char *const hc_state_name[HC_S_NSTATES] = {"idle", "connecting", "sending", "reading"};
 
 enum hc_verdict { V_UNKNOWN = 0, V_HEALTHY, V_UNHEALTHY };
 
@@ -192,6 +191,8 @@ static bool check_cfg_eq(const struct sk_health_check *a, const struct sk_health
         a->unhealthy_threshold != b->unhealthy_threshold ||
         a->healthy_threshold != b->healthy_threshold ||
         a->no_traffic_interval_ms != b->no_traffic_interval_ms ||
+        a->no_traffic_healthy_interval_ms != b->no_traffic_healthy_interval_ms ||
+        a->unhealthy_edge_interval_ms != b->unhealthy_edge_interval_ms ||
         a->unhealthy_interval_ms != b->unhealthy_interval_ms ||
         a->healthy_edge_interval_ms != b->healthy_edge_interval_ms || !str_eq(a->path, b->path) ||
         !str_eq(a->host, b->host) || a->nexpected != b->nexpected ||
@@ -295,8 +296,9 @@ struct hline {
 
 static bool hdr_forbidden(const char *k, size_t klen)
 {
-    static const char *const no[] = {"host", "connection", "content-length", "transfer-encoding",
-                                     ":authority", ":path", ":method"};
+    static const char *const no[] = {
+        "host",       "connection", "content-length", "transfer-encoding",
+        ":authority", ":path",      ":method"};
     for (size_t i = 0; i < sizeof(no) / sizeof(no[0]); i++)
         if (strlen(no[i]) == klen && strncasecmp(no[i], k, klen) == 0)
             return true;
@@ -364,8 +366,8 @@ static int build_http_request(struct hc_check *ck)
             n = w;
         }
         if (add)
-            lines[n++] = (struct hline){op->key, op->value ? op->value : "", op->key_len,
-                                        op->value_len};
+            lines[n++] =
+                (struct hline){op->key, op->value ? op->value : "", op->key_len, op->value_len};
     }
 
     sk_buf_init(&ck->out, HC_MAX_REQ);
@@ -646,8 +648,11 @@ static uint64_t next_interval(const struct hc_check *ck, int result)
     const struct sk_health_check *c = ck->cfg;
     uint64_t iv = cfg_interval(c);
     uint64_t base;
-    if (result != R_PASS)
-        base = ms_or(c->unhealthy_interval_ms, iv);
+    uint64_t uiv = ms_or(c->unhealthy_interval_ms, iv);
+    if (result != R_PASS && ck->verdict != V_UNHEALTHY) /* failing, not unhealthy yet */
+        base = ms_or(c->unhealthy_edge_interval_ms, uiv);
+    else if (result != R_PASS)
+        base = uiv;
     else if (ck->verdict == V_UNHEALTHY) /* passing, but not healthy yet */
         base = ms_or(c->healthy_edge_interval_ms, iv);
     else
@@ -713,12 +718,13 @@ static void check_finish(struct hc_check *ck, int result, const char *why)
                 snprintf(detail, sizeof(detail), "%s", why);
             } else if (ck->fails >= cfg_unhealthy_threshold(c)) {
                 ck->verdict = V_UNHEALTHY;
-                snprintf(detail, sizeof(detail), "%u consecutive failure%s: %s", ck->fails,
-                         ck->fails == 1 ? "" : "s", why);
+                if (ck->fails == 1)
+                    snprintf(detail, sizeof(detail), "check failed: %s", why);
+                else
+                    snprintf(detail, sizeof(detail), "%u consecutive failures: %s", ck->fails, why);
             }
         }
-        sk_debug("health: host %s of cluster %s: check failed: %s", h->addr_str, h->cl->name,
-                 why);
+        sk_debug("health: host %s of cluster %s: check failed: %s", h->addr_str, h->cl->name, why);
     }
     if (ck->verdict != before)
         host_update(h, detail);
@@ -922,8 +928,7 @@ void sk_health_apply(struct ev_loop *loop, const struct sk_snapshot *snap)
             }
         }
         if (restart)
-            sk_info("health: cluster %s: health check settings changed, checks restarted",
-                    c->name);
+            sk_info("health: cluster %s: health check settings changed, checks restarted", c->name);
         cluster_sync_hosts(cl);
     }
 

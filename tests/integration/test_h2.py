@@ -498,7 +498,9 @@ def test_codec_http1_rejects_preface(make_proxy, upstream):
     with RawConn(s.port) as c:
         c.send(PREFACE)
         r = c.read_response()
+        # an HTTP/1 parse error ("PRI * HTTP/2.0": version 2.0 -> 505), not HTTP/2
         assert r.status in (400, 505)
+        assert r.header("x-skiff-flags") == "DPE"
     r = h2curl("-sS", s.url + "/x")
     assert r.returncode != 0 or not r.stdout.startswith(b"{")
     # plain HTTP/1.1 still works there

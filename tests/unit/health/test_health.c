@@ -32,7 +32,7 @@ static int failures;
     do {                                                                                           \
         long long a_ = (long long)(a), b_ = (long long)(b);                                        \
         if (a_ != b_) {                                                                            \
-            fprintf(stderr, "FAIL %s:%d: %s == %lld, expected %s == %lld\n", __FILE__, __LINE__,  \
+            fprintf(stderr, "FAIL %s:%d: %s == %lld, expected %s == %lld\n", __FILE__, __LINE__,   \
                     #a, a_, #b, b_);                                                               \
             failures++;                                                                            \
         }                                                                                          \
@@ -46,10 +46,10 @@ enum mode {
     M_302,
     M_100_200,
     M_GARBAGE,
-    M_CLOSE, /* accept and close at once */
-    M_STALL, /* read the request, never answer */
-    M_TCP_PONG, /* on "PING": "xxPO", pause, "--NG!" */
-    M_TCP_NOPE, /* on "PING": "NOPE" and close */
+    M_CLOSE,      /* accept and close at once */
+    M_STALL,      /* read the request, never answer */
+    M_TCP_PONG,   /* on "PING": "xxPO", pause, "--NG!" */
+    M_TCP_NOPE,   /* on "PING": "NOPE" and close */
     M_TCP_SILENT, /* never write; wait for the peer to close */
 };
 
@@ -558,6 +558,7 @@ static void test_refused(void)
     h->unhealthy_threshold = 2;
     h->healthy_threshold = 2;
     h->unhealthy_interval_ms = 80;
+    h->unhealthy_edge_interval_ms = 250;
     apply(snap_done(s));
     CHECK(RUN_UNTIL(status_of("ref", S.port) == SK_HC_HEALTHY, 5));
     atomic_store(&S.listening, 0);
@@ -566,7 +567,10 @@ static void test_refused(void)
     long long s0 = SUCC("ref");
     CHECK(RUN_UNTIL(FAILS("ref") - f0 >= 1, 5));
     CHECK_EQ(status_of("ref", S.port), SK_HC_HEALTHY);
+    double t0 = now_s();
     CHECK(RUN_UNTIL(status_of("ref", S.port) == SK_HC_UNHEALTHY, 5));
+    /* a pending transition waits unhealthy_edge_interval (250 ms) */
+    CHECK(now_s() - t0 > 0.2);
     CHECK_EQ(FAILS("ref") - f0, 2);
     CHECK_EQ(SUCC("ref"), s0);
     /* unhealthy_interval (80ms) is used while failing */
@@ -667,9 +671,8 @@ static void test_tcp(void)
     struct sk_health_check *h = add_hc(s, c, SK_HC_TCP);
     h->unhealthy_threshold = 2;
     apply(snap_done(s));
-    CHECK(RUN_UNTIL(status_of("tcp", S.port) == SK_HC_HEALTHY &&
-                        status_of("tcp", dead) == SK_HC_UNHEALTHY,
-                    5));
+    CHECK(RUN_UNTIL(
+        status_of("tcp", S.port) == SK_HC_HEALTHY && status_of("tcp", dead) == SK_HC_UNHEALTHY, 5));
     CHECK(RUN_UNTIL(atomic_load(&S.peer_closed) >= 1, 5)); /* connect-only closes */
     reset_all();
 

@@ -661,6 +661,13 @@ static void test_full(void)
     CHECK(a && a->cb.max_connections == 10 && a->cb.max_pending_requests == 20);
     CHECK(a && a->cb.max_requests == 30 && a->cb.max_retries == 4);
     CHECK(a && a->healthy_panic_percent == 0.0);
+    CHECK(a && a->outlier && a->outlier->consecutive_5xx == 3 && a->outlier->interval_ms == 10000);
+    CHECK(a && a->health_checks && a->health_checks->n == 1);
+    CHECK(a && a->health_checks && a->health_checks->v[0].kind == SK_HC_TCP);
+    CHECK(a && a->health_checks && a->health_checks->v[0].send_len == 0);
+    CHECK(a && a->cb.retry_budget_min_concurrency == 3 && !a->cb.retry_budget);
+    CHECK(a && a->ring_hash_min_size == 1024 && a->maglev_table_size == 65537);
+    CHECK(a && a->peak_ewma_decay_ms == 10000);
     CHECK(a && a->nendpoints == 2 && ep_is(&a->endpoints[0], "10.0.0.1", 80));
     CHECK(a && a->endpoints[0].weight == 5 && a->endpoints[0].health == SK_HEALTH_HEALTHY);
     CHECK(a && a->endpoints[1].priority == 1 && a->endpoints[1].addr.ss.ss_family == AF_INET6);
@@ -1082,9 +1089,10 @@ static void test_dynamic_errors(void)
     static const char noads[] = "dynamic_resources:\n  cds_config: {ads: {}}\n";
     EXPECT_ERR(noads, "dynamic_resources.cds_config", "ads requires ads_config");
 
-    static const char admin[] = "admin:\n"
-                                "  address: {socket_address: {address: 0.0.0.0, port_value: 70000}}\n"
-                                "  socket_options: [{level: 1, name: 2, int_value: 1}]\n";
+    static const char admin[] =
+        "admin:\n"
+        "  address: {socket_address: {address: 0.0.0.0, port_value: 70000}}\n"
+        "  socket_options: [{level: 1, name: 2, int_value: 1}]\n";
     EXPECT_ERR(admin, "admin.address.socket_address.port_value", "out of range");
     EXPECT_ERR(admin, "admin.socket_options", "socket_options is not supported by skiff");
 }
@@ -1092,7 +1100,12 @@ static void test_dynamic_errors(void)
 /* ---- resilience: outlier detection, health checks, circuit breakers, LB policies ---------- */
 
 #define PEAK_EWMA_TYPE "type.googleapis.com/skiff.lb.v1.PeakEwma"
-#define LBP_TYPE(p) "type.googleapis.com/envoy.extensions.load_balancing_policies." p
+#define LBP_PREFIX "type.googleapis.com/envoy.extensions.load_balancing_policies."
+#define RR_TYPE LBP_PREFIX "round_robin.v3.RoundRobin"
+#define LR_TYPE LBP_PREFIX "least_request.v3.LeastRequest"
+#define RANDOM_TYPE LBP_PREFIX "random.v3.Random"
+#define RH_TYPE LBP_PREFIX "ring_hash.v3.RingHash"
+#define MAGLEV_TYPE LBP_PREFIX "maglev.v3.Maglev"
 
 static const char resil_yaml[] =
     "static_resources:\n" CLUSTERS "  - name: od\n"
@@ -1198,7 +1211,7 @@ static const char resil_yaml[] =
     "          typed_config: {\"@type\": " PEAK_EWMA_TYPE ", decay_time: 2.5s}\n"
     "      - typed_extension_config:\n"
     "          name: envoy.load_balancing_policies.round_robin\n"
-    "          typed_config: {\"@type\": " LBP_TYPE("round_robin.v3.RoundRobin") "}\n"
+    "          typed_config: {\"@type\": " RR_TYPE "}\n"
     /* [5] peak EWMA default decay */
     "  - name: ewma2\n"
     "    type: STATIC\n"
@@ -1208,20 +1221,20 @@ static const char resil_yaml[] =
     "  - name: x-rr\n"
     "    lb_policy: RANDOM\n"
     "    load_balancing_policy: {policies: [{typed_extension_config: {name: p, typed_config: "
-    "{\"@type\": " LBP_TYPE("round_robin.v3.RoundRobin") "}}}]}\n"
+    "{\"@type\": " RR_TYPE "}}}]}\n"
     "  - name: x-lr\n"
     "    load_balancing_policy: {policies: [{typed_extension_config: {name: p, typed_config: "
-    "{\"@type\": " LBP_TYPE("least_request.v3.LeastRequest") ", choice_count: 4}}}]}\n"
+    "{\"@type\": " LR_TYPE ", choice_count: 4}}}]}\n"
     "  - name: x-rand\n"
     "    load_balancing_policy: {policies: [{typed_extension_config: {name: p, typed_config: "
-    "{\"@type\": " LBP_TYPE("random.v3.Random") "}}}]}\n"
+    "{\"@type\": " RANDOM_TYPE "}}}]}\n"
     "  - name: x-rh\n"
     "    load_balancing_policy: {policies: [{typed_extension_config: {name: p, typed_config: "
-    "{\"@type\": " LBP_TYPE("ring_hash.v3.RingHash") ", hash_function: XX_HASH, "
+    "{\"@type\": " RH_TYPE ", hash_function: XX_HASH, "
     "minimum_ring_size: 16, maximum_ring_size: 32}}}]}\n"
     "  - name: x-mg\n"
     "    load_balancing_policy: {policies: [{typed_extension_config: {name: p, typed_config: "
-    "{\"@type\": " LBP_TYPE("maglev.v3.Maglev") ", table_size: 5000011}}}]}\n";
+    "{\"@type\": " MAGLEV_TYPE ", table_size: 5000011}}}]}\n";
 
 static void test_resilience(void)
 {
@@ -1376,19 +1389,19 @@ static void test_resilience_errors(void)
         "  - name: b\n"
         "    outlier_detection: {base_ejection_time: -1s, max_ejection_time: 1s}\n";
     EXPECT_ERR_AT(od, CL(0) ".outlier_detection.max_ejection_percent",
-                  "max_ejection_percent must be 0-100 (got 101)", NULL, "max_ejection_percent: 101");
+                  "max_ejection_percent must be 0-100 (got 101)", NULL,
+                  "max_ejection_percent: 101");
     EXPECT_ERR(od, CL(0) ".outlier_detection.enforcing_consecutive_5xx", "must be 0-100 (got 200)");
     EXPECT_ERR(od, CL(0) ".outlier_detection.enforcing_success_rate", "must be 0-100");
     EXPECT_ERR(od, CL(0) ".outlier_detection.enforcing_consecutive_gateway_failure",
                "must be 0-100");
     EXPECT_ERR(od, CL(0) ".outlier_detection.enforcing_consecutive_local_origin_failure",
                "must be 0-100");
-    EXPECT_ERR(od, CL(0) ".outlier_detection.enforcing_local_origin_success_rate",
-               "must be 0-100");
+    EXPECT_ERR(od, CL(0) ".outlier_detection.enforcing_local_origin_success_rate", "must be 0-100");
     EXPECT_ERR(od, CL(0) ".outlier_detection.failure_percentage_threshold", "must be 0-100");
     EXPECT_ERR(od, CL(0) ".outlier_detection.enforcing_failure_percentage", "must be 0-100");
-    EXPECT_ERR_AT(od, CL(0) ".outlier_detection.interval", "interval must be greater than 0",
-                  NULL, "interval: 0s");
+    EXPECT_ERR_AT(od, CL(0) ".outlier_detection.interval", "interval must be greater than 0", NULL,
+                  "interval: 0s");
     EXPECT_ERR(od, CL(0) ".outlier_detection.max_ejection_time",
                "max_ejection_time cannot be smaller than base_ejection_time");
     EXPECT_ERR(od, CL(0) ".outlier_detection.always_eject_one_host",
@@ -1520,14 +1533,14 @@ static void test_resilience_errors(void)
         "  - name: h\n"
         "    load_balancing_policy:\n"
         "      policies:\n"
-        "      - typed_extension_config: {name: p, typed_config: {\"@type\": "
-        LBP_TYPE("ring_hash.v3.RingHash") ", hash_function: MURMUR_HASH_2, minimum_ring_size: "
+        "      - typed_extension_config: {name: p, typed_config: {\"@type\": " RH_TYPE
+        ", hash_function: MURMUR_HASH_2, minimum_ring_size: "
         "9000000}}\n"
         "  - name: i\n"
         "    load_balancing_policy:\n"
         "      policies:\n"
-        "      - typed_extension_config: {name: p, typed_config: {\"@type\": "
-        LBP_TYPE("least_request.v3.LeastRequest") ", choice_count: 1}}\n"
+        "      - typed_extension_config: {name: p, typed_config: {\"@type\": " LR_TYPE
+        ", choice_count: 1}}\n"
         "  - name: j\n"
         "    load_balancing_policy:\n"
         "      policies:\n"
@@ -1535,16 +1548,16 @@ static void test_resilience_errors(void)
         "  - name: k\n"
         "    load_balancing_policy:\n"
         "      policies:\n"
-        "      - typed_extension_config: {name: p, typed_config: {\"@type\": "
-        LBP_TYPE("maglev.v3.Maglev") ", table_size: 1}}\n";
+        "      - typed_extension_config: {name: p, typed_config: {\"@type\": " MAGLEV_TYPE
+        ", table_size: 1}}\n";
     EXPECT_ERR(lb, CL(0) ".ring_hash_lb_config.hash_function",
                "only hash_function XX_HASH is supported by skiff");
     EXPECT_ERR(lb, CL(0) ".ring_hash_lb_config.minimum_ring_size",
                "minimum_ring_size (2048) must not be greater than maximum_ring_size (1024)");
     EXPECT_ERR(lb, CL(1) ".ring_hash_lb_config.maximum_ring_size",
                "maximum_ring_size must be at most 8388608");
-    EXPECT_ERR_AT(lb, CL(2) ".maglev_lb_config.table_size", "table_size 65536 is not a prime",
-                  NULL, "table_size: 65536");
+    EXPECT_ERR_AT(lb, CL(2) ".maglev_lb_config.table_size", "table_size 65536 is not a prime", NULL,
+                  "table_size: 65536");
     EXPECT_ERR(lb, CL(3) ".maglev_lb_config.table_size", "table_size must be at most 5000011");
     EXPECT_ERR(lb, CL(4) ".load_balancing_policy.policies",
                "none of the policies is supported by skiff");
@@ -1646,14 +1659,14 @@ static void test_route_resilience(void)
     CHECK(r->include_attempt_count && r->per_request_buffer_limit_bytes == 100);
     CHECK(r->nhash_policy == 0 && !r->hash_policy);
     struct sk_retry_policy *rp = r->retry;
-    CHECK(rp && rp->retry_on == (SK_RETRY_ON_5XX | SK_RETRY_ON_GATEWAY_ERROR | SK_RETRY_ON_RESET |
-                                 SK_RETRY_ON_RESET_BEFORE_REQUEST | SK_RETRY_ON_CONNECT_FAILURE |
-                                 SK_RETRY_ON_ENVOY_RATELIMITED | SK_RETRY_ON_RETRIABLE_4XX |
-                                 SK_RETRY_ON_REFUSED_STREAM | SK_RETRY_ON_RETRIABLE_STATUS_CODES |
-                                 SK_RETRY_ON_HTTP3_POST_CONNECT_FAILURE |
-                                 SK_RETRY_ON_GRPC_CANCELLED | SK_RETRY_ON_GRPC_DEADLINE_EXCEEDED |
-                                 SK_RETRY_ON_GRPC_INTERNAL | SK_RETRY_ON_GRPC_RESOURCE_EXHAUSTED |
-                                 SK_RETRY_ON_GRPC_UNAVAILABLE));
+    CHECK(rp &&
+          rp->retry_on == (SK_RETRY_ON_5XX | SK_RETRY_ON_GATEWAY_ERROR | SK_RETRY_ON_RESET |
+                           SK_RETRY_ON_RESET_BEFORE_REQUEST | SK_RETRY_ON_CONNECT_FAILURE |
+                           SK_RETRY_ON_ENVOY_RATELIMITED | SK_RETRY_ON_RETRIABLE_4XX |
+                           SK_RETRY_ON_REFUSED_STREAM | SK_RETRY_ON_RETRIABLE_STATUS_CODES |
+                           SK_RETRY_ON_HTTP3_POST_CONNECT_FAILURE | SK_RETRY_ON_GRPC_CANCELLED |
+                           SK_RETRY_ON_GRPC_DEADLINE_EXCEEDED | SK_RETRY_ON_GRPC_INTERNAL |
+                           SK_RETRY_ON_GRPC_RESOURCE_EXHAUSTED | SK_RETRY_ON_GRPC_UNAVAILABLE));
     CHECK(rp && rp->num_retries == 1 && rp->base_interval_ms == 50 && rp->max_interval_ms == 2000);
     r = &a->routes[2];
     /* request_body_buffer_limit wins over per_request_buffer_limit_bytes */
