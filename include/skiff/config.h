@@ -24,6 +24,15 @@ int sk_config_load_buf(const char *name, const char *buf, size_t len, struct sk_
 int sk_config_quick(const char *listen_addr, const char *upstream_addr, const char *admin_addr,
                     struct sk_snapshot **out, struct sk_cfgerrs *errs);
 
+/* Runtime preparation of every snapshot the loader builds (sk_config_load_*,
+ * sk_config_quick), run on the calling (main) thread after translation
+ * succeeds: e.g. sk_tls_prepare (net/tls.h), which loads TLS material. A
+ * non-zero return rejects the snapshot (errors in errs; the snapshot is
+ * released). The config layer cannot call the runtime directly, so main
+ * registers it once at start-up. NULL = none (unit tests of translation). */
+typedef int (*sk_config_prepare_fn)(struct sk_snapshot *s, struct sk_cfgerrs *errs);
+void sk_config_set_prepare_hook(sk_config_prepare_fn fn);
+
 /* Full name -> descriptor for every message in proto/ (used for Any @type). */
 const ProtobufCMessageDescriptor *sk_pb_lookup_type(const char *full_name);
 

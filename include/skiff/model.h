@@ -239,6 +239,10 @@ struct sk_tls_cfg {
     bool allow_expired;                /* validation_context.allow_expired_certificate */
     uint64_t session_timeout_ms;       /* downstream session_timeout, 0 = OpenSSL default */
     uint32_t max_session_keys;         /* upstream: max_session_keys, default 1 */
+    /* Runtime: the shared struct sk_tls_ctx (net/tls.c) for this config, set by
+     * sk_tls_prepare() on the main thread before the snapshot is published. The only
+     * field of the snapshot written after translation; NULL until prepared. */
+    void *rt;
 };
 
 /* ---- listeners ----------------------------------------------------------- */
@@ -513,6 +517,15 @@ struct sk_xds_cfg { /* dynamic_resources (issue 7) */
     bool set_node_on_first_message_only;
 };
 
+/* Cleanup run by the last sk_snapshot_unref (on whatever thread that is), before
+ * the arena goes: runtime modules that take references for a snapshot (TLS
+ * contexts) release them here. Nodes live in the snapshot's arena. */
+struct sk_snapshot_dtor {
+    void (*fn)(struct sk_snapshot *s, void *arg);
+    void *arg;
+    struct sk_snapshot_dtor *next;
+};
+
 struct sk_snapshot {
     atomic_int refs;
     struct sk_arena arena;
@@ -527,6 +540,7 @@ struct sk_snapshot {
     struct sk_admin_cfg admin; /* enabled only if the bootstrap has admin.address; main
                                   adds the 127.0.0.1:15000 default from argv */
     struct sk_xds_cfg xds;
+    struct sk_snapshot_dtor *dtors; /* run on free; added before publish (main thread) */
 };
 
 /* Reference counting; safe from any thread. The last unref frees the arena. */

@@ -21,6 +21,7 @@
 
 struct sk_worker;
 struct sk_upconn;
+struct sk_up;
 struct sk_host;
 struct sk_cluster_rt;
 
@@ -134,11 +135,12 @@ struct sk_stream {
     bool upgrade;     /* websocket upgrade requested and allowed */
     char peer_ip[48];
     bool downstream_tls;
+    bool downstream_h2;   /* request arrived over HTTP/2 (USE_DOWNSTREAM protocol) */
 
     /* upstream */
     struct sk_cluster_rt *crt;
     struct sk_host *host;
-    struct sk_upconn *up;
+    struct sk_up *up; /* current attempt's upstream request slot */
     bool up_sent_head;
     int up_body_kind; /* how the body is framed upstream */
     bool up_retried;  /* reused keep-alive connection failed; retried once */

@@ -102,6 +102,85 @@ struct sk_upconn_cbs {
     void (*on_drained)(void *ctx); /* output buffer went below the low mark */
 };
 
+/* ---- codec-neutral upstream request ------------------------------------ */
+
+/* The request head the router sends upstream; each upstream codec encodes it
+ * (h1: request line + fields + framing; h2: pseudo-headers + HPACK). */
+struct sk_req_head {
+    const char *method;
+    uint32_t method_len;
+    const char *scheme;
+    const char *authority; /* Host / :authority (already rewritten) */
+    uint32_t authority_len;
+    const char *path;      /* already rewritten */
+    uint32_t path_len;
+    const struct sk_hdrs *hdrs; /* end-to-end fields, lower-case (no host, no hop-by-hop) */
+    int body_kind;              /* SK_H1_BODY_NONE / LENGTH / CHUNKED (= length unknown) */
+    uint64_t content_length;
+    bool send_zero_cl;          /* NONE body but the client sent content-length: 0 */
+    const char *upgrade;        /* websocket: the Upgrade token, else NULL */
+    uint32_t upgrade_len;
+};
+
+struct sk_hdrs;
+struct sk_up;
+
+/* Operations on one request slot of an upstream connection (h1: the whole
+ * connection; h2: one stream). Callbacks come back through sk_upconn_cbs. */
+struct sk_up_vt {
+    int (*send_head)(struct sk_up *u, const struct sk_req_head *h);
+    /* body bytes, framed by the codec; 0 or SK_ERR_TOO_LARGE */
+    int (*send_data)(struct sk_up *u, const char *p, size_t n);
+    /* end of the request body (+ trailers, may be NULL / empty) */
+    int (*send_end)(struct sk_up *u, const struct sk_hdrs *trailers);
+    /* tunnel bytes after an upgrade / CONNECT */
+    int (*send_raw)(struct sk_up *u, const char *p, size_t n);
+    bool (*congested)(const struct sk_up *u);
+    void (*pause_read)(struct sk_up *u, bool pause);
+    void (*release)(struct sk_up *u); /* response complete: reuse or close */
+    void (*abort)(struct sk_up *u);   /* give up: no callbacks afterwards */
+    void (*set_tunnel)(struct sk_up *u);
+    void (*shutdown_write)(struct sk_up *u);
+};
+
+struct sk_up {
+    const struct sk_up_vt *vt;
+    bool reused;     /* the connection came from the pool */
+    bool got_bytes;  /* any response byte seen for this request */
+    bool connecting; /* transport not established yet */
+};
+
+/* Get a request slot to host `h` speaking `proto` (enum sk_upstream_proto;
+ * SK_UP_HTTP2 needs an h2 client, see h2_client.h). NULL + *err (a cause)
+ * when no connection can be made. */
+struct sk_up *sk_up_acquire(struct sk_host *h, const struct sk_upconn_cbs *cbs, void *ctx,
+                            unsigned req_flags, int proto, int *err);
+
+/* The HTTP/2 client registers itself here (h2_client.c); NULL = no h2. */
+extern struct sk_up *(*sk_up_h2_acquire)(struct sk_host *h, const struct sk_upconn_cbs *cbs,
+                                         void *ctx, unsigned req_flags, int *err);
+
+static inline int sk_up_send_data(struct sk_up *u, const char *p, size_t n)
+{
+    return u->vt->send_data(u, p, n);
+}
+static inline void sk_up_abort(struct sk_up *u)
+{
+    u->vt->abort(u);
+}
+static inline void sk_up_release(struct sk_up *u)
+{
+    u->vt->release(u);
+}
+static inline bool sk_up_congested(const struct sk_up *u)
+{
+    return u->vt->congested(u);
+}
+static inline void sk_up_pause_read(struct sk_up *u, bool pause)
+{
+    u->vt->pause_read(u, pause);
+}
+
 enum sk_upconn_state {
     SK_UP_S_CONNECTING = 0,
     SK_UP_S_IDLE,
@@ -110,6 +189,7 @@ enum sk_upconn_state {
 };
 
 struct sk_upconn {
+    struct sk_up base; /* first: a struct sk_up * is a struct sk_upconn * for h1 */
     struct sk_reap reap;
     struct sk_worker *w;
     struct sk_host *host;
@@ -126,9 +206,8 @@ struct sk_upconn {
     unsigned req_flags;
     struct sk_h1_body body;
     bool keepalive;
-    bool reused; /* taken from the pool */
-    bool got_bytes; /* any response byte seen for the current request */
     bool read_paused;
+    int req_body_kind; /* framing of the request body we send */
     uint32_t nreq;
     uint64_t id;
 };

@@ -324,6 +324,7 @@ static const char *reason_phrase(int s)
     case 502: return "Bad Gateway";
     case 503: return "Service Unavailable";
     case 504: return "Gateway Timeout";
+    case 505: return "HTTP Version Not Supported";
     }
     return "Unknown";
 }

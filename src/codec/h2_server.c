@@ -795,7 +795,7 @@ static void op_tunnel(struct sk_stream *st)
     if (st->cause == SK_TERM_NONE)
         st->cause = SK_TERM_UPGRADE_REFUSED;
     if (st->up) {
-        sk_upconn_abort(st->up);
+        sk_up_abort(st->up);
         st->up = NULL;
     }
     op_reset(st);

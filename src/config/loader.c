@@ -19,6 +19,13 @@
 
 #define MAX_CONFIG_BYTES (64u * 1024 * 1024)
 
+static sk_config_prepare_fn prepare_hook;
+
+void sk_config_set_prepare_hook(sk_config_prepare_fn fn)
+{
+    prepare_hook = fn;
+}
+
 int sk_config_load_buf(const char *name, const char *buf, size_t len, struct sk_snapshot **out,
                        struct sk_cfgerrs *errs)
 {
@@ -42,6 +49,11 @@ int sk_config_load_buf(const char *name, const char *buf, size_t len, struct sk_
     }
     rc = sk_snapshot_build((const Envoy__Config__Bootstrap__V3__Bootstrap *)msg, out, errs);
     protobuf_c_message_free_unpacked(msg, NULL);
+    if (rc == 0 && prepare_hook && prepare_hook(*out, errs) != 0) {
+        sk_snapshot_unref(*out);
+        *out = NULL;
+        rc = SK_ERR_CONFIG;
+    }
     return rc;
 }
 
@@ -213,6 +225,8 @@ void sk_snapshot_unref(struct sk_snapshot *s)
         return;
     if (atomic_fetch_sub_explicit(&s->refs, 1, memory_order_acq_rel) != 1)
         return;
+    for (struct sk_snapshot_dtor *d = s->dtors; d; d = d->next)
+        d->fn(s, d->arg);
     /* the snapshot lives inside its own arena: copy the handle out first */
     struct sk_arena a = s->arena;
     sk_arena_free(&a);

@@ -280,42 +280,51 @@ static int up_write(struct sk_stream *st, const void *p, size_t n)
 {
     if (!st->up)
         return SK_ERR_CLOSED;
-    return sk_upconn_write(st->up, p, n);
+    return st->up->vt->send_raw(st->up, p, n);
 }
 
 static int encode_request_head(struct sk_stream *st)
 {
-    struct sk_buf *b = &st->up->out;
     const struct sk_route *r = st->route;
     struct sk_hdrs h = {0};
+    struct sk_req_head rh;
+    memset(&rh, 0, sizeof(rh));
+    rh.method = st->method;
+    rh.method_len = st->method_len;
+    rh.scheme = st->scheme;
     /* path with prefix_rewrite */
     const char *path = st->path;
     size_t pl = st->path_len;
     const char *rw = r->prefix_rewrite;
-    int rc = 0;
-    rc |= sk_buf_append(b, st->method, st->method_len);
-    rc |= sk_buf_append(b, " ", 1);
-    if (rw && r->match.path_kind == SK_PATH_PREFIX) {
-        size_t mlen = r->match.path_len;
-        rc |= sk_buf_append(b, rw, strlen(rw));
-        rc |= sk_buf_append(b, path + mlen, pl - mlen);
-    } else if (rw) {
-        const char *q = memchr(path, '?', pl);
-        rc |= sk_buf_append(b, rw, strlen(rw));
-        if (q)
-            rc |= sk_buf_append(b, q, pl - (size_t)(q - path));
+    if (rw) {
+        size_t rl = strlen(rw);
+        const char *tail;
+        size_t tl;
+        if (r->match.path_kind == SK_PATH_PREFIX) {
+            tail = path + r->match.path_len;
+            tl = pl - r->match.path_len;
+        } else {
+            const char *q = memchr(path, '?', pl);
+            tail = q ? q : path + pl;
+            tl = q ? pl - (size_t)(q - path) : 0;
+        }
+        char *np = sk_arena_alloc(&st->arena, rl + tl + 1);
+        if (!np)
+            return SK_ERR_NOMEM;
+        memcpy(np, rw, rl);
+        memcpy(np + rl, tail, tl);
+        rh.path = np;
+        rh.path_len = (uint32_t)(rl + tl);
     } else {
-        rc |= sk_buf_append(b, path, pl);
+        rh.path = path;
+        rh.path_len = (uint32_t)pl;
     }
-    rc |= sk_buf_append(b, " HTTP/1.1\r\n", 11);
-
-    /* host */
     if (r->host_rewrite_literal) {
-        rc |= sk_buf_appendf(b, "host: %s\r\n", r->host_rewrite_literal);
-    } else if (st->authority) {
-        rc |= sk_buf_append(b, "host: ", 6);
-        rc |= sk_buf_append(b, st->authority, st->authority_len);
-        rc |= sk_buf_append(b, "\r\n", 2);
+        rh.authority = r->host_rewrite_literal;
+        rh.authority_len = (uint32_t)strlen(r->host_rewrite_literal);
+    } else {
+        rh.authority = st->authority;
+        rh.authority_len = st->authority_len;
     }
     /* copy end-to-end headers into a mutable list */
     for (uint32_t i = 0; i < st->req.n; i++) {
@@ -329,6 +338,10 @@ static int encode_request_head(struct sk_stream *st)
         if (sk_hdrs_push(&h, &st->arena, x) < 0)
             return SK_ERR_NOMEM;
     }
+    /* te: trailers is end-to-end for gRPC over h2 upstreams */
+    struct sk_hdr *te = sk_hdrs_get(&st->req, "te", 2);
+    if (te && te->vlen == 8 && strncasecmp(te->value, "trailers", 8) == 0)
+        sk_hdrs_add(&h, &st->arena, "te", 2, "trailers", 8);
     /* x-forwarded-for: append the peer */
     struct sk_hdr *xff = sk_hdrs_get(&h, "x-forwarded-for", 15);
     if (xff) {
@@ -362,38 +375,24 @@ static int encode_request_head(struct sk_stream *st)
         sk_hdrs_del(&h, "x-envoy-attempt-count", 21);
         sk_hdrs_add(&h, &st->arena, "x-envoy-attempt-count", 21, ac, al);
     }
-    for (uint32_t i = 0; i < h.n; i++) {
-        rc |= sk_buf_append(b, h.v[i].name, h.v[i].nlen);
-        rc |= sk_buf_append(b, ": ", 2);
-        rc |= sk_buf_append(b, h.v[i].value, h.v[i].vlen);
-        rc |= sk_buf_append(b, "\r\n", 2);
-    }
-    /* framing */
+    rh.hdrs = &h;
     if (st->upgrade) {
         struct sk_hdr *u = sk_hdrs_get(&st->req, "upgrade", 7);
-        rc |= sk_buf_append(b, "connection: upgrade\r\nupgrade: ", 30);
-        if (u)
-            rc |= sk_buf_append(b, u->value, u->vlen);
-        rc |= sk_buf_append(b, "\r\n", 2);
+        rh.upgrade = u ? u->value : "websocket";
+        rh.upgrade_len = u ? u->vlen : 9;
     }
     if (st->req_body_kind == SK_H1_BODY_CHUNKED) {
-        rc |= sk_buf_append(b, "transfer-encoding: chunked\r\n", 28);
-        st->up_body_kind = SK_H1_BODY_CHUNKED;
-    } else if (st->req_body_kind == SK_H1_BODY_LENGTH || (st->req_flags & SK_H1_F_HAS_CL)) {
-        char cl[48];
-        memcpy(cl, "content-length: ", 16);
-        size_t n = 16 + sk_fmt_u64(cl + 16, (unsigned long long)st->req_content_length);
-        cl[n++] = '\r';
-        cl[n++] = '\n';
-        rc |= sk_buf_append(b, cl, n);
-        st->up_body_kind = SK_H1_BODY_LENGTH;
+        rh.body_kind = SK_H1_BODY_CHUNKED;
+    } else if (st->req_body_kind == SK_H1_BODY_LENGTH) {
+        rh.body_kind = SK_H1_BODY_LENGTH;
+        rh.content_length = st->req_content_length;
     } else {
-        st->up_body_kind = SK_H1_BODY_NONE;
+        rh.body_kind = SK_H1_BODY_NONE;
+        rh.send_zero_cl = (st->req_flags & SK_H1_F_HAS_CL) != 0;
     }
-    rc |= sk_buf_append(b, "\r\n", 2);
+    st->up_body_kind = rh.body_kind;
     st->up_sent_head = true;
-    sk_upconn_flush(st->up);
-    return rc ? SK_ERR_TOO_LARGE : 0;
+    return st->up->vt->send_head(st->up, &rh);
 }
 
 /* ---- attempts, retries, circuit breakers ---------------------------------- */
@@ -408,7 +407,7 @@ static void stream_timeout_cb(struct ev_loop *loop, ev_timer *t, int revents)
     if (st->crt && st->crt->cs)
         atomic_fetch_add_explicit(&st->crt->cs->upstream_rq_timeout, 1, memory_order_relaxed);
     if (st->up) {
-        sk_upconn_abort(st->up);
+        sk_up_abort(st->up);
         st->up = NULL;
     }
     ev_timer_stop(loop, &st->retry_timer);
@@ -611,7 +610,7 @@ static void try_timer_cb(struct ev_loop *loop, ev_timer *t, int revents)
 {
     struct sk_stream *st = t->data;
     if (st->up) {
-        sk_upconn_abort(st->up);
+        sk_up_abort(st->up);
         st->up = NULL;
     }
     if (st->crt && st->crt->cs)
@@ -624,17 +623,17 @@ static void write_body_copy(struct sk_stream *st)
     size_t n = sk_buf_used(&st->body_copy);
     if (!n || !st->up)
         return;
-    if (st->up_body_kind == SK_H1_BODY_CHUNKED) {
-        char sz[24];
-        size_t l = sk_fmt_hex(sz, n);
-        sz[l++] = '\r';
-        sz[l++] = '\n';
-        up_write(st, sz, l);
-        up_write(st, sk_buf_rptr(&st->body_copy), n);
-        up_write(st, "\r\n", 2);
-    } else {
-        up_write(st, sk_buf_rptr(&st->body_copy), n);
-    }
+    sk_up_send_data(st->up, sk_buf_rptr(&st->body_copy), n);
+}
+
+static int upstream_proto(const struct sk_stream *st)
+{
+    const struct sk_cluster *cfg = st->crt ? st->crt->cfg : st->cluster;
+    if (!cfg)
+        return SK_UP_HTTP1;
+    if (cfg->upstream_proto == SK_UP_USE_DOWNSTREAM)
+        return st->downstream_h2 ? SK_UP_HTTP2 : SK_UP_HTTP1;
+    return cfg->upstream_proto;
 }
 
 /* Pick a host and a connection for the next attempt and send what we have
@@ -681,14 +680,14 @@ static bool dispatch(struct sk_stream *st)
         st->holds_pending_slot = true;
     }
     int err = 0;
-    st->up = sk_upconn_acquire(h, &up_cbs, st, st->req_flags, &err);
+    st->up = sk_up_acquire(h, &up_cbs, st, st->req_flags, upstream_proto(st), &err);
     if (!st->up) {
         if (cs)
             atomic_fetch_add(&cs->upstream_cx_connect_fail, 1);
         attempt_failed(st, err ? err : SK_TERM_CONNECT_FAIL, h->addr_str);
         return false;
     }
-    if (st->up->state != SK_UP_S_CONNECTING)
+    if (!st->up->connecting)
         release_pending(st);
     sk_stat_add(&w->stats, SK_ST_upstream_rq_total, 1);
     if (cs)
@@ -896,16 +895,7 @@ void sk_stream_headers(struct sk_stream *st)
 
 static int frame_data(struct sk_stream *st, const char *p, size_t n)
 {
-    if (st->up_body_kind == SK_H1_BODY_CHUNKED) {
-        char sz[24];
-        size_t l = sk_fmt_hex(sz, n);
-        sz[l++] = '\r';
-        sz[l++] = '\n';
-        if (up_write(st, sz, l) < 0 || up_write(st, p, n) < 0 || up_write(st, "\r\n", 2) < 0)
-            return -1;
-        return 0;
-    }
-    return up_write(st, p, n) < 0 ? -1 : 0;
+    return sk_up_send_data(st->up, p, n) < 0 ? -1 : 0;
 }
 
 void sk_stream_data(struct sk_stream *st, const char *p, size_t n)
@@ -929,29 +919,22 @@ void sk_stream_data(struct sk_stream *st, const char *p, size_t n)
         return; /* between attempts: the copy holds it */
     if (frame_data(st, p, n) < 0)
         goto overflow;
-    if (sk_upconn_congested(st->up))
+    if (sk_up_congested(st->up))
         st->ops->pause_read(st, true);
     return;
 overflow:
-    sk_upconn_abort(st->up);
+    sk_up_abort(st->up);
     st->up = NULL;
     sk_stream_local_reply(st, SK_TERM_OVERFLOW, 0, "request buffer limit");
 }
 
-/* Terminate the request body upstream (chunked: last chunk + trailers). */
+/* Terminate the request body upstream (h1 chunked: last chunk + trailers;
+ * h2: END_STREAM or trailers). */
 static void write_request_end(struct sk_stream *st)
 {
-    if (st->up_body_kind != SK_H1_BODY_CHUNKED || !st->up)
+    if (!st->up)
         return;
-    const struct sk_hdrs *t = &st->req_trailers;
-    up_write(st, "0\r\n", 3);
-    for (uint32_t i = 0; i < t->n; i++) {
-        up_write(st, t->v[i].name, t->v[i].nlen);
-        up_write(st, ": ", 2);
-        up_write(st, t->v[i].value, t->v[i].vlen);
-        up_write(st, "\r\n", 2);
-    }
-    up_write(st, "\r\n", 2);
+    st->up->vt->send_end(st->up, &st->req_trailers);
 }
 
 void sk_stream_end(struct sk_stream *st, const struct sk_hdrs *trailers)
@@ -976,7 +959,7 @@ void sk_stream_abort(struct sk_stream *st, int cause)
     if (st->cause == SK_TERM_NONE)
         st->cause = cause;
     if (st->up) {
-        sk_upconn_abort(st->up);
+        sk_up_abort(st->up);
         st->up = NULL;
     }
     ev_timer_stop(st->w->loop, &st->timeout);
@@ -988,7 +971,7 @@ void sk_stream_abort(struct sk_stream *st, int cause)
 void sk_stream_downstream_drained(struct sk_stream *st)
 {
     if (st->up)
-        sk_upconn_pause_read(st->up, false);
+        sk_up_pause_read(st->up, false);
 }
 
 void sk_stream_tunnel_data(struct sk_stream *st, const char *p, size_t n)
@@ -996,19 +979,19 @@ void sk_stream_tunnel_data(struct sk_stream *st, const char *p, size_t n)
     if (!st->up)
         return;
     if (up_write(st, p, n) < 0) {
-        sk_upconn_abort(st->up);
+        sk_up_abort(st->up);
         st->up = NULL;
         st->ops->reset(st);
         return;
     }
-    if (sk_upconn_congested(st->up))
+    if (sk_up_congested(st->up))
         st->ops->pause_read(st, true);
 }
 
 void sk_stream_tunnel_eof(struct sk_stream *st)
 {
     if (st->up)
-        sk_upconn_shutdown_write(st->up);
+        st->up->vt->shutdown_write(st->up);
 }
 
 /* ---- upstream events ------------------------------------------------------- */
@@ -1061,11 +1044,11 @@ static void up_response(void *ctx, const struct sk_h1_msg *m)
         int grpc = grpc_status_of(m);
         /* a retriable answer: drop this response, try again */
         if (policy_allows(st->route->retry, 0, m->status, grpc)) {
-            struct sk_upconn *u = st->up;
+            struct sk_up *u = st->up;
             st->up = NULL;
             if (maybe_retry(st, 0, m->status, grpc)) {
                 if (u)
-                    sk_upconn_abort(u);
+                    sk_up_abort(u);
                 release_host(st);
                 return;
             }
@@ -1123,7 +1106,7 @@ static void up_response(void *ctx, const struct sk_h1_msg *m)
     if (upgraded) {
         ev_timer_stop(st->w->loop, &st->timeout);
         st->state = SK_ST_S_TUNNEL;
-        sk_upconn_set_tunnel(st->up);
+        st->up->vt->set_tunnel(st->up);
         st->ops->tunnel(st);
     }
 }
@@ -1134,7 +1117,7 @@ static void up_data(void *ctx, const char *p, size_t n)
     st->bytes_tx += n;
     st->ops->send_data(st, p, n);
     if (st->up && st->ops->congested(st))
-        sk_upconn_pause_read(st->up, true);
+        sk_up_pause_read(st->up, true);
 }
 
 static void up_trailers(void *ctx, const struct sk_h1_header *hh, size_t n)
@@ -1149,13 +1132,13 @@ static void up_trailers(void *ctx, const struct sk_h1_header *hh, size_t n)
 static void up_complete(void *ctx)
 {
     struct sk_stream *st = ctx;
-    struct sk_upconn *u = st->up;
+    struct sk_up *u = st->up;
     st->up = NULL;
     if (u) {
         if (st->req_end)
-            sk_upconn_release(u);
+            sk_up_release(u);
         else
-            sk_upconn_abort(u); /* request still streaming: connection unusable */
+            sk_up_abort(u); /* request still streaming: connection unusable */
     }
     st->state = SK_ST_S_DONE;
     ev_timer_stop(st->w->loop, &st->timeout);
@@ -1165,11 +1148,11 @@ static void up_complete(void *ctx)
 static void up_error(void *ctx, int cause, const char *detail)
 {
     struct sk_stream *st = ctx;
-    struct sk_upconn *u = st->up;
+    struct sk_up *u = st->up;
     st->up = NULL;
     bool reused = u && u->reused && !u->got_bytes;
     if (u)
-        sk_upconn_abort(u);
+        sk_up_abort(u);
     if (st->state == SK_ST_S_TUNNEL) {
         st->ops->reset(st);
         return;
@@ -1183,14 +1166,14 @@ static void up_error(void *ctx, int cause, const char *detail)
         st->req_body_kind == SK_H1_BODY_NONE && st->host) {
         st->up_retried = true;
         int err = 0;
-        st->up = sk_upconn_acquire(st->host, &up_cbs, st, st->req_flags, &err);
+        st->up = sk_up_acquire(st->host, &up_cbs, st, st->req_flags, upstream_proto(st), &err);
         if (st->up && encode_request_head(st) == 0) {
             sk_debug("conn %llu: retrying on a fresh upstream connection after a stale one",
                      (unsigned long long)st->conn_id);
             return;
         }
         if (st->up) {
-            sk_upconn_abort(st->up);
+            sk_up_abort(st->up);
             st->up = NULL;
         }
     }

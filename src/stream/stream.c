@@ -148,7 +148,7 @@ void sk_stream_local_reply(struct sk_stream *st, int cause, int status, const ch
 void sk_stream_cleanup(struct sk_stream *st)
 {
     if (st->up) {
-        sk_upconn_abort(st->up);
+        sk_up_abort(st->up);
         st->up = NULL;
     }
     if (st->host) {

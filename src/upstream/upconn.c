@@ -21,6 +21,10 @@
 enum { R_HEAD = 0, R_BODY = 1, R_DONE = 2, R_TUNNEL = 3 };
 
 static void up_io_cb(struct ev_loop *loop, ev_io *io, int revents);
+static const struct sk_up_vt h1_vt;
+
+struct sk_up *(*sk_up_h2_acquire)(struct sk_host *h, const struct sk_upconn_cbs *cbs, void *ctx,
+                                  unsigned req_flags, int *err);
 static void up_timer_cb(struct ev_loop *loop, ev_timer *t, int revents);
 static void up_flush_cb(struct sk_reap *r);
 
@@ -135,8 +139,9 @@ struct sk_upconn *sk_upconn_acquire(struct sk_host *h, const struct sk_upconn_cb
         u->ctx = ctx;
         u->req_flags = req_flags;
         u->rstate = R_HEAD;
-        u->reused = true;
-        u->got_bytes = false;
+        u->base.reused = true;
+        u->base.got_bytes = false;
+        u->base.connecting = false;
         u->read_paused = false;
         ev_timer_stop(w->loop, &u->timer);
         sk_stat_add(&w->stats, SK_ST_upstream_cx_reused, 1);
@@ -188,6 +193,8 @@ struct sk_upconn *sk_upconn_acquire(struct sk_host *h, const struct sk_upconn_cb
         return NULL;
     }
     u->state = SK_UP_S_CONNECTING;
+    u->base.vt = &h1_vt;
+    u->base.connecting = true;
     ev_io_init(&u->io, up_io_cb, u->fd, EV_WRITE);
     u->io.data = u;
     ev_io_start(w->loop, &u->io);
@@ -466,7 +473,7 @@ static void on_readable(struct sk_upconn *u)
         return;
     }
     if (r > 0) {
-        u->got_bytes = true;
+        u->base.got_bytes = true;
         process(u);
         return;
     }
@@ -502,6 +509,7 @@ static void up_io_cb(struct ev_loop *loop, ev_io *io, int revents)
         }
         ev_timer_stop(loop, &u->timer);
         u->state = SK_UP_S_ACTIVE;
+        u->base.connecting = false;
         if (u->cbs && u->cbs->on_connected)
             u->cbs->on_connected(u->ctx);
         if (u->state != SK_UP_S_ACTIVE)
@@ -518,4 +526,138 @@ static void up_io_cb(struct ev_loop *loop, ev_io *io, int revents)
     }
     if (revents & EV_READ)
         on_readable(u);
+}
+
+/* ---- struct sk_up over HTTP/1.1 -------------------------------------------- */
+
+#define H1U(x) ((struct sk_upconn *)(x))
+
+static int append_all(struct sk_upconn *u, int rc, const void *p, size_t n)
+{
+    return rc | sk_buf_append(&u->out, p, n);
+}
+
+static int h1_send_head(struct sk_up *base, const struct sk_req_head *h)
+{
+    struct sk_upconn *u = H1U(base);
+    int rc = 0;
+    rc = append_all(u, rc, h->method, h->method_len);
+    rc = append_all(u, rc, " ", 1);
+    rc = append_all(u, rc, h->path, h->path_len);
+    rc = append_all(u, rc, " HTTP/1.1\r\n", 11);
+    if (h->authority) {
+        rc = append_all(u, rc, "host: ", 6);
+        rc = append_all(u, rc, h->authority, h->authority_len);
+        rc = append_all(u, rc, "\r\n", 2);
+    }
+    for (uint32_t i = 0; h->hdrs && i < h->hdrs->n; i++) {
+        const struct sk_hdr *x = &h->hdrs->v[i];
+        rc = append_all(u, rc, x->name, x->nlen);
+        rc = append_all(u, rc, ": ", 2);
+        rc = append_all(u, rc, x->value, x->vlen);
+        rc = append_all(u, rc, "\r\n", 2);
+    }
+    if (h->upgrade) {
+        rc = append_all(u, rc, "connection: upgrade\r\nupgrade: ", 30);
+        rc = append_all(u, rc, h->upgrade, h->upgrade_len);
+        rc = append_all(u, rc, "\r\n", 2);
+    }
+    u->req_body_kind = h->body_kind;
+    if (h->body_kind == SK_H1_BODY_CHUNKED) {
+        rc = append_all(u, rc, "transfer-encoding: chunked\r\n", 28);
+    } else if (h->body_kind == SK_H1_BODY_LENGTH || h->send_zero_cl) {
+        char cl[48];
+        memcpy(cl, "content-length: ", 16);
+        size_t n = 16 + sk_fmt_u64(cl + 16, (unsigned long long)h->content_length);
+        cl[n++] = '\r';
+        cl[n++] = '\n';
+        rc = append_all(u, rc, cl, n);
+    }
+    rc = append_all(u, rc, "\r\n", 2);
+    queue_flush(u);
+    return rc ? SK_ERR_TOO_LARGE : 0;
+}
+
+static int h1_send_data(struct sk_up *base, const char *p, size_t n)
+{
+    struct sk_upconn *u = H1U(base);
+    if (n == 0)
+        return 0;
+    if (u->req_body_kind == SK_H1_BODY_CHUNKED) {
+        char sz[24];
+        size_t l = sk_fmt_hex(sz, n);
+        sz[l++] = '\r';
+        sz[l++] = '\n';
+        if (sk_upconn_write(u, sz, l) < 0 || sk_upconn_write(u, p, n) < 0 ||
+            sk_upconn_write(u, "\r\n", 2) < 0)
+            return SK_ERR_TOO_LARGE;
+        return 0;
+    }
+    return sk_upconn_write(u, p, n);
+}
+
+static int h1_send_end(struct sk_up *base, const struct sk_hdrs *t)
+{
+    struct sk_upconn *u = H1U(base);
+    if (u->req_body_kind != SK_H1_BODY_CHUNKED)
+        return 0;
+    int rc = 0;
+    rc |= sk_upconn_write(u, "0\r\n", 3);
+    for (uint32_t i = 0; t && i < t->n; i++) {
+        rc |= sk_upconn_write(u, t->v[i].name, t->v[i].nlen);
+        rc |= sk_upconn_write(u, ": ", 2);
+        rc |= sk_upconn_write(u, t->v[i].value, t->v[i].vlen);
+        rc |= sk_upconn_write(u, "\r\n", 2);
+    }
+    rc |= sk_upconn_write(u, "\r\n", 2);
+    return rc ? SK_ERR_TOO_LARGE : 0;
+}
+
+static int h1_send_raw(struct sk_up *base, const char *p, size_t n)
+{
+    return sk_upconn_write(H1U(base), p, n);
+}
+
+static bool h1_congested(const struct sk_up *base)
+{
+    return sk_upconn_congested((const struct sk_upconn *)base);
+}
+
+static void h1_pause_read(struct sk_up *base, bool pause)
+{
+    sk_upconn_pause_read(H1U(base), pause);
+}
+
+static void h1_release(struct sk_up *base)
+{
+    sk_upconn_release(H1U(base));
+}
+
+static void h1_abort(struct sk_up *base)
+{
+    sk_upconn_abort(H1U(base));
+}
+
+static void h1_set_tunnel(struct sk_up *base)
+{
+    sk_upconn_set_tunnel(H1U(base));
+}
+
+static void h1_shutdown_write(struct sk_up *base)
+{
+    sk_upconn_shutdown_write(H1U(base));
+}
+
+static const struct sk_up_vt h1_vt = {
+    h1_send_head, h1_send_data,   h1_send_end,   h1_send_raw,   h1_congested,
+    h1_pause_read, h1_release,    h1_abort,      h1_set_tunnel, h1_shutdown_write,
+};
+
+struct sk_up *sk_up_acquire(struct sk_host *h, const struct sk_upconn_cbs *cbs, void *ctx,
+                            unsigned req_flags, int proto, int *err)
+{
+    if (proto == SK_UP_HTTP2 && sk_up_h2_acquire)
+        return sk_up_h2_acquire(h, cbs, ctx, req_flags, err);
+    struct sk_upconn *u = sk_upconn_acquire(h, cbs, ctx, req_flags, err);
+    return u ? &u->base : NULL;
 }

@@ -68,19 +68,41 @@ def _stop(proc, timeout=10.0):
 # ---- upstreams ------------------------------------------------------------------------
 
 class Upstream:
-    def __init__(self, tmp, name, mode="http", host="127.0.0.1"):
+    def __init__(self, tmp, name, mode="http", host="127.0.0.1", args=()):
         self.name = name
         self.port = free_port()
         self.host = host
         self.log = Path(tmp) / ("upstream-%s.jsonl" % name)
-        self.out = open(Path(tmp) / ("upstream-%s.out" % name), "w")
-        self.proc = subprocess.Popen(
-            [sys.executable, str(HERE / "upstream.py"), "--port", str(self.port), "--name", name,
-             "--log", str(self.log), "--mode", mode, "--host", host],
-            stdout=self.out, stderr=subprocess.STDOUT)
-        if not wait_port(self.port, 10, host):
+        self.out_path = Path(tmp) / ("upstream-%s.out" % name)
+        self.argv = [sys.executable, str(HERE / "upstream.py"), "--port", str(self.port), "--name", name,
+                     "--log", str(self.log), "--mode", mode, "--host", host] + [str(a) for a in args]
+        self.out = open(self.out_path, "w")
+        self._spawn()
+
+    def _spawn(self):
+        self.proc = subprocess.Popen(self.argv, stdout=self.out, stderr=subprocess.STDOUT)
+        if not wait_port(self.port, 10, self.host):
             self.stop()
-            raise RuntimeError("upstream %s did not start" % name)
+            raise RuntimeError("upstream %s did not start" % self.name)
+
+    def restart(self):
+        """Start the upstream again on the same port (after stop())."""
+        if self.proc.poll() is None:
+            self.stop()
+        self.out = open(self.out_path, "a")
+        self._spawn()
+
+    def control(self, **kw):
+        """Change this upstream's behaviour at runtime (see upstream.py)."""
+        return helpers.upstream_control(self.port, self.host, **kw)
+
+    def counters(self):
+        """Concurrency / request counters kept by the upstream (see upstream.py)."""
+        return helpers.upstream_counters(self.port, self.host)
+
+    def traffic(self):
+        """Logged requests other than health checks."""
+        return [r for r in self.requests() if not r["path"].startswith("/healthz")]
 
     def requests(self):
         """Requests the upstream has seen (from its log)."""
@@ -90,15 +112,16 @@ class Upstream:
 
     def stop(self):
         _stop(self.proc, 5)
-        self.out.close()
+        if not self.out.closed:
+            self.out.close()
 
 
 @pytest.fixture
 def upstreams(tmp_path):
     started = []
 
-    def make(name=None, mode="http", host="127.0.0.1"):
-        u = Upstream(tmp_path, name or "u%d" % len(started), mode, host)
+    def make(name=None, mode="http", host="127.0.0.1", args=()):
+        u = Upstream(tmp_path, name or "u%d" % len(started), mode, host, args)
         started.append(u)
         return u
 

@@ -332,6 +332,20 @@ def admin_post(admin_port, path, timeout=5.0):
         return e.code, e.read().decode()
 
 
+def upstream_control(port, host="127.0.0.1", **kw):
+    """POST /__control to a test upstream (upstream.py) directly; returns its state."""
+    req = urllib.request.Request("http://%s:%d/__control" % (host, port), data=json.dumps(kw).encode(),
+                                 method="POST", headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=5) as r:
+        return json.loads(r.read())
+
+
+def upstream_counters(port, host="127.0.0.1"):
+    """GET /__stats from a test upstream directly: requests, (max_)inflight, (max_)conns_open..."""
+    with urllib.request.urlopen("http://%s:%d/__stats" % (host, port), timeout=5) as r:
+        return json.loads(r.read())
+
+
 def parse_stats(text):
     out = {}
     for ln in text.splitlines():

@@ -3,6 +3,7 @@
 server (raw sockets, so it can misbehave on purpose) or a TCP echo server.
 
     upstream.py --port P [--name N] [--log FILE] [--mode http|tcpecho]
+                [--fail-status N [--fail-every K]] [--delay-ms MS] [--hc-status N]
 
 HTTP behaviour is chosen per request by the path (query string for knobs):
     /...                 default: echo the request as JSON
@@ -25,6 +26,20 @@ HTTP behaviour is chosen per request by the path (query string for knobs):
     /malformed           garbage status line
     /head                (HEAD or GET) Content-Length 11, body only for GET
     /204, /304           no body
+    ?sleep_attempt=N     with ?sleep: sleep only when x-envoy-attempt-count == N
+    ?fail_attempts=N     answer 503 (or ?fail_code=) while x-envoy-attempt-count <= N
+                         (after reading the body)
+Per-instance behaviour (command line, or at runtime with the control endpoint):
+    --fail-status N      answer N to every K-th (--fail-every, default 1) request
+    --delay-ms MS        delay every answer by MS milliseconds
+    --hc-status N        status of GET /healthz (default 200)
+    POST /__control      JSON body {"fail_status", "fail_every", "delay_ms",
+                         "hc_status", "reset_stats": true}; answers the state
+    GET /__stats         JSON counters: requests, inflight, max_inflight,
+                         max_inflight_retry (x-envoy-attempt-count > 1),
+                         conns_open, max_conns_open
+/healthz and /__* requests are not counted in /__stats, never delayed or
+failed, and /__* requests are not logged.
 Any request with "Upgrade: websocket" gets a 101 and then a raw byte echo.
 "Expect: 100-continue" gets an interim 100 before the body is read.
 Every request seen is appended to --log as one JSON line (method, path,
@@ -45,6 +60,31 @@ import urllib.parse
 ARGS = None
 LOG_LOCK = threading.Lock()
 CONN_IDS = itertools.count(1)
+
+# per-instance behaviour and counters (guarded by STATE_LOCK)
+STATE_LOCK = threading.Lock()
+STATE = {"fail_status": 0, "fail_every": 1, "delay_ms": 0, "hc_status": 200}
+COUNTERS = {"requests": 0, "inflight": 0, "max_inflight": 0, "inflight_retry": 0,
+            "max_inflight_retry": 0, "conns_open": 0, "max_conns_open": 0}
+
+
+def _count(key, delta):
+    """Adjust a gauge and its max_ twin (caller does not hold the lock)."""
+    with STATE_LOCK:
+        COUNTERS[key] += delta
+        mk = "max_" + key
+        if mk in COUNTERS and COUNTERS[key] > COUNTERS[mk]:
+            COUNTERS[mk] = COUNTERS[key]
+
+
+def reset_counters():
+    with STATE_LOCK:
+        for k in COUNTERS:
+            if k.startswith("max_") or k == "requests":
+                COUNTERS[k] = 0
+        COUNTERS["max_inflight"] = COUNTERS["inflight"]
+        COUNTERS["max_inflight_retry"] = COUNTERS["inflight_retry"]
+        COUNTERS["max_conns_open"] = COUNTERS["conns_open"]
 
 
 class BadRequest(Exception):
@@ -167,6 +207,7 @@ def handle_conn(sock, addr):
     conn_id = next(CONN_IDS)
     r = Reader(sock)
     nreq = 0
+    counted = False  # conns_open counts connections that carried traffic (not /healthz, /__*)
     try:
         while True:
             try:
@@ -185,169 +226,236 @@ def handle_conn(sock, addr):
             u = urllib.parse.urlsplit(target)
             q = dict(urllib.parse.parse_qsl(u.query))
             path = u.path
+            if path.startswith("/__"):
+                body, _ = read_body(r, hdrs)
+                if path == "/__control" and method == "POST":
+                    req = json.loads(body or b"{}")
+                    with STATE_LOCK:
+                        for k in ("fail_status", "fail_every", "delay_ms", "hc_status"):
+                            if k in req:
+                                STATE[k] = int(req[k])
+                    if req.get("reset_stats"):
+                        reset_counters()
+                    with STATE_LOCK:
+                        out = dict(STATE)
+                elif path == "/__stats":
+                    with STATE_LOCK:
+                        out = dict(COUNTERS)
+                else:
+                    send(sock, response(404, "Not Found", [], b"no such control"))
+                    continue
+                send(sock, response(200, "OK", [("Content-Type", "application/json")],
+                                    json.dumps(out).encode()))
+                continue
             log_request({"method": method, "path": target, "version": version,
                          "headers": hdrs, "server": ARGS.name, "conn": conn_id})
-
-            if (hget(hdrs, "upgrade") or "").lower() == "websocket":
-                key = hget(hdrs, "sec-websocket-key") or ""
-                send(sock, response(101, "Switching Protocols", [
-                    ("Upgrade", "websocket"), ("Connection", "Upgrade"),
-                    ("Sec-WebSocket-Accept", ws_accept(key)), ("x-served-by", ARGS.name)]))
-                if r.buf:
-                    send(sock, r.buf)
-                    r.buf = b""
-                while True:
-                    d = sock.recv(65536)
-                    if not d:
-                        break
-                    send(sock, d)
-                sock.shutdown(socket.SHUT_WR)
-                return
-
-            if "sleep" in q:
-                time.sleep(float(q["sleep"]))
-            if path == "/reset-now":
-                rst(sock)
-                return
-            if path == "/close":
-                sock.close()
-                return
-
-            expect = (hget(hdrs, "expect") or "").lower()
-            saw_expect = expect == "100-continue"
-            if saw_expect:
-                send(sock, b"HTTP/1.1 100 Continue\r\n\r\n")
-            body, trailers = read_body(r, hdrs)
-            keep = not ((hget(hdrs, "connection") or "").lower() == "close" or version == "HTTP/1.0"
-                        or q.get("close_after"))
-            common = [("x-served-by", ARGS.name), ("x-conn-id", str(conn_id))]
-            if not keep:
-                common.append(("Connection", "close"))
-            head_only = method == "HEAD"
-
-            if path == "/chunked":
-                n = int(q.get("n", "3"))
-                size = int(q.get("size", "10"))
-                total = pattern(n * size)
-                out = [b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n"]
-                if q.get("trailers"):
-                    out.append(b"Trailer: x-checksum, x-extra\r\n")
-                for k, v in common:
-                    out.append(("%s: %s\r\n" % (k, v)).encode())
-                out.append(b"\r\n")
-                for i in range(n):
-                    c = total[i * size:(i + 1) * size]
-                    out.append(b"%x\r\n%s\r\n" % (len(c), c))
-                out.append(b"0\r\n")
-                if q.get("trailers"):
-                    out.append(("x-checksum: %s\r\nx-extra: yes\r\n" % hashlib.sha256(total).hexdigest()).encode())
-                out.append(b"\r\n")
-                send(sock, b"".join(out))
-            elif path == "/big":
-                size = int(q.get("size", "1048576"))
-                data = pattern(size)
-                send(sock, response(200, "OK", common + [("x-body-sha256", hashlib.sha256(data).hexdigest())], data, head_only))
-            elif path == "/slow":
-                n = int(q.get("chunks", "3"))
-                delay = float(q.get("delay", "0.3"))
-                hdr = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n"
-                for k, v in common:
-                    hdr += ("%s: %s\r\n" % (k, v)).encode()
-                send(sock, hdr + b"\r\n")
-                for i in range(n):
-                    time.sleep(delay)
-                    c = b"chunk%d\n" % i
-                    send(sock, b"%x\r\n%s\r\n" % (len(c), c))
-                send(sock, b"0\r\n\r\n")
-            elif path == "/sleep":
-                time.sleep(float(q.get("s", "1")))
-                send(sock, response(200, "OK", common, b"slept", head_only))
-            elif path == "/status":
-                code = int(q.get("code", "500"))
-                send(sock, response(code, "Status", common, b"status %d" % code, head_only))
-            elif path == "/reset":
-                send(sock, b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\npartial")
-                time.sleep(0.05)
-                rst(sock)
-                return
-            elif path == "/malformed":
-                send(sock, b"HTTP/1.1 abc\r\nthis is not : a valid\r\n response\r\n\r\n")
-                time.sleep(0.05)
-                sock.close()
-                return
-            elif path == "/cl-te":
-                send(sock, b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n")
-                time.sleep(0.05)
-                return
-            elif path == "/bad-chunk":
-                send(sock, b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n")
-                time.sleep(0.05)
-                return
-            elif path == "/head-chunked":
-                hdr = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nx-served-by: %s\r\n\r\n" % ARGS.name.encode()
-                send(sock, hdr if head_only else hdr + b"5\r\nhello\r\n0\r\n\r\n")
-            elif path == "/304-cl":
-                send(sock, b"HTTP/1.1 304 Not Modified\r\nContent-Length: 100\r\nETag: \"x\"\r\n\r\n")
-            elif path == "/eof-body":
-                ver = b"HTTP/1.0" if q.get("v10") else b"HTTP/1.1"
-                send(sock, ver + b" 200 OK\r\nx-served-by: %s\r\n\r\n" % ARGS.name.encode() + pattern(int(q.get("size", "1000"))))
-                sock.shutdown(socket.SHUT_WR)
-                return
-            elif path == "/many-headers":
-                n = int(q.get("n", "50"))
-                hs = [("x-h%d" % i, "v%d" % i) for i in range(n)]
-                send(sock, response(200, "OK", common + hs, b"ok", head_only))
-            elif path == "/head":
-                send(sock, response(200, "OK", common + [("Content-Length", "11")], b"hello world", head_only))
-            elif path == "/204":
-                send(sock, response(204, "No Content", common))
-            elif path == "/304":
-                send(sock, response(304, "Not Modified", common + [("ETag", '"abc"')]))
-            else:
-                rec = {
-                    "server": ARGS.name,
-                    "conn": conn_id,
-                    "req_on_conn": nreq,
-                    "method": method,
-                    "path": target,
-                    "version": version,
-                    "headers": hdrs,
-                    "trailers": trailers,
-                    "body_len": len(body),
-                    "body_sha256": hashlib.sha256(body).hexdigest(),
-                    "body": body[:4096].decode("latin-1"),
-                    "saw_expect": saw_expect,
-                    "peer": "%s:%d" % addr[:2],
-                }
-                data = json.dumps(rec).encode()
-                extra = [("Content-Type", "application/json")]
-                if q.get("echo_body"):
-                    data = body
-                    extra = [("Content-Type", "application/octet-stream"),
-                             ("x-body-sha256", hashlib.sha256(body).hexdigest())]
-                    if q.get("chunked"):
-                        out = [b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n"]
-                        for k, v in common + extra:
-                            out.append(("%s: %s\r\n" % (k, v)).encode())
-                        out.append(b"\r\n")
-                        for i in range(0, len(data), 65536):
-                            c = data[i:i + 65536]
-                            out.append(b"%x\r\n%s\r\n" % (len(c), c))
-                        out.append(b"0\r\n\r\n")
-                        send(sock, b"".join(out))
-                        if not keep:
-                            return
-                        continue
-                send(sock, response(200, "OK", common + extra, data, head_only))
-            if not keep or q.get("drop_after"):
-                return
+            if path == "/healthz":
+                read_body(r, hdrs)
+                with STATE_LOCK:
+                    hcs = STATE["hc_status"]
+                send(sock, response(hcs, "Health", [("x-served-by", ARGS.name)], b"health %d" % hcs,
+                                    method == "HEAD"))
+                continue
+            try:
+                attempt = int(hget(hdrs, "x-envoy-attempt-count") or "1")
+            except ValueError:
+                attempt = 1
+            retry_attempt = attempt > 1
+            if not counted:
+                counted = True
+                _count("conns_open", 1)
+            with STATE_LOCK:
+                COUNTERS["requests"] += 1
+                nth = COUNTERS["requests"]
+                fail_status, fail_every = STATE["fail_status"], max(1, STATE["fail_every"])
+                delay_ms = STATE["delay_ms"]
+            _count("inflight", 1)
+            if retry_attempt:
+                _count("inflight_retry", 1)
+            try:
+                if handle_request(sock, r, method, target, version, hdrs, q, path, conn_id, nreq,
+                                  addr, attempt, fail_status if nth % fail_every == 0 else 0,
+                                  delay_ms):
+                    return
+            finally:
+                _count("inflight", -1)
+                if retry_attempt:
+                    _count("inflight_retry", -1)
     except (EOFError, ConnectionError, BrokenPipeError, BadRequest, OSError, ValueError):
         return
     finally:
+        if counted:
+            _count("conns_open", -1)
         try:
             sock.close()
         except OSError:
             pass
+
+
+def handle_request(sock, r, method, target, version, hdrs, q, path, conn_id, nreq, addr, attempt,
+                   fail_status, delay_ms):
+    """Answer one request. Returns True when the connection must be closed."""
+    if (hget(hdrs, "upgrade") or "").lower() == "websocket":
+        key = hget(hdrs, "sec-websocket-key") or ""
+        send(sock, response(101, "Switching Protocols", [
+            ("Upgrade", "websocket"), ("Connection", "Upgrade"),
+            ("Sec-WebSocket-Accept", ws_accept(key)), ("x-served-by", ARGS.name)]))
+        if r.buf:
+            send(sock, r.buf)
+            r.buf = b""
+        while True:
+            d = sock.recv(65536)
+            if not d:
+                break
+            send(sock, d)
+        sock.shutdown(socket.SHUT_WR)
+        return True
+
+    if "sleep" in q and ("sleep_attempt" not in q or int(q["sleep_attempt"]) == attempt):
+        time.sleep(float(q["sleep"]))
+    if delay_ms:
+        time.sleep(delay_ms / 1000.0)
+    if path == "/reset-now":
+        rst(sock)
+        return True
+    if path == "/close":
+        sock.close()
+        return True
+
+    expect = (hget(hdrs, "expect") or "").lower()
+    saw_expect = expect == "100-continue"
+    if saw_expect:
+        send(sock, b"HTTP/1.1 100 Continue\r\n\r\n")
+    body, trailers = read_body(r, hdrs)
+    keep = not ((hget(hdrs, "connection") or "").lower() == "close" or version == "HTTP/1.0"
+                or q.get("close_after"))
+    common = [("x-served-by", ARGS.name), ("x-conn-id", str(conn_id))]
+    if not keep:
+        common.append(("Connection", "close"))
+    head_only = method == "HEAD"
+
+    if "fail_attempts" in q and attempt <= int(q["fail_attempts"]):
+        fail_status = int(q.get("fail_code", "503"))
+    if fail_status:
+        send(sock, response(fail_status, "Injected", common + [("x-injected-failure", "1")],
+                            b"injected %d" % fail_status, head_only))
+    elif path == "/chunked":
+        n = int(q.get("n", "3"))
+        size = int(q.get("size", "10"))
+        total = pattern(n * size)
+        out = [b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n"]
+        if q.get("trailers"):
+            out.append(b"Trailer: x-checksum, x-extra\r\n")
+        for k, v in common:
+            out.append(("%s: %s\r\n" % (k, v)).encode())
+        out.append(b"\r\n")
+        for i in range(n):
+            c = total[i * size:(i + 1) * size]
+            out.append(b"%x\r\n%s\r\n" % (len(c), c))
+        out.append(b"0\r\n")
+        if q.get("trailers"):
+            out.append(("x-checksum: %s\r\nx-extra: yes\r\n" % hashlib.sha256(total).hexdigest()).encode())
+        out.append(b"\r\n")
+        send(sock, b"".join(out))
+    elif path == "/big":
+        size = int(q.get("size", "1048576"))
+        data = pattern(size)
+        send(sock, response(200, "OK", common + [("x-body-sha256", hashlib.sha256(data).hexdigest())], data, head_only))
+    elif path == "/slow":
+        n = int(q.get("chunks", "3"))
+        delay = float(q.get("delay", "0.3"))
+        hdr = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n"
+        for k, v in common:
+            hdr += ("%s: %s\r\n" % (k, v)).encode()
+        send(sock, hdr + b"\r\n")
+        for i in range(n):
+            time.sleep(delay)
+            c = b"chunk%d\n" % i
+            send(sock, b"%x\r\n%s\r\n" % (len(c), c))
+        send(sock, b"0\r\n\r\n")
+    elif path == "/sleep":
+        time.sleep(float(q.get("s", "1")))
+        send(sock, response(200, "OK", common, b"slept", head_only))
+    elif path == "/status":
+        code = int(q.get("code", "500"))
+        send(sock, response(code, "Status", common, b"status %d" % code, head_only))
+    elif path == "/reset":
+        send(sock, b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\npartial")
+        time.sleep(0.05)
+        rst(sock)
+        return True
+    elif path == "/malformed":
+        send(sock, b"HTTP/1.1 abc\r\nthis is not : a valid\r\n response\r\n\r\n")
+        time.sleep(0.05)
+        sock.close()
+        return True
+    elif path == "/cl-te":
+        send(sock, b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n")
+        time.sleep(0.05)
+        return True
+    elif path == "/bad-chunk":
+        send(sock, b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n")
+        time.sleep(0.05)
+        return True
+    elif path == "/head-chunked":
+        hdr = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nx-served-by: %s\r\n\r\n" % ARGS.name.encode()
+        send(sock, hdr if head_only else hdr + b"5\r\nhello\r\n0\r\n\r\n")
+    elif path == "/304-cl":
+        send(sock, b"HTTP/1.1 304 Not Modified\r\nContent-Length: 100\r\nETag: \"x\"\r\n\r\n")
+    elif path == "/eof-body":
+        ver = b"HTTP/1.0" if q.get("v10") else b"HTTP/1.1"
+        send(sock, ver + b" 200 OK\r\nx-served-by: %s\r\n\r\n" % ARGS.name.encode() + pattern(int(q.get("size", "1000"))))
+        sock.shutdown(socket.SHUT_WR)
+        return True
+    elif path == "/many-headers":
+        n = int(q.get("n", "50"))
+        hs = [("x-h%d" % i, "v%d" % i) for i in range(n)]
+        send(sock, response(200, "OK", common + hs, b"ok", head_only))
+    elif path == "/head":
+        send(sock, response(200, "OK", common + [("Content-Length", "11")], b"hello world", head_only))
+    elif path == "/204":
+        send(sock, response(204, "No Content", common))
+    elif path == "/304":
+        send(sock, response(304, "Not Modified", common + [("ETag", '"abc"')]))
+    else:
+        rec = {
+            "server": ARGS.name,
+            "conn": conn_id,
+            "req_on_conn": nreq,
+            "method": method,
+            "path": target,
+            "version": version,
+            "headers": hdrs,
+            "trailers": trailers,
+            "body_len": len(body),
+            "body_sha256": hashlib.sha256(body).hexdigest(),
+            "body": body[:4096].decode("latin-1"),
+            "saw_expect": saw_expect,
+            "peer": "%s:%d" % addr[:2],
+        }
+        data = json.dumps(rec).encode()
+        extra = [("Content-Type", "application/json")]
+        if q.get("echo_body"):
+            data = body
+            extra = [("Content-Type", "application/octet-stream"),
+                     ("x-body-sha256", hashlib.sha256(body).hexdigest())]
+            if q.get("chunked"):
+                out = [b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n"]
+                for k, v in common + extra:
+                    out.append(("%s: %s\r\n" % (k, v)).encode())
+                out.append(b"\r\n")
+                for i in range(0, len(data), 65536):
+                    c = data[i:i + 65536]
+                    out.append(b"%x\r\n%s\r\n" % (len(c), c))
+                out.append(b"0\r\n\r\n")
+                send(sock, b"".join(out))
+                if not keep:
+                    return True
+                return False
+        send(sock, response(200, "OK", common + extra, data, head_only))
+    if not keep or q.get("drop_after"):
+        return True
+    return False
 
 
 def handle_tcp_echo(sock, addr):
@@ -376,7 +484,13 @@ def main():
     p.add_argument("--name", default="up")
     p.add_argument("--log", default=None)
     p.add_argument("--mode", default="http", choices=["http", "tcpecho"])
+    p.add_argument("--fail-status", type=int, default=0)
+    p.add_argument("--fail-every", type=int, default=1)
+    p.add_argument("--delay-ms", type=int, default=0)
+    p.add_argument("--hc-status", type=int, default=200)
     ARGS = p.parse_args()
+    STATE.update(fail_status=ARGS.fail_status, fail_every=ARGS.fail_every, delay_ms=ARGS.delay_ms,
+                 hc_status=ARGS.hc_status)
     ls = socket.socket(socket.AF_INET6 if ":" in ARGS.host else socket.AF_INET, socket.SOCK_STREAM)
     ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     ls.bind((ARGS.host, ARGS.port))
