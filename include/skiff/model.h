@@ -520,6 +520,7 @@ struct sk_xds_cfg { /* dynamic_resources (issue 7) */
 /* Cleanup run by the last sk_snapshot_unref (on whatever thread that is), before
  * the arena goes: runtime modules that take references for a snapshot (TLS
  * contexts) release them here. Nodes live in the snapshot's arena. */
+struct sk_snapshot;
 struct sk_snapshot_dtor {
     void (*fn)(struct sk_snapshot *s, void *arg);
     void *arg;
