@@ -159,6 +159,10 @@ struct sk_route {
                                    stream_idle_timeout (SK_DUR_NONE then = disabled) */
     uint64_t max_stream_duration_ms; /* max_stream_duration.max_stream_duration; SK_DUR_NONE
                                         = use the HCM's (default) */
+    bool grpc_timeout_header;   /* honour the request's grpc-timeout as the route timeout
+                                   (max_stream_duration.grpc_timeout_header_max or the
+                                   deprecated max_grpc_timeout is set) */
+    uint64_t grpc_timeout_header_max_ms; /* cap for grpc-timeout; 0 = no cap */
     bool auto_host_rewrite;     /* :authority = chosen endpoint's hostname (DNS clusters) */
     uint32_t cluster_not_found_status; /* cluster_not_found_response_code: 503 (default),
                                           404 or 500; only reachable with dynamic CDS */

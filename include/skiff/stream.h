@@ -169,6 +169,7 @@ struct sk_stream {
     uint64_t bytes_rx, bytes_tx;
 
     ev_timer timeout; /* route timeout */
+    uint64_t eff_timeout_ms; /* what `timeout` was started with (route or grpc-timeout) */
     double t_start;
 };
 

@@ -24,6 +24,7 @@
 #include <string.h>
 
 #include "skiff/err.h"
+#include "skiff/log.h"
 
 #include "envoy.config.bootstrap.v3.pb-c.h"
 #include "envoy.config.cluster.v3.pb-c.h"
@@ -1049,8 +1050,12 @@ static void route_action(struct tr *t, const PbRouteAction *a, struct sk_route *
     if (a->priority != ENVOY__CONFIG__CORE__V3__ROUTING_PRIORITY__DEFAULT)
         err(t, "priority", "priority HIGH is not supported by skiff");
     hash_policies(t, a->n_hash_policy, a->hash_policy, r);
-    if (a->max_grpc_timeout && (a->max_grpc_timeout->seconds || a->max_grpc_timeout->nanos))
-        err(t, "max_grpc_timeout", "a non-zero max_grpc_timeout is not supported by skiff");
+    /* deprecated max_grpc_timeout: present (even 0s) = honour grpc-timeout */
+    if (a->max_grpc_timeout) {
+        r->grpc_timeout_header = true;
+        r->grpc_timeout_header_max_ms =
+            dur(t, "max_grpc_timeout", a->max_grpc_timeout, 0, 0);
+    }
     if (a->grpc_timeout_offset &&
         (a->grpc_timeout_offset->seconds || a->grpc_timeout_offset->nanos))
         unsupported(t, "grpc_timeout_offset");
@@ -1062,8 +1067,12 @@ static void route_action(struct tr *t, const PbRouteAction *a, struct sk_route *
         r->max_stream_duration_ms =
             dur(t, "max_stream_duration", a->max_stream_duration->max_stream_duration, SK_DUR_NONE,
                 SK_DUR_NONE);
-        if (a->max_stream_duration->grpc_timeout_header_max)
-            unsupported(t, "grpc_timeout_header_max");
+        if (a->max_stream_duration->grpc_timeout_header_max) {
+            r->grpc_timeout_header = true;
+            r->grpc_timeout_header_max_ms = dur(t, "grpc_timeout_header_max",
+                                                a->max_stream_duration->grpc_timeout_header_max,
+                                                0, 0);
+        }
         if (a->max_stream_duration->grpc_timeout_header_offset)
             unsupported(t, "grpc_timeout_header_offset");
         pop(t, o);
@@ -1591,7 +1600,453 @@ static struct sk_tcp_proxy *tcp_proxy(struct tr *t, const PbTcpProxy *p)
 
 /* ---- listeners ------------------------------------------------------------------ */
 
-static void transport_socket_down(struct tr *t, const PbTransportSocket *ts, struct sk_tls_cfg **tls)
+static char **str_list(struct tr *t, size_t n, char **v, bool lower)
+{
+    char **out = alarr(t, n, sizeof(char *));
+    for (size_t i = 0; out && i < n; i++)
+        out[i] = lower ? duplower(t, v[i]) : dup(t, v[i]);
+    return out;
+}
+
+/* ---- TLS transport sockets (DownstreamTlsContext / UpstreamTlsContext) ---------------- */
+
+typedef Envoy__Extensions__TransportSockets__Tls__V3__CommonTlsContext PbCommonTls;
+typedef Envoy__Extensions__TransportSockets__Tls__V3__CertificateValidationContext PbValidation;
+typedef Envoy__Extensions__TransportSockets__Tls__V3__TlsParameters PbTlsParams;
+typedef Envoy__Extensions__TransportSockets__Tls__V3__SdsSecretConfig PbSdsSecret;
+typedef Envoy__Type__Matcher__V3__StringMatcher PbStringMatcher;
+
+/* DataSource at the current path + field. A missing file is not an error here:
+ * rotation may create it, and sk_tls_prepare reports material it cannot load. */
+static void datasource(struct tr *t, const char *field, const Envoy__Config__Core__V3__DataSource *d,
+                       struct sk_datasource *out)
+{
+    size_t o = pushf(t, field);
+    switch (d->specifier_case) {
+    case ENVOY__CONFIG__CORE__V3__DATA_SOURCE__SPECIFIER_FILENAME:
+        if (empty(d->filename))
+            err(t, "filename", "filename must not be empty");
+        out->kind = SK_DS_FILE;
+        out->filename = dup(t, d->filename);
+        break;
+    case ENVOY__CONFIG__CORE__V3__DATA_SOURCE__SPECIFIER_INLINE_BYTES:
+        if (d->inline_bytes.len == 0)
+            err(t, "inline_bytes", "inline_bytes must not be empty");
+        out->kind = SK_DS_INLINE;
+        out->data = dupn(t, (const char *)d->inline_bytes.data, d->inline_bytes.len);
+        out->len = d->inline_bytes.len;
+        break;
+    case ENVOY__CONFIG__CORE__V3__DATA_SOURCE__SPECIFIER_INLINE_STRING:
+        if (empty(d->inline_string))
+            err(t, "inline_string", "inline_string must not be empty");
+        out->kind = SK_DS_INLINE;
+        out->data = dup(t, d->inline_string);
+        out->len = d->inline_string ? strlen(d->inline_string) : 0;
+        break;
+    case ENVOY__CONFIG__CORE__V3__DATA_SOURCE__SPECIFIER_ENVIRONMENT_VARIABLE:
+        if (empty(d->environment_variable))
+            err(t, "environment_variable", "environment_variable must not be empty");
+        out->kind = SK_DS_ENV;
+        out->data = dup(t, d->environment_variable);
+        out->len = d->environment_variable ? strlen(d->environment_variable) : 0;
+        break;
+    default:
+        err(t, NULL, "one of filename, inline_bytes, inline_string, environment_variable is "
+                     "required");
+        break;
+    }
+    pop(t, o);
+}
+
+/* StringMatcher (exact / prefix / suffix / contains) for a SAN matcher, at the
+ * current path. */
+static void san_string_matcher(struct tr *t, const PbStringMatcher *s, int san_type,
+                               struct sk_san_matcher *m)
+{
+    const char *v = NULL, *vfield = NULL;
+    m->san_type = san_type;
+    m->ignore_case = s->ignore_case;
+    switch (s->match_pattern_case) {
+    case ENVOY__TYPE__MATCHER__V3__STRING_MATCHER__MATCH_PATTERN_EXACT:
+        m->kind = SK_STR_EXACT, v = s->exact, vfield = "exact";
+        break;
+    case ENVOY__TYPE__MATCHER__V3__STRING_MATCHER__MATCH_PATTERN_PREFIX:
+        m->kind = SK_STR_PREFIX, v = s->prefix, vfield = "prefix";
+        break;
+    case ENVOY__TYPE__MATCHER__V3__STRING_MATCHER__MATCH_PATTERN_SUFFIX:
+        m->kind = SK_STR_SUFFIX, v = s->suffix, vfield = "suffix";
+        break;
+    case ENVOY__TYPE__MATCHER__V3__STRING_MATCHER__MATCH_PATTERN_CONTAINS:
+        m->kind = SK_STR_CONTAINS, v = s->contains, vfield = "contains";
+        break;
+    case ENVOY__TYPE__MATCHER__V3__STRING_MATCHER__MATCH_PATTERN_SAFE_REGEX:
+        err(t, "safe_regex", "regex SAN matching is not supported yet");
+        return;
+    default:
+        err(t, NULL, "one of exact, prefix, suffix, contains is required");
+        return;
+    }
+    if (empty(v)) {
+        err(t, vfield, "%s must not be empty", vfield);
+        return;
+    }
+    m->value = dup(t, v);
+}
+
+/* CertificateValidationContext at the current path. */
+static void validation_context(struct tr *t, const PbValidation *v, struct sk_tls_cfg *c)
+{
+    if (v->trusted_ca)
+        datasource(t, "trusted_ca", v->trusted_ca, &c->trusted_ca);
+    if (v->ca_certificate_provider_instance)
+        unsupported(t, "ca_certificate_provider_instance");
+    if (v->system_root_certs)
+        unsupported(t, "system_root_certs");
+    if (v->n_verify_certificate_spki)
+        unsupported(t, "verify_certificate_spki");
+    if (v->n_verify_certificate_hash)
+        unsupported(t, "verify_certificate_hash");
+    if (boolw(v->require_signed_certificate_timestamp, false))
+        unsupported(t, "require_signed_certificate_timestamp");
+    if (v->crl)
+        unsupported(t, "crl");
+    if (v->custom_validator_config)
+        unsupported(t, "custom_validator_config");
+    if (v->trust_chain_verification !=
+        ENVOY__EXTENSIONS__TRANSPORT_SOCKETS__TLS__V3__CERTIFICATE_VALIDATION_CONTEXT__TRUST_CHAIN_VERIFICATION__VERIFY_TRUST_CHAIN)
+        unsupported(t, "trust_chain_verification");
+    if (v->max_verify_depth)
+        unsupported(t, "max_verify_depth");
+    /* only_verify_leaf_cert_crl: meaningless without crl; accepted */
+    c->allow_expired = v->allow_expired_certificate;
+    /* Envoy: when both are given, the deprecated untyped list is ignored */
+    if (v->n_match_typed_subject_alt_names) {
+        c->san = alarr(t, v->n_match_typed_subject_alt_names, sizeof(*c->san));
+        c->nsan = c->san ? v->n_match_typed_subject_alt_names : 0;
+        for (size_t i = 0; i < c->nsan; i++) {
+            const Envoy__Extensions__TransportSockets__Tls__V3__SubjectAltNameMatcher *m =
+                v->match_typed_subject_alt_names[i];
+            size_t o = push(t, "%smatch_typed_subject_alt_names[%zu]", t->plen ? "." : "", i);
+            int st = -1;
+            switch (m->san_type) {
+            case ENVOY__EXTENSIONS__TRANSPORT_SOCKETS__TLS__V3__SUBJECT_ALT_NAME_MATCHER__SAN_TYPE__EMAIL:
+                st = SK_SAN_EMAIL;
+                break;
+            case ENVOY__EXTENSIONS__TRANSPORT_SOCKETS__TLS__V3__SUBJECT_ALT_NAME_MATCHER__SAN_TYPE__DNS:
+                st = SK_SAN_DNS;
+                break;
+            case ENVOY__EXTENSIONS__TRANSPORT_SOCKETS__TLS__V3__SUBJECT_ALT_NAME_MATCHER__SAN_TYPE__URI:
+                st = SK_SAN_URI;
+                break;
+            case ENVOY__EXTENSIONS__TRANSPORT_SOCKETS__TLS__V3__SUBJECT_ALT_NAME_MATCHER__SAN_TYPE__IP_ADDRESS:
+                st = SK_SAN_IP;
+                break;
+            case ENVOY__EXTENSIONS__TRANSPORT_SOCKETS__TLS__V3__SUBJECT_ALT_NAME_MATCHER__SAN_TYPE__OTHER_NAME:
+                err(t, "san_type", "san_type OTHER_NAME is not supported by skiff");
+                break;
+            default:
+                err(t, "san_type", "san_type is required (EMAIL, DNS, URI or IP_ADDRESS)");
+                break;
+            }
+            if (!m->matcher) {
+                err(t, "matcher", "matcher is required");
+            } else if (st >= 0) {
+                size_t om = pushf(t, "matcher");
+                san_string_matcher(t, m->matcher, st, &c->san[i]);
+                pop(t, om);
+            }
+            pop(t, o);
+        }
+    } else if (v->n_match_subject_alt_names) {
+        c->san = alarr(t, v->n_match_subject_alt_names, sizeof(*c->san));
+        c->nsan = c->san ? v->n_match_subject_alt_names : 0;
+        for (size_t i = 0; i < c->nsan; i++) {
+            size_t o = push(t, "%smatch_subject_alt_names[%zu]", t->plen ? "." : "", i);
+            san_string_matcher(t, v->match_subject_alt_names[i], SK_SAN_ANY, &c->san[i]);
+            pop(t, o);
+        }
+    }
+}
+
+static char *sds_name(struct tr *t, const char *field, const PbSdsSecret *s)
+{
+    size_t o = pushf(t, field);
+    char *name = NULL;
+    if (empty(s->name))
+        err(t, "name", "name is required");
+    else if (!t->snap->xds.ads)
+        err(t, NULL, "SDS requires xDS (dynamic_resources.ads_config)");
+    else
+        name = dup(t, s->name);
+    pop(t, o);
+    return name;
+}
+
+static int tls_version(struct tr *t, const char *field, int v)
+{
+    switch (v) {
+    case ENVOY__EXTENSIONS__TRANSPORT_SOCKETS__TLS__V3__TLS_PARAMETERS__TLS_PROTOCOL__TLS_AUTO:
+        return 0;
+    case ENVOY__EXTENSIONS__TRANSPORT_SOCKETS__TLS__V3__TLS_PARAMETERS__TLS_PROTOCOL__TLSv1_2:
+        return 3;
+    case ENVOY__EXTENSIONS__TRANSPORT_SOCKETS__TLS__V3__TLS_PARAMETERS__TLS_PROTOCOL__TLSv1_3:
+        return 4;
+    case ENVOY__EXTENSIONS__TRANSPORT_SOCKETS__TLS__V3__TLS_PARAMETERS__TLS_PROTOCOL__TLSv1_0:
+    case ENVOY__EXTENSIONS__TRANSPORT_SOCKETS__TLS__V3__TLS_PARAMETERS__TLS_PROTOCOL__TLSv1_1:
+        err(t, field, "TLS < 1.2 not supported");
+        return 0;
+    }
+    err(t, field, "unknown TLS version %d", v);
+    return 0;
+}
+
+/* A repeated string joined with ':' (OpenSSL list syntax); elements must be
+ * non-empty and free of ':' and spaces. NULL when empty. */
+static char *join_list(struct tr *t, const char *field, size_t n, char **v)
+{
+    if (n == 0)
+        return NULL;
+    size_t total = 0;
+    for (size_t i = 0; i < n; i++) {
+        const char *s = v[i] ? v[i] : "";
+        if (!*s || strpbrk(s, ": \t")) {
+            size_t o = push(t, "%s%s[%zu]", t->plen ? "." : "", field, i);
+            err(t, NULL, "invalid %s entry '%s'", field, s);
+            pop(t, o);
+        }
+        total += strlen(s) + 1;
+    }
+    char *out = al(t, total + 1);
+    if (!out)
+        return NULL;
+    for (size_t i = 0; i < n; i++) {
+        if (i)
+            strcat(out, ":");
+        strcat(out, v[i] ? v[i] : "");
+    }
+    return out;
+}
+
+static void tls_params(struct tr *t, const PbTlsParams *p, struct sk_tls_cfg *c)
+{
+    size_t o = pushf(t, "tls_params");
+    c->min_version = tls_version(t, "tls_minimum_protocol_version", p->tls_minimum_protocol_version);
+    c->max_version = tls_version(t, "tls_maximum_protocol_version", p->tls_maximum_protocol_version);
+    if (c->min_version && c->max_version && c->min_version > c->max_version)
+        err(t, "tls_minimum_protocol_version",
+            "tls_minimum_protocol_version is above tls_maximum_protocol_version");
+    c->cipher_suites = join_list(t, "cipher_suites", p->n_cipher_suites, p->cipher_suites);
+    c->ecdh_curves = join_list(t, "ecdh_curves", p->n_ecdh_curves, p->ecdh_curves);
+    if (p->n_signature_algorithms)
+        unsupported(t, "signature_algorithms");
+    if (p->n_compliance_policies)
+        unsupported(t, "compliance_policies");
+    pop(t, o);
+}
+
+/* CommonTlsContext at the current path ("...typed_config.common_tls_context"). */
+static void common_tls(struct tr *t, const PbCommonTls *ct, struct sk_tls_cfg *c)
+{
+    size_t o = pushf(t, "common_tls_context");
+    if (ct->tls_params)
+        tls_params(t, ct->tls_params, c);
+    if (ct->n_tls_certificates > 1) {
+        err(t, "tls_certificates", "only one certificate supported");
+    } else if (ct->n_tls_certificates == 1) {
+        const Envoy__Extensions__TransportSockets__Tls__V3__TlsCertificate *tc =
+            ct->tls_certificates[0];
+        size_t oc = pushf(t, "tls_certificates[0]");
+        if (tc->certificate_chain)
+            datasource(t, "certificate_chain", tc->certificate_chain, &c->cert_chain);
+        else
+            err(t, "certificate_chain", "certificate_chain is required");
+        if (tc->private_key)
+            datasource(t, "private_key", tc->private_key, &c->private_key);
+        else
+            err(t, "private_key", "private_key is required");
+        if (tc->password)
+            unsupported(t, "password");
+        if (tc->ocsp_staple)
+            unsupported(t, "ocsp_staple");
+        if (tc->pkcs12)
+            unsupported(t, "pkcs12");
+        if (tc->private_key_provider)
+            unsupported(t, "private_key_provider");
+        /* signed_certificate_timestamp: not implemented by Envoy either; ignored */
+        pop(t, oc);
+    }
+    if (ct->n_tls_certificate_sds_secret_configs > 1) {
+        err(t, "tls_certificate_sds_secret_configs", "only one certificate supported");
+    } else if (ct->n_tls_certificate_sds_secret_configs == 1 && ct->n_tls_certificates == 0) {
+        /* Envoy: with tls_certificates set, the SDS configs are ignored */
+        c->sds_cert_name =
+            sds_name(t, "tls_certificate_sds_secret_configs[0]", ct->tls_certificate_sds_secret_configs[0]);
+    }
+    if (ct->tls_certificate_provider_instance)
+        unsupported(t, "tls_certificate_provider_instance");
+    if (ct->tls_certificate_certificate_provider)
+        unsupported(t, "tls_certificate_certificate_provider");
+    if (ct->tls_certificate_certificate_provider_instance)
+        unsupported(t, "tls_certificate_certificate_provider_instance");
+    if (ct->custom_tls_certificate_selector)
+        unsupported(t, "custom_tls_certificate_selector");
+    if (ct->custom_handshaker)
+        unsupported(t, "custom_handshaker");
+    if (ct->key_log)
+        unsupported(t, "key_log");
+    /* read_ahead_buffer_size: a performance hint; accepted and ignored */
+    switch (ct->validation_context_type_case) {
+    case ENVOY__EXTENSIONS__TRANSPORT_SOCKETS__TLS__V3__COMMON_TLS_CONTEXT__VALIDATION_CONTEXT_TYPE_VALIDATION_CONTEXT: {
+        size_t ov = pushf(t, "validation_context");
+        validation_context(t, ct->validation_context, c);
+        pop(t, ov);
+        break;
+    }
+    case ENVOY__EXTENSIONS__TRANSPORT_SOCKETS__TLS__V3__COMMON_TLS_CONTEXT__VALIDATION_CONTEXT_TYPE_VALIDATION_CONTEXT_SDS_SECRET_CONFIG:
+        c->sds_ca_name =
+            sds_name(t, "validation_context_sds_secret_config", ct->validation_context_sds_secret_config);
+        break;
+    case ENVOY__EXTENSIONS__TRANSPORT_SOCKETS__TLS__V3__COMMON_TLS_CONTEXT__VALIDATION_CONTEXT_TYPE_COMBINED_VALIDATION_CONTEXT: {
+        const Envoy__Extensions__TransportSockets__Tls__V3__CommonTlsContext__CombinedCertificateValidationContext
+            *cv = ct->combined_validation_context;
+        size_t ov = pushf(t, "combined_validation_context");
+        if (cv->default_validation_context) {
+            size_t od = pushf(t, "default_validation_context");
+            validation_context(t, cv->default_validation_context, c);
+            pop(t, od);
+        } else {
+            err(t, "default_validation_context", "default_validation_context is required");
+        }
+        if (cv->validation_context_sds_secret_config)
+            c->sds_ca_name = sds_name(t, "validation_context_sds_secret_config",
+                                      cv->validation_context_sds_secret_config);
+        else
+            err(t, "validation_context_sds_secret_config",
+                "validation_context_sds_secret_config is required");
+        if (cv->validation_context_certificate_provider)
+            unsupported(t, "validation_context_certificate_provider");
+        if (cv->validation_context_certificate_provider_instance)
+            unsupported(t, "validation_context_certificate_provider_instance");
+        pop(t, ov);
+        break;
+    }
+    case ENVOY__EXTENSIONS__TRANSPORT_SOCKETS__TLS__V3__COMMON_TLS_CONTEXT__VALIDATION_CONTEXT_TYPE_VALIDATION_CONTEXT_CERTIFICATE_PROVIDER:
+        unsupported(t, "validation_context_certificate_provider");
+        break;
+    case ENVOY__EXTENSIONS__TRANSPORT_SOCKETS__TLS__V3__COMMON_TLS_CONTEXT__VALIDATION_CONTEXT_TYPE_VALIDATION_CONTEXT_CERTIFICATE_PROVIDER_INSTANCE:
+        unsupported(t, "validation_context_certificate_provider_instance");
+        break;
+    default:
+        break;
+    }
+    c->alpn = str_list(t, ct->n_alpn_protocols, ct->alpn_protocols, false);
+    c->nalpn = c->alpn ? ct->n_alpn_protocols : 0;
+    for (size_t i = 0; i < c->nalpn; i++)
+        if (empty(c->alpn[i]) || strlen(c->alpn[i]) > 255) {
+            size_t oa = push(t, ".alpn_protocols[%zu]", i);
+            err(t, NULL, "ALPN protocol names must be 1-255 bytes");
+            pop(t, oa);
+        }
+    bool has_ca = c->trusted_ca.kind != SK_DS_NONE || c->sds_ca_name;
+    if (c->nsan && !has_ca)
+        err(t, "validation_context",
+            "subject alt name matching without trusted_ca is insecure and not allowed");
+    pop(t, o);
+}
+
+static struct sk_tls_cfg *downstream_tls(struct tr *t, const PbAny *a)
+{
+    const ProtobufCMessageDescriptor *d =
+        &envoy__extensions__transport_sockets__tls__v3__downstream_tls_context__descriptor;
+    Envoy__Extensions__TransportSockets__Tls__V3__DownstreamTlsContext *p = unpack(t, a, d);
+    if (!p)
+        return NULL;
+    struct sk_tls_cfg *c = al(t, sizeof(*c));
+    if (c) {
+        c->is_server = true;
+        c->max_session_keys = 1;
+        if (p->common_tls_context)
+            common_tls(t, p->common_tls_context, c);
+        if (c->cert_chain.kind == SK_DS_NONE && !c->sds_cert_name)
+            err(t, "common_tls_context",
+                "a DownstreamTlsContext needs a certificate (tls_certificates or "
+                "tls_certificate_sds_secret_configs)");
+        c->require_client_cert = boolw(p->require_client_certificate, false);
+        if (c->require_client_cert && c->trusted_ca.kind == SK_DS_NONE && !c->sds_ca_name)
+            err(t, "require_client_certificate",
+                "require_client_certificate needs a validation context with trusted_ca");
+        if (boolw(p->require_sni, false))
+            unsupported(t, "require_sni");
+        switch (p->session_ticket_keys_type_case) {
+        case ENVOY__EXTENSIONS__TRANSPORT_SOCKETS__TLS__V3__DOWNSTREAM_TLS_CONTEXT__SESSION_TICKET_KEYS_TYPE_SESSION_TICKET_KEYS:
+            unsupported(t, "session_ticket_keys");
+            break;
+        case ENVOY__EXTENSIONS__TRANSPORT_SOCKETS__TLS__V3__DOWNSTREAM_TLS_CONTEXT__SESSION_TICKET_KEYS_TYPE_SESSION_TICKET_KEYS_SDS_SECRET_CONFIG:
+            unsupported(t, "session_ticket_keys_sds_secret_config");
+            break;
+        case ENVOY__EXTENSIONS__TRANSPORT_SOCKETS__TLS__V3__DOWNSTREAM_TLS_CONTEXT__SESSION_TICKET_KEYS_TYPE_DISABLE_STATELESS_SESSION_RESUMPTION:
+            if (p->disable_stateless_session_resumption)
+                unsupported(t, "disable_stateless_session_resumption");
+            break;
+        default:
+            break;
+        }
+        if (p->disable_stateful_session_resumption)
+            unsupported(t, "disable_stateful_session_resumption");
+        if (p->session_timeout) {
+            if (p->session_timeout->seconds >= 4294967296LL)
+                err(t, "session_timeout", "session_timeout must be less than 2^32 seconds");
+            else
+                c->session_timeout_ms = dur(t, "session_timeout", p->session_timeout, 0, 0);
+        }
+        if (p->ocsp_staple_policy !=
+            ENVOY__EXTENSIONS__TRANSPORT_SOCKETS__TLS__V3__DOWNSTREAM_TLS_CONTEXT__OCSP_STAPLE_POLICY__LENIENT_STAPLING)
+            unsupported(t, "ocsp_staple_policy");
+        if (p->prefer_client_ciphers)
+            unsupported(t, "prefer_client_ciphers");
+        /* full_scan_certs_on_sni_mismatch: one certificate only; accepted */
+    }
+    unpacked_free(p);
+    return c;
+}
+
+static struct sk_tls_cfg *upstream_tls(struct tr *t, const PbAny *a)
+{
+    const ProtobufCMessageDescriptor *d =
+        &envoy__extensions__transport_sockets__tls__v3__upstream_tls_context__descriptor;
+    Envoy__Extensions__TransportSockets__Tls__V3__UpstreamTlsContext *p = unpack(t, a, d);
+    if (!p)
+        return NULL;
+    struct sk_tls_cfg *c = al(t, sizeof(*c));
+    if (c) {
+        c->is_server = false;
+        if (p->common_tls_context)
+            common_tls(t, p->common_tls_context, c);
+        if (!empty(p->sni)) {
+            if (strlen(p->sni) > 255)
+                err(t, "sni", "sni must be at most 255 bytes");
+            c->sni = dup(t, p->sni);
+        }
+        if (p->allow_renegotiation)
+            unsupported(t, "allow_renegotiation");
+        c->max_session_keys = u32w(p->max_session_keys, 1);
+        if (p->auto_host_sni)
+            unsupported(t, "auto_host_sni");
+        if (p->auto_sni_san_validation)
+            unsupported(t, "auto_sni_san_validation");
+        /* enforce_rsa_key_usage: deprecated, ignored by Envoy too */
+        if (c->trusted_ca.kind == SK_DS_NONE && !c->sds_ca_name)
+            sk_warn("config: %s: upstream TLS without trusted_ca: the server certificate "
+                    "will not be verified",
+                    t->path); /* allowed, like Envoy */
+    }
+    unpacked_free(p);
+    return c;
+}
+
+/* transport_socket of a filter chain or a cluster, at the current path. */
+static void transport_socket(struct tr *t, const PbTransportSocket *ts, bool server,
+                             struct sk_tls_cfg **tls)
 {
     *tls = NULL;
     size_t o = pushf(t, "transport_socket");
@@ -1600,28 +2055,27 @@ static void transport_socket_down(struct tr *t, const PbTransportSocket *ts, str
         ts->config_type_case == ENVOY__CONFIG__CORE__V3__TRANSPORT_SOCKET__CONFIG_TYPE_TYPED_CONFIG
             ? ts->typed_config
             : NULL;
+    const ProtobufCMessageDescriptor *down =
+        &envoy__extensions__transport_sockets__tls__v3__downstream_tls_context__descriptor;
+    const ProtobufCMessageDescriptor *up =
+        &envoy__extensions__transport_sockets__tls__v3__upstream_tls_context__descriptor;
     if (!any_ok(t, a)) {
     } else if (is_type(
                    a,
                    &envoy__extensions__transport_sockets__raw_buffer__v3__raw_buffer__descriptor)) {
-    } else if (
-        is_type(
-            a,
-            &envoy__extensions__transport_sockets__tls__v3__downstream_tls_context__descriptor)) {
-        err(t, NULL, "TLS not supported yet (issue 4)");
+    } else if (server && is_type(a, down)) {
+        *tls = downstream_tls(t, a);
+    } else if (!server && is_type(a, up)) {
+        *tls = upstream_tls(t, a);
+    } else if (is_type(a, down) || is_type(a, up)) {
+        err(t, NULL, "%s cannot be used on a %s", any_type(a),
+            server ? "listener filter chain (use DownstreamTlsContext)"
+                   : "cluster (use UpstreamTlsContext)");
     } else {
         err(t, NULL, "unsupported transport socket '%s'", any_type(a));
     }
     pop(t, ot);
     pop(t, o);
-}
-
-static char **str_list(struct tr *t, size_t n, char **v, bool lower)
-{
-    char **out = alarr(t, n, sizeof(char *));
-    for (size_t i = 0; out && i < n; i++)
-        out[i] = lower ? duplower(t, v[i]) : dup(t, v[i]);
-    return out;
 }
 
 static void chain_match(struct tr *t, const PbFilterChainMatch *fm, struct sk_chain_match *m)
@@ -1730,7 +2184,7 @@ static void filter_chain(struct tr *t, const PbFilterChain *fc, struct sk_filter
     if (boolw(fc->use_proxy_proto, false))
         unsupported(t, "use_proxy_proto");
     if (fc->transport_socket)
-        transport_socket_down(t, fc->transport_socket, &c->tls);
+        transport_socket(t, fc->transport_socket, true, &c->tls);
     (void)dur(t, "transport_socket_connect_timeout", fc->transport_socket_connect_timeout, 0, 0);
 }
 
@@ -2633,28 +3087,8 @@ static void cluster(struct tr *t, const PbCluster *pc, struct sk_cluster *c)
         endpoints(t, pc->load_assignment, c);
     else if (!pc->load_assignment && c->type == SK_CLUSTER_LOGICAL_DNS)
         err(t, "load_assignment", "LOGICAL_DNS clusters need exactly one endpoint (got 0)");
-    if (pc->transport_socket) {
-        size_t o = pushf(t, "transport_socket");
-        size_t ot = pushf(t, "typed_config");
-        const PbAny *a = pc->transport_socket->config_type_case ==
-                                 ENVOY__CONFIG__CORE__V3__TRANSPORT_SOCKET__CONFIG_TYPE_TYPED_CONFIG
-                             ? pc->transport_socket->typed_config
-                             : NULL;
-        if (!any_ok(t, a)) {
-        } else if (
-            is_type(
-                a, &envoy__extensions__transport_sockets__raw_buffer__v3__raw_buffer__descriptor)) {
-        } else if (
-            is_type(
-                a,
-                &envoy__extensions__transport_sockets__tls__v3__upstream_tls_context__descriptor)) {
-            err(t, NULL, "TLS not supported yet (issue 4)");
-        } else {
-            err(t, NULL, "unsupported transport socket '%s'", any_type(a));
-        }
-        pop(t, ot);
-        pop(t, o);
-    }
+    if (pc->transport_socket)
+        transport_socket(t, pc->transport_socket, false, &c->tls);
     if (pc->n_transport_socket_matches)
         unsupported(t, "transport_socket_matches");
     if (pc->upstream_bind_config)
@@ -2866,7 +3300,8 @@ int sk_snapshot_build(const struct Envoy__Config__Bootstrap__V3__Bootstrap *bs,
         pop(t, o);
     }
     if (sr && sr->n_secrets)
-        err(t, "static_resources.secrets", "secrets are not supported yet (TLS, issue 4)");
+        err(t, "static_resources.secrets",
+            "static secrets are not supported yet (use tls_certificates / trusted_ca)");
 
     if (t->oom)
         sk_cfgerrs_add(errs, "", "out of memory while building the snapshot");

@@ -415,7 +415,7 @@ static void stream_timeout_cb(struct ev_loop *loop, ev_timer *t, int revents)
     st->retry_wait = false;
     char detail[64];
     snprintf(detail, sizeof(detail), "no complete response within %llu ms",
-             (unsigned long long)st->route->timeout_ms);
+             (unsigned long long)st->eff_timeout_ms);
     sk_stream_local_reply(st, SK_TERM_UPSTREAM_TIMEOUT, 0, detail);
 }
 
@@ -937,6 +937,31 @@ static void write_request_end(struct sk_stream *st)
     st->up->vt->send_end(st->up, &st->req_trailers);
 }
 
+/* grpc-timeout: 1-8 digits + unit H M S m u n (gRPC over HTTP/2 spec).
+ * SK_DUR_NONE when absent or malformed. */
+static uint64_t grpc_timeout_ms(const struct sk_stream *st)
+{
+    struct sk_hdr *h = sk_hdrs_get(&st->req, "grpc-timeout", 12);
+    if (!h || h->vlen < 2 || h->vlen > 9)
+        return SK_DUR_NONE;
+    uint64_t v = 0;
+    for (uint32_t i = 0; i + 1 < h->vlen; i++) {
+        char c = h->value[i];
+        if (c < '0' || c > '9')
+            return SK_DUR_NONE;
+        v = v * 10 + (uint64_t)(c - '0');
+    }
+    switch (h->value[h->vlen - 1]) {
+    case 'H': return v * 3600000;
+    case 'M': return v * 60000;
+    case 'S': return v * 1000;
+    case 'm': return v;
+    case 'u': return (v + 999) / 1000;
+    case 'n': return (v + 999999) / 1000000;
+    }
+    return SK_DUR_NONE;
+}
+
 void sk_stream_end(struct sk_stream *st, const struct sk_hdrs *trailers)
 {
     bool was_end = st->req_end;
@@ -947,9 +972,19 @@ void sk_stream_end(struct sk_stream *st, const struct sk_hdrs *trailers)
         return;
     if (st->up && !was_end)
         write_request_end(st);
-    if (!st->upgrade && st->route && st->route->timeout_ms != SK_DUR_NONE &&
-        st->route->timeout_ms > 0 && !ev_is_active(&st->timeout)) {
-        ev_timer_set(&st->timeout, (double)st->route->timeout_ms / 1000.0, 0.);
+    uint64_t tmo = st->route ? st->route->timeout_ms : SK_DUR_NONE;
+    if (st->route && st->route->grpc_timeout_header) {
+        /* gRPC deadline from the client (grpc-timeout), capped by the route */
+        uint64_t g = grpc_timeout_ms(st);
+        if (g != SK_DUR_NONE) {
+            if (st->route->grpc_timeout_header_max_ms && g > st->route->grpc_timeout_header_max_ms)
+                g = st->route->grpc_timeout_header_max_ms;
+            tmo = g ? g : 1;
+        }
+    }
+    if (!st->upgrade && tmo != SK_DUR_NONE && tmo > 0 && !ev_is_active(&st->timeout)) {
+        st->eff_timeout_ms = tmo;
+        ev_timer_set(&st->timeout, (double)tmo / 1000.0, 0.);
         ev_timer_start(st->w->loop, &st->timeout);
     }
 }

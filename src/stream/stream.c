@@ -3,6 +3,7 @@
 
 #include <stdio.h>
 #include <string.h>
+#include <strings.h>
 
 #include "skiff/err.h"
 #include "skiff/hoststate.h"
@@ -110,6 +111,70 @@ void sk_hdrs_del(struct sk_hdrs *h, const char *lname, size_t nlen)
     h->n = o;
 }
 
+/* HTTP status -> gRPC code (the gRPC spec's HTTP-to-gRPC mapping), with
+ * the causes whose meaning is clearer mapped directly. */
+static int grpc_code(int cause, int status)
+{
+    switch (cause) {
+    case SK_TERM_UPSTREAM_TIMEOUT:
+    case SK_TERM_STREAM_IDLE:
+        return 4; /* DEADLINE_EXCEEDED */
+    case SK_TERM_NO_ROUTE:
+        return 12; /* UNIMPLEMENTED */
+    case SK_TERM_OVERFLOW:
+        return 14; /* UNAVAILABLE (circuit breaker) */
+    case SK_TERM_UPGRADE_REFUSED:
+        return 7; /* PERMISSION_DENIED */
+    }
+    switch (status) {
+    case 400: return 13; /* INTERNAL */
+    case 401: return 16; /* UNAUTHENTICATED */
+    case 403: return 7;  /* PERMISSION_DENIED */
+    case 404: return 12; /* UNIMPLEMENTED */
+    case 429:
+    case 502:
+    case 503:
+    case 504: return 14; /* UNAVAILABLE */
+    }
+    return 2; /* UNKNOWN */
+}
+
+/* Trailers-only gRPC response: HTTP 200, grpc-status + grpc-message
+ * (percent-encoded per the gRPC spec) in the one HEADERS block. */
+static void grpc_local_reply(struct sk_stream *st, int cause, int status, const char *msg,
+                             size_t ml)
+{
+    char code[8];
+    int cl = snprintf(code, sizeof(code), "%d", grpc_code(cause, status));
+    char enc[1024];
+    size_t el = 0;
+    static const char hx[] = "0123456789ABCDEF";
+    for (size_t i = 0; i < ml && el + 3 < sizeof(enc); i++) {
+        unsigned char c = (unsigned char)msg[i];
+        if (c >= 0x20 && c <= 0x7e && c != '%') {
+            enc[el++] = (char)c;
+        } else {
+            enc[el++] = '%';
+            enc[el++] = hx[c >> 4];
+            enc[el++] = hx[c & 15];
+        }
+    }
+    struct sk_hdrs h = {0};
+    sk_hdrs_add(&h, &st->arena, "content-type", 12, "application/grpc", 16);
+    sk_hdrs_add(&h, &st->arena, "grpc-status", 11, code, (size_t)cl);
+    sk_hdrs_add(&h, &st->arena, "grpc-message", 12, enc, el);
+    const char *flag = sk_term_flag(cause);
+    sk_hdrs_add(&h, &st->arena, "x-skiff-flags", 13, flag, strlen(flag));
+    sk_warn("conn %llu stream %u: %s %.*s %.*s -> grpc-status %s (%s) %.*s",
+            (unsigned long long)st->conn_id, st->stream_id, st->peer_ip, (int)st->method_len,
+            st->method ? st->method : "", (int)st->path_len, st->path ? st->path : "", code, flag,
+            (int)ml, msg);
+    st->status = 200;
+    st->resp_started = true;
+    st->ops->send_head(st, 200, &h, 0, true);
+    st->ops->send_end(st);
+}
+
 void sk_stream_local_reply(struct sk_stream *st, int cause, int status, const char *detail)
 {
     if (st->cause == SK_TERM_NONE)
@@ -125,6 +190,11 @@ void sk_stream_local_reply(struct sk_stream *st, int cause, int status, const ch
     char body[512];
     int bl = snprintf(body, sizeof(body), "%s%s%s\n", sk_term_reason(cause), detail ? ": " : "",
                       detail ? detail : "");
+    struct sk_hdr *ct = sk_hdrs_get(&st->req, "content-type", 12);
+    if (ct && ct->vlen >= 16 && strncasecmp(ct->value, "application/grpc", 16) == 0) {
+        grpc_local_reply(st, cause, status, body, bl > 0 ? (size_t)bl - 1 : 0);
+        return;
+    }
     if (bl < 0)
         bl = 0;
     if ((size_t)bl >= sizeof(body))

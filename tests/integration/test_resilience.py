@@ -264,9 +264,9 @@ def test_circuit_breaker_max_requests(skiff_factory, upstreams):
     assert "up::default_priority::remaining_rq::10" in clusters(s)
 
 
-def test_circuit_breaker_max_connections(skiff_factory, upstreams):
+def max_connections_burst(skiff_factory, upstreams, args):
     u = upstreams("cx", args=["--delay-ms", 1000])
-    s = start(skiff_factory, [u], cluster_kw={"circuit_breakers": breakers(max_connections=5)})
+    s = start(skiff_factory, [u], args=args, cluster_kw={"circuit_breakers": breakers(max_connections=5)})
     u.control(reset_stats=True)
     res = parallel_gets(s.port, 20, "/cx/{i}")
     ok = [r for r in res if not isinstance(r, Exception) and r.status == 200]
@@ -274,9 +274,26 @@ def test_circuit_breaker_max_connections(skiff_factory, upstreams):
     assert len(ok) + len(uo) == 20, res
     assert uo and all(r.header("x-skiff-flags") == "UO" for r in uo), res
     cnt = u.counters()
-    assert cnt["max_conns_open"] <= 5, cnt
-    assert len(ok) >= 5, len(ok)
-    assert cstat(s, "upstream_cx_overflow") >= len(uo) > 0
+    print("max_connections 5: ok=%d uo=%d upstream max_conns_open=%d" % (len(ok), len(uo), cnt["max_conns_open"]))
+    assert cstat(s, "upstream_cx_overflow") == len(uo) > 0
+    # never more than the limit at the upstream, and the limit was used fully
+    assert cnt["max_conns_open"] == 5 and len(ok) == 5, (cnt, len(ok))
+
+
+def test_circuit_breaker_max_connections(skiff_factory, upstreams):
+    # one worker: exact (the multi-worker case is below)
+    max_connections_burst(skiff_factory, upstreams, ["--concurrency", 1])
+
+
+@pytest.mark.xfail(strict=False, reason=(
+    "BUG (race, intermittent, hence not strict): src/filters/router.c dispatch() checks "
+    "atomic_load(&cs->cx_active) >= max_connections and only later sk_upconn_acquire() "
+    "(src/upstream/upconn.c) does atomic_fetch_add(&cs->cx_active): check-then-act across "
+    "workers, so two workers can both open the 5th connection. Seen on a freshly started "
+    "skiff with --concurrency 2..8: 6 connections / 6 x 200 for max_connections 5 in about "
+    "1 of 4-5 runs. Fix: reserve with fetch_add first (like rq_active / rq_pending)."))
+def test_circuit_breaker_max_connections_across_workers(skiff_factory, upstreams):
+    max_connections_burst(skiff_factory, upstreams, ["--concurrency", 4])
 
 
 def test_circuit_breaker_max_pending_requests(skiff_factory, upstreams):
@@ -462,6 +479,12 @@ def test_hash_spreads_similar_keys(skiff_factory, upstreams, lb):
 
 # ---- 7. peak EWMA ---------------------------------------------------------------------------
 
+@pytest.mark.xfail(strict=True, reason=(
+    "BUG: src/upstream/cluster.c pick() draws the power-of-two-choices samples for "
+    "SK_LB_PEAK_EWMA independently (c->hosts[sk_worker_rand(w) % n] twice), so with 2 hosts "
+    "both samples are the slow host 1/4 of the time and it is picked regardless of cost: the "
+    "slow host keeps a 25%% floor (observed 105/400 with ewma_us fast~1500 vs slow~53000). "
+    "P2C for a latency-aware balancer (Finagle/Linkerd/tower) samples two distinct hosts."))
 def test_peak_ewma_prefers_the_fast_host(skiff_factory, upstreams):
     fast, slow = upstreams("fast"), upstreams("slow", args=["--delay-ms", 50])
     lbp = {"policies": [{"typed_extension_config": {
@@ -479,8 +502,10 @@ def test_peak_ewma_prefers_the_fast_host(skiff_factory, upstreams):
     text = clusters(s)
     ew_fast = int(host_field(s, fast.port, "ewma_latency_us", text))
     ew_slow = int(host_field(s, slow.port, "ewma_latency_us", text))
+    print("peak EWMA: traffic %s ewma_us fast=%d slow=%d" % (dict(cnt), ew_fast, ew_slow))
     assert ew_slow > ew_fast, text
-    assert cnt["slow"] < 0.25 * 400, cnt
+    # "clearly less": a host 35x slower should get well under a quarter of the traffic
+    assert cnt["slow"] < 0.15 * 400, cnt
 
 
 # ---- 8. no retry once the response started ----------------------------------------------------
@@ -508,7 +533,9 @@ def test_reset_before_response_is_retried(skiff_factory, upstreams):
     u = upstreams("rn")
     s = start(skiff_factory, [u], route_kw={"retry_policy": retry(2, "reset")})
     r = get(s.port, "/reset-now")
-    assert r.status == 503, r
+    # skiff answers an upstream reset with 502 UC (see test_errors.py)
+    assert r.status == 502 and r.header("x-skiff-flags") == "UC", r
+    assert b"after 3 attempts" in r.body, r
     assert len(u.traffic()) == 3  # 1 + num_retries
     assert cstat(s, "upstream_rq_retry") == 2
 
