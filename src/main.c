@@ -14,6 +14,7 @@
 #include "skiff/config.h"
 #include "skiff/dns.h"
 #include "skiff/err.h"
+#include "skiff/h2_client.h"
 #include "skiff/health.h"
 #include "skiff/hoststate.h"
 #include "skiff/log.h"
@@ -658,6 +659,7 @@ int main(int argc, char **argv)
     sigaddset(&set, SIGTERM);
     sigaddset(&set, SIGINT);
     pthread_sigmask(SIG_BLOCK, &set, &old);
+    sk_h2_client_init();
     if (sk_workers_start(opt.concurrency) < 0) {
         fprintf(stderr, "skiff: cannot start workers\n");
         return 1;

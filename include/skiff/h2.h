@@ -12,6 +12,7 @@
 #ifndef SKIFF_H2_H
 #define SKIFF_H2_H
 
+#include <openssl/ssl.h>
 #include <stddef.h>
 
 #include "skiff/model.h"
@@ -34,8 +35,9 @@ int sk_h2_preface_match(const char *p, size_t n);
  * not count the connection as active, or has undone that). On allocation
  * failure the fd is closed. */
 void sk_h2_accept(struct sk_worker *w, const struct sk_listener *l,
-                  const struct sk_filter_chain *fc, int fd, const struct sk_sockaddr *peer,
-                  struct sk_snapshot *snap, const char *pre, size_t prelen);
+                  const struct sk_filter_chain *fc, int fd, SSL *ssl,
+                  const struct sk_sockaddr *peer, struct sk_snapshot *snap, const char *pre,
+                  size_t prelen);
 
 /* Free the calling worker thread's pooled HTTP/2 stream objects. */
 void sk_h2_thread_cleanup(void);

@@ -9,6 +9,7 @@
 #define SKIFF_NET_H
 
 #include <ev.h>
+#include <openssl/ssl.h>
 #include <stdbool.h>
 #include <stddef.h>
 
@@ -67,10 +68,13 @@ int sk_bound_prepare(struct sk_bound_set *set, const struct sk_snapshot *snap, i
                      struct sk_listen_fd ***lfds_per_worker, char *err, size_t errlen);
 
 /* Connection handlers, by filter-chain kind (take ownership of fd). */
+/* `ssl`: the established server-side TLS session (handshake done) when the
+ * chain terminates TLS, else NULL. */
 void sk_tcp_proxy_accept(struct sk_worker *w, const struct sk_listener *l,
-                         const struct sk_filter_chain *fc, int fd);
+                         const struct sk_filter_chain *fc, int fd, SSL *ssl);
 void sk_http_accept(struct sk_worker *w, const struct sk_listener *l,
-                    const struct sk_filter_chain *fc, int fd, const struct sk_sockaddr *peer);
+                    const struct sk_filter_chain *fc, int fd, SSL *ssl,
+                    const struct sk_sockaddr *peer);
 
 /* Free the calling worker thread's pooled HTTP objects (at thread exit). */
 void sk_http_thread_cleanup(void);

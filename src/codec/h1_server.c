@@ -17,6 +17,8 @@
 #include "skiff/log.h"
 #include "skiff/net.h"
 #include "skiff/stream.h"
+#include "skiff/tls.h"
+#include "skiff/transport.h"
 #include "skiff/upstream.h"
 #include "skiff/worker.h"
 
@@ -31,7 +33,7 @@ struct h1s {
     struct sk_conn_base base;
     struct sk_reap reap;
     struct sk_reap flush;
-    int fd;
+    struct sk_transport tp; /* socket (+ TLS) */
     ev_io io;
     ev_timer timer;
     struct sk_snapshot *snap;
@@ -151,9 +153,9 @@ static void update_io(struct h1s *c)
         return;
     int ev = 0;
     if (!c->read_paused)
-        ev |= EV_READ;
+        ev |= sk_tp_events_for_read(&c->tp);
     if (c->write_blocked)
-        ev |= EV_WRITE;
+        ev |= sk_tp_events_for_write(&c->tp);
     if ((c->io.events & (EV_READ | EV_WRITE)) == ev && ev_is_active(&c->io))
         return;
     ev_io_stop(c->base.w->loop, &c->io);
@@ -187,8 +189,7 @@ static void conn_close(struct h1s *c)
     }
     ev_io_stop(w->loop, &c->io);
     ev_timer_stop(w->loop, &c->timer);
-    close(c->fd);
-    c->fd = -1;
+    sk_tp_close(&c->tp);
     c->state = S_CLOSED;
     sk_worker_conn_unlink(w, &c->base);
     sk_stat_add(&w->stats, SK_ST_downstream_cx_active, -1);
@@ -207,7 +208,7 @@ static void linger_close(struct h1s *c)
             sk_stream_abort(c->st, SK_TERM_CLIENT_RESET);
         stream_finish(c);
     }
-    shutdown(c->fd, SHUT_WR);
+    sk_tp_shutdown_write(&c->tp);
     c->state = S_LINGER;
     c->read_paused = false;
     c->write_blocked = false;
@@ -234,7 +235,7 @@ static void conn_drain(struct sk_conn_base *b)
 static void do_write(struct h1s *c)
 {
     while (sk_buf_used(&c->out)) {
-        ssize_t r = sk_buf_write_fd(&c->out, c->fd);
+        ssize_t r = sk_tp_write(&c->tp, &c->out);
         if (r == SK_ERR_AGAIN) {
             if (!c->write_blocked) {
                 c->write_blocked = true;
@@ -742,15 +743,18 @@ static void to_h2(struct h1s *c)
     memcpy(&peer.ss, &c->peer, peer.len);
     ev_io_stop(w->loop, &c->io);
     ev_timer_stop(w->loop, &c->timer);
-    int fd = c->fd;
+    int fd = c->tp.fd;
+    SSL *ssl = c->tp.ssl;
     struct sk_snapshot *snap = c->snap;
-    c->fd = -1;
+    c->tp.fd = -1;
+    c->tp.ssl = NULL;
     c->snap = NULL;
     c->state = S_CLOSED;
     sk_worker_conn_unlink(w, &c->base);
     sk_stat_add(&w->stats, SK_ST_downstream_cx_active, -1);
     sk_stat_add(&w->stats, SK_ST_downstream_cx_http1_total, -1);
-    sk_h2_accept(w, c->l, c->fc, fd, &peer, snap, sk_buf_rptr(&c->in), sk_buf_used(&c->in));
+    sk_h2_accept(w, c->l, c->fc, fd, ssl, &peer, snap, sk_buf_rptr(&c->in),
+                 sk_buf_used(&c->in));
     sk_worker_reap(w, &c->reap);
 }
 
@@ -893,7 +897,14 @@ static void on_readable(struct h1s *c)
 {
     if (c->state == S_LINGER) {
         char tmp[4096];
-        ssize_t r = read(c->fd, tmp, sizeof(tmp));
+        ssize_t r = c->tp.ssl ? SSL_read(c->tp.ssl, tmp, sizeof(tmp)) : read(c->tp.fd, tmp, sizeof(tmp));
+        if (c->tp.ssl && r <= 0) {
+            int e = SSL_get_error(c->tp.ssl, (int)r);
+            if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE)
+                return;
+            conn_close(c);
+            return;
+        }
         if (r == 0 || (r < 0 && errno != EAGAIN && errno != EINTR))
             conn_close(c);
         return;
@@ -904,7 +915,7 @@ static void on_readable(struct h1s *c)
         update_io(c);
         return;
     }
-    ssize_t r = sk_buf_read_fd(&c->in, c->fd, 0);
+    ssize_t r = sk_tp_read(&c->tp, &c->in, 0);
     if (r == SK_ERR_AGAIN)
         return;
     if (r == SK_ERR_TOO_LARGE) {
@@ -942,7 +953,7 @@ static void conn_io_cb(struct ev_loop *loop, ev_io *io, int revents)
         if (c->state == S_CLOSED)
             return;
     }
-    if (revents & EV_READ)
+    if ((revents & EV_READ) || (c->tp.ssl && c->tp.want_rd == SK_TLS_WANT_WRITE))
         on_readable(c);
 }
 
@@ -960,21 +971,28 @@ static void conn_timer_cb(struct ev_loop *loop, ev_timer *t, int revents)
 }
 
 void sk_http_accept(struct sk_worker *w, const struct sk_listener *l,
-                    const struct sk_filter_chain *fc, int fd, const struct sk_sockaddr *peer)
+                    const struct sk_filter_chain *fc, int fd, SSL *ssl,
+                    const struct sk_sockaddr *peer)
 {
-    if (fc->hcm->codec_type == SK_CODEC_HTTP2) {
-        sk_h2_accept(w, l, fc, fd, peer, NULL, NULL, 0);
+    /* HTTP/2 by config, or by ALPN on TLS */
+    const char *alpn = ssl ? sk_tls_alpn(ssl) : NULL;
+    if (fc->hcm->codec_type == SK_CODEC_HTTP2 ||
+        (alpn && strcmp(alpn, "h2") == 0 && fc->hcm->codec_type != SK_CODEC_HTTP1)) {
+        sk_h2_accept(w, l, fc, fd, ssl, peer, NULL, NULL, 0);
         return;
     }
     struct h1s *c = calloc(1, sizeof(*c));
     if (!c) {
+        if (ssl)
+            SSL_free(ssl);
         close(fd);
         return;
     }
     c->reap.free_fn = conn_free;
     c->flush.free_fn = flush_cb;
     c->base.drain = conn_drain;
-    c->fd = fd;
+    c->tp.fd = fd;
+    c->tp.ssl = ssl;
     c->snap = sk_snapshot_ref(w->snap);
     c->l = l;
     c->fc = fc;

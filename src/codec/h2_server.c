@@ -35,6 +35,8 @@
 
 #include "skiff/err.h"
 #include "skiff/h2.h"
+#include "skiff/tls.h"
+#include "skiff/transport.h"
 #include "skiff/http1.h"
 #include "skiff/log.h"
 #include "skiff/net.h"
@@ -101,7 +103,7 @@ struct h2c {
     struct sk_conn_base base;
     struct sk_reap reap;
     struct sk_reap flush;
-    int fd;
+    struct sk_transport tp; /* socket (+ TLS) */
     ev_io io;
     ev_timer idle;   /* idle timeout (no streams) */
     ev_timer goaway; /* shutdown notice -> final GOAWAY; bound on dying */
@@ -343,8 +345,7 @@ static void conn_close(struct h2c *c)
     ev_io_stop(w->loop, &c->io);
     ev_timer_stop(w->loop, &c->idle);
     ev_timer_stop(w->loop, &c->goaway);
-    close(c->fd);
-    c->fd = -1;
+    sk_tp_close(&c->tp);
     sk_worker_conn_unlink(w, &c->base);
     sk_stat_add(&w->stats, SK_ST_downstream_cx_active, -1);
     sk_stat_add(&w->stats, SK_ST_downstream_cx_destroy, 1);
@@ -358,9 +359,9 @@ static void update_io(struct h2c *c)
         return;
     int ev = 0;
     if (!c->no_read)
-        ev |= EV_READ;
+        ev |= sk_tp_events_for_read(&c->tp);
     if (c->write_blocked)
-        ev |= EV_WRITE;
+        ev |= sk_tp_events_for_write(&c->tp);
     if ((c->io.events & (EV_READ | EV_WRITE)) == ev && ev_is_active(&c->io))
         return;
     ev_io_stop(c->base.w->loop, &c->io);
@@ -476,7 +477,7 @@ static void pump(struct h2c *c)
             break;
         bool progressed = false;
         while (sk_buf_used(&c->out)) {
-            ssize_t r = sk_buf_write_fd(&c->out, c->fd);
+            ssize_t r = sk_tp_write(&c->tp, &c->out);
             if (r == SK_ERR_AGAIN) {
                 c->write_blocked = true;
                 update_io(c);
@@ -1131,12 +1132,28 @@ static void feed(struct h2c *c, const char *p, size_t n)
 static void on_readable(struct h2c *c)
 {
     char buf[H2_READ_CHUNK];
-    ssize_t r = read(c->fd, buf, sizeof(buf));
-    if (r < 0) {
-        if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
+    ssize_t r;
+    if (c->tp.ssl) {
+        int want = 0;
+        c->tp.want_rd = 0;
+        r = sk_tls_read(c->tp.ssl, buf, sizeof(buf), &want);
+        if (r == SK_ERR_AGAIN) {
+            c->tp.want_rd = (uint8_t)want;
+            update_io(c);
             return;
-        conn_close(c);
-        return;
+        }
+        if (r < 0) {
+            conn_close(c);
+            return;
+        }
+    } else {
+        r = read(c->tp.fd, buf, sizeof(buf));
+        if (r < 0) {
+            if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
+                return;
+            conn_close(c);
+            return;
+        }
     }
     if (r == 0) {
         conn_close(c);
@@ -1144,6 +1161,9 @@ static void on_readable(struct h2c *c)
     }
     feed(c, buf, (size_t)r);
     pump(c);
+    /* TLS may hold more decrypted bytes than one read took */
+    if (c->tp.ssl && !c->closed && !c->no_read && SSL_pending(c->tp.ssl) > 0)
+        ev_feed_event(c->base.w->loop, &c->io, EV_READ);
 }
 
 static void conn_io_cb(struct ev_loop *loop, ev_io *io, int revents)
@@ -1156,7 +1176,8 @@ static void conn_io_cb(struct ev_loop *loop, ev_io *io, int revents)
         if (c->closed)
             return;
     }
-    if ((revents & EV_READ) && !c->no_read)
+    if (((revents & EV_READ) || (c->tp.ssl && c->tp.want_rd == SK_TLS_WANT_WRITE)) &&
+        !c->no_read)
         on_readable(c);
 }
 
@@ -1193,11 +1214,14 @@ static uint32_t clamp_u32(uint32_t v, uint32_t envoy_def, uint32_t def, uint32_t
 }
 
 void sk_h2_accept(struct sk_worker *w, const struct sk_listener *l,
-                  const struct sk_filter_chain *fc, int fd, const struct sk_sockaddr *peer,
-                  struct sk_snapshot *snap, const char *pre, size_t prelen)
+                  const struct sk_filter_chain *fc, int fd, SSL *ssl,
+                  const struct sk_sockaddr *peer, struct sk_snapshot *snap, const char *pre,
+                  size_t prelen)
 {
     struct h2c *c = calloc(1, sizeof(*c));
     if (!c) {
+        if (ssl)
+            SSL_free(ssl);
         close(fd);
         if (snap)
             sk_snapshot_unref(snap);
@@ -1206,7 +1230,8 @@ void sk_h2_accept(struct sk_worker *w, const struct sk_listener *l,
     c->reap.free_fn = conn_free;
     c->flush.free_fn = flush_cb;
     c->base.drain = conn_drain;
-    c->fd = fd;
+    c->tp.fd = fd;
+    c->tp.ssl = ssl;
     c->snap = snap ? snap : sk_snapshot_ref(w->snap);
     c->l = l;
     c->fc = fc;
@@ -1277,6 +1302,8 @@ void sk_h2_accept(struct sk_worker *w, const struct sk_listener *l,
             nghttp2_session_del(c->ng);
         sk_buf_free(&c->out);
         sk_snapshot_unref(c->snap);
+        if (ssl)
+            SSL_free(ssl);
         close(fd);
         free(c);
         return;

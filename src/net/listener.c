@@ -6,11 +6,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <unistd.h>
 
 #include "skiff/err.h"
 #include "skiff/log.h"
 #include "skiff/net.h"
+#include "skiff/tls.h"
 #include "skiff/worker.h"
 
 int sk_addr_parse(const char *s, struct sk_sockaddr *out)
@@ -237,45 +239,333 @@ fail:
 
 /* ---- worker side ---------------------------------------------------------- */
 
-static int chain_matches(const struct sk_filter_chain *fc, uint16_t dport)
+/* What we know about a new connection when choosing its filter chain. */
+struct conn_facts {
+    uint16_t dport;
+    bool tls;               /* ClientHello seen */
+    const char *sni;        /* lower-case, "" if none */
+    const struct sk_client_hello *ch; /* ALPN list (TLS only) */
+};
+
+static bool sni_match(const char *pat, const char *sni, int *spec)
 {
-    const struct sk_chain_match *m = &fc->match;
-    if (m->destination_port && m->destination_port != dport)
-        return 0;
-    if (m->transport_protocol && strcmp(m->transport_protocol, "raw_buffer") != 0)
-        return 0;
-    if (m->nserver_names)
-        return 0; /* no SNI on plaintext */
-    if (m->napplication_protocols)
-        return 0; /* needs tls_inspector / http_inspector (not yet) */
-    return 1;
+    if (pat[0] == '*' && pat[1] == '.') {
+        size_t pl = strlen(pat) - 1, sl = strlen(sni);
+        if (sl > pl && strcasecmp(sni + sl - pl, pat + 1) == 0) {
+            *spec = 1;
+            return true;
+        }
+        return false;
+    }
+    if (strcasecmp(pat, sni) == 0) {
+        *spec = 2;
+        return true;
+    }
+    return false;
 }
 
-/* Envoy's "most specific wins": destination_port first, then transport. */
-static const struct sk_filter_chain *select_chain(const struct sk_listener *l, int fd)
+/* Envoy's "most specific wins", criterion by criterion: destination port,
+ * server name (exact > wildcard > unset), transport protocol, application
+ * protocols. A chain that constrains a criterion and does not match it is out. */
+static const struct sk_filter_chain *select_chain_facts(const struct sk_listener *l,
+                                                        const struct conn_facts *f)
 {
-    struct sockaddr_storage ss;
-    socklen_t sl = sizeof(ss);
-    uint16_t dport = 0;
-    if (getsockname(fd, (struct sockaddr *)&ss, &sl) == 0) {
-        if (ss.ss_family == AF_INET)
-            dport = ntohs(((struct sockaddr_in *)&ss)->sin_port);
-        else if (ss.ss_family == AF_INET6)
-            dport = ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
-    }
     const struct sk_filter_chain *best = NULL;
-    int best_score = -1;
+    long best_score = -1;
     for (size_t i = 0; i < l->nchains; i++) {
         const struct sk_filter_chain *fc = &l->chains[i];
-        if (!chain_matches(fc, dport))
-            continue;
-        int score = (fc->match.destination_port ? 2 : 0) + (fc->match.transport_protocol ? 1 : 0);
+        const struct sk_chain_match *m = &fc->match;
+        int s_port = 0, s_sni = 0, s_tp = 0, s_alpn = 0;
+        if (m->destination_port) {
+            if (m->destination_port != f->dport)
+                continue;
+            s_port = 1;
+        }
+        if (m->nserver_names) {
+            bool ok = false;
+            int spec = 0;
+            for (size_t k = 0; k < m->nserver_names && f->sni && f->sni[0]; k++) {
+                int sp = 0;
+                if (sni_match(m->server_names[k], f->sni, &sp) && sp > spec) {
+                    spec = sp;
+                    ok = true;
+                }
+            }
+            if (!ok)
+                continue;
+            s_sni = spec;
+        }
+        if (m->transport_protocol) {
+            const char *tp = f->tls ? "tls" : "raw_buffer";
+            if (strcmp(m->transport_protocol, tp) != 0)
+                continue;
+            s_tp = 1;
+        }
+        if (m->napplication_protocols) {
+            bool ok = false;
+            for (size_t k = 0; k < m->napplication_protocols && f->tls && f->ch && !ok; k++)
+                for (size_t j = 0; j < f->ch->nalpn && !ok; j++)
+                    ok = strcmp(m->application_protocols[k], f->ch->alpn[j]) == 0;
+            if (!ok)
+                continue;
+            s_alpn = 1;
+        }
+        long score = s_port * 1000 + s_sni * 100 + s_tp * 10 + s_alpn;
         if (score > best_score) {
             best = fc;
             best_score = score;
         }
     }
     return best ? best : l->default_chain;
+}
+
+static uint16_t local_port(int fd)
+{
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof(ss);
+    if (getsockname(fd, (struct sockaddr *)&ss, &sl) == 0) {
+        if (ss.ss_family == AF_INET)
+            return ntohs(((struct sockaddr_in *)&ss)->sin_port);
+        if (ss.ss_family == AF_INET6)
+            return ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
+    }
+    return 0;
+}
+
+/* Does choosing a chain on this listener need the ClientHello? */
+static bool needs_inspection(const struct sk_listener *l)
+{
+    for (size_t i = 0; i < l->nchains; i++) {
+        const struct sk_chain_match *m = &l->chains[i].match;
+        if (m->nserver_names || m->transport_protocol || m->napplication_protocols)
+            return true;
+    }
+    return false;
+}
+
+static void hand_off(struct sk_worker *w, const struct sk_listener *l,
+                     const struct sk_filter_chain *fc, int fd, SSL *ssl,
+                     const struct sk_sockaddr *peer)
+{
+    if (fc->kind == SK_CHAIN_TCP)
+        sk_tcp_proxy_accept(w, l, fc, fd, ssl);
+    else
+        sk_http_accept(w, l, fc, fd, ssl, peer);
+}
+
+/* ---- pre-codec stage: ClientHello inspection, TLS handshake ---------------- */
+
+#define PRE_TIMEOUT_S 10.0
+
+struct pre_conn {
+    struct sk_conn_base base;
+    struct sk_reap reap;
+    int fd;
+    ev_io io;
+    ev_timer timer;
+    struct sk_snapshot *snap; /* keeps l/fc alive */
+    const struct sk_listener *l;
+    const struct sk_filter_chain *fc;
+    struct sk_sockaddr peer;
+    uint16_t dport;
+    SSL *ssl;
+    bool inspecting;
+    bool done;
+};
+
+static void pre_free(struct sk_reap *r)
+{
+    struct pre_conn *p = (struct pre_conn *)((char *)r - offsetof(struct pre_conn, reap));
+    if (p->snap)
+        sk_snapshot_unref(p->snap);
+    free(p);
+}
+
+static void pre_end(struct pre_conn *p, bool close_fd)
+{
+    struct sk_worker *w = p->base.w;
+    if (p->done)
+        return;
+    p->done = true;
+    ev_io_stop(w->loop, &p->io);
+    ev_timer_stop(w->loop, &p->timer);
+    sk_worker_conn_unlink(w, &p->base);
+    sk_stat_add(&w->stats, SK_ST_downstream_cx_active, -1);
+    if (close_fd) {
+        if (p->ssl)
+            SSL_free(p->ssl);
+        p->ssl = NULL;
+        close(p->fd);
+        sk_stat_add(&w->stats, SK_ST_downstream_cx_destroy, 1);
+    }
+    sk_worker_reap(w, &p->reap);
+}
+
+static void pre_drain(struct sk_conn_base *b)
+{
+    pre_end((struct pre_conn *)b, true);
+}
+
+static void pre_set_io(struct pre_conn *p, int ev)
+{
+    struct sk_worker *w = p->base.w;
+    if ((p->io.events & (EV_READ | EV_WRITE)) == ev && ev_is_active(&p->io))
+        return;
+    ev_io_stop(w->loop, &p->io);
+    ev_io_modify(&p->io, ev);
+    ev_io_start(w->loop, &p->io);
+}
+
+/* The codecs take a reference on the worker's current snapshot: if a reload
+ * happened while we waited, re-resolve the listener and chain there (same
+ * name, same chain position); gone -> close. */
+static void pre_hand_off(struct pre_conn *p, const struct sk_filter_chain *fc, int fd, SSL *ssl)
+{
+    struct sk_worker *w = p->base.w;
+    const struct sk_listener *l = p->l;
+    if (w->snap != p->snap) {
+        const struct sk_listener *nl = sk_snapshot_find_listener(w->snap, l->name);
+        const struct sk_filter_chain *nfc = NULL;
+        if (nl && fc == l->default_chain)
+            nfc = nl->default_chain;
+        else if (nl && (size_t)(fc - l->chains) < nl->nchains)
+            nfc = &nl->chains[fc - l->chains];
+        if (!nfc || nfc->kind != fc->kind || (nfc->tls != NULL) != (ssl != NULL)) {
+            p->ssl = ssl;
+            pre_end(p, true);
+            return;
+        }
+        l = nl;
+        fc = nfc;
+    }
+    struct sk_sockaddr peer = p->peer;
+    pre_end(p, false);
+    hand_off(w, l, fc, fd, ssl, &peer);
+}
+
+/* Chain chosen: handshake if it terminates TLS, else hand off now. */
+static void pre_chain_chosen(struct pre_conn *p, const struct sk_filter_chain *fc);
+
+static void pre_handshake(struct pre_conn *p)
+{
+    int want = 0;
+    const char *why = NULL;
+    int r = sk_tls_handshake(p->ssl, &want, &why);
+    if (r == 0) {
+        pre_set_io(p, want == SK_TLS_WANT_WRITE ? EV_WRITE : EV_READ);
+        return;
+    }
+    if (r < 0) {
+        char ip[64];
+        sk_warn("listener %s: TLS handshake from %s failed: %s", p->l->name,
+                sk_addr_str(&p->peer, ip, sizeof(ip)), why ? why : "?");
+        pre_end(p, true);
+        return;
+    }
+    /* established: the codec takes fd + SSL; our snapshot ref goes with us
+     * (the codec takes its own on the worker's snapshot) */
+    int fd = p->fd;
+    SSL *ssl = p->ssl;
+    p->ssl = NULL;
+    pre_hand_off(p, p->fc, fd, ssl);
+}
+
+static void pre_chain_chosen(struct pre_conn *p, const struct sk_filter_chain *fc)
+{
+    if (!fc) {
+        sk_debug("listener %s: no filter chain matches; closing connection", p->l->name);
+        pre_end(p, true);
+        return;
+    }
+    p->fc = fc;
+    if (!fc->tls) {
+        pre_hand_off(p, fc, p->fd, NULL);
+        return;
+    }
+    p->ssl = sk_tls_ssl_new(fc->tls);
+    if (!p->ssl) {
+        sk_warn("listener %s: cannot create a TLS session", p->l->name);
+        pre_end(p, true);
+        return;
+    }
+    SSL_set_fd(p->ssl, p->fd);
+    p->inspecting = false;
+    pre_handshake(p);
+}
+
+static void pre_inspect(struct pre_conn *p)
+{
+    uint8_t buf[SK_CH_INSPECT_MAX];
+    ssize_t n = recv(p->fd, buf, sizeof(buf), MSG_PEEK);
+    if (n < 0) {
+        if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
+            return;
+        pre_end(p, true);
+        return;
+    }
+    if (n == 0) {
+        pre_end(p, true);
+        return;
+    }
+    struct sk_client_hello ch;
+    memset(&ch, 0, sizeof(ch));
+    int r = sk_tls_inspect(buf, (size_t)n, &ch);
+    if (r == 0)
+        return; /* wait for more of the ClientHello */
+    struct conn_facts f = {p->dport, r == 1, r == 1 ? ch.sni : "", r == 1 ? &ch : NULL};
+    pre_chain_chosen(p, select_chain_facts(p->l, &f));
+}
+
+static void pre_io_cb(struct ev_loop *loop, ev_io *io, int revents)
+{
+    struct pre_conn *p = io->data;
+    if (p->inspecting)
+        pre_inspect(p);
+    else
+        pre_handshake(p);
+}
+
+static void pre_timeout_cb(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    struct pre_conn *p = t->data;
+    if (p->inspecting) {
+        /* nothing decisive arrived: choose with what we know (plaintext) */
+        struct conn_facts f = {p->dport, false, "", NULL};
+        p->inspecting = false;
+        pre_chain_chosen(p, select_chain_facts(p->l, &f));
+        return;
+    }
+    sk_warn("listener %s: TLS handshake timed out", p->l->name);
+    pre_end(p, true);
+}
+
+static void pre_start(struct sk_worker *w, const struct sk_listener *l, int fd,
+                      const struct sk_sockaddr *peer, uint16_t dport,
+                      const struct sk_filter_chain *fc)
+{
+    struct pre_conn *p = calloc(1, sizeof(*p));
+    if (!p) {
+        close(fd);
+        return;
+    }
+    p->reap.free_fn = pre_free;
+    p->base.drain = pre_drain;
+    p->fd = fd;
+    p->snap = sk_snapshot_ref(w->snap);
+    p->l = l;
+    p->peer = *peer;
+    p->dport = dport;
+    p->inspecting = fc == NULL;
+    sk_worker_conn_link(w, &p->base);
+    sk_stat_add(&w->stats, SK_ST_downstream_cx_active, 1);
+    ev_io_init(&p->io, pre_io_cb, fd, EV_READ);
+    p->io.data = p;
+    ev_io_start(w->loop, &p->io);
+    ev_timer_init(&p->timer, pre_timeout_cb, PRE_TIMEOUT_S, 0.);
+    p->timer.data = p;
+    ev_timer_start(w->loop, &p->timer);
+    if (fc)
+        pre_chain_chosen(p, fc);
 }
 
 static void accept_cb(struct ev_loop *loop, ev_io *io, int revents)
@@ -296,18 +586,25 @@ static void accept_cb(struct ev_loop *loop, ev_io *io, int revents)
             return;
         }
         const struct sk_listener *l = lr->cfg;
-        const struct sk_filter_chain *fc = select_chain(l, fd);
+        sk_stat_add(&w->stats, SK_ST_downstream_cx_total, 1);
+        sk_set_nodelay(fd);
+        uint16_t dport = local_port(fd);
+        if (needs_inspection(l)) {
+            pre_start(w, l, fd, &peer, dport, NULL);
+            continue;
+        }
+        struct conn_facts f = {dport, false, "", NULL};
+        const struct sk_filter_chain *fc = select_chain_facts(l, &f);
         if (!fc) {
             sk_debug("listener %s: no filter chain matches; closing connection", lr->name);
             close(fd);
             continue;
         }
-        sk_stat_add(&w->stats, SK_ST_downstream_cx_total, 1);
-        sk_set_nodelay(fd);
-        if (fc->kind == SK_CHAIN_TCP)
-            sk_tcp_proxy_accept(w, l, fc, fd);
-        else
-            sk_http_accept(w, l, fc, fd, &peer);
+        if (fc->tls) {
+            pre_start(w, l, fd, &peer, dport, fc);
+            continue;
+        }
+        hand_off(w, l, fc, fd, NULL, &peer);
     }
 }
 

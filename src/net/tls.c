@@ -1191,7 +1191,11 @@ static int new_session_cb(SSL *ssl, SSL_SESSION *sess)
     if (!c || c->ctx->max_session_keys == 0 || !SSL_SESSION_is_resumable(sess))
         return 0;
     struct sk_tls_ctx *x = c->ctx;
-    int taken = 0;
+    /* keep a copy (see offer_session); the SSL keeps the original */
+    SSL_SESSION *copy = SSL_SESSION_dup(sess);
+    if (!copy)
+        return 0;
+    bool taken = false;
     pthread_mutex_lock(&x->sess_lock);
     struct sess *slot = NULL;
     for (size_t i = 0; i < x->nsess; i++)
@@ -1232,12 +1236,14 @@ static int new_session_cb(SSL *ssl, SSL_SESSION *sess)
     }
     if (slot) {
         SSL_SESSION_free(slot->s);
-        slot->s = sess;
+        slot->s = copy;
         slot->seq = ++x->sess_seq;
-        taken = 1;
+        taken = true;
     }
     pthread_mutex_unlock(&x->sess_lock);
-    return taken;
+    if (!taken)
+        SSL_SESSION_free(copy);
+    return 0; /* we did not keep `sess` itself */
 }
 
 static void offer_session(SSL *ssl, struct conn *c)
@@ -1248,7 +1254,13 @@ static void offer_session(SSL *ssl, struct conn *c)
     pthread_mutex_lock(&x->sess_lock);
     for (size_t i = 0; i < x->nsess; i++)
         if (strcmp(x->sess[i].key, c->key) == 0) {
-            SSL_set_session(ssl, x->sess[i].s);
+            /* a copy: OpenSSL marks the SSL's session not resumable when the
+             * connection ends without close_notify */
+            SSL_SESSION *dup = SSL_SESSION_dup(x->sess[i].s);
+            if (dup) {
+                SSL_set_session(ssl, dup);
+                SSL_SESSION_free(dup);
+            }
             break;
         }
     pthread_mutex_unlock(&x->sess_lock);

@@ -164,13 +164,31 @@ int sk_tls_inspect(const uint8_t *buf, size_t len, struct sk_client_hello *out)
     uint8_t hs[SK_CH_INSPECT_MAX];
     size_t hl = 0, off = 0;
     for (;;) {
-        if (hl >= 4) {
+        /* the next record header */
+        size_t left = len - off;
+        if (left < 5) {
+            const uint8_t *h = buf + off;
+            if ((left >= 1 && h[0] != 0x16) || (left >= 2 && h[1] != 0x03) ||
+                (left >= 3 && h[2] > 0x04))
+                return -1;
+            return len >= SK_CH_INSPECT_MAX ? give_up(out) : 0;
+        }
+        const uint8_t *h = buf + off;
+        size_t rl = (size_t)h[3] << 8 | h[4];
+        if (h[0] != 0x16 || h[1] != 0x03 || h[2] > 0x04 || rl == 0 || rl > REC_MAX)
+            return -1;
+        /* append what we have of its payload (bounded by our buffer) */
+        size_t avail = left - 5 < rl ? left - 5 : rl;
+        size_t k = avail < sizeof(hs) - hl ? avail : sizeof(hs) - hl;
+        memcpy(hs + hl, h + 5, k);
+        size_t tot = hl + k;
+        if (tot >= 4) {
             if (hs[0] != 1) /* not a ClientHello */
                 return -1;
             size_t need = 4 + ((size_t)hs[1] << 16 | (size_t)hs[2] << 8 | hs[3]);
             if (need > sizeof(hs))
                 return give_up(out);
-            if (hl >= need) {
+            if (tot >= need) {
                 int r = parse_hello(hs, need, out);
                 if (r < 0) {
                     memset(out, 0, sizeof(*out));
@@ -180,22 +198,9 @@ int sk_tls_inspect(const uint8_t *buf, size_t len, struct sk_client_hello *out)
                 return 1;
             }
         }
-        /* the next record */
-        if (len - off < 5) {
-            if (len - off >= 1 && buf[off] != 0x16)
-                return -1;
+        if (avail < rl) /* the record is not complete yet */
             return len >= SK_CH_INSPECT_MAX ? give_up(out) : 0;
-        }
-        const uint8_t *h = buf + off;
-        size_t rl = (size_t)h[3] << 8 | h[4];
-        if (h[0] != 0x16 || h[1] != 0x03 || h[2] > 0x04 || rl == 0 || rl > REC_MAX)
-            return -1;
-        if (len - off - 5 < rl)
-            return len >= SK_CH_INSPECT_MAX ? give_up(out) : 0;
-        if (rl > sizeof(hs) - hl)
-            return give_up(out);
-        memcpy(hs + hl, h + 5, rl);
-        hl += rl;
+        hl = tot;
         off += 5 + rl;
     }
 }

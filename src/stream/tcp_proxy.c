@@ -10,13 +10,15 @@
 #include "skiff/err.h"
 #include "skiff/log.h"
 #include "skiff/net.h"
+#include "skiff/tls.h"
+#include "skiff/transport.h"
 #include "skiff/upstream.h"
 #include "skiff/worker.h"
 
 #define TCP_BUF_DEFAULT (64 * 1024)
 
 struct side {
-    int fd;
+    struct sk_transport tp;
     ev_io io;
     struct sk_buf out; /* bytes waiting to be written to this side */
     bool eof_in;       /* this side sent FIN */
@@ -29,12 +31,14 @@ struct tcpp {
     struct sk_reap reap;
     struct side d, u; /* downstream, upstream */
     bool connecting;
+    bool handshaking; /* upstream TLS handshake in progress */
     bool closed;
     ev_timer timer;
     double last_activity;
     double idle_s;
     struct sk_snapshot *snap;
     const struct sk_tcp_proxy *cfg;
+    const struct sk_tls_cfg *up_tls; /* cluster's UpstreamTlsContext, or NULL */
     struct sk_host *host;
     uint64_t id;
     uint32_t attempts;
@@ -64,10 +68,10 @@ static void tp_close(struct tcpp *t, const char *why)
     sk_debug("tcp %llu: closing: %s", (unsigned long long)t->id, why);
     ev_io_stop(w->loop, &t->d.io);
     ev_timer_stop(w->loop, &t->timer);
-    close(t->d.fd);
-    if (t->u.fd >= 0) {
+    sk_tp_close(&t->d.tp);
+    if (t->u.tp.fd >= 0) {
         ev_io_stop(w->loop, &t->u.io);
-        close(t->u.fd);
+        sk_tp_close(&t->u.tp);
         sk_stat_add(&w->stats, SK_ST_upstream_cx_active, -1);
         sk_stat_add(&w->stats, SK_ST_upstream_cx_destroy, 1);
         if (t->host && t->host->active_cx)
@@ -86,17 +90,19 @@ static void update(struct tcpp *t)
     struct side *s[2] = {&t->d, &t->u};
     for (int i = 0; i < 2; i++) {
         struct side *me = s[i], *peer = s[1 - i];
-        if (me->fd < 0)
+        if (me->tp.fd < 0)
             continue;
         int ev = 0;
         if (me == &t->u && t->connecting) {
             ev = EV_WRITE;
+        } else if (me == &t->u && t->handshaking) {
+            ev = t->u.tp.want_rd == SK_TLS_WANT_WRITE ? EV_WRITE : EV_READ;
         } else {
             /* read while the peer's buffer has room and we have not seen FIN */
-            if (!me->eof_in && sk_buf_room(&peer->out) > 0 && !(me == &t->d && t->connecting && sk_buf_room(&peer->out) == 0))
-                ev |= EV_READ;
+            if (!me->eof_in && sk_buf_room(&peer->out) > 0)
+                ev |= sk_tp_events_for_read(&me->tp);
             if (sk_buf_used(&me->out))
-                ev |= EV_WRITE;
+                ev |= sk_tp_events_for_write(&me->tp);
         }
         if ((me->io.events & (EV_READ | EV_WRITE)) == ev && ev_is_active(&me->io))
             continue;
@@ -117,7 +123,7 @@ static void check_done(struct tcpp *t)
 static void flush_side(struct tcpp *t, struct side *me, struct side *peer)
 {
     while (sk_buf_used(&me->out)) {
-        ssize_t r = sk_buf_write_fd(&me->out, me->fd);
+        ssize_t r = sk_tp_write(&me->tp, &me->out);
         if (r == SK_ERR_AGAIN)
             break;
         if (r < 0) {
@@ -129,7 +135,7 @@ static void flush_side(struct tcpp *t, struct side *me, struct side *peer)
     if (!sk_buf_used(&me->out)) {
         sk_buf_shrink(&me->out);
         if (peer->eof_in && !me->shut_out) {
-            shutdown(me->fd, SHUT_WR);
+            sk_tp_shutdown_write(&me->tp);
             me->shut_out = true;
         }
     }
@@ -137,7 +143,7 @@ static void flush_side(struct tcpp *t, struct side *me, struct side *peer)
 
 static void read_side(struct tcpp *t, struct side *me, struct side *peer)
 {
-    ssize_t r = sk_buf_read_fd(&peer->out, me->fd, 0);
+    ssize_t r = sk_tp_read(&me->tp, &peer->out, 0);
     if (r == SK_ERR_AGAIN || r == SK_ERR_TOO_LARGE)
         return;
     if (r > 0) {
@@ -160,14 +166,13 @@ static void io_cb(struct ev_loop *loop, ev_io *io, int revents)
     if (me == &t->u && t->connecting) {
         int e = 0;
         socklen_t l = sizeof(e);
-        getsockopt(t->u.fd, SOL_SOCKET, SO_ERROR, &e, &l);
+        getsockopt(t->u.tp.fd, SOL_SOCKET, SO_ERROR, &e, &l);
         if (e) {
             sk_stat_add(&t->base.w->stats, SK_ST_upstream_cx_connect_fail, 1);
             sk_warn("tcp %llu: upstream %s: connect: %s", (unsigned long long)t->id,
                     t->host->addr_str, strerror(e));
             ev_io_stop(loop, &t->u.io);
-            close(t->u.fd);
-            t->u.fd = -1;
+            sk_tp_close(&t->u.tp);
             sk_stat_add(&t->base.w->stats, SK_ST_upstream_cx_active, -1);
             if (t->host->active_cx)
                 t->host->active_cx--;
@@ -177,6 +182,40 @@ static void io_cb(struct ev_loop *loop, ev_io *io, int revents)
         }
         t->connecting = false;
         t->last_activity = ev_now(loop);
+        if (t->up_tls) {
+            t->u.tp.ssl = sk_tls_ssl_new(t->up_tls);
+            if (!t->u.tp.ssl) {
+                tp_close(t, "cannot create upstream TLS session");
+                return;
+            }
+            SSL_set_fd(t->u.tp.ssl, t->u.tp.fd);
+            sk_tls_ssl_set_session_key(t->u.tp.ssl, t->host->addr_str);
+            t->handshaking = true;
+        } else {
+            flush_side(t, &t->u, &t->d);
+            if (t->closed)
+                return;
+            update(t);
+            return;
+        }
+    }
+    if (me == &t->u && t->handshaking) {
+        int want = 0;
+        const char *why = NULL;
+        int hr = sk_tls_handshake(t->u.tp.ssl, &want, &why);
+        if (hr < 0) {
+            sk_warn("tcp %llu: upstream %s: TLS handshake failed: %s", (unsigned long long)t->id,
+                    t->host->addr_str, why ? why : "?");
+            tp_close(t, "upstream TLS handshake failed");
+            return;
+        }
+        if (hr == 0) {
+            t->u.tp.want_rd = (uint8_t)want;
+            update(t);
+            return;
+        }
+        t->handshaking = false;
+        t->u.tp.want_rd = 0;
         flush_side(t, &t->u, &t->d);
         if (t->closed)
             return;
@@ -187,12 +226,12 @@ static void io_cb(struct ev_loop *loop, ev_io *io, int revents)
         read_side(t, me, peer);
         if (t->closed)
             return;
-        if (peer->fd >= 0 && !(peer == &t->u && t->connecting))
+        if (peer->tp.fd >= 0 && !(peer == &t->u && (t->connecting || t->handshaking)))
             flush_side(t, peer, me);
         if (t->closed)
             return;
     }
-    if (revents & EV_WRITE) {
+    if ((revents & EV_WRITE) && !(me == &t->u && t->handshaking)) {
         flush_side(t, me, peer);
         if (t->closed)
             return;
@@ -267,8 +306,10 @@ static bool try_connect(struct tcpp *t)
         }
         sk_stat_add(&w->stats, SK_ST_upstream_cx_active, 1);
         h->active_cx++;
-        t->u.fd = fd;
+        t->u.tp.fd = fd;
+        t->u.tp.ssl = NULL;
         t->connecting = true;
+        t->up_tls = cl->tls;
         ev_io_init(&t->u.io, io_cb, fd, EV_WRITE);
         t->u.io.data = t;
         ev_io_start(w->loop, &t->u.io);
@@ -291,10 +332,12 @@ static void tp_drain(struct sk_conn_base *b)
 }
 
 void sk_tcp_proxy_accept(struct sk_worker *w, const struct sk_listener *l,
-                         const struct sk_filter_chain *fc, int fd)
+                         const struct sk_filter_chain *fc, int fd, SSL *ssl)
 {
     struct tcpp *t = calloc(1, sizeof(*t));
     if (!t) {
+        if (ssl)
+            SSL_free(ssl);
         close(fd);
         return;
     }
@@ -303,8 +346,9 @@ void sk_tcp_proxy_accept(struct sk_worker *w, const struct sk_listener *l,
     t->snap = sk_snapshot_ref(w->snap);
     t->cfg = fc->tcp;
     t->id = ++w->next_conn_id;
-    t->d.fd = fd;
-    t->u.fd = -1;
+    t->d.tp.fd = fd;
+    t->d.tp.ssl = ssl;
+    t->u.tp.fd = -1;
     size_t cap = l->per_connection_buffer_limit_bytes ? l->per_connection_buffer_limit_bytes
                                                       : TCP_BUF_DEFAULT;
     sk_buf_init(&t->d.out, cap);

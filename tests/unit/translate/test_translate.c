@@ -856,8 +856,11 @@ static void test_listener_errors(void)
         "        \"@type\": type.googleapis.com/udpa.type.v1.TypedStruct\n"
         "        type_url: type.googleapis.com/istio.Whatever\n"
         "        value: {a: 1}\n" CLUSTERS STATIC_CLUSTER("c", "127.0.0.1", "80");
-    EXPECT_ERR_AT(tls, L0 ".filter_chains[0].transport_socket.typed_config",
-                  "TLS not supported yet (issue 4)", "transport_socket:", "typed_config");
+    EXPECT_ERR_AT(tls, L0 ".filter_chains[0].transport_socket.typed_config.common_tls_context",
+                  "needs a certificate", "transport_socket:", "typed_config");
+    EXPECT_ERR_AT(tls,
+                  L0 ".filter_chains[0].transport_socket.typed_config.require_client_certificate",
+                  "needs a validation context", NULL, "require_client_certificate: true");
     EXPECT_ERR(tls, L0 ".listener_filters[0].typed_config", "unsupported listener filter");
     EXPECT_ERR(tls, L0 ".listener_filters[1].typed_config", "TypedStruct not supported yet");
 
@@ -1061,8 +1064,6 @@ static void test_cluster_errors(void)
                "static_resources.clusters[3].load_assignment.endpoints[0].lb_endpoints[1]."
                "load_balancing_weight",
                "load_balancing_weight must be at least 1");
-    EXPECT_ERR(y, "static_resources.clusters[4].transport_socket.typed_config",
-               "TLS not supported yet (issue 4)");
     EXPECT_ERR(y,
                "static_resources.clusters[4].typed_extension_protocol_options[\"envoy.extensions."
                "upstreams.http.v3.HttpProtocolOptions\"]",
@@ -1071,7 +1072,7 @@ static void test_cluster_errors(void)
                "cannot be combined with the deprecated");
     EXPECT_ERR(y, "static_resources.clusters[5].lb_policy",
                "lb_policy LOAD_BALANCING_POLICY_CONFIG needs load_balancing_policy");
-    EXPECT_ERR(y, "static_resources.secrets", "secrets are not supported yet");
+    EXPECT_ERR(y, "static_resources.secrets", "static secrets are not supported yet");
 }
 
 static void test_dynamic_errors(void)

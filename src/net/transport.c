@@ -1,0 +1,104 @@
+/* Plaintext / TLS byte transport (see transport.h). */
+#include "skiff/transport.h"
+
+#include <errno.h>
+#include <ev.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "skiff/err.h"
+#include "skiff/tls.h"
+
+ssize_t sk_tp_read(struct sk_transport *t, struct sk_buf *b, size_t max)
+{
+    if (!t->ssl)
+        return sk_buf_read_fd(b, t->fd, max);
+    size_t want = max ? max : 16384;
+    ssize_t total = 0;
+    t->want_rd = 0;
+    for (;;) {
+        size_t room = sk_buf_room(b);
+        if (room == 0)
+            return total ? total : SK_ERR_TOO_LARGE;
+        size_t ask = want - (size_t)total;
+        if (ask > room)
+            ask = room;
+        if (ask == 0)
+            return total;
+        size_t avail;
+        char *w = sk_buf_wptr(b, ask, &avail);
+        if (!w)
+            return total ? total : SK_ERR_TOO_LARGE;
+        if (avail > ask)
+            avail = ask;
+        int wnt = 0;
+        ssize_t r = sk_tls_read(t->ssl, w, avail, &wnt);
+        if (r > 0) {
+            sk_buf_commit(b, (size_t)r);
+            total += r;
+            /* keep going while OpenSSL holds decrypted bytes */
+            if ((size_t)total >= want && SSL_pending(t->ssl) == 0)
+                return total;
+            continue;
+        }
+        if (r == SK_ERR_AGAIN) {
+            t->want_rd = (uint8_t)wnt;
+            return total ? total : SK_ERR_AGAIN;
+        }
+        if (total)
+            return total; /* report EOF / error on the next call */
+        return r; /* 0 = EOF, SK_ERR_IO */
+    }
+}
+
+ssize_t sk_tp_write(struct sk_transport *t, struct sk_buf *b)
+{
+    if (!t->ssl)
+        return sk_buf_write_fd(b, t->fd);
+    size_t n = sk_buf_used(b);
+    if (n == 0)
+        return 0;
+    int wnt = 0;
+    t->want_wr = 0;
+    ssize_t r = sk_tls_write(t->ssl, sk_buf_rptr(b), n, &wnt);
+    if (r > 0) {
+        sk_buf_consume(b, (size_t)r);
+        return r;
+    }
+    if (r == SK_ERR_AGAIN)
+        t->want_wr = (uint8_t)wnt;
+    return r == 0 ? SK_ERR_AGAIN : r;
+}
+
+void sk_tp_shutdown_write(struct sk_transport *t)
+{
+    if (t->ssl)
+        sk_tls_close_notify(t->ssl);
+    shutdown(t->fd, SHUT_WR);
+}
+
+void sk_tp_close(struct sk_transport *t)
+{
+    if (t->ssl) {
+        sk_tls_close_notify(t->ssl);
+        SSL_free(t->ssl);
+        t->ssl = NULL;
+    }
+    if (t->fd >= 0)
+        close(t->fd);
+    t->fd = -1;
+}
+
+int sk_tp_events_for_read(const struct sk_transport *t)
+{
+    if (t->ssl && t->want_rd == SK_TLS_WANT_WRITE)
+        return EV_WRITE;
+    return EV_READ;
+}
+
+int sk_tp_events_for_write(const struct sk_transport *t)
+{
+    if (t->ssl && t->want_wr == SK_TLS_WANT_READ)
+        return EV_READ;
+    return EV_WRITE;
+}
