@@ -8,6 +8,7 @@
 #include "skiff/err.h"
 #include "skiff/hoststate.h"
 #include "skiff/http1.h"
+#include "skiff/lb_hash.h"
 #include "skiff/log.h"
 #include "skiff/stream.h"
 #include "skiff/upstream.h"
@@ -663,8 +664,13 @@ static bool dispatch(struct sk_stream *st)
     st->host = h;
     st->try_start_ms = (cfg && cfg->lb_policy == SK_LB_PEAK_EWMA) ? sk_now_ms() : 0;
     /* a new connection is needed: connection and pending-request breakers */
+    bool cx_reserved = false;
     if (!h->idle && cs && cfg) {
-        if (atomic_load(&cs->cx_active) >= (int64_t)cfg->cb.max_connections) {
+        /* reserve before checking: two workers must not both take the last slot */
+        cx_reserved = true;
+        if (atomic_fetch_add(&cs->cx_active, 1) >= (int64_t)cfg->cb.max_connections) {
+            atomic_fetch_sub(&cs->cx_active, 1);
+            cx_reserved = false;
             atomic_fetch_add(&cs->upstream_cx_overflow, 1);
             release_host(st);
             sk_stream_local_reply(st, SK_TERM_OVERFLOW, 0, "max_connections reached");
@@ -672,6 +678,8 @@ static bool dispatch(struct sk_stream *st)
         }
         if (atomic_fetch_add(&cs->rq_pending, 1) >= (int64_t)cfg->cb.max_pending_requests) {
             atomic_fetch_sub(&cs->rq_pending, 1);
+            atomic_fetch_sub(&cs->cx_active, 1);
+            cx_reserved = false;
             atomic_fetch_add(&cs->upstream_rq_pending_overflow, 1);
             release_host(st);
             sk_stream_local_reply(st, SK_TERM_OVERFLOW, 0, "max_pending_requests reached");
@@ -681,6 +689,9 @@ static bool dispatch(struct sk_stream *st)
     }
     int err = 0;
     st->up = sk_up_acquire(h, &up_cbs, st, st->req_flags, upstream_proto(st), &err);
+    /* the connection (if one was opened) now counts itself */
+    if (cx_reserved)
+        atomic_fetch_sub(&cs->cx_active, 1);
     if (!st->up) {
         if (cs)
             atomic_fetch_add(&cs->upstream_cx_connect_fail, 1);
@@ -756,12 +767,8 @@ static uint64_t route_hash(const struct sk_stream *st)
         }
         if (!v)
             continue;
-        /* FNV-1a 64 over the value, combined like Envoy (rotate + xor) */
-        uint64_t x = 1469598103934665603ull;
-        for (size_t k = 0; k < vl; k++) {
-            x ^= (unsigned char)v[k];
-            x *= 1099511628211ull;
-        }
+        /* xxHash64 of the value (Envoy), combined with rotate + xor */
+        uint64_t x = sk_hash64(v, vl);
         hv = ((hv << 1) | (hv >> 63)) ^ x;
         if (hp->terminal)
             break;

@@ -222,8 +222,11 @@ static struct sk_host *pick(struct sk_cluster_rt *c, const struct pick_ctx *p, u
         uint32_t choices = c->cfg && c->cfg->lr_choice_count ? c->cfg->lr_choice_count : 2;
         struct sk_host *best = NULL;
         uint64_t best_cost = 0;
+        /* sample distinct hosts (with 2 hosts: both, always compared) */
+        uint32_t first = sk_worker_rand(w) % (uint32_t)n;
+        uint32_t step = 1 + sk_worker_rand(w) % (uint32_t)(n - 1);
         for (uint32_t k = 0; k < choices * 2 && k < 64; k++) {
-            struct sk_host *h = c->hosts[sk_worker_rand(w) % n];
+            struct sk_host *h = c->hosts[(first + (uint64_t)k * step) % n];
             if (!usable(h, p))
                 continue;
             if (policy == SK_LB_PEAK_EWMA) {

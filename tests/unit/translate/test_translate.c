@@ -1760,6 +1760,306 @@ static void test_empty(void)
     sk_snapshot_unref(s);
 }
 
+/* ---- TLS (DownstreamTlsContext / UpstreamTlsContext) ----------------------------------- */
+
+#define DOWN_TYPE "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext"
+#define UP_TYPE "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
+
+/* A TCP listener chain with a DownstreamTlsContext whose body (indent 10) is `ctx`,
+ * and a cluster c0 with an UpstreamTlsContext whose body (indent 8) is `up`. */
+#define TLS_YAML(ctx, up)                                                                          \
+    LISTENERS                                                                                      \
+    "  - name: l0\n"                                                                               \
+    "    address: {socket_address: {address: 127.0.0.1, port_value: 10443}}\n"                     \
+    "    filter_chains:\n"                                                                         \
+    "    - filters: [{name: t, typed_config: {\"@type\": " TCP_TYPE                                \
+    ", stat_prefix: t, cluster: c0}}]\n"                                                           \
+    "      transport_socket:\n"                                                                    \
+    "        name: envoy.transport_sockets.tls\n"                                                  \
+    "        typed_config:\n"                                                                      \
+    "          \"@type\": " DOWN_TYPE "\n" ctx CLUSTERS STATIC_CLUSTER("c0", "127.0.0.1", "80")    \
+    "    transport_socket:\n"                                                                      \
+    "      name: envoy.transport_sockets.tls\n"                                                    \
+    "      typed_config:\n"                                                                        \
+    "        \"@type\": " UP_TYPE "\n" up
+
+#define CERT_OK                                                                                    \
+    "          common_tls_context:\n"                                                              \
+    "            tls_certificates:\n"                                                              \
+    "            - certificate_chain: {filename: /etc/certs/cert.pem}\n"                           \
+    "              private_key: {filename: /etc/certs/key.pem}\n"
+#define UP_OK "        sni: x.test\n"
+#define TS0 L0 ".filter_chains[0].transport_socket.typed_config"
+#define CTS0 C0 ".transport_socket.typed_config"
+
+static void test_tls_full(void)
+{
+    static const char y[] = TLS_YAML(
+        "          require_client_certificate: true\n"
+        "          session_timeout: 300s\n"
+        "          common_tls_context:\n"
+        "            alpn_protocols: [h2, http/1.1]\n"
+        "            tls_params:\n"
+        "              tls_minimum_protocol_version: TLSv1_2\n"
+        "              tls_maximum_protocol_version: TLSv1_3\n"
+        "              cipher_suites: [ECDHE-ECDSA-AES128-GCM-SHA256, "
+        "\"[ECDHE-RSA-AES128-GCM-SHA256|ECDHE-RSA-CHACHA20-POLY1305]\"]\n"
+        "              ecdh_curves: [X25519, P-256]\n"
+        "            tls_certificates:\n"
+        "            - certificate_chain: {filename: /etc/certs/cert.pem}\n"
+        "              private_key: {inline_string: \"-----BEGIN PRIVATE KEY-----\"}\n"
+        "            validation_context:\n"
+        "              trusted_ca: {environment_variable: ROOT_CA}\n"
+        "              allow_expired_certificate: true\n"
+        "              match_typed_subject_alt_names:\n"
+        "              - {san_type: URI, matcher: {exact: \"spiffe://td/ns/a/sa/b\"}}\n"
+        "              - {san_type: DNS, matcher: {suffix: .svc.test, ignore_case: true}}\n"
+        "              - {san_type: EMAIL, matcher: {prefix: ops@}}\n"
+        "              - {san_type: IP_ADDRESS, matcher: {contains: \"10.\"}}\n"
+        "              match_subject_alt_names: [{exact: ignored-when-typed-given}]\n",
+        "        sni: api.test\n"
+        "        max_session_keys: 4\n"
+        "        common_tls_context:\n"
+        "          alpn_protocols: [h2]\n"
+        "          tls_certificates:\n"
+        "          - certificate_chain: {inline_bytes: \"Y2VydA==\"}\n"
+        "            private_key: {filename: /k.pem}\n"
+        "          validation_context:\n"
+        "            trusted_ca: {filename: /ca.pem}\n"
+        "            match_subject_alt_names: [{prefix: \"spiffe://td/\"}, {exact: a.test}]\n");
+    struct sk_snapshot *s = LOAD_OK(y);
+    if (!s)
+        return;
+    const struct sk_tls_cfg *t = s->listeners[0].chains[0].tls;
+    CHECK(t && t->is_server && !t->rt);
+    if (t) {
+        CHECK(t->cert_chain.kind == SK_DS_FILE &&
+              strcmp(t->cert_chain.filename, "/etc/certs/cert.pem") == 0);
+        CHECK(t->private_key.kind == SK_DS_INLINE && t->private_key.len == 27 &&
+              strcmp(t->private_key.data, "-----BEGIN PRIVATE KEY-----") == 0);
+        CHECK(t->trusted_ca.kind == SK_DS_ENV && strcmp(t->trusted_ca.data, "ROOT_CA") == 0);
+        CHECK(t->require_client_cert && t->allow_expired);
+        CHECK(t->session_timeout_ms == 300000);
+        CHECK(t->nalpn == 2 && strcmp(t->alpn[0], "h2") == 0 && strcmp(t->alpn[1], "http/1.1") == 0);
+        CHECK(t->min_version == 3 && t->max_version == 4);
+        CHECK(t->cipher_suites &&
+              strcmp(t->cipher_suites, "ECDHE-ECDSA-AES128-GCM-SHA256:"
+                                       "[ECDHE-RSA-AES128-GCM-SHA256|ECDHE-RSA-CHACHA20-POLY1305]") == 0);
+        CHECK(t->ecdh_curves && strcmp(t->ecdh_curves, "X25519:P-256") == 0);
+        CHECK(t->nsan == 4);
+        if (t->nsan == 4) {
+            CHECK(t->san[0].san_type == SK_SAN_URI && t->san[0].kind == SK_STR_EXACT &&
+                  strcmp(t->san[0].value, "spiffe://td/ns/a/sa/b") == 0 && !t->san[0].ignore_case);
+            CHECK(t->san[1].san_type == SK_SAN_DNS && t->san[1].kind == SK_STR_SUFFIX &&
+                  t->san[1].ignore_case);
+            CHECK(t->san[2].san_type == SK_SAN_EMAIL && t->san[2].kind == SK_STR_PREFIX);
+            CHECK(t->san[3].san_type == SK_SAN_IP && t->san[3].kind == SK_STR_CONTAINS);
+        }
+        CHECK(!t->sni && !t->sds_cert_name && !t->sds_ca_name);
+    }
+    const struct sk_tls_cfg *u = s->clusters[0].tls;
+    CHECK(u && !u->is_server);
+    if (u) {
+        CHECK(u->sni && strcmp(u->sni, "api.test") == 0);
+        CHECK(u->max_session_keys == 4);
+        CHECK(u->cert_chain.kind == SK_DS_INLINE && u->cert_chain.len == 4 &&
+              memcmp(u->cert_chain.data, "cert", 4) == 0);
+        CHECK(u->private_key.kind == SK_DS_FILE && u->trusted_ca.kind == SK_DS_FILE);
+        CHECK(u->nalpn == 1 && u->min_version == 0 && u->max_version == 0);
+        CHECK(u->nsan == 2 && u->san[0].san_type == SK_SAN_ANY && u->san[0].kind == SK_STR_PREFIX &&
+              u->san[1].kind == SK_STR_EXACT && strcmp(u->san[1].value, "a.test") == 0);
+        CHECK(!u->cipher_suites && !u->ecdh_curves && !u->require_client_cert);
+    }
+    sk_snapshot_unref(s);
+
+    /* defaults; upstream without a CA is allowed (warned about); raw_buffer is plaintext */
+    static const char d[] = TLS_YAML(CERT_OK, "        {}\n");
+    s = LOAD_OK(d);
+    if (s) {
+        t = s->listeners[0].chains[0].tls;
+        u = s->clusters[0].tls;
+        CHECK(t && !t->require_client_cert && t->nalpn == 0 && t->min_version == 0 &&
+              t->trusted_ca.kind == SK_DS_NONE && t->nsan == 0 && t->session_timeout_ms == 0);
+        CHECK(u && u->max_session_keys == 1 && !u->sni && u->cert_chain.kind == SK_DS_NONE &&
+              u->trusted_ca.kind == SK_DS_NONE);
+        sk_snapshot_unref(s);
+    }
+    static const char raw[] = LISTENERS
+        "  - name: l0\n"
+        "    address: {socket_address: {address: 127.0.0.1, port_value: 10443}}\n"
+        "    filter_chains:\n"
+        "    - filters: [{name: t, typed_config: {\"@type\": " TCP_TYPE
+        ", stat_prefix: t, cluster: c0}}]\n"
+        "      transport_socket: {name: raw, typed_config: {\"@type\": "
+        "type.googleapis.com/envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer}}\n"
+        CLUSTERS STATIC_CLUSTER("c0", "127.0.0.1", "80");
+    s = LOAD_OK(raw);
+    if (s) {
+        CHECK(!s->listeners[0].chains[0].tls);
+        sk_snapshot_unref(s);
+    }
+}
+
+/* SDS names: allowed only with ADS */
+static void test_tls_sds(void)
+{
+#define ADS                                                                                        \
+    "dynamic_resources:\n"                                                                         \
+    "  ads_config:\n"                                                                              \
+    "    api_type: GRPC\n"                                                                         \
+    "    grpc_services: [{envoy_grpc: {cluster_name: c0}}]\n"
+#define SDS_CTX                                                                                    \
+    "          common_tls_context:\n"                                                              \
+    "            tls_certificate_sds_secret_configs: [{name: default, sds_config: {ads: {}}}]\n"   \
+    "            combined_validation_context:\n"                                                   \
+    "              default_validation_context:\n"                                                  \
+    "                match_subject_alt_names: [{exact: \"spiffe://td/ns/x/sa/y\"}]\n"              \
+    "              validation_context_sds_secret_config: {name: ROOTCA, sds_config: {ads: {}}}\n"
+#define SDS_UP                                                                                     \
+    "        common_tls_context:\n"                                                                \
+    "          tls_certificate_sds_secret_configs: [{name: default}]\n"                            \
+    "          validation_context_sds_secret_config: {name: ROOTCA}\n"
+    static const char ok[] = ADS TLS_YAML(SDS_CTX, SDS_UP);
+    struct sk_snapshot *s = LOAD_OK(ok);
+    if (s) {
+        const struct sk_tls_cfg *t = s->listeners[0].chains[0].tls, *u = s->clusters[0].tls;
+        CHECK(t && t->sds_cert_name && strcmp(t->sds_cert_name, "default") == 0);
+        CHECK(t && t->sds_ca_name && strcmp(t->sds_ca_name, "ROOTCA") == 0);
+        CHECK(t && t->nsan == 1 && t->san[0].san_type == SK_SAN_ANY);
+        CHECK(t && t->cert_chain.kind == SK_DS_NONE && t->trusted_ca.kind == SK_DS_NONE);
+        CHECK(u && u->sds_cert_name && u->sds_ca_name && strcmp(u->sds_ca_name, "ROOTCA") == 0);
+        sk_snapshot_unref(s);
+    }
+    static const char no_ads[] = TLS_YAML(SDS_CTX, SDS_UP);
+    EXPECT_ERR_AT(no_ads, TS0 ".common_tls_context.tls_certificate_sds_secret_configs[0]",
+                  "SDS requires xDS", NULL, "name: default");
+    EXPECT_ERR(no_ads,
+               TS0 ".common_tls_context.combined_validation_context.validation_context_sds_secret_config",
+               "SDS requires xDS");
+    EXPECT_ERR(no_ads, CTS0 ".common_tls_context.validation_context_sds_secret_config",
+               "SDS requires xDS");
+    EXPECT_ERR(no_ads, CTS0 ".common_tls_context.tls_certificate_sds_secret_configs[0]",
+               "SDS requires xDS");
+}
+
+static void test_tls_errors(void)
+{
+    static const char two[] = TLS_YAML(
+        "          common_tls_context:\n"
+        "            tls_certificates:\n"
+        "            - {certificate_chain: {filename: /a}, private_key: {filename: /b}}\n"
+        "            - {certificate_chain: {filename: /c}, private_key: {filename: /d}}\n",
+        UP_OK);
+    EXPECT_ERR_AT(two, TS0 ".common_tls_context.tls_certificates", "only one certificate supported",
+                  NULL, "tls_certificates:");
+    static const char old[] = TLS_YAML(
+        CERT_OK "            tls_params: {tls_minimum_protocol_version: TLSv1_0}\n",
+        "        common_tls_context:\n"
+        "          tls_params: {tls_maximum_protocol_version: TLSv1_1}\n");
+    EXPECT_ERR_AT(old, TS0 ".common_tls_context.tls_params.tls_minimum_protocol_version",
+                  "TLS < 1.2 not supported", NULL, "tls_minimum_protocol_version: TLSv1_0");
+    EXPECT_ERR(old, CTS0 ".common_tls_context.tls_params.tls_maximum_protocol_version",
+               "TLS < 1.2 not supported");
+    static const char inverted[] = TLS_YAML(
+        CERT_OK "            tls_params: {tls_minimum_protocol_version: TLSv1_3, "
+                "tls_maximum_protocol_version: TLSv1_2}\n",
+        UP_OK);
+    EXPECT_ERR(inverted, TS0 ".common_tls_context.tls_params.tls_minimum_protocol_version",
+               "above tls_maximum_protocol_version");
+    static const char vc[] = TLS_YAML(
+        CERT_OK "            validation_context:\n"
+                "              trusted_ca: {filename: /ca}\n"
+                "              verify_certificate_spki: [NvqYIYSbgK2vCJpQhObf77vv+bQWtc5ek5RIOwPiC9A=]\n"
+                "              verify_certificate_hash: [df6ff72fe9116521268f6f2dd4966f51df479883fe7037b39f75916ac3049d1a]\n"
+                "              crl: {filename: /crl}\n"
+                "              custom_validator_config: {name: envoy.tls.cert_validator.spiffe}\n",
+        "        common_tls_context:\n"
+        "          validation_context:\n"
+        "            match_typed_subject_alt_names: [{san_type: URI, matcher: {exact: x}}]\n");
+    const char *vp = TS0 ".common_tls_context.validation_context";
+    char path[256];
+    snprintf(path, sizeof(path), "%s.verify_certificate_spki", vp);
+    EXPECT_ERR(vc, path, "verify_certificate_spki is not supported");
+    snprintf(path, sizeof(path), "%s.verify_certificate_hash", vp);
+    EXPECT_ERR(vc, path, "verify_certificate_hash is not supported");
+    snprintf(path, sizeof(path), "%s.crl", vp);
+    EXPECT_ERR_AT(vc, path, "crl is not supported", NULL, "crl:");
+    snprintf(path, sizeof(path), "%s.custom_validator_config", vp);
+    EXPECT_ERR(vc, path, "custom_validator_config is not supported");
+    /* SAN matchers without a CA are refused (Envoy too) */
+    EXPECT_ERR(vc, CTS0 ".common_tls_context.validation_context", "without trusted_ca");
+    static const char san[] = TLS_YAML(
+        CERT_OK "            validation_context:\n"
+                "              trusted_ca: {filename: /ca}\n"
+                "              match_typed_subject_alt_names:\n"
+                "              - {matcher: {exact: x}}\n"
+                "              - {san_type: DNS}\n"
+                "              - {san_type: URI, matcher: {prefix: \"\"}}\n"
+                "              - {san_type: URI, matcher: {safe_regex: {regex: \".*\"}}}\n"
+                "              - {san_type: OTHER_NAME, matcher: {exact: x}}\n",
+        UP_OK);
+    const char *sp = TS0 ".common_tls_context.validation_context.match_typed_subject_alt_names";
+    snprintf(path, sizeof(path), "%s[0].san_type", sp);
+    EXPECT_ERR(san, path, "san_type is required");
+    snprintf(path, sizeof(path), "%s[1].matcher", sp);
+    EXPECT_ERR(san, path, "matcher is required");
+    snprintf(path, sizeof(path), "%s[2].matcher.prefix", sp);
+    EXPECT_ERR(san, path, "prefix must not be empty");
+    snprintf(path, sizeof(path), "%s[3].matcher.safe_regex", sp);
+    EXPECT_ERR(san, path, "regex SAN matching is not supported");
+    snprintf(path, sizeof(path), "%s[4].san_type", sp);
+    EXPECT_ERR(san, path, "OTHER_NAME is not supported");
+    static const char ds[] = TLS_YAML(
+        "          common_tls_context:\n"
+        "            tls_certificates:\n"
+        "            - certificate_chain: {filename: \"\"}\n"
+        "              private_key: {environment_variable: \"\"}\n"
+        "              password: {inline_string: secret}\n",
+        "        common_tls_context:\n"
+        "          tls_certificates: [{certificate_chain: {filename: /c}}]\n");
+    EXPECT_ERR(ds, TS0 ".common_tls_context.tls_certificates[0].certificate_chain",
+               "one of filename, inline_bytes");
+    EXPECT_ERR(ds, TS0 ".common_tls_context.tls_certificates[0].password",
+               "password is not supported");
+    EXPECT_ERR(ds, CTS0 ".common_tls_context.tls_certificates[0].private_key",
+               "private_key is required");
+    static const char misc[] = TLS_YAML(
+        CERT_OK "            tls_params: {cipher_suites: [\"A:B\"], signature_algorithms: [x]}\n"
+                "            alpn_protocols: [\"\"]\n"
+                "          require_sni: true\n"
+                "          ocsp_staple_policy: MUST_STAPLE\n"
+                "          session_ticket_keys: {keys: [{inline_string: k}]}\n",
+        "        sni: x\n"
+        "        allow_renegotiation: true\n"
+        "        auto_host_sni: true\n");
+    EXPECT_ERR(misc, TS0 ".common_tls_context.tls_params.cipher_suites[0]",
+               "invalid cipher_suites entry 'A:B'");
+    EXPECT_ERR(misc, TS0 ".common_tls_context.tls_params.signature_algorithms",
+               "signature_algorithms is not supported");
+    EXPECT_ERR(misc, TS0 ".common_tls_context.alpn_protocols[0]", "1-255 bytes");
+    EXPECT_ERR(misc, TS0 ".require_sni", "require_sni is not supported");
+    EXPECT_ERR(misc, TS0 ".ocsp_staple_policy", "ocsp_staple_policy is not supported");
+    EXPECT_ERR(misc, TS0 ".session_ticket_keys", "session_ticket_keys is not supported");
+    EXPECT_ERR(misc, CTS0 ".allow_renegotiation", "allow_renegotiation is not supported");
+    EXPECT_ERR(misc, CTS0 ".auto_host_sni", "auto_host_sni is not supported");
+    /* wrong context for the side */
+    static const char swapped[] = LISTENERS
+        "  - name: l0\n"
+        "    address: {socket_address: {address: 127.0.0.1, port_value: 10443}}\n"
+        "    filter_chains:\n"
+        "    - filters: [{name: t, typed_config: {\"@type\": " TCP_TYPE
+        ", stat_prefix: t, cluster: c0}}]\n"
+        "      transport_socket: {name: tls, typed_config: {\"@type\": " UP_TYPE "}}\n"
+        CLUSTERS STATIC_CLUSTER("c0", "127.0.0.1", "80")
+        "    transport_socket: {name: tls, typed_config: {\"@type\": " DOWN_TYPE "}}\n";
+    EXPECT_ERR(swapped, TS0, "use DownstreamTlsContext");
+    EXPECT_ERR(swapped, CTS0, "use UpstreamTlsContext");
+    /* a missing file is fine at translate time (rotation may create it) */
+    static const char missing[] = TLS_YAML(CERT_OK, UP_OK);
+    struct sk_snapshot *s = LOAD_OK(missing);
+    sk_snapshot_unref(s);
+}
+
 int main(void)
 {
     test_pb_lookup();
@@ -1779,6 +2079,9 @@ int main(void)
     test_resilience_errors();
     test_route_resilience();
     test_route_resilience_errors();
+    test_tls_full();
+    test_tls_sds();
+    test_tls_errors();
     if (failures) {
         fprintf(stderr, "%d of %d checks failed\n", failures, checks);
         return 1;
