@@ -16,6 +16,7 @@
 #include "skiff/err.h"
 #include "skiff/h2_client.h"
 #include "skiff/health.h"
+#include "skiff/tls.h"
 #include "skiff/hoststate.h"
 #include "skiff/log.h"
 #include "skiff/net.h"
@@ -630,6 +631,8 @@ int main(int argc, char **argv)
         return 2;
     signal(SIGPIPE, SIG_IGN);
 
+    /* TLS material is loaded (and checked) before a snapshot is accepted */
+    sk_config_set_prepare_hook(sk_tls_prepare);
     struct sk_cfgerrs errs;
     sk_cfgerrs_init(&errs, opt.config_path ? opt.config_path : "<command line>");
     struct sk_snapshot *s = NULL;
@@ -697,6 +700,7 @@ int main(int argc, char **argv)
         sk_info("listener %s on %s", cur->listeners[i].name, cur->listeners[i].addr_str);
     sk_info("skiff %s started: %d worker(s), admin on %s", SKIFF_VERSION, sk_nworkers, astr);
 
+    sk_tls_watch_start(main_loop);
     ev_signal_init(&sig_hup, sig_cb, SIGHUP);
     ev_signal_start(main_loop, &sig_hup);
     ev_signal_init(&sig_term, sig_cb, SIGTERM);
@@ -709,6 +713,10 @@ int main(int argc, char **argv)
     sk_workers_join();
     sk_admin_stop();
     sk_health_stop_all();
+    if (cur)
+        sk_snapshot_unref(cur);
+    cur = NULL;
+    sk_tls_shutdown();
     sk_info("skiff stopped");
     return 0;
 }

@@ -271,6 +271,10 @@ struct sk_hcm { /* HttpConnectionManager */
     bool preserve_external_request_id;
     char *server_name;             /* default "skiff" */
     int server_header_transformation; /* 0 OVERWRITE, 1 APPEND_IF_ABSENT, 2 PASS_THROUGH */
+    int forward_client_cert;       /* forward_client_cert_details: 0 SANITIZE (default),
+                                      1 FORWARD_ONLY, 2 APPEND_FORWARD, 3 SANITIZE_SET,
+                                      4 ALWAYS_FORWARD_ONLY */
+    bool xfcc_uri, xfcc_dns, xfcc_subject; /* set_current_client_cert_details */
     bool allow_websocket;          /* upgrade_configs contains "websocket" */
     bool allow_connect;            /* upgrade_configs contains "CONNECT" */
     uint64_t max_stream_duration_ms; /* common_http_protocol_options.max_stream_duration,

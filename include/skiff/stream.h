@@ -135,6 +135,7 @@ struct sk_stream {
     bool upgrade;     /* websocket upgrade requested and allowed */
     char peer_ip[48];
     bool downstream_tls;
+    void *tls;            /* downstream SSL * (NULL = plaintext) */
     bool downstream_h2;   /* request arrived over HTTP/2 (USE_DOWNSTREAM protocol) */
 
     /* upstream */

@@ -148,7 +148,7 @@ void sk_tls_stats(struct sk_buf *out, bool prometheus);
 
 struct sk_client_hello {
     bool is_tls;
-    char sni[256];  /* server_name (host_name), lower-cased; "" if none */
+    char sni[256]; /* server_name (host_name), lower-cased; "" if none */
     size_t sni_len;
     char alpn[SK_CH_MAX_ALPN][256]; /* first SK_CH_MAX_ALPN protocols, in order */
     size_t alpn_len[SK_CH_MAX_ALPN];

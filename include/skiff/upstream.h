@@ -14,6 +14,7 @@
 #include "skiff/buf.h"
 #include "skiff/http1.h"
 #include "skiff/model.h"
+#include "skiff/transport.h"
 #include "skiff/worker.h"
 
 struct sk_upconn;
@@ -193,7 +194,9 @@ struct sk_upconn {
     struct sk_reap reap;
     struct sk_worker *w;
     struct sk_host *host;
-    int fd;
+    int fd;            /* == tp.fd */
+    struct sk_transport tp; /* socket (+ TLS when the cluster originates TLS) */
+    bool handshaking;  /* TLS handshake after connect (state stays CONNECTING) */
     int state;
     ev_io io;
     ev_timer timer; /* connect timeout, then idle timeout */

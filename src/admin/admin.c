@@ -16,6 +16,7 @@
 #include "skiff/log.h"
 #include "skiff/net.h"
 #include "skiff/stats.h"
+#include "skiff/tls.h"
 #include "skiff/worker.h"
 
 #define ADMIN_IN_MAX 16384
@@ -196,6 +197,7 @@ static void stats_body(struct sk_buf *b, bool prom)
         }
     }
     sk_cstate_foreach(cluster_counters, &d);
+    sk_tls_stats(b, prom);
 }
 
 static void handle(struct admin_conn *c, const struct sk_h1_msg *m)

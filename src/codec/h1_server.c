@@ -507,7 +507,9 @@ static void op_pause_read(struct sk_stream *st, bool pause)
         return;
     c->read_paused = pause;
     update_io(c);
-    if (!pause && sk_buf_used(&c->in))
+    /* S_BODY with nothing buffered: the body's DONE may still be due (the
+     * pause came with the last DATA; DONE needs one more, empty, step) */
+    if (!pause && (sk_buf_used(&c->in) || c->state == S_BODY))
         process(c);
 }
 
@@ -632,13 +634,15 @@ static int start_stream(struct h1s *c, const struct sk_h1_msg *m, size_t head_le
     st->w = w;
     st->ops = &h1_ops;
     st->conn = c;
+    st->tls = c->tp.ssl;
+    st->downstream_tls = c->tp.ssl != NULL;
     st->conn_id = c->id;
     st->stream_id = ++c->nreq;
     st->snap = c->snap;
     st->listener = c->l;
     st->hcm = c->fc->hcm;
     st->t_start = ev_now(w->loop);
-    st->scheme = "http";
+    st->scheme = c->tp.ssl ? "https" : "http";
     /* copy what outlives the input buffer into the stream arena */
     char *blk = sk_arena_alloc(&st->arena, m->method_len + m->target_len + m->host_len + 3);
     if (!blk) {

@@ -861,13 +861,15 @@ static int on_begin_headers(nghttp2_session *ng, const nghttp2_frame *f, void *u
     st->w = w;
     st->ops = &h2_ops;
     st->conn = c;
+    st->tls = c->tp.ssl;
+    st->downstream_tls = c->tp.ssl != NULL;
     st->conn_id = c->id;
     st->stream_id = (uint32_t)f->hd.stream_id;
     st->snap = sk_snapshot_ref(c->snap);
     st->listener = c->l;
     st->hcm = c->fc->hcm;
     st->t_start = ev_now(w->loop);
-    st->scheme = "http"; /* the transport, not the client's claim */
+    st->scheme = c->tp.ssl ? "https" : "http"; /* the transport, not the client's claim */
     memcpy(st->peer_ip, c->peer_ip, sizeof(st->peer_ip));
     sk_buf_init(&s->qbody, (size_t)c->swin + 16384);
     s->next = c->streams;

@@ -1498,11 +1498,22 @@ static struct sk_hcm *hcm(struct tr *t, const PbHcm *h)
         unsupported(t, "via");
     m->generate_request_id = boolw(h->generate_request_id, true);
     m->preserve_external_request_id = h->preserve_external_request_id;
-    if (h->forward_client_cert_details !=
-        ENVOY__EXTENSIONS__FILTERS__NETWORK__HTTP_CONNECTION_MANAGER__V3__HTTP_CONNECTION_MANAGER__FORWARD_CLIENT_CERT_DETAILS__SANITIZE)
-        unsupported(t, "forward_client_cert_details");
-    if (h->set_current_client_cert_details)
-        unsupported(t, "set_current_client_cert_details");
+    /* x-forwarded-client-cert handling (Envoy's modes and element fields) */
+    m->forward_client_cert = (int)h->forward_client_cert_details;
+    if (m->forward_client_cert < 0 || m->forward_client_cert > 4)
+        err(t, "forward_client_cert_details", "unknown mode");
+    if (h->set_current_client_cert_details) {
+        const Envoy__Extensions__Filters__Network__HttpConnectionManager__V3__HttpConnectionManager__SetCurrentClientCertDetails
+            *sc = h->set_current_client_cert_details;
+        m->xfcc_uri = sc->uri;
+        m->xfcc_dns = sc->dns;
+        m->xfcc_subject = sc->subject && sc->subject->value;
+        if (sc->cert || sc->chain) {
+            size_t o2 = pushf(t, "set_current_client_cert_details");
+            unsupported(t, sc->cert ? "cert" : "chain");
+            pop(t, o2);
+        }
+    }
     m->proxy_100_continue = h->proxy_100_continue;
     for (size_t i = 0; i < h->n_upgrade_configs; i++) {
         const Envoy__Extensions__Filters__Network__HttpConnectionManager__V3__HttpConnectionManager__UpgradeConfig
@@ -1618,8 +1629,8 @@ typedef Envoy__Type__Matcher__V3__StringMatcher PbStringMatcher;
 
 /* DataSource at the current path + field. A missing file is not an error here:
  * rotation may create it, and sk_tls_prepare reports material it cannot load. */
-static void datasource(struct tr *t, const char *field, const Envoy__Config__Core__V3__DataSource *d,
-                       struct sk_datasource *out)
+static void datasource(struct tr *t, const char *field,
+                       const Envoy__Config__Core__V3__DataSource *d, struct sk_datasource *out)
 {
     size_t o = pushf(t, field);
     switch (d->specifier_case) {
@@ -1651,8 +1662,9 @@ static void datasource(struct tr *t, const char *field, const Envoy__Config__Cor
         out->len = d->environment_variable ? strlen(d->environment_variable) : 0;
         break;
     default:
-        err(t, NULL, "one of filename, inline_bytes, inline_string, environment_variable is "
-                     "required");
+        err(t, NULL,
+            "one of filename, inline_bytes, inline_string, environment_variable is "
+            "required");
         break;
     }
     pop(t, o);
@@ -1774,10 +1786,10 @@ static char *sds_name(struct tr *t, const char *field, const PbSdsSecret *s)
     char *name = NULL;
     if (empty(s->name))
         err(t, "name", "name is required");
-    else if (!t->snap->xds.ads)
-        err(t, NULL, "SDS requires xDS (dynamic_resources.ads_config)");
     else
-        name = dup(t, s->name);
+        name = dup(t, s->name); /* kept on error too: no follow-on errors */
+    if (!t->snap->xds.ads)
+        err(t, NULL, "SDS requires xDS (dynamic_resources.ads_config)");
     pop(t, o);
     return name;
 }
@@ -1830,8 +1842,10 @@ static char *join_list(struct tr *t, const char *field, size_t n, char **v)
 static void tls_params(struct tr *t, const PbTlsParams *p, struct sk_tls_cfg *c)
 {
     size_t o = pushf(t, "tls_params");
-    c->min_version = tls_version(t, "tls_minimum_protocol_version", p->tls_minimum_protocol_version);
-    c->max_version = tls_version(t, "tls_maximum_protocol_version", p->tls_maximum_protocol_version);
+    c->min_version =
+        tls_version(t, "tls_minimum_protocol_version", p->tls_minimum_protocol_version);
+    c->max_version =
+        tls_version(t, "tls_maximum_protocol_version", p->tls_maximum_protocol_version);
     if (c->min_version && c->max_version && c->min_version > c->max_version)
         err(t, "tls_minimum_protocol_version",
             "tls_minimum_protocol_version is above tls_maximum_protocol_version");
@@ -1879,8 +1893,8 @@ static void common_tls(struct tr *t, const PbCommonTls *ct, struct sk_tls_cfg *c
         err(t, "tls_certificate_sds_secret_configs", "only one certificate supported");
     } else if (ct->n_tls_certificate_sds_secret_configs == 1 && ct->n_tls_certificates == 0) {
         /* Envoy: with tls_certificates set, the SDS configs are ignored */
-        c->sds_cert_name =
-            sds_name(t, "tls_certificate_sds_secret_configs[0]", ct->tls_certificate_sds_secret_configs[0]);
+        c->sds_cert_name = sds_name(t, "tls_certificate_sds_secret_configs[0]",
+                                    ct->tls_certificate_sds_secret_configs[0]);
     }
     if (ct->tls_certificate_provider_instance)
         unsupported(t, "tls_certificate_provider_instance");
@@ -1903,8 +1917,8 @@ static void common_tls(struct tr *t, const PbCommonTls *ct, struct sk_tls_cfg *c
         break;
     }
     case ENVOY__EXTENSIONS__TRANSPORT_SOCKETS__TLS__V3__COMMON_TLS_CONTEXT__VALIDATION_CONTEXT_TYPE_VALIDATION_CONTEXT_SDS_SECRET_CONFIG:
-        c->sds_ca_name =
-            sds_name(t, "validation_context_sds_secret_config", ct->validation_context_sds_secret_config);
+        c->sds_ca_name = sds_name(t, "validation_context_sds_secret_config",
+                                  ct->validation_context_sds_secret_config);
         break;
     case ENVOY__EXTENSIONS__TRANSPORT_SOCKETS__TLS__V3__COMMON_TLS_CONTEXT__VALIDATION_CONTEXT_TYPE_COMBINED_VALIDATION_CONTEXT: {
         const Envoy__Extensions__TransportSockets__Tls__V3__CommonTlsContext__CombinedCertificateValidationContext

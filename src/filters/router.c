@@ -11,6 +11,7 @@
 #include "skiff/lb_hash.h"
 #include "skiff/log.h"
 #include "skiff/stream.h"
+#include "skiff/tls.h"
 #include "skiff/upstream.h"
 #include "skiff/worker.h"
 
@@ -823,6 +824,70 @@ static bool start_upstream(struct sk_stream *st)
     return dispatch(st);
 }
 
+/* x-forwarded-client-cert per the HCM's forward_client_cert_details (Envoy's
+ * five modes). Done before routing so routes can match on the identity. */
+static void apply_xfcc(struct sk_stream *st)
+{
+    int mode = st->hcm->forward_client_cert;
+    bool mtls = false;
+    char el[1024];
+    size_t el_len = 0;
+    if (st->tls) {
+        char raw[1024];
+        size_t rl = sk_tls_xfcc(st->tls, raw, sizeof(raw));
+        mtls = rl > 0;
+        /* keep By, Hash, and URI when set_current_client_cert_details.uri */
+        for (char *seg = mtls ? strtok(raw, ";") : NULL; seg; seg = strtok(NULL, ";")) {
+            bool keep = strncmp(seg, "By=", 3) == 0 || strncmp(seg, "Hash=", 5) == 0 ||
+                        (st->hcm->xfcc_uri && strncmp(seg, "URI=", 4) == 0);
+            size_t sl = strlen(seg);
+            if (keep && el_len + sl + 2 < sizeof(el)) {
+                if (el_len)
+                    el[el_len++] = ';';
+                memcpy(el + el_len, seg, sl);
+                el_len += sl;
+            }
+        }
+        el[el_len] = 0;
+    }
+    struct sk_hdr *cur = sk_hdrs_get(&st->req, "x-forwarded-client-cert", 23);
+    switch (mode) {
+    case 4: /* ALWAYS_FORWARD_ONLY */
+        return;
+    case 1: /* FORWARD_ONLY */
+        if (!mtls)
+            sk_hdrs_del(&st->req, "x-forwarded-client-cert", 23);
+        return;
+    case 2: /* APPEND_FORWARD */
+        if (!mtls) {
+            sk_hdrs_del(&st->req, "x-forwarded-client-cert", 23);
+            return;
+        }
+        if (cur) {
+            char *v = sk_arena_alloc(&st->arena, cur->vlen + el_len + 2);
+            if (!v)
+                return;
+            memcpy(v, cur->value, cur->vlen);
+            v[cur->vlen] = ',';
+            memcpy(v + cur->vlen + 1, el, el_len);
+            cur->value = v;
+            cur->vlen += (uint32_t)el_len + 1;
+            return;
+        }
+        sk_hdrs_add(&st->req, &st->arena, "x-forwarded-client-cert", 23, el, el_len);
+        return;
+    case 3: /* SANITIZE_SET */
+        sk_hdrs_del(&st->req, "x-forwarded-client-cert", 23);
+        if (mtls)
+            sk_hdrs_add(&st->req, &st->arena, "x-forwarded-client-cert", 23, el, el_len);
+        return;
+    default: /* SANITIZE */
+        if (cur)
+            sk_hdrs_del(&st->req, "x-forwarded-client-cert", 23);
+        return;
+    }
+}
+
 void sk_stream_headers(struct sk_stream *st)
 {
     struct sk_worker *w = st->w;
@@ -851,6 +916,7 @@ void sk_stream_headers(struct sk_stream *st)
         }
         st->upgrade = true;
     }
+    apply_xfcc(st);
     const struct sk_route_config *rc = st->hcm->routes;
     const struct sk_vhost *vh =
         sk_route_vhost(rc, st->authority ? st->authority : "", st->authority_len);
@@ -907,6 +973,21 @@ static int frame_data(struct sk_stream *st, const char *p, size_t n)
 
 void sk_stream_data(struct sk_stream *st, const char *p, size_t n)
 {
+    if (st->state == SK_ST_S_RESPONDING && st->up) {
+        /* full duplex (gRPC bidi / client streaming): the response started
+         * before the request ended; keep relaying the body (no retry now) */
+        if (frame_data(st, p, n) < 0) {
+            sk_up_abort(st->up);
+            st->up = NULL;
+            if (st->cause == SK_TERM_NONE)
+                st->cause = SK_TERM_OVERFLOW;
+            st->ops->reset(st);
+            return;
+        }
+        if (sk_up_congested(st->up))
+            st->ops->pause_read(st, true);
+        return;
+    }
     if (st->state != SK_ST_S_UPSTREAM)
         return; /* already answered locally: drop the body */
     if (st->body_copy_ok && sk_buf_append(&st->body_copy, p, n) < 0) {
@@ -975,6 +1056,10 @@ void sk_stream_end(struct sk_stream *st, const struct sk_hdrs *trailers)
     st->req_end = true;
     if (trailers && trailers != &st->req_trailers)
         st->req_trailers = *trailers; /* entries live in the stream arena */
+    if (st->state == SK_ST_S_RESPONDING && st->up && !was_end) {
+        write_request_end(st); /* full duplex: the request ends after the response began */
+        return;
+    }
     if (st->state != SK_ST_S_UPSTREAM)
         return;
     if (st->up && !was_end)

@@ -44,16 +44,16 @@
 #define MAX_PEM_BYTES (4u * 1024 * 1024)
 #define MAX_SESS_KEYS 256
 #define DEFAULT_CIPHERS                                                                            \
-    "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-ECDSA-CHACHA20-POLY1305:"                                \
-    "ECDHE-RSA-AES128-GCM-SHA256:ECDHE-RSA-CHACHA20-POLY1305:"                                    \
+    "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-ECDSA-CHACHA20-POLY1305:"                                 \
+    "ECDHE-RSA-AES128-GCM-SHA256:ECDHE-RSA-CHACHA20-POLY1305:"                                     \
     "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384"
 #define DEFAULT_CURVES "X25519:P-256"
 
 /* ---- counters ------------------------------------------------------------------------ */
 
 enum fail_kind { F_NO_CERT, F_BAD_CERT, F_EXPIRED, F_UNKNOWN_CA, F_SAN, F_NOT_TLS, F_OTHER, F__N };
-static const char *const fail_names[F__N] = {"no_cert", "bad_cert",     "expired", "unknown_ca",
-                                             "san_mismatch", "not_tls", "other"};
+static const char *const fail_names[F__N] = {"no_cert",      "bad_cert", "expired", "unknown_ca",
+                                             "san_mismatch", "not_tls",  "other"};
 
 #define NCIPHERS 32
 static struct {
@@ -132,13 +132,13 @@ struct sk_tls_ctx {
     bool is_server;
     struct src cert, key, ca;
     char *ciphers, *ciphersuites, *curves;
-    int minv, maxv; /* OpenSSL version constants */
+    int minv, maxv;      /* OpenSSL version constants */
     unsigned char *alpn; /* wire format (length-prefixed); NULL = none */
     size_t alpn_len;
     bool require_client_cert, allow_expired;
     uint64_t session_timeout_ms;
     uint32_t max_session_keys;
-    char *label; /* the config path that created it, for logs */
+    char *label;         /* the config path that created it, for logs */
     struct fstate fs[3]; /* cert, key, ca */
     /* client session cache */
     pthread_mutex_t sess_lock;
@@ -386,7 +386,8 @@ static int load_ca(SSL_CTX *c, struct sk_tls_ctx *x, char *err, size_t errlen)
             break;
     }
     unsigned long le = ERR_peek_last_error();
-    if (!rc && le && !(ERR_GET_LIB(le) == ERR_LIB_PEM && ERR_GET_REASON(le) == PEM_R_NO_START_LINE)) {
+    if (!rc && le &&
+        !(ERR_GET_LIB(le) == ERR_LIB_PEM && ERR_GET_REASON(le) == PEM_R_NO_START_LINE)) {
         snprintf(err, errlen, "trusted_ca: bad PEM in %s (%s)", src_name(&x->ca),
                  ossl_err(eb, sizeof(eb)));
         rc = SK_ERR_CONFIG;
@@ -712,7 +713,8 @@ static struct sk_tls_ctx *ctx_get(const struct sk_tls_cfg *cfg, char **alpn_dflt
             return x;
         }
     if (cfg->sds_cert_name && cfg->cert_chain.kind == SK_DS_NONE) {
-        snprintf(err, errlen, "SDS secret '%s' (tls_certificate_sds_secret_configs) is not available",
+        snprintf(err, errlen,
+                 "SDS secret '%s' (tls_certificate_sds_secret_configs) is not available",
                  cfg->sds_cert_name);
         goto fail_eff;
     }
@@ -742,8 +744,8 @@ static struct sk_tls_ctx *ctx_get(const struct sk_tls_cfg *cfg, char **alpn_dflt
     x->require_client_cert = cfg->require_client_cert;
     x->allow_expired = cfg->allow_expired;
     x->session_timeout_ms = cfg->session_timeout_ms;
-    x->max_session_keys = cfg->max_session_keys > MAX_SESS_KEYS ? MAX_SESS_KEYS
-                                                                : cfg->max_session_keys;
+    x->max_session_keys =
+        cfg->max_session_keys > MAX_SESS_KEYS ? MAX_SESS_KEYS : cfg->max_session_keys;
     if (src_copy(&x->cert, &cfg->cert_chain) || src_copy(&x->key, &cfg->private_key) ||
         src_copy(&x->ca, &cfg->trusted_ca) ||
         (cfg->ecdh_curves && !(x->curves = strdup(cfg->ecdh_curves))) ||
@@ -1639,8 +1641,7 @@ too_small:
 
 /* ---- stats ---------------------------------------------------------------------------------- */
 
-static void stat_line(struct sk_buf *out, bool prom, const char *name, const char *type,
-                      uint64_t v)
+static void stat_line(struct sk_buf *out, bool prom, const char *name, const char *type, uint64_t v)
 {
     if (prom)
         sk_buf_appendf(out, "# TYPE skiff_%s %s\nskiff_%s %llu\n", name, type, name,

@@ -111,7 +111,7 @@ static int parse_hello(const uint8_t *hs, size_t n, struct sk_client_hello *out)
     unsigned v, l;
     if (!get16(&r, &v) || (v >> 8) != 3)
         return -1;
-    if (!skip(&r, 32))                           /* random */
+    if (!skip(&r, 32)) /* random */
         return -1;
     if (!get8(&r, &l) || l > 32 || !skip(&r, l)) /* session id */
         return -1;

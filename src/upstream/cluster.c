@@ -217,16 +217,40 @@ static struct sk_host *pick(struct sk_cluster_rt *c, const struct pick_ctx *p, u
         }
         /* no table (allocation failed): fall through to round robin */
     }
+    if (policy == SK_LB_LEAST_REQUEST && c->weighted) {
+        /* Envoy: with unequal weights, weighted round robin over dynamic
+         * weights weight / (active_rq + 1) (smooth WRR, fixed point) */
+        int64_t total = 0;
+        struct sk_host *best = NULL;
+        for (size_t i = 0; i < n; i++) {
+            struct sk_host *h = c->hosts[i];
+            if (!usable(h, p))
+                continue;
+            int64_t ew = (int64_t)h->weight * 1000 / ((int64_t)h->active_rq + 1);
+            if (ew < 1)
+                ew = 1;
+            h->swrr_current += (int32_t)ew;
+            total += ew;
+            if (!best || h->swrr_current > best->swrr_current)
+                best = h;
+        }
+        if (best)
+            best->swrr_current -= (int32_t)total;
+        return best;
+    }
     if (policy == SK_LB_LEAST_REQUEST || policy == SK_LB_PEAK_EWMA) {
-        /* power of N choices among usable hosts */
+        /* power of N choices among usable hosts: Envoy samples with
+         * replacement for LEAST_REQUEST; peak EWMA compares distinct hosts
+         * (a slow host must never win just by being drawn twice) */
         uint32_t choices = c->cfg && c->cfg->lr_choice_count ? c->cfg->lr_choice_count : 2;
         struct sk_host *best = NULL;
         uint64_t best_cost = 0;
-        /* sample distinct hosts (with 2 hosts: both, always compared) */
+        bool distinct = policy == SK_LB_PEAK_EWMA;
         uint32_t first = sk_worker_rand(w) % (uint32_t)n;
         uint32_t step = 1 + sk_worker_rand(w) % (uint32_t)(n - 1);
         for (uint32_t k = 0; k < choices * 2 && k < 64; k++) {
-            struct sk_host *h = c->hosts[(first + (uint64_t)k * step) % n];
+            struct sk_host *h = distinct ? c->hosts[(first + (uint64_t)k * step) % n]
+                                         : c->hosts[sk_worker_rand(w) % n];
             if (!usable(h, p))
                 continue;
             if (policy == SK_LB_PEAK_EWMA) {

@@ -1444,6 +1444,14 @@ static const struct sk_up_vt h2_vt = {
 static struct sk_up *h2_acquire(struct sk_host *h, const struct sk_upconn_cbs *cbs, void *ctx,
                                 unsigned req_flags, int *err)
 {
+    const struct sk_cluster *cfg = cfg_of(h);
+    if (cfg && cfg->tls) {
+        /* never fall back to cleartext: h2 over TLS (ALPN h2) is not done yet */
+        sk_warn("upstream %s: cluster %s: TLS to an HTTP/2 upstream is not supported",
+                h->addr_str, cfg->name);
+        *err = SK_TERM_CONNECT_FAIL;
+        return NULL;
+    }
     struct h2uc *c = conn_pick(h, NULL, err);
     if (!c)
         return NULL;

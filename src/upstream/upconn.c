@@ -10,6 +10,7 @@
 #include "skiff/log.h"
 #include "skiff/net.h"
 #include "skiff/stream.h"
+#include "skiff/tls.h"
 #include "skiff/upstream.h"
 
 #define UP_HEAD_MAX (64 * 1024)
@@ -55,13 +56,15 @@ static void update_io(struct sk_upconn *u)
     if (u->state == SK_UP_S_CLOSED)
         return;
     int ev = 0;
-    if (u->state == SK_UP_S_CONNECTING)
+    if (u->state == SK_UP_S_CONNECTING) {
+        if (u->handshaking)
+            return; /* the handshake sets its own events */
         ev = EV_WRITE;
-    else {
+    } else {
         if (!u->read_paused)
-            ev |= EV_READ;
+            ev |= sk_tp_events_for_read(&u->tp);
         if (p->write_blocked && sk_buf_used(&u->out))
-            ev |= EV_WRITE;
+            ev |= sk_tp_events_for_write(&u->tp);
     }
     if ((u->io.events & (EV_READ | EV_WRITE)) == ev && ev_is_active(&u->io))
         return;
@@ -94,7 +97,7 @@ static void up_close(struct sk_upconn *u)
         pool_remove(u);
     ev_io_stop(u->w->loop, &u->io);
     ev_timer_stop(u->w->loop, &u->timer);
-    close(u->fd);
+    sk_tp_close(&u->tp);
     u->fd = -1;
     u->state = SK_UP_S_CLOSED;
     u->cbs = NULL;
@@ -169,6 +172,8 @@ struct sk_upconn *sk_upconn_acquire(struct sk_host *h, const struct sk_upconn_cb
     u->req_flags = req_flags;
     u->id = ++w->next_conn_id;
     u->fd = sk_connect_socket(&h->addr);
+    u->tp.fd = u->fd;
+    u->tp.ssl = NULL;
     sk_stat_add(&w->stats, SK_ST_upstream_cx_total, 1);
     sk_stat_add(&w->stats, SK_ST_upstream_cx_active, 1);
     h->active_cx++;
@@ -241,7 +246,7 @@ static void do_write(struct sk_upconn *u)
 {
     struct upconn_priv *p = PRIV(u);
     while (sk_buf_used(&u->out)) {
-        ssize_t r = sk_buf_write_fd(&u->out, u->fd);
+        ssize_t r = sk_tp_write(&u->tp, &u->out);
         if (r == SK_ERR_AGAIN) {
             p->write_blocked = true;
             update_io(u);
@@ -258,7 +263,7 @@ static void do_write(struct sk_upconn *u)
     if (was)
         update_io(u);
     if (p->shut_wr)
-        shutdown(u->fd, SHUT_WR);
+        sk_tp_shutdown_write(&u->tp);
     if (p->was_congested || was) {
         p->was_congested = false;
         if (u->cbs && u->cbs->on_drained)
@@ -334,7 +339,7 @@ void sk_upconn_shutdown_write(struct sk_upconn *u)
 {
     PRIV(u)->shut_wr = true;
     if (sk_buf_used(&u->out) == 0 && u->state == SK_UP_S_ACTIVE)
-        shutdown(u->fd, SHUT_WR);
+        sk_tp_shutdown_write(&u->tp);
 }
 
 static void up_timer_cb(struct ev_loop *loop, ev_timer *t, int revents)
@@ -452,6 +457,17 @@ static void on_readable(struct sk_upconn *u)
 {
     if (u->state == SK_UP_S_IDLE) {
         /* the upstream closed (or spoke out of turn) while idle */
+        if (u->tp.ssl) {
+            /* TLS 1.3 session tickets may arrive after the handshake:
+             * let OpenSSL consume records; only data or EOF end the conn */
+            char tmp[1];
+            int want = 0;
+            ssize_t r = sk_tls_read(u->tp.ssl, tmp, sizeof(tmp), &want);
+            if (r == SK_ERR_AGAIN)
+                return;
+            up_close(u);
+            return;
+        }
         char tmp[1];
         ssize_t r = recv(u->fd, tmp, sizeof(tmp), MSG_PEEK);
         if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
@@ -459,7 +475,7 @@ static void on_readable(struct sk_upconn *u)
         up_close(u);
         return;
     }
-    ssize_t r = sk_buf_read_fd(&u->in, u->fd, 0);
+    ssize_t r = sk_tp_read(&u->tp, &u->in, 0);
     if (r == SK_ERR_AGAIN) {
         if (sk_buf_used(&u->in))
             process(u); /* resumed after a pause */
@@ -507,6 +523,40 @@ static void up_io_cb(struct ev_loop *loop, ev_io *io, int revents)
             fail(u, SK_TERM_CONNECT_FAIL, strerror(e));
             return;
         }
+        const struct sk_cluster *cfg = u->host->cl->cfg;
+        if (cfg && cfg->tls && !u->handshaking) {
+            /* TCP is up: originate TLS before anything else */
+            u->tp.ssl = sk_tls_ssl_new(cfg->tls);
+            if (!u->tp.ssl) {
+                fail(u, SK_TERM_CONNECT_FAIL, "cannot create a TLS session");
+                return;
+            }
+            SSL_set_fd(u->tp.ssl, u->fd);
+            sk_tls_ssl_set_session_key(u->tp.ssl, u->host->addr_str);
+            u->handshaking = true;
+        }
+        if (u->handshaking) {
+            int want = 0;
+            const char *why = NULL;
+            int hr = sk_tls_handshake(u->tp.ssl, &want, &why);
+            if (hr == 0) {
+                int ev = want == SK_TLS_WANT_WRITE ? EV_WRITE : EV_READ;
+                ev_io_stop(loop, &u->io);
+                ev_io_modify(&u->io, ev);
+                ev_io_start(loop, &u->io);
+                return;
+            }
+            if (hr < 0) {
+                sk_stat_add(&u->w->stats, SK_ST_upstream_cx_connect_fail, 1);
+                sk_warn("upstream %s: TLS handshake failed: %s", u->host->addr_str,
+                        why ? why : "?");
+                char d[96];
+                snprintf(d, sizeof(d), "TLS handshake failed: %s", why ? why : "?");
+                fail(u, SK_TERM_CONNECT_FAIL, d);
+                return;
+            }
+            u->handshaking = false;
+        }
         ev_timer_stop(loop, &u->timer);
         u->state = SK_UP_S_ACTIVE;
         u->base.connecting = false;
@@ -524,7 +574,7 @@ static void up_io_cb(struct ev_loop *loop, ev_io *io, int revents)
         if (u->state == SK_UP_S_CLOSED)
             return;
     }
-    if (revents & EV_READ)
+    if ((revents & EV_READ) || (u->tp.ssl && u->tp.want_rd == SK_TLS_WANT_WRITE))
         on_readable(u);
 }
 

@@ -8,7 +8,8 @@
  *    -1) gives the same answer as the whole input (the inspector decides only
  *    from bytes it has), and a prefix never says "not TLS" when the whole says
  *    TLS (except that after SK_CH_INSPECT_MAX bytes the inspector gives up
- *    waiting and reports TLS without SNI); each prefix is an exact-size heap copy so ASan catches over-reads.
+ *    waiting and reports TLS without SNI); each prefix is an exact-size heap copy so ASan catches
+ * over-reads.
  */
 #include "skiff/tls.h"
 
@@ -22,7 +23,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 #define REQUIRE(c)                                                                                 \
     do {                                                                                           \
         if (!(c)) {                                                                                \
-            fprintf(stderr, "fuzz_clienthello: invariant failed %s:%d: %s\n", __FILE__, __LINE__, \
+            fprintf(stderr, "fuzz_clienthello: invariant failed %s:%d: %s\n", __FILE__, __LINE__,  \
                     #c);                                                                           \
             abort();                                                                               \
         }                                                                                          \
@@ -36,8 +37,7 @@ static void check_out(int r, const struct sk_client_hello *h)
         return;
     }
     REQUIRE(h->is_tls);
-    REQUIRE(h->sni_len < sizeof(h->sni) && h->sni[h->sni_len] == 0 &&
-            strlen(h->sni) == h->sni_len);
+    REQUIRE(h->sni_len < sizeof(h->sni) && h->sni[h->sni_len] == 0 && strlen(h->sni) == h->sni_len);
     for (size_t i = 0; i < h->sni_len; i++)
         REQUIRE(!(h->sni[i] >= 'A' && h->sni[i] <= 'Z'));
     REQUIRE(h->nalpn <= SK_CH_MAX_ALPN);

@@ -130,10 +130,9 @@ class H2Echo:
             delay = self.delay
             if self.mode == "goaway2" and sid == first_stream[0]:
                 delay = max(delay, 0.3)
-            if delay:
-                threading.Timer(delay, respond, args=(sid, st)).start()
-            else:
-                respond(sid, st)
+            # never in the reading thread: respond() waits for flow-control
+            # credit, which only the reading thread can see arrive
+            threading.Timer(delay, respond, args=(sid, st)).start()
 
         try:
             while not self.stopping:

@@ -212,9 +212,6 @@ def test_upstream_connection_reused_and_idle_close(skiff_factory, grpc_upstream)
 
 # ---- proxy-generated errors on gRPC requests ---------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="BUG/TODO (router/h2_server): local replies to gRPC "
-                   "requests are plain HTTP 503 text; they should be HTTP 200 + grpc-status 14 "
-                   "+ grpc-message naming the cause (e.g. upstream connect failure)")
 def test_connect_failure_is_grpc_unavailable_with_cause(skiff_factory):
     lp, ap = free_port(), free_port()
     dead = free_port()  # nothing listens there
@@ -233,9 +230,6 @@ def test_connect_failure_is_grpc_unavailable_with_cause(skiff_factory):
     assert s.stat("upstream_cx_connect_fail") >= 1
 
 
-@pytest.mark.xfail(strict=True, reason="BUG/TODO (router/h2_server): a 'no healthy upstream' "
-                   "local reply to a gRPC request should be HTTP 200 + grpc-status 14 + "
-                   "grpc-message naming the cause")
 def test_no_healthy_upstream_is_grpc_unavailable(skiff_factory):
     lp, ap = free_port(), free_port()
     cfg = h2_config(lp, ap, 1)

@@ -95,8 +95,8 @@ static void add_ext(X509 *c, X509 *issuer, int nid, const char *v)
 }
 
 /* issuer NULL = self-signed CA. Validity [now+from_s, now+to_s]. */
-static struct pki make_cert(const char *cn, struct pki *issuer, long serial, long from_s,
-                            long to_s, const char *san)
+static struct pki make_cert(const char *cn, struct pki *issuer, long serial, long from_s, long to_s,
+                            const char *san)
 {
     struct pki p = {X509_new(), EVP_EC_gen("P-256")};
     X509_set_version(p.cert, 2);
@@ -204,7 +204,8 @@ static void cfg_free(struct sk_tls_cfg *c)
 
 static struct sk_san_matcher uri_exact(const char *v)
 {
-    return (struct sk_san_matcher){.san_type = SK_SAN_URI, .kind = SK_STR_EXACT, .value = (char *)v};
+    return (struct sk_san_matcher){
+        .san_type = SK_SAN_URI, .kind = SK_STR_EXACT, .value = (char *)v};
 }
 
 /* A snapshot with one HCM listener chain (server cfg) and one cluster (client
@@ -261,7 +262,8 @@ static void nonblock(int fd)
     fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
 }
 
-static void pair_open(struct pair *p, const struct sk_tls_cfg *server, const struct sk_tls_cfg *client)
+static void pair_open(struct pair *p, const struct sk_tls_cfg *server,
+                      const struct sk_tls_cfg *client)
 {
     memset(p, 0, sizeof(*p));
     if (socketpair(AF_UNIX, SOCK_STREAM, 0, p->fd) != 0) {
@@ -326,14 +328,17 @@ static long peer_serial(SSL *ssl)
     return x ? ASN1_INTEGER_get(X509_get0_serialNumber(x)) : -1;
 }
 
-/* ---- tests ------------------------------------------------------------------------------------- */
+/* ---- tests -------------------------------------------------------------------------------------
+ */
 
 static void test_mtls_ok(void)
 {
     struct sk_tls_cfg sc = server_cfg("server", true), cc = client_cfg("client");
     struct sk_san_matcher sm = uri_exact(CLIENT_ID);
-    struct sk_san_matcher cm = {.san_type = SK_SAN_URI, .kind = SK_STR_PREFIX,
-                                .value = "SPIFFE://TEST.local/", .ignore_case = true};
+    struct sk_san_matcher cm = {.san_type = SK_SAN_URI,
+                                .kind = SK_STR_PREFIX,
+                                .value = "SPIFFE://TEST.local/",
+                                .ignore_case = true};
     sc.san = &sm, sc.nsan = 1;
     cc.san = &cm, cc.nsan = 1;
     char *alpn[] = {"http/1.1", "h2"}; /* client prefers http/1.1; server's order wins */
@@ -391,8 +396,8 @@ static void expect_fail(const char *sbase, bool mtls, const char *cbase, struct 
     pair_handshake(&p);
     if (!why_s && !why_c) {
         if (!(p.rs == 1 && p.rc == 1))
-            fprintf(stderr, "line %d: expected success: %s / %s\n", line,
-                    p.why_s ? p.why_s : "-", p.why_c ? p.why_c : "-");
+            fprintf(stderr, "line %d: expected success: %s / %s\n", line, p.why_s ? p.why_s : "-",
+                    p.why_c ? p.why_c : "-");
         CHECK(p.rs == 1 && p.rc == 1);
     }
     if (why_s) {
@@ -417,9 +422,10 @@ static void test_failures(void)
 {
     struct sk_san_matcher bad = uri_exact("spiffe://test.local/ns/default/sa/other");
     struct sk_san_matcher good = uri_exact(SERVER_ID);
-    struct sk_san_matcher dns = {.san_type = SK_SAN_DNS, .kind = SK_STR_EXACT, .value = "server.test"};
-    struct sk_san_matcher dns_as_uri = {.san_type = SK_SAN_URI, .kind = SK_STR_EXACT,
-                                        .value = "server.test"};
+    struct sk_san_matcher dns = {
+        .san_type = SK_SAN_DNS, .kind = SK_STR_EXACT, .value = "server.test"};
+    struct sk_san_matcher dns_as_uri = {
+        .san_type = SK_SAN_URI, .kind = SK_STR_EXACT, .value = "server.test"};
     struct sk_san_matcher any = {.san_type = SK_SAN_ANY, .kind = SK_STR_SUFFIX, .value = ".test"};
     expect_fail("server", false, NULL, &good, false, NULL, NULL, __LINE__);
     expect_fail("server", false, NULL, &dns, false, NULL, NULL, __LINE__);
@@ -437,11 +443,13 @@ static void test_failures(void)
     expect_fail("future", false, NULL, NULL, false, NULL, "certificate not yet valid", __LINE__);
     expect_fail("evil", false, NULL, NULL, false, "unknown CA", "unknown CA", __LINE__);
     /* wildcard DNS SAN, IP and email SANs */
-    struct sk_san_matcher wild = {.san_type = SK_SAN_DNS, .kind = SK_STR_EXACT, .value = "api.svc.test"};
-    struct sk_san_matcher wild2 = {.san_type = SK_SAN_DNS, .kind = SK_STR_EXACT,
-                                   .value = "a.b.svc.test"};
+    struct sk_san_matcher wild = {
+        .san_type = SK_SAN_DNS, .kind = SK_STR_EXACT, .value = "api.svc.test"};
+    struct sk_san_matcher wild2 = {
+        .san_type = SK_SAN_DNS, .kind = SK_STR_EXACT, .value = "a.b.svc.test"};
     struct sk_san_matcher ip = {.san_type = SK_SAN_IP, .kind = SK_STR_EXACT, .value = "10.1.2.3"};
-    struct sk_san_matcher mail = {.san_type = SK_SAN_EMAIL, .kind = SK_STR_CONTAINS, .value = "@b."};
+    struct sk_san_matcher mail = {
+        .san_type = SK_SAN_EMAIL, .kind = SK_STR_CONTAINS, .value = "@b."};
     expect_fail("wild", false, NULL, &wild, false, NULL, NULL, __LINE__);
     expect_fail("wild", false, NULL, &wild2, false, NULL, "SAN mismatch", __LINE__);
     expect_fail("wild", false, NULL, &ip, false, NULL, NULL, __LINE__);
@@ -466,8 +474,8 @@ static void test_not_tls(void)
         for (int k = 0; k < 10 && p.rs == 0; k++)
             p.rs = sk_tls_handshake(p.s, &want, &p.why_s);
         CHECK(p.rs < 0);
-        CHECK(p.why_s && (strcmp(p.why_s, "not TLS") == 0 ||
-                          strcmp(p.why_s, "handshake failure") == 0));
+        CHECK(p.why_s &&
+              (strcmp(p.why_s, "not TLS") == 0 || strcmp(p.why_s, "handshake failure") == 0));
         if (i != 1)
             CHECK_STR(p.why_s, "not TLS");
         /* once failed, stays failed */
@@ -740,8 +748,8 @@ static void test_prepare_errors(void)
     struct sk_tls_cfg sds = {.is_server = false, .sds_ca_name = "ROOTCA"};
     expect_prepare_err(NULL, &sds, cpath, "SDS secret 'ROOTCA'", __LINE__);
     /* env / inline sources */
-    struct sk_tls_cfg env = {.is_server = false, .trusted_ca = {.kind = SK_DS_ENV,
-                                                                .data = "SKIFF_TEST_NO_SUCH_VAR"}};
+    struct sk_tls_cfg env = {.is_server = false,
+                             .trusted_ca = {.kind = SK_DS_ENV, .data = "SKIFF_TEST_NO_SUCH_VAR"}};
     expect_prepare_err(NULL, &env, cpath, "SKIFF_TEST_NO_SUCH_VAR", __LINE__);
     cfg_free(&sc);
     cfg_free(&cc);
@@ -754,9 +762,11 @@ static void test_prepare_errors(void)
     char *copy = strndup(pem, (size_t)n);
     BIO_free(b);
     setenv("SKIFF_TEST_CA", copy, 1);
-    struct sk_tls_cfg inl = {.is_server = false, .max_session_keys = 1,
+    struct sk_tls_cfg inl = {.is_server = false,
+                             .max_session_keys = 1,
                              .trusted_ca = {.kind = SK_DS_INLINE, .data = copy, .len = (size_t)n}};
-    struct sk_tls_cfg envok = {.is_server = false, .max_session_keys = 1,
+    struct sk_tls_cfg envok = {.is_server = false,
+                               .max_session_keys = 1,
                                .trusted_ca = {.kind = SK_DS_ENV, .data = "SKIFF_TEST_CA"}};
     struct sk_tls_cfg s2 = server_cfg("server", false);
     struct sk_snapshot *s = prep(&s2, &inl);
@@ -790,7 +800,8 @@ static void test_loader_hook(void)
         "    - filters:\n"
         "      - name: envoy.filters.network.tcp_proxy\n"
         "        typed_config:\n"
-        "          \"@type\": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy\n"
+        "          \"@type\": "
+        "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy\n"
         "          stat_prefix: t\n"
         "          cluster: c0\n"
         "      transport_socket:\n"
@@ -848,7 +859,8 @@ static void test_loader_hook(void)
     sk_config_set_prepare_hook(NULL);
 }
 
-/* ---- inspector --------------------------------------------------------------------------------- */
+/* ---- inspector ---------------------------------------------------------------------------------
+ */
 
 /* The client's first flight, captured from the socketpair. */
 static size_t capture_hello(const char *sni, char **alpn, size_t nalpn, uint8_t *out, size_t cap)

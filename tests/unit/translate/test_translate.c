@@ -1762,7 +1762,8 @@ static void test_empty(void)
 
 /* ---- TLS (DownstreamTlsContext / UpstreamTlsContext) ----------------------------------- */
 
-#define DOWN_TYPE "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext"
+#define DOWN_TYPE                                                                                  \
+    "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext"
 #define UP_TYPE "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
 
 /* A TCP listener chain with a DownstreamTlsContext whose body (indent 10) is `ctx`,
@@ -1777,11 +1778,11 @@ static void test_empty(void)
     "      transport_socket:\n"                                                                    \
     "        name: envoy.transport_sockets.tls\n"                                                  \
     "        typed_config:\n"                                                                      \
-    "          \"@type\": " DOWN_TYPE "\n" ctx CLUSTERS STATIC_CLUSTER("c0", "127.0.0.1", "80")    \
-    "    transport_socket:\n"                                                                      \
-    "      name: envoy.transport_sockets.tls\n"                                                    \
-    "      typed_config:\n"                                                                        \
-    "        \"@type\": " UP_TYPE "\n" up
+    "          \"@type\": " DOWN_TYPE "\n" ctx CLUSTERS STATIC_CLUSTER(                            \
+        "c0", "127.0.0.1", "80") "    transport_socket:\n"                                         \
+                                 "      name: envoy.transport_sockets.tls\n"                       \
+                                 "      typed_config:\n"                                           \
+                                 "        \"@type\": " UP_TYPE "\n" up
 
 #define CERT_OK                                                                                    \
     "          common_tls_context:\n"                                                              \
@@ -1840,11 +1841,13 @@ static void test_tls_full(void)
         CHECK(t->trusted_ca.kind == SK_DS_ENV && strcmp(t->trusted_ca.data, "ROOT_CA") == 0);
         CHECK(t->require_client_cert && t->allow_expired);
         CHECK(t->session_timeout_ms == 300000);
-        CHECK(t->nalpn == 2 && strcmp(t->alpn[0], "h2") == 0 && strcmp(t->alpn[1], "http/1.1") == 0);
+        CHECK(t->nalpn == 2 && strcmp(t->alpn[0], "h2") == 0 &&
+              strcmp(t->alpn[1], "http/1.1") == 0);
         CHECK(t->min_version == 3 && t->max_version == 4);
         CHECK(t->cipher_suites &&
-              strcmp(t->cipher_suites, "ECDHE-ECDSA-AES128-GCM-SHA256:"
-                                       "[ECDHE-RSA-AES128-GCM-SHA256|ECDHE-RSA-CHACHA20-POLY1305]") == 0);
+              strcmp(t->cipher_suites,
+                     "ECDHE-ECDSA-AES128-GCM-SHA256:"
+                     "[ECDHE-RSA-AES128-GCM-SHA256|ECDHE-RSA-CHACHA20-POLY1305]") == 0);
         CHECK(t->ecdh_curves && strcmp(t->ecdh_curves, "X25519:P-256") == 0);
         CHECK(t->nsan == 4);
         if (t->nsan == 4) {
@@ -1873,7 +1876,7 @@ static void test_tls_full(void)
     sk_snapshot_unref(s);
 
     /* defaults; upstream without a CA is allowed (warned about); raw_buffer is plaintext */
-    static const char d[] = TLS_YAML(CERT_OK, "        {}\n");
+    static const char d[] = TLS_YAML(CERT_OK, "        sni: \"\"\n");
     s = LOAD_OK(d);
     if (s) {
         t = s->listeners[0].chains[0].tls;
@@ -1891,8 +1894,9 @@ static void test_tls_full(void)
         "    - filters: [{name: t, typed_config: {\"@type\": " TCP_TYPE
         ", stat_prefix: t, cluster: c0}}]\n"
         "      transport_socket: {name: raw, typed_config: {\"@type\": "
-        "type.googleapis.com/envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer}}\n"
-        CLUSTERS STATIC_CLUSTER("c0", "127.0.0.1", "80");
+        "type.googleapis.com/"
+        "envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer}}\n" CLUSTERS STATIC_CLUSTER(
+            "c0", "127.0.0.1", "80");
     s = LOAD_OK(raw);
     if (s) {
         CHECK(!s->listeners[0].chains[0].tls);
@@ -1931,11 +1935,12 @@ static void test_tls_sds(void)
         sk_snapshot_unref(s);
     }
     static const char no_ads[] = TLS_YAML(SDS_CTX, SDS_UP);
-    EXPECT_ERR_AT(no_ads, TS0 ".common_tls_context.tls_certificate_sds_secret_configs[0]",
-                  "SDS requires xDS", NULL, "name: default");
-    EXPECT_ERR(no_ads,
-               TS0 ".common_tls_context.combined_validation_context.validation_context_sds_secret_config",
+    EXPECT_ERR(no_ads, TS0 ".common_tls_context.tls_certificate_sds_secret_configs[0]",
                "SDS requires xDS");
+    EXPECT_ERR(
+        no_ads,
+        TS0 ".common_tls_context.combined_validation_context.validation_context_sds_secret_config",
+        "SDS requires xDS");
     EXPECT_ERR(no_ads, CTS0 ".common_tls_context.validation_context_sds_secret_config",
                "SDS requires xDS");
     EXPECT_ERR(no_ads, CTS0 ".common_tls_context.tls_certificate_sds_secret_configs[0]",
@@ -1944,35 +1949,37 @@ static void test_tls_sds(void)
 
 static void test_tls_errors(void)
 {
-    static const char two[] = TLS_YAML(
-        "          common_tls_context:\n"
-        "            tls_certificates:\n"
-        "            - {certificate_chain: {filename: /a}, private_key: {filename: /b}}\n"
-        "            - {certificate_chain: {filename: /c}, private_key: {filename: /d}}\n",
-        UP_OK);
+    static const char two[] =
+        TLS_YAML("          common_tls_context:\n"
+                 "            tls_certificates:\n"
+                 "            - {certificate_chain: {filename: /a}, private_key: {filename: /b}}\n"
+                 "            - {certificate_chain: {filename: /c}, private_key: {filename: /d}}\n",
+                 UP_OK);
     EXPECT_ERR_AT(two, TS0 ".common_tls_context.tls_certificates", "only one certificate supported",
                   NULL, "tls_certificates:");
-    static const char old[] = TLS_YAML(
-        CERT_OK "            tls_params: {tls_minimum_protocol_version: TLSv1_0}\n",
-        "        common_tls_context:\n"
-        "          tls_params: {tls_maximum_protocol_version: TLSv1_1}\n");
+    static const char old[] =
+        TLS_YAML(CERT_OK "            tls_params: {tls_minimum_protocol_version: TLSv1_0}\n",
+                 "        common_tls_context:\n"
+                 "          tls_params: {tls_maximum_protocol_version: TLSv1_1}\n");
     EXPECT_ERR_AT(old, TS0 ".common_tls_context.tls_params.tls_minimum_protocol_version",
                   "TLS < 1.2 not supported", NULL, "tls_minimum_protocol_version: TLSv1_0");
     EXPECT_ERR(old, CTS0 ".common_tls_context.tls_params.tls_maximum_protocol_version",
                "TLS < 1.2 not supported");
-    static const char inverted[] = TLS_YAML(
-        CERT_OK "            tls_params: {tls_minimum_protocol_version: TLSv1_3, "
-                "tls_maximum_protocol_version: TLSv1_2}\n",
-        UP_OK);
+    static const char inverted[] =
+        TLS_YAML(CERT_OK "            tls_params: {tls_minimum_protocol_version: TLSv1_3, "
+                         "tls_maximum_protocol_version: TLSv1_2}\n",
+                 UP_OK);
     EXPECT_ERR(inverted, TS0 ".common_tls_context.tls_params.tls_minimum_protocol_version",
                "above tls_maximum_protocol_version");
     static const char vc[] = TLS_YAML(
-        CERT_OK "            validation_context:\n"
-                "              trusted_ca: {filename: /ca}\n"
-                "              verify_certificate_spki: [NvqYIYSbgK2vCJpQhObf77vv+bQWtc5ek5RIOwPiC9A=]\n"
-                "              verify_certificate_hash: [df6ff72fe9116521268f6f2dd4966f51df479883fe7037b39f75916ac3049d1a]\n"
-                "              crl: {filename: /crl}\n"
-                "              custom_validator_config: {name: envoy.tls.cert_validator.spiffe}\n",
+        CERT_OK
+        "            validation_context:\n"
+        "              trusted_ca: {filename: /ca}\n"
+        "              verify_certificate_spki: [NvqYIYSbgK2vCJpQhObf77vv+bQWtc5ek5RIOwPiC9A=]\n"
+        "              verify_certificate_hash: "
+        "[df6ff72fe9116521268f6f2dd4966f51df479883fe7037b39f75916ac3049d1a]\n"
+        "              crl: {filename: /crl}\n"
+        "              custom_validator_config: {name: envoy.tls.cert_validator.spiffe}\n",
         "        common_tls_context:\n"
         "          validation_context:\n"
         "            match_typed_subject_alt_names: [{san_type: URI, matcher: {exact: x}}]\n");
@@ -1988,16 +1995,16 @@ static void test_tls_errors(void)
     EXPECT_ERR(vc, path, "custom_validator_config is not supported");
     /* SAN matchers without a CA are refused (Envoy too) */
     EXPECT_ERR(vc, CTS0 ".common_tls_context.validation_context", "without trusted_ca");
-    static const char san[] = TLS_YAML(
-        CERT_OK "            validation_context:\n"
-                "              trusted_ca: {filename: /ca}\n"
-                "              match_typed_subject_alt_names:\n"
-                "              - {matcher: {exact: x}}\n"
-                "              - {san_type: DNS}\n"
-                "              - {san_type: URI, matcher: {prefix: \"\"}}\n"
-                "              - {san_type: URI, matcher: {safe_regex: {regex: \".*\"}}}\n"
-                "              - {san_type: OTHER_NAME, matcher: {exact: x}}\n",
-        UP_OK);
+    static const char san[] =
+        TLS_YAML(CERT_OK "            validation_context:\n"
+                         "              trusted_ca: {filename: /ca}\n"
+                         "              match_typed_subject_alt_names:\n"
+                         "              - {matcher: {exact: x}}\n"
+                         "              - {san_type: DNS}\n"
+                         "              - {san_type: URI, matcher: {prefix: \"\"}}\n"
+                         "              - {san_type: URI, matcher: {safe_regex: {regex: \".*\"}}}\n"
+                         "              - {san_type: OTHER_NAME, matcher: {exact: x}}\n",
+                 UP_OK);
     const char *sp = TS0 ".common_tls_context.validation_context.match_typed_subject_alt_names";
     snprintf(path, sizeof(path), "%s[0].san_type", sp);
     EXPECT_ERR(san, path, "san_type is required");
@@ -2009,16 +2016,18 @@ static void test_tls_errors(void)
     EXPECT_ERR(san, path, "regex SAN matching is not supported");
     snprintf(path, sizeof(path), "%s[4].san_type", sp);
     EXPECT_ERR(san, path, "OTHER_NAME is not supported");
-    static const char ds[] = TLS_YAML(
-        "          common_tls_context:\n"
-        "            tls_certificates:\n"
-        "            - certificate_chain: {filename: \"\"}\n"
-        "              private_key: {environment_variable: \"\"}\n"
-        "              password: {inline_string: secret}\n",
-        "        common_tls_context:\n"
-        "          tls_certificates: [{certificate_chain: {filename: /c}}]\n");
-    EXPECT_ERR(ds, TS0 ".common_tls_context.tls_certificates[0].certificate_chain",
-               "one of filename, inline_bytes");
+    static const char ds[] =
+        TLS_YAML("          common_tls_context:\n"
+                 "            tls_certificates:\n"
+                 "            - certificate_chain: {filename: \"\"}\n"
+                 "              private_key: {environment_variable: \"\"}\n"
+                 "              password: {inline_string: secret}\n",
+                 "        common_tls_context:\n"
+                 "          tls_certificates: [{certificate_chain: {filename: /c}}]\n");
+    EXPECT_ERR(ds, TS0 ".common_tls_context.tls_certificates[0].certificate_chain.filename",
+               "filename must not be empty");
+    EXPECT_ERR(ds, TS0 ".common_tls_context.tls_certificates[0].private_key.environment_variable",
+               "environment_variable must not be empty");
     EXPECT_ERR(ds, TS0 ".common_tls_context.tls_certificates[0].password",
                "password is not supported");
     EXPECT_ERR(ds, CTS0 ".common_tls_context.tls_certificates[0].private_key",
@@ -2049,9 +2058,10 @@ static void test_tls_errors(void)
         "    filter_chains:\n"
         "    - filters: [{name: t, typed_config: {\"@type\": " TCP_TYPE
         ", stat_prefix: t, cluster: c0}}]\n"
-        "      transport_socket: {name: tls, typed_config: {\"@type\": " UP_TYPE "}}\n"
-        CLUSTERS STATIC_CLUSTER("c0", "127.0.0.1", "80")
-        "    transport_socket: {name: tls, typed_config: {\"@type\": " DOWN_TYPE "}}\n";
+        "      transport_socket: {name: tls, typed_config: {\"@type\": " UP_TYPE
+        "}}\n" CLUSTERS STATIC_CLUSTER(
+            "c0", "127.0.0.1",
+            "80") "    transport_socket: {name: tls, typed_config: {\"@type\": " DOWN_TYPE "}}\n";
     EXPECT_ERR(swapped, TS0, "use DownstreamTlsContext");
     EXPECT_ERR(swapped, CTS0, "use UpstreamTlsContext");
     /* a missing file is fine at translate time (rotation may create it) */
