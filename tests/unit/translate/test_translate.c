@@ -944,7 +944,7 @@ static void test_hcm_errors(void)
         "          common_http_protocol_options: {max_connection_duration: 5s, idle_timeout: "
         "-1s}\n" SIMPLE_ROUTES("c")) CLUSTERS STATIC_CLUSTER("c", "127.0.0.1", "80");
     EXPECT_ERR_AT(unsup, HCM0 ".via", "via is not supported by skiff", NULL, "via: proxy");
-    EXPECT_ERR(unsup, HCM0 ".forward_client_cert_details", "is not supported by skiff");
+    /* forward_client_cert_details is supported now: APPEND_FORWARD is accepted */
     EXPECT_ERR(unsup, HCM0 ".common_http_protocol_options.max_connection_duration",
                "max_connection_duration is not supported by skiff");
 }
