@@ -179,6 +179,8 @@ struct sk_route {
     size_t direct_body_len;
 
     struct sk_hdr_ops hdrs_req, hdrs_resp;
+    struct sk_filter_override *filter_overrides; /* route's, then the vhost's merged in */
+    size_t nfilter_overrides;
 };
 
 struct sk_vhost {
@@ -296,6 +298,14 @@ struct sk_http_filter_cfg {
     char *name;
     char *type_url; /* dispatch key */
     void *config;   /* filter-specific, built by the filter's translate hook */
+    bool disabled;  /* HttpFilter.disabled: off unless a route enables it */
+};
+
+/* typed_per_filter_config entry (route or virtual host), by filter name */
+struct sk_filter_override {
+    char *name;
+    void *config;   /* the filter's own config type; NULL with disabled */
+    bool disabled;  /* FilterConfig.disabled */
 };
 
 struct sk_tcp_proxy {

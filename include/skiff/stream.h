@@ -17,6 +17,7 @@
 
 #include "skiff/arena.h"
 #include "skiff/buf.h"
+#include "skiff/filter.h"
 #include "skiff/model.h"
 
 struct sk_worker;
@@ -161,6 +162,13 @@ struct sk_stream {
     uint32_t ntried;
     int64_t try_start_ms;
     uint64_t hash;            /* route hash_policy result, 0 = none */
+
+    /* HTTP filter chain (before the router) */
+    struct sk_filter_slot filters[SK_MAX_HTTP_FILTERS];
+    uint8_t nfilters;
+    uint8_t next_filter;
+    bool filters_done;
+    bool fault_injected; /* a fault filter acted on this stream (flags DI/FI) */
 
     /* response */
     int status;

@@ -709,6 +709,12 @@ static bool dispatch(struct sk_stream *st)
         return false;
     }
     write_body_copy(st);
+    if (!st->retries_left && st->body_copy.cap) {
+        /* held only for a filter, not for retries: no need to keep copying */
+        sk_buf_free(&st->body_copy);
+        st->body_copy.cap = 0;
+        st->body_copy_ok = false;
+    }
     if (st->req_end)
         write_request_end(st);
     if (rp && rp->per_try_timeout_ms && rp->per_try_timeout_ms != SK_DUR_NONE) {
@@ -810,7 +816,7 @@ static bool start_upstream(struct sk_stream *st)
     const struct sk_retry_policy *rp = st->route->retry;
     if (rp && rp->num_retries && !st->upgrade) {
         st->retries_left = rp->num_retries;
-        if (st->req_body_kind != SK_H1_BODY_NONE) {
+        if (st->req_body_kind != SK_H1_BODY_NONE && !st->body_copy.cap) {
             uint64_t lim = st->route->per_request_buffer_limit_bytes
                                ? st->route->per_request_buffer_limit_bytes
                                : (1u << 20);
@@ -822,6 +828,59 @@ static bool start_upstream(struct sk_stream *st)
         st->route->nhash_policy)
         st->hash = route_hash(st);
     return dispatch(st);
+}
+
+static void route_act(struct sk_stream *st);
+
+/* The HCM's filters with the route's overrides applied. */
+static void setup_filters(struct sk_stream *st)
+{
+    const struct sk_hcm *hcm = st->hcm;
+    st->nfilters = 0;
+    st->next_filter = 0;
+    for (size_t i = 0; i < hcm->nfilters && st->nfilters < SK_MAX_HTTP_FILTERS; i++) {
+        const struct sk_http_filter_cfg *f = &hcm->filters[i];
+        const void *cfg = f->config;
+        bool disabled = f->disabled;
+        for (size_t k = 0; st->route && k < st->route->nfilter_overrides; k++) {
+            const struct sk_filter_override *o = &st->route->filter_overrides[k];
+            if (f->name && o->name && strcmp(f->name, o->name) == 0) {
+                disabled = o->disabled;
+                if (o->config)
+                    cfg = o->config;
+                break;
+            }
+        }
+        if (disabled)
+            continue;
+        const char *tn = f->type_url ? strrchr(f->type_url, '/') : NULL;
+        const struct sk_http_filter_vt *vt = sk_filter_lookup(tn ? tn + 1 : (f->type_url ? f->type_url : ""));
+        if (!vt || !cfg)
+            continue;
+        st->filters[st->nfilters++] = (struct sk_filter_slot){vt, cfg, NULL};
+    }
+}
+
+static void run_filters(struct sk_stream *st)
+{
+    while (st->next_filter < st->nfilters) {
+        struct sk_filter_slot *fs = &st->filters[st->next_filter++];
+        if (!fs->vt->on_request)
+            continue;
+        if (fs->vt->on_request(st, fs) == SK_FILTER_STOP)
+            return; /* answered, or resumes later via sk_stream_continue */
+        if (st->resp_started || st->state == SK_ST_S_DONE)
+            return;
+    }
+    st->filters_done = true;
+    route_act(st);
+}
+
+void sk_stream_continue(struct sk_stream *st)
+{
+    if (st->resp_started || st->state == SK_ST_S_DONE || st->filters_done)
+        return;
+    run_filters(st);
 }
 
 /* x-forwarded-client-cert per the HCM's forward_client_cert_details (Envoy's
@@ -928,6 +987,15 @@ void sk_stream_headers(struct sk_stream *st)
     }
     st->route = r;
     st->vhost = vh;
+    setup_filters(st);
+    run_filters(st);
+}
+
+/* After the filters: act on the route. */
+static void route_act(struct sk_stream *st)
+{
+    struct sk_worker *w = st->w;
+    const struct sk_route *r = st->route;
     if (r->action == SK_ROUTE_DIRECT) {
         sk_stat_add(&w->stats, SK_ST_rq_direct_response, 1);
         st->cause = SK_TERM_DIRECT_RESPONSE;
@@ -973,6 +1041,22 @@ static int frame_data(struct sk_stream *st, const char *p, size_t n)
 
 void sk_stream_data(struct sk_stream *st, const char *p, size_t n)
 {
+    if (st->state == SK_ST_S_HEADERS && st->route && !st->filters_done) {
+        /* a filter holds the request (e.g. a delay): keep the body */
+        if (!st->body_copy.cap) {
+            uint64_t lim = st->route->per_request_buffer_limit_bytes
+                               ? st->route->per_request_buffer_limit_bytes
+                               : (1u << 20);
+            sk_buf_init(&st->body_copy, (size_t)lim);
+            st->body_copy_ok = true;
+        }
+        if (!st->body_copy_ok || sk_buf_append(&st->body_copy, p, n) < 0) {
+            st->body_copy_ok = false;
+            sk_stream_local_reply(st, SK_TERM_OVERFLOW, 413,
+                                  "request body over the buffer limit while held by a filter");
+        }
+        return;
+    }
     if (st->state == SK_ST_S_RESPONDING && st->up) {
         /* full duplex (gRPC bidi / client streaming): the response started
          * before the request ended; keep relaying the body (no retry now) */

@@ -241,6 +241,10 @@ void sk_stream_cleanup(struct sk_stream *st)
     }
     st->holds_rq_slot = st->holds_retry_slot = st->holds_pending_slot = false;
     st->crt = NULL;
+    for (uint8_t i = 0; i < st->nfilters; i++)
+        if (st->filters[i].vt && st->filters[i].vt->on_destroy)
+            st->filters[i].vt->on_destroy(st, &st->filters[i]);
+    st->nfilters = 0;
     ev_timer_stop(st->w->loop, &st->timeout);
     ev_timer_stop(st->w->loop, &st->retry_timer);
     ev_timer_stop(st->w->loop, &st->try_timer);
