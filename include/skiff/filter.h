@@ -42,6 +42,11 @@ struct sk_http_filter_vt {
 /* NULL if no runtime filter has that type (translate rejects those). */
 const struct sk_http_filter_vt *sk_filter_lookup(const char *type_name);
 
+/* The filters' counters for /stats: "name: value" lines, or Prometheus
+ * exposition (admin thread; the counters are atomics). */
+struct sk_buf;
+void sk_filters_stats(struct sk_buf *out, bool prometheus);
+
 /* Resume the filter chain after a filter returned SK_FILTER_STOP. */
 void sk_stream_continue(struct sk_stream *st);
 

@@ -255,6 +255,89 @@ struct sk_tls_cfg {
 
 enum sk_codec_type { SK_CODEC_AUTO = 0, SK_CODEC_HTTP1 = 1, SK_CODEC_HTTP2 = 2 };
 
+/* ---- access logs ---------------------------------------------------------- */
+
+/* One piece of a format string: literal text or a %COMMAND(arg):len% operator. */
+enum sk_al_op {
+    SK_AL_LITERAL = 0,
+    SK_AL_START_TIME,
+    SK_AL_REQ,         /* arg: header name (":method", ":path", ":authority", "x-..."), alt */
+    SK_AL_RESP,
+    SK_AL_TRAILER,
+    SK_AL_PROTOCOL,
+    SK_AL_RESPONSE_CODE,
+    SK_AL_RESPONSE_FLAGS,
+    SK_AL_RESPONSE_CODE_DETAILS,
+    SK_AL_BYTES_RECEIVED,
+    SK_AL_BYTES_SENT,
+    SK_AL_DURATION,
+    SK_AL_RESPONSE_DURATION,   /* ms to the first response byte from upstream */
+    SK_AL_UPSTREAM_HOST,
+    SK_AL_UPSTREAM_CLUSTER,
+    SK_AL_UPSTREAM_REQUEST_ATTEMPT_COUNT,
+    SK_AL_DOWNSTREAM_REMOTE_ADDRESS,
+    SK_AL_DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT,
+    SK_AL_DOWNSTREAM_LOCAL_ADDRESS,
+    SK_AL_DOWNSTREAM_PEER_URI_SAN,
+    SK_AL_DOWNSTREAM_TLS_VERSION,
+    SK_AL_REQUESTED_SERVER_NAME,
+    SK_AL_ROUTE_NAME,
+    SK_AL_CONNECTION_ID,
+    SK_AL_STREAM_ID,
+    SK_AL_GRPC_STATUS,
+    SK_AL_HOSTNAME,
+    SK_AL_TRACE_ID,            /* W3C trace id of the request, if any */
+};
+
+struct sk_al_piece {
+    int op;           /* enum sk_al_op */
+    char *text;       /* literal text, or the operator's argument (lower-cased header) */
+    size_t text_len;
+    char *alt;        /* REQ(a?b): fallback header */
+    size_t max_len;   /* :N truncation, 0 = none */
+};
+
+struct sk_al_format {
+    bool json;               /* json_format: one object per line */
+    struct sk_al_piece *pieces; /* text: the whole line */
+    size_t npieces;
+    char **json_keys;        /* json: key -> format (values are formats too) */
+    struct sk_al_format *json_vals;
+    size_t njson;
+    bool omit_empty;
+};
+
+enum sk_alf_kind {
+    SK_ALF_STATUS = 1, SK_ALF_DURATION, SK_ALF_NOT_HEALTH_CHECK, SK_ALF_RUNTIME, SK_ALF_AND,
+    SK_ALF_OR, SK_ALF_HEADER, SK_ALF_FLAGS,
+};
+
+struct sk_al_filter {
+    int kind;          /* enum sk_alf_kind */
+    int op;            /* EQ GE LE NE */
+    uint64_t value;
+    uint32_t sample_per_million; /* runtime_filter percent_sampled */
+    struct sk_header_match hm;
+    char **flags;
+    size_t nflags;
+    struct sk_al_filter *sub;
+    size_t nsub;
+};
+
+enum sk_al_sink { SK_AL_SINK_FILE = 1, SK_AL_SINK_STDOUT = 2, SK_AL_SINK_STDERR = 3 };
+
+struct sk_access_log {
+    int sink;          /* enum sk_al_sink */
+    char *path;        /* SK_AL_SINK_FILE */
+    struct sk_al_format fmt;
+    struct sk_al_filter *filter; /* NULL = every request */
+};
+
+/* Parse an Envoy format string into pieces (arena-allocated). Returns 0 or
+ * -1 with a message in err (unknown %COMMAND%, bad syntax). */
+int sk_al_parse_format(struct sk_arena *a, const char *fmt, size_t len, struct sk_al_format *out,
+                       char *err, size_t errlen);
+
 struct sk_hcm { /* HttpConnectionManager */
     char *stat_prefix;
     int codec_type;                /* enum sk_codec_type */
@@ -289,6 +372,8 @@ struct sk_hcm { /* HttpConnectionManager */
     uint32_t h2_initial_stream_window_size;    /* default 268435456 */
     uint32_t h2_initial_connection_window_size; /* default 268435456 */
     uint32_t h2_hpack_table_size;              /* default 4096 */
+    struct sk_access_log *access_logs; /* HCM access_log */
+    size_t naccess_logs;
     /* http_filters other than the router, in order (fault etc. later issues) */
     struct sk_http_filter_cfg *filters;
     size_t nfilters;

@@ -44,6 +44,8 @@
     X(rq_direct_response)                                                                          \
     X(tcp_bytes_rx)                                                                                \
     X(tcp_bytes_tx)                                                                                \
+    X(access_log_written)                                                                          \
+    X(access_log_dropped)                                                                          \
     X(config_reload_ok)                                                                            \
     X(config_reload_rejected)
 

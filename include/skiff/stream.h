@@ -44,6 +44,7 @@ enum sk_term {
     SK_TERM_STREAM_IDLE,      /* SI  408/504 stream idle timeout */
     SK_TERM_DRAINING,         /* --  503 listener draining */
     SK_TERM_RETRY_LIMIT,      /* URX 503/502 retries exhausted (last attempt's cause) */
+    SK_TERM_RBAC_DENIED,      /* RBAC 403 denied by the RBAC filter */
     SK_TERM__COUNT
 };
 
@@ -169,6 +170,8 @@ struct sk_stream {
     uint8_t next_filter;
     bool filters_done;
     bool fault_injected; /* a fault filter acted on this stream (flags DI/FI) */
+    bool fault_delayed;  /* a fault delay was injected (DI); the request then went on */
+    uint8_t local_grpc_code; /* > 0: a gRPC local reply carries grpc-status (this - 1) */
 
     /* response */
     int status;
@@ -176,7 +179,20 @@ struct sk_stream {
     bool resp_chunked_up;
     bool resp_head_req; /* HEAD: no body downstream */
     uint64_t bytes_rx, bytes_tx;
+    /* response body paced by a filter's on_response_data (fault rate limit):
+     * bytes not yet allowed wait here; pace_timer retries after pace_wait_ms */
+    struct sk_buf resp_hold;
+    ev_timer pace_timer;
+    uint32_t pace_wait_ms;     /* set by the pacing filter when it holds bytes back */
+    bool pace_trailers, pace_end; /* upstream trailers / end arrived while bytes were held */
+    struct sk_hdrs pace_trl;
 
+    /* for the access log */
+    struct sk_hdrs resp_hdrs;  /* response head as sent downstream */
+    double t_first_byte;       /* ev_now when the upstream response head arrived */
+    char upstream_host[64];    /* last attempt's host */
+    uint16_t peer_port;
+    bool logged;               /* access log written */
     ev_timer timeout; /* route timeout */
     uint64_t eff_timeout_ms; /* what `timeout` was started with (route or grpc-timeout) */
     double t_start;
@@ -208,5 +224,8 @@ void sk_stream_cleanup(struct sk_stream *st);
 const struct sk_vhost *sk_route_vhost(const struct sk_route_config *rc, const char *host,
                                       size_t len);
 const struct sk_route *sk_route_match(const struct sk_vhost *vh, const struct sk_stream *st);
+/* All n HeaderMatchers match the request (route semantics; for filters). */
+bool sk_stream_headers_match(const struct sk_stream *st, const struct sk_header_match *hm,
+                             size_t n);
 
 #endif

@@ -77,6 +77,7 @@ struct sk_worker {
     uint32_t rng; /* xorshift state for LB / weights */
     uint64_t next_conn_id;
     struct sk_stats stats;
+    void *al_writers; /* access log sinks of this worker (accesslog.c) */
     /* scratch for request ids etc. */
     char date_str[40];
 };

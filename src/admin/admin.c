@@ -11,6 +11,7 @@
 
 #include "skiff/buf.h"
 #include "skiff/err.h"
+#include "skiff/filter.h"
 #include "skiff/hoststate.h"
 #include "skiff/http1.h"
 #include "skiff/log.h"
@@ -198,6 +199,7 @@ static void stats_body(struct sk_buf *b, bool prom)
     }
     sk_cstate_foreach(cluster_counters, &d);
     sk_tls_stats(b, prom);
+    sk_filters_stats(b, prom);
 }
 
 static void handle(struct admin_conn *c, const struct sk_h1_msg *m)

@@ -717,10 +717,13 @@ static int start_stream(struct h1s *c, const struct sk_h1_msg *m, size_t head_le
     st->req_flags = m->flags;
     st->req_body_kind = m->body_kind;
     st->req_content_length = m->content_length;
-    if (c->peer.v4.sin_family == AF_INET6)
+    if (c->peer.v4.sin_family == AF_INET6) {
         inet_ntop(AF_INET6, &c->peer.v6.sin6_addr, st->peer_ip, sizeof(st->peer_ip));
-    else
+        st->peer_port = ntohs(c->peer.v6.sin6_port);
+    } else {
         inet_ntop(AF_INET, &c->peer.v4.sin_addr, st->peer_ip, sizeof(st->peer_ip));
+        st->peer_port = ntohs(c->peer.v4.sin_port);
+    }
     c->st = st;
     c->minor0 = m->minor_version == 0;
     c->keepalive = (m->flags & SK_H1_F_KEEPALIVE) != 0;

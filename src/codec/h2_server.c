@@ -118,6 +118,7 @@ struct h2c {
     uint64_t id;
     uint32_t swin; /* our SETTINGS_INITIAL_WINDOW_SIZE: bounds what a stream holds */
     char peer_ip[48];
+    uint16_t peer_port;
     bool closed;
     bool write_blocked;
     bool flush_queued;
@@ -871,6 +872,8 @@ static int on_begin_headers(nghttp2_session *ng, const nghttp2_frame *f, void *u
     st->t_start = ev_now(w->loop);
     st->scheme = c->tp.ssl ? "https" : "http"; /* the transport, not the client's claim */
     memcpy(st->peer_ip, c->peer_ip, sizeof(st->peer_ip));
+    st->peer_port = c->peer_port;
+    st->downstream_h2 = true;
     sk_buf_init(&s->qbody, (size_t)c->swin + 16384);
     s->next = c->streams;
     if (c->streams)
@@ -1238,12 +1241,15 @@ void sk_h2_accept(struct sk_worker *w, const struct sk_listener *l,
     c->l = l;
     c->fc = fc;
     c->id = ++w->next_conn_id;
-    if (peer->ss.ss_family == AF_INET6)
+    if (peer->ss.ss_family == AF_INET6) {
         inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)&peer->ss)->sin6_addr, c->peer_ip,
                   sizeof(c->peer_ip));
-    else
+        c->peer_port = ntohs(((const struct sockaddr_in6 *)&peer->ss)->sin6_port);
+    } else {
         inet_ntop(AF_INET, &((const struct sockaddr_in *)&peer->ss)->sin_addr, c->peer_ip,
                   sizeof(c->peer_ip));
+        c->peer_port = ntohs(((const struct sockaddr_in *)&peer->ss)->sin_port);
+    }
     sk_buf_init(&c->out, H2_OUT_CAP);
     c->base.w = w;
 

@@ -26,6 +26,9 @@
 #include "skiff/err.h"
 #include "skiff/log.h"
 
+#include "envoy.config.accesslog.v3.pb-c.h"
+#include "envoy.extensions.access_loggers.file.v3.pb-c.h"
+#include "envoy.extensions.access_loggers.stream.v3.pb-c.h"
 #include "envoy.config.bootstrap.v3.pb-c.h"
 #include "envoy.config.cluster.v3.pb-c.h"
 #include "envoy.config.core.v3.pb-c.h"
@@ -1386,6 +1389,259 @@ static void hcm_protocol_options(struct tr *t, const PbHttpProtocolOptions *p, s
     pop(t, o);
 }
 
+/* ---- access logs (HCM access_log) -------------------------------------------------- */
+
+typedef Envoy__Config__Accesslog__V3__AccessLog PbAccessLog;
+typedef Envoy__Config__Accesslog__V3__AccessLogFilter PbAlFilter;
+typedef Envoy__Config__Core__V3__SubstitutionFormatString PbSubstFmt;
+
+/* Envoy's default access log format (text). */
+static const char al_default_format[] =
+    "[%START_TIME%] \"%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%\" "
+    "%RESPONSE_CODE% %RESPONSE_FLAGS% %BYTES_RECEIVED% %BYTES_SENT% %DURATION% "
+    "%RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)% \"%REQ(X-FORWARDED-FOR)%\" \"%REQ(USER-AGENT)%\" "
+    "\"%REQ(X-REQUEST-ID)%\" \"%REQ(:AUTHORITY)%\" \"%UPSTREAM_HOST%\"\n";
+
+static void al_text(struct tr *t, const char *field, const char *fmt, size_t len,
+                    struct sk_al_format *out)
+{
+    char e[256];
+    if (sk_al_parse_format(t->a, fmt, len, out, e, sizeof(e)) < 0)
+        err(t, field, "%s", e);
+}
+
+static void al_json(struct tr *t, const char *field, const Google__Protobuf__Struct *js,
+                    struct sk_al_format *out)
+{
+    size_t o = pushf(t, field);
+    out->json = true;
+    out->njson = js->n_fields;
+    out->json_keys = alarr(t, js->n_fields, sizeof(char *));
+    out->json_vals = alarr(t, js->n_fields, sizeof(struct sk_al_format));
+    for (size_t i = 0; i < js->n_fields && out->json_keys && out->json_vals; i++) {
+        const Google__Protobuf__Struct__FieldsEntry *f = js->fields[i];
+        out->json_keys[i] = dup(t, f->key);
+        const Google__Protobuf__Value *v = f->value;
+        char num[64];
+        const char *txt = NULL;
+        if (v && v->kind_case == GOOGLE__PROTOBUF__VALUE__KIND_STRING_VALUE) {
+            txt = v->string_value;
+        } else if (v && v->kind_case == GOOGLE__PROTOBUF__VALUE__KIND_NUMBER_VALUE) {
+            snprintf(num, sizeof(num), "%g", v->number_value);
+            txt = num;
+        } else if (v && v->kind_case == GOOGLE__PROTOBUF__VALUE__KIND_BOOL_VALUE) {
+            txt = v->bool_value ? "true" : "false";
+        } else {
+            size_t ok = pushf(t, f->key);
+            err(t, NULL, "only string, number and bool values are supported in json_format");
+            pop(t, ok);
+            continue;
+        }
+        size_t ok = pushf(t, f->key);
+        al_text(t, NULL, txt, strlen(txt), &out->json_vals[i]);
+        pop(t, ok);
+    }
+    pop(t, o);
+}
+
+static void al_subst(struct tr *t, const PbSubstFmt *sf, struct sk_al_format *out)
+{
+    size_t o = pushf(t, "log_format");
+    out->omit_empty = sf->omit_empty_values;
+    switch (sf->format_case) {
+    case ENVOY__CONFIG__CORE__V3__SUBSTITUTION_FORMAT_STRING__FORMAT_TEXT_FORMAT:
+        al_text(t, "text_format", sf->text_format, strlen(sf->text_format), out);
+        break;
+    case ENVOY__CONFIG__CORE__V3__SUBSTITUTION_FORMAT_STRING__FORMAT_JSON_FORMAT:
+        al_json(t, "json_format", sf->json_format, out);
+        break;
+    case ENVOY__CONFIG__CORE__V3__SUBSTITUTION_FORMAT_STRING__FORMAT_TEXT_FORMAT_SOURCE: {
+        const Envoy__Config__Core__V3__DataSource *ds = sf->text_format_source;
+        if (ds->specifier_case == ENVOY__CONFIG__CORE__V3__DATA_SOURCE__SPECIFIER_INLINE_STRING)
+            al_text(t, "text_format_source", ds->inline_string, strlen(ds->inline_string), out);
+        else if (ds->specifier_case == ENVOY__CONFIG__CORE__V3__DATA_SOURCE__SPECIFIER_INLINE_BYTES)
+            al_text(t, "text_format_source", (const char *)ds->inline_bytes.data,
+                    ds->inline_bytes.len, out);
+        else
+            err(t, "text_format_source", "only inline_string / inline_bytes are supported");
+        break;
+    }
+    default:
+        al_text(t, NULL, al_default_format, sizeof(al_default_format) - 1, out);
+    }
+    pop(t, o);
+}
+
+static struct sk_al_filter *al_filter(struct tr *t, const PbAlFilter *f)
+{
+    struct sk_al_filter *m = al(t, sizeof(*m));
+    if (!m)
+        return NULL;
+    const Envoy__Config__Accesslog__V3__ComparisonFilter *cmp = NULL;
+    switch (f->filter_specifier_case) {
+    case ENVOY__CONFIG__ACCESSLOG__V3__ACCESS_LOG_FILTER__FILTER_SPECIFIER_STATUS_CODE_FILTER:
+        m->kind = SK_ALF_STATUS;
+        cmp = f->status_code_filter->comparison;
+        break;
+    case ENVOY__CONFIG__ACCESSLOG__V3__ACCESS_LOG_FILTER__FILTER_SPECIFIER_DURATION_FILTER:
+        m->kind = SK_ALF_DURATION;
+        cmp = f->duration_filter->comparison;
+        break;
+    case ENVOY__CONFIG__ACCESSLOG__V3__ACCESS_LOG_FILTER__FILTER_SPECIFIER_NOT_HEALTH_CHECK_FILTER:
+        m->kind = SK_ALF_NOT_HEALTH_CHECK;
+        break;
+    case ENVOY__CONFIG__ACCESSLOG__V3__ACCESS_LOG_FILTER__FILTER_SPECIFIER_RUNTIME_FILTER: {
+        m->kind = SK_ALF_RUNTIME;
+        const Envoy__Type__V3__FractionalPercent *fp = f->runtime_filter->percent_sampled;
+        uint64_t num = fp ? fp->numerator : 0;
+        uint64_t den = !fp ? 100 : fp->denominator == 1 ? 10000 : fp->denominator == 2 ? 1000000 : 100;
+        if (!fp) /* Envoy: the runtime key's default; with no runtime, 0% */
+            num = 0;
+        m->sample_per_million = (uint32_t)(num >= den ? 1000000 : num * 1000000 / den);
+        break;
+    }
+    case ENVOY__CONFIG__ACCESSLOG__V3__ACCESS_LOG_FILTER__FILTER_SPECIFIER_AND_FILTER:
+    case ENVOY__CONFIG__ACCESSLOG__V3__ACCESS_LOG_FILTER__FILTER_SPECIFIER_OR_FILTER: {
+        bool isand = f->filter_specifier_case ==
+                     ENVOY__CONFIG__ACCESSLOG__V3__ACCESS_LOG_FILTER__FILTER_SPECIFIER_AND_FILTER;
+        m->kind = isand ? SK_ALF_AND : SK_ALF_OR;
+        size_t n = isand ? f->and_filter->n_filters : f->or_filter->n_filters;
+        PbAlFilter **v = isand ? f->and_filter->filters : f->or_filter->filters;
+        size_t o = pushf(t, isand ? "and_filter" : "or_filter");
+        m->sub = alarr(t, n, sizeof(*m->sub));
+        m->nsub = m->sub ? n : 0;
+        for (size_t i = 0; i < m->nsub; i++) {
+            size_t oi = pushf(t, "filters");
+            pushi(t, i);
+            struct sk_al_filter *x = al_filter(t, v[i]);
+            if (x)
+                m->sub[i] = *x;
+            pop(t, oi);
+        }
+        pop(t, o);
+        break;
+    }
+    case ENVOY__CONFIG__ACCESSLOG__V3__ACCESS_LOG_FILTER__FILTER_SPECIFIER_HEADER_FILTER:
+        m->kind = SK_ALF_HEADER;
+        if (f->header_filter->header) {
+            size_t o = pushf(t, "header_filter");
+            size_t oh = pushf(t, "header");
+            header_matcher(t, f->header_filter->header, &m->hm);
+            pop(t, oh);
+            pop(t, o);
+        } else {
+            err(t, "header_filter", "header is required");
+        }
+        break;
+    case ENVOY__CONFIG__ACCESSLOG__V3__ACCESS_LOG_FILTER__FILTER_SPECIFIER_RESPONSE_FLAG_FILTER:
+        m->kind = SK_ALF_FLAGS;
+        m->nflags = f->response_flag_filter->n_flags;
+        m->flags = alarr(t, m->nflags, sizeof(char *));
+        for (size_t i = 0; m->flags && i < m->nflags; i++)
+            m->flags[i] = dup(t, f->response_flag_filter->flags[i]);
+        break;
+    default:
+        unsupported(t, "filter");
+        return NULL;
+    }
+    if (cmp) {
+        m->op = (int)cmp->op;
+        m->value = cmp->value ? cmp->value->default_value : 0;
+    }
+    return m;
+}
+
+static void access_logs(struct tr *t, size_t n, PbAccessLog **v, struct sk_hcm *m)
+{
+    if (!n)
+        return;
+    m->access_logs = alarr(t, n, sizeof(*m->access_logs));
+    if (!m->access_logs)
+        return;
+    for (size_t i = 0; i < n; i++) {
+        size_t o = pushf(t, "access_log");
+        pushi(t, i);
+        struct sk_access_log *l = &m->access_logs[m->naccess_logs];
+        const PbAccessLog *pl = v[i];
+        if (pl->filter) {
+            size_t of = pushf(t, "filter");
+            l->filter = al_filter(t, pl->filter);
+            pop(t, of);
+        }
+        size_t ot = pushf(t, "typed_config");
+        const PbAny *a = pl->typed_config;
+        bool ok = true;
+        if (!a && pl->name &&
+            (strcmp(pl->name, "envoy.access_loggers.stdout") == 0 ||
+             strcmp(pl->name, "envoy.access_loggers.stderr") == 0)) {
+            /* by name with no typed_config: the stream logger with its default format */
+            l->sink = strcmp(pl->name, "envoy.access_loggers.stdout") == 0 ? SK_AL_SINK_STDOUT
+                                                                          : SK_AL_SINK_STDERR;
+            al_text(t, NULL, al_default_format, sizeof(al_default_format) - 1, &l->fmt);
+        } else if (!any_ok(t, a)) {
+            ok = false;
+        } else if (is_type(a, &envoy__extensions__access_loggers__file__v3__file_access_log__descriptor)) {
+            Envoy__Extensions__AccessLoggers__File__V3__FileAccessLog *fl =
+                unpack(t, a, &envoy__extensions__access_loggers__file__v3__file_access_log__descriptor);
+            if (fl) {
+                l->sink = SK_AL_SINK_FILE;
+                if (empty(fl->path)) {
+                    err(t, "path", "path is required");
+                    ok = false;
+                } else if (strcmp(fl->path, "/dev/stdout") == 0) {
+                    l->sink = SK_AL_SINK_STDOUT;
+                } else if (strcmp(fl->path, "/dev/stderr") == 0) {
+                    l->sink = SK_AL_SINK_STDERR;
+                } else {
+                    l->path = dup(t, fl->path);
+                }
+                switch (fl->access_log_format_case) {
+                case ENVOY__EXTENSIONS__ACCESS_LOGGERS__FILE__V3__FILE_ACCESS_LOG__ACCESS_LOG_FORMAT_FORMAT:
+                    al_text(t, "format", fl->format, strlen(fl->format), &l->fmt);
+                    break;
+                case ENVOY__EXTENSIONS__ACCESS_LOGGERS__FILE__V3__FILE_ACCESS_LOG__ACCESS_LOG_FORMAT_JSON_FORMAT:
+                    al_json(t, "json_format", fl->json_format, &l->fmt);
+                    break;
+                case ENVOY__EXTENSIONS__ACCESS_LOGGERS__FILE__V3__FILE_ACCESS_LOG__ACCESS_LOG_FORMAT_TYPED_JSON_FORMAT:
+                    al_json(t, "typed_json_format", fl->typed_json_format, &l->fmt);
+                    break;
+                case ENVOY__EXTENSIONS__ACCESS_LOGGERS__FILE__V3__FILE_ACCESS_LOG__ACCESS_LOG_FORMAT_LOG_FORMAT:
+                    al_subst(t, fl->log_format, &l->fmt);
+                    break;
+                default:
+                    al_text(t, NULL, al_default_format, sizeof(al_default_format) - 1, &l->fmt);
+                }
+                unpacked_free(fl);
+            } else {
+                ok = false;
+            }
+        } else if (is_type(a, &envoy__extensions__access_loggers__stream__v3__stdout_access_log__descriptor) ||
+                   is_type(a, &envoy__extensions__access_loggers__stream__v3__stderr_access_log__descriptor)) {
+            bool out = is_type(a, &envoy__extensions__access_loggers__stream__v3__stdout_access_log__descriptor);
+            /* both messages have the same shape: log_format = 1 */
+            Envoy__Extensions__AccessLoggers__Stream__V3__StdoutAccessLog *sl = unpack(
+                t, a, &envoy__extensions__access_loggers__stream__v3__stdout_access_log__descriptor);
+            if (sl) {
+                l->sink = out ? SK_AL_SINK_STDOUT : SK_AL_SINK_STDERR;
+                if (sl->log_format)
+                    al_subst(t, sl->log_format, &l->fmt);
+                else
+                    al_text(t, NULL, al_default_format, sizeof(al_default_format) - 1, &l->fmt);
+                unpacked_free(sl);
+            } else {
+                ok = false;
+            }
+        } else {
+            err(t, NULL, "unsupported access logger type '%s'", any_type(a));
+            ok = false;
+        }
+        pop(t, ot);
+        if (ok)
+            m->naccess_logs++;
+        pop(t, o);
+    }
+}
+
 static struct sk_hcm *hcm(struct tr *t, const PbHcm *h)
 {
     struct sk_hcm *m = al(t, sizeof(*m));
@@ -1489,7 +1745,7 @@ static struct sk_hcm *hcm(struct tr *t, const PbHcm *h)
         dur(t, "request_headers_timeout", h->request_headers_timeout, SK_DUR_NONE, SK_DUR_NONE);
     m->drain_timeout_ms = dur(t, "drain_timeout", h->drain_timeout, 5000, SK_DUR_NONE);
     (void)dur(t, "delayed_close_timeout", h->delayed_close_timeout, 0, 0); /* validated, ignored */
-    /* access_log: accepted and ignored (access logging is not configurable yet) */
+    access_logs(t, h->n_access_log, h->access_log, m);
     m->use_remote_address = boolw(h->use_remote_address, false);
     m->xff_num_trusted_hops = h->xff_num_trusted_hops;
     if (h->skip_xff_append)

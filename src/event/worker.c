@@ -6,6 +6,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "skiff/accesslog.h"
 #include "skiff/log.h"
 #include "skiff/net.h"
 #include "skiff/upstream.h"
@@ -183,6 +184,7 @@ static void *worker_main(void *arg)
     sk_listeners_close_all(w);
     /* run the reap list once more so nothing queued is left, then pools */
     reap_cb(w->loop, &w->reap_w, 0);
+    sk_access_log_worker_close(w);
     sk_http_thread_cleanup();
     return NULL;
 }

@@ -152,6 +152,13 @@ static bool headers_match(const struct sk_route_match *m, const struct sk_stream
     return true;
 }
 
+bool sk_stream_headers_match(const struct sk_stream *st, const struct sk_header_match *hm,
+                             size_t n)
+{
+    struct sk_route_match m = {.headers = (struct sk_header_match *)hm, .nheaders = n};
+    return headers_match(&m, st);
+}
+
 const struct sk_route *sk_route_match(const struct sk_vhost *vh, const struct sk_stream *st)
 {
     size_t plen = st->path_len;
@@ -273,6 +280,7 @@ static void up_trailers(void *ctx, const struct sk_h1_header *h, size_t n);
 static void up_complete(void *ctx);
 static void up_error(void *ctx, int cause, const char *detail);
 static void up_drained(void *ctx);
+static void pace_timer_cb(struct ev_loop *loop, ev_timer *t, int revents);
 
 static const struct sk_upconn_cbs up_cbs = {
     up_connected, up_response, up_data, up_trailers, up_complete, up_error, up_drained,
@@ -358,18 +366,6 @@ static int encode_request_head(struct sk_stream *st)
     }
     if (!sk_hdrs_get(&h, "x-forwarded-proto", 17))
         sk_hdrs_add(&h, &st->arena, "x-forwarded-proto", 17, st->scheme, strlen(st->scheme));
-    if (st->hcm->generate_request_id && !sk_hdrs_get(&h, "x-request-id", 12)) {
-        /* UUIDv4 */
-        uint32_t r4[4];
-        for (int i = 0; i < 4; i++)
-            r4[i] = sk_worker_rand(st->w);
-        r4[1] = (r4[1] & 0xffff0fffu) | 0x00004000u;
-        r4[2] = (r4[2] & 0x3fffffffu) | 0x80000000u;
-        char id[40];
-        snprintf(id, sizeof(id), "%08x-%04x-%04x-%04x-%04x%08x", r4[0], r4[1] >> 16,
-                 r4[1] & 0xffff, r4[2] >> 16, r4[2] & 0xffff, r4[3]);
-        sk_hdrs_add(&h, &st->arena, "x-request-id", 12, id, 36);
-    }
     apply_all_ops(st, &h, true);
     if (r->include_attempt_count) {
         char ac[12];
@@ -658,6 +654,7 @@ static bool dispatch(struct sk_stream *st)
     }
     if (st->ntried < sizeof(st->tried) / sizeof(st->tried[0]))
         st->tried[st->ntried++] = h;
+    memcpy(st->upstream_host, h->addr_str, sizeof(st->upstream_host));
     sk_host_ref(h);
     h->active_rq++;
     if (h->hs)
@@ -666,10 +663,13 @@ static bool dispatch(struct sk_stream *st)
     st->try_start_ms = (cfg && cfg->lb_policy == SK_LB_PEAK_EWMA) ? sk_now_ms() : 0;
     /* a new connection is needed: connection and pending-request breakers */
     bool cx_reserved = false;
+    /* h2 multiplexes onto open connections: the h2 client applies the
+     * max_connections breaker itself, only when it opens a connection */
+    bool h2 = upstream_proto(st) == SK_UP_HTTP2;
     if (!h->idle && cs && cfg) {
         /* reserve before checking: two workers must not both take the last slot */
-        cx_reserved = true;
-        if (atomic_fetch_add(&cs->cx_active, 1) >= (int64_t)cfg->cb.max_connections) {
+        cx_reserved = !h2;
+        if (!h2 && atomic_fetch_add(&cs->cx_active, 1) >= (int64_t)cfg->cb.max_connections) {
             atomic_fetch_sub(&cs->cx_active, 1);
             cx_reserved = false;
             atomic_fetch_add(&cs->upstream_cx_overflow, 1);
@@ -679,7 +679,8 @@ static bool dispatch(struct sk_stream *st)
         }
         if (atomic_fetch_add(&cs->rq_pending, 1) >= (int64_t)cfg->cb.max_pending_requests) {
             atomic_fetch_sub(&cs->rq_pending, 1);
-            atomic_fetch_sub(&cs->cx_active, 1);
+            if (cx_reserved)
+                atomic_fetch_sub(&cs->cx_active, 1);
             cx_reserved = false;
             atomic_fetch_add(&cs->upstream_rq_pending_overflow, 1);
             release_host(st);
@@ -832,6 +833,29 @@ static bool start_upstream(struct sk_stream *st)
 
 static void route_act(struct sk_stream *st);
 
+/* The routed cluster (weighted: picked now), known to the filters before
+ * the router acts (fault upstream_cluster). */
+static void pick_cluster(struct sk_stream *st)
+{
+    const struct sk_route *r = st->route;
+    if (r->action == SK_ROUTE_WEIGHTED && r->nweighted) {
+        uint32_t pick = r->total_weight ? sk_worker_rand(st->w) % r->total_weight : 0;
+        const struct sk_cluster_weight *cw = &r->weighted[0];
+        for (size_t i = 0; i < r->nweighted; i++) {
+            if (pick < r->weighted[i].weight) {
+                cw = &r->weighted[i];
+                break;
+            }
+            pick -= r->weighted[i].weight;
+        }
+        st->cluster = cw->cluster;
+        st->cw_req = &cw->hdrs_req;
+        st->cw_resp = &cw->hdrs_resp;
+    } else if (r->action != SK_ROUTE_DIRECT) {
+        st->cluster = r->cluster;
+    }
+}
+
 /* The HCM's filters with the route's overrides applied. */
 static void setup_filters(struct sk_stream *st)
 {
@@ -957,6 +981,8 @@ void sk_stream_headers(struct sk_stream *st)
     st->retry_timer.data = st;
     ev_init(&st->try_timer, try_timer_cb);
     st->try_timer.data = st;
+    ev_init(&st->pace_timer, pace_timer_cb);
+    st->pace_timer.data = st;
     st->state = SK_ST_S_HEADERS;
     st->resp_head_req = (st->req_flags & SK_H1_F_HEAD) != 0;
 
@@ -976,6 +1002,18 @@ void sk_stream_headers(struct sk_stream *st)
         st->upgrade = true;
     }
     apply_xfcc(st);
+    if (st->hcm->generate_request_id && !sk_hdrs_get(&st->req, "x-request-id", 12)) {
+        /* UUIDv4, on the request itself: upstream, filters and the access log see it */
+        uint32_t r4[4];
+        for (int i = 0; i < 4; i++)
+            r4[i] = sk_worker_rand(st->w);
+        r4[1] = (r4[1] & 0xffff0fffu) | 0x00004000u;
+        r4[2] = (r4[2] & 0x3fffffffu) | 0x80000000u;
+        char id[40];
+        snprintf(id, sizeof(id), "%08x-%04x-%04x-%04x-%04x%08x", r4[0], r4[1] >> 16,
+                 r4[1] & 0xffff, r4[2] >> 16, r4[2] & 0xffff, r4[3]);
+        sk_hdrs_add(&st->req, &st->arena, "x-request-id", 12, id, 36);
+    }
     const struct sk_route_config *rc = st->hcm->routes;
     const struct sk_vhost *vh =
         sk_route_vhost(rc, st->authority ? st->authority : "", st->authority_len);
@@ -987,6 +1025,7 @@ void sk_stream_headers(struct sk_stream *st)
     }
     st->route = r;
     st->vhost = vh;
+    pick_cluster(st);
     setup_filters(st);
     run_filters(st);
 }
@@ -1005,27 +1044,13 @@ static void route_act(struct sk_stream *st)
             sk_hdrs_add(&h, &st->arena, "content-type", 12, "text/plain", 10);
         apply_all_ops(st, &h, false);
         st->resp_started = true;
+        st->resp_hdrs = h;
+        st->bytes_tx += st->resp_head_req ? 0 : r->direct_body_len;
         st->ops->send_head(st, st->status, &h, (int64_t)r->direct_body_len, st->resp_head_req);
         if (r->direct_body_len && !st->resp_head_req)
             st->ops->send_data(st, r->direct_body, r->direct_body_len);
         st->ops->send_end(st);
         return;
-    }
-    if (r->action == SK_ROUTE_WEIGHTED && r->nweighted) {
-        uint32_t pick = r->total_weight ? sk_worker_rand(w) % r->total_weight : 0;
-        const struct sk_cluster_weight *cw = &r->weighted[0];
-        for (size_t i = 0; i < r->nweighted; i++) {
-            if (pick < r->weighted[i].weight) {
-                cw = &r->weighted[i];
-                break;
-            }
-            pick -= r->weighted[i].weight;
-        }
-        st->cluster = cw->cluster;
-        st->cw_req = &cw->hdrs_req;
-        st->cw_resp = &cw->hdrs_resp;
-    } else {
-        st->cluster = r->cluster;
     }
     st->state = SK_ST_S_UPSTREAM;
     if (!start_upstream(st))
@@ -1041,6 +1066,7 @@ static int frame_data(struct sk_stream *st, const char *p, size_t n)
 
 void sk_stream_data(struct sk_stream *st, const char *p, size_t n)
 {
+    st->bytes_rx += n;
     if (st->state == SK_ST_S_HEADERS && st->route && !st->filters_done) {
         /* a filter holds the request (e.g. a delay): keep the body */
         if (!st->body_copy.cap) {
@@ -1176,12 +1202,13 @@ void sk_stream_abort(struct sk_stream *st, int cause)
     ev_timer_stop(st->w->loop, &st->timeout);
     ev_timer_stop(st->w->loop, &st->retry_timer);
     ev_timer_stop(st->w->loop, &st->try_timer);
+    ev_timer_stop(st->w->loop, &st->pace_timer);
     st->state = SK_ST_S_DONE;
 }
 
 void sk_stream_downstream_drained(struct sk_stream *st)
 {
-    if (st->up)
+    if (st->up && !sk_buf_used(&st->resp_hold))
         sk_up_pause_read(st->up, false);
 }
 
@@ -1297,6 +1324,8 @@ static void up_response(void *ctx, const struct sk_h1_msg *m)
     }
     st->status = m->status;
     st->resp_started = true;
+    st->resp_hdrs = h;
+    st->t_first_byte = ev_now(st->w->loop);
     st->state = SK_ST_S_RESPONDING;
     /* the body copy is no longer needed: no retry after response bytes */
     sk_buf_free(&st->body_copy);
@@ -1322,9 +1351,108 @@ static void up_response(void *ctx, const struct sk_h1_msg *m)
     }
 }
 
+/* ---- response pacing (a filter's on_response_data, e.g. the fault rate limit) ---- */
+
+static bool paced(const struct sk_stream *st)
+{
+    for (uint8_t i = 0; i < st->nfilters; i++)
+        if (st->filters[i].vt->on_response_data)
+            return true;
+    return false;
+}
+
+/* How many of n body bytes may go downstream now (the smallest allowance). */
+static size_t pace_allow(struct sk_stream *st, size_t n)
+{
+    st->pace_wait_ms = 0;
+    for (uint8_t i = 0; i < st->nfilters && n; i++) {
+        struct sk_filter_slot *fs = &st->filters[i];
+        if (fs->vt->on_response_data) {
+            size_t a = fs->vt->on_response_data(st, fs, n);
+            if (a < n)
+                n = a;
+        }
+    }
+    return n;
+}
+
+static void pace_arm(struct sk_stream *st)
+{
+    if (ev_is_active(&st->pace_timer))
+        return;
+    uint32_t ms = st->pace_wait_ms ? st->pace_wait_ms : 10;
+    ev_timer_set(&st->pace_timer, (double)ms / 1000.0, 0.);
+    ev_timer_start(st->w->loop, &st->pace_timer);
+}
+
+/* Body bytes while pacing: send what is allowed, hold the rest (in order)
+ * and stop reading upstream until the hold drains. */
+static void pace_data(struct sk_stream *st, const char *p, size_t n)
+{
+    if (!sk_buf_used(&st->resp_hold)) {
+        size_t a = pace_allow(st, n);
+        if (a) {
+            st->bytes_tx += a;
+            st->ops->send_data(st, p, a);
+        }
+        p += a;
+        n -= a;
+        if (!n) {
+            if (st->up && st->ops->congested(st))
+                sk_up_pause_read(st->up, true);
+            return;
+        }
+    }
+    if (!st->resp_hold.cap)
+        sk_buf_init(&st->resp_hold, 8u << 20);
+    if (sk_buf_append(&st->resp_hold, p, n) < 0) {
+        if (st->up) {
+            sk_up_abort(st->up);
+            st->up = NULL;
+        }
+        sk_stream_local_reply(st, SK_TERM_OVERFLOW, 0, "paced response buffer limit");
+        return;
+    }
+    if (st->up)
+        sk_up_pause_read(st->up, true);
+    pace_arm(st);
+}
+
+static void pace_timer_cb(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    struct sk_stream *st = t->data;
+    size_t held = sk_buf_used(&st->resp_hold);
+    size_t a = held ? pace_allow(st, held) : 0;
+    if (a) {
+        st->bytes_tx += a;
+        st->ops->send_data(st, sk_buf_rptr(&st->resp_hold), a);
+        sk_buf_consume(&st->resp_hold, a);
+    }
+    if (sk_buf_used(&st->resp_hold)) {
+        pace_arm(st);
+        return;
+    }
+    if (st->pace_trailers) {
+        st->pace_trailers = false;
+        st->ops->send_trailers(st, &st->pace_trl);
+    }
+    if (st->pace_end) {
+        st->pace_end = false;
+        st->state = SK_ST_S_DONE;
+        st->ops->send_end(st); /* last: the codec may finish the stream */
+        return;
+    }
+    if (st->up && !st->ops->congested(st))
+        sk_up_pause_read(st->up, false);
+}
+
 static void up_data(void *ctx, const char *p, size_t n)
 {
     struct sk_stream *st = ctx;
+    if (st->state == SK_ST_S_RESPONDING && paced(st)) {
+        pace_data(st, p, n);
+        return;
+    }
     st->bytes_tx += n;
     st->ops->send_data(st, p, n);
     if (st->up && st->ops->congested(st))
@@ -1337,6 +1465,11 @@ static void up_trailers(void *ctx, const struct sk_h1_header *hh, size_t n)
     struct sk_hdrs t = {0};
     for (size_t i = 0; i < n; i++)
         sk_hdrs_add(&t, &st->arena, hh[i].name, hh[i].name_len, hh[i].value, hh[i].value_len);
+    if (sk_buf_used(&st->resp_hold)) { /* after the paced body */
+        st->pace_trl = t;
+        st->pace_trailers = true;
+        return;
+    }
     st->ops->send_trailers(st, &t);
 }
 
@@ -1351,8 +1484,12 @@ static void up_complete(void *ctx)
         else
             sk_up_abort(u); /* request still streaming: connection unusable */
     }
-    st->state = SK_ST_S_DONE;
     ev_timer_stop(st->w->loop, &st->timeout);
+    if (sk_buf_used(&st->resp_hold)) { /* the pace timer ends it */
+        st->pace_end = true;
+        return;
+    }
+    st->state = SK_ST_S_DONE;
     st->ops->send_end(st);
 }
 

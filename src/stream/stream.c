@@ -5,6 +5,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "skiff/accesslog.h"
 #include "skiff/err.h"
 #include "skiff/hoststate.h"
 #include "skiff/log.h"
@@ -34,6 +35,7 @@ static const struct {
     [SK_TERM_STREAM_IDLE] = {"SI", 504, "stream idle timeout"},
     [SK_TERM_DRAINING] = {"DR", 503, "proxy is draining"},
     [SK_TERM_RETRY_LIMIT] = {"URX", 503, "upstream retry limit exceeded"},
+    [SK_TERM_RBAC_DENIED] = {"RBAC", 403, "RBAC: access denied"},
 };
 
 const char *sk_term_flag(int c)
@@ -145,7 +147,8 @@ static void grpc_local_reply(struct sk_stream *st, int cause, int status, const 
                              size_t ml)
 {
     char code[8];
-    int cl = snprintf(code, sizeof(code), "%d", grpc_code(cause, status));
+    int cl = snprintf(code, sizeof(code), "%d",
+                      st->local_grpc_code ? st->local_grpc_code - 1 : grpc_code(cause, status));
     char enc[1024];
     size_t el = 0;
     static const char hx[] = "0123456789ABCDEF";
@@ -171,6 +174,7 @@ static void grpc_local_reply(struct sk_stream *st, int cause, int status, const 
             (int)ml, msg);
     st->status = 200;
     st->resp_started = true;
+    st->resp_hdrs = h;
     st->ops->send_head(st, 200, &h, 0, true);
     st->ops->send_end(st);
 }
@@ -208,15 +212,22 @@ void sk_stream_local_reply(struct sk_stream *st, int cause, int status, const ch
             st->method ? st->method : "", (int)st->path_len, st->path ? st->path : "", status,
             flag, sk_term_reason(cause), detail ? ": " : "", detail ? detail : "");
     st->resp_started = true;
+    st->resp_hdrs = h;
     bool head = st->resp_head_req;
     st->ops->send_head(st, status, &h, bl, head);
-    if (!head)
+    if (!head) {
+        st->bytes_tx += (uint64_t)bl;
         st->ops->send_data(st, body, (size_t)bl);
+    }
     st->ops->send_end(st);
 }
 
 void sk_stream_cleanup(struct sk_stream *st)
 {
+    if (!st->logged && st->method) {
+        st->logged = true;
+        sk_access_log_stream(st);
+    }
     if (st->up) {
         sk_up_abort(st->up);
         st->up = NULL;
@@ -248,7 +259,9 @@ void sk_stream_cleanup(struct sk_stream *st)
     ev_timer_stop(st->w->loop, &st->timeout);
     ev_timer_stop(st->w->loop, &st->retry_timer);
     ev_timer_stop(st->w->loop, &st->try_timer);
+    ev_timer_stop(st->w->loop, &st->pace_timer);
     sk_buf_free(&st->body_copy);
+    sk_buf_free(&st->resp_hold);
     /* the owner may pool the stream: keep one arena block */
     sk_arena_reset(&st->arena);
 }

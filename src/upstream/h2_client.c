@@ -1038,7 +1038,8 @@ static void timer_cb(struct ev_loop *loop, ev_timer *t, int revents)
 
 /* ---- connections ------------------------------------------------------------------------ */
 
-static struct h2uc *conn_new(struct sk_host *h, int *err)
+/* `reserved`: the caller already counted the connection in cx_active. */
+static struct h2uc *conn_new(struct sk_host *h, int *err, bool reserved)
 {
     struct sk_worker *w = h->cl->w;
     struct h2uc *c = calloc(1, sizeof(*c));
@@ -1112,7 +1113,7 @@ static struct h2uc *conn_new(struct sk_host *h, int *err)
     sk_host_ref(h);
     sk_stat_add(&w->stats, SK_ST_upstream_cx_active, 1);
     h->active_cx++;
-    if (h->cl->cs)
+    if (h->cl->cs && !reserved)
         atomic_fetch_add_explicit(&h->cl->cs->cx_active, 1, memory_order_relaxed);
     c->state = C_CONNECTING;
     ev_io_init(&c->io, io_cb, c->fd, EV_WRITE);
@@ -1157,12 +1158,20 @@ static struct h2uc *conn_pick(struct sk_host *h, struct h2uc *exclude, int *err)
     }
     const struct sk_cluster *cfg = cfg_of(h);
     struct sk_cluster_state *cs = h->cl->cs;
-    if (cs && cfg && atomic_load(&cs->cx_active) >= (int64_t)cfg->cb.max_connections) {
-        atomic_fetch_add(&cs->upstream_cx_overflow, 1);
-        *err = SK_TERM_OVERFLOW;
-        return NULL;
+    if (cs && cfg) {
+        /* reserve before checking (workers race for the last slot); the
+         * new connection then holds the reservation as its own count */
+        if (atomic_fetch_add(&cs->cx_active, 1) >= (int64_t)cfg->cb.max_connections) {
+            atomic_fetch_sub(&cs->cx_active, 1);
+            atomic_fetch_add(&cs->upstream_cx_overflow, 1);
+            *err = SK_TERM_OVERFLOW;
+            return NULL;
+        }
     }
-    return conn_new(h, err);
+    struct h2uc *c = conn_new(h, err, cs && cfg);
+    if (!c && cs && cfg)
+        atomic_fetch_sub(&cs->cx_active, 1);
+    return c;
 }
 
 /* Put a stream the server never processed on another connection. Only when

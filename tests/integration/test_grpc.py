@@ -210,6 +210,22 @@ def test_upstream_connection_reused_and_idle_close(skiff_factory, grpc_upstream)
         c.close()
 
 
+def test_max_connections_breaker_multiplexes(skiff_factory, grpc_upstream):
+    """max_connections 1: every call shares the one h2 connection (the
+    breaker limits connections, not streams)."""
+    lp, ap = free_port(), free_port()
+    cfg = h2_config(lp, ap, grpc_upstream.port,
+                    cluster_extra={"circuit_breakers": {"thresholds": [{"max_connections": 1}]}})
+    s = skiff_factory(cfg, port=lp, admin_port=ap, args=["--concurrency", "1"])
+    c = Client("127.0.0.1:%d" % lp)
+    try:
+        futs = [c.unary.future(b"%d" % i, timeout=20) for i in range(50)]
+        assert [f.result() for f in futs] == [b"%d" % i for i in range(50)]
+    finally:
+        c.close()
+    assert s.stat("upstream_cx_total") == 1
+
+
 # ---- proxy-generated errors on gRPC requests ---------------------------------------
 
 def test_connect_failure_is_grpc_unavailable_with_cause(skiff_factory):

@@ -1,0 +1,731 @@
+/* SotW ADS client on the main thread (include/skiff/xds.h).
+ *
+ * One TCP connection to the ADS cluster's first endpoint, one nghttp2 client
+ * session (h2c, prior knowledge) and on it one long-lived gRPC bidi stream
+ * (StreamAggregatedResources). Our DiscoveryRequests are queued as gRPC frames
+ * in `out` and read by a deferred data provider that never ends the stream;
+ * DiscoveryResponses are reassembled by the gRPC decoder and handed to the
+ * resource store (resources.c), which decides ACK/NACK and publishes.
+ *
+ * nghttp2 is never re-entered: mem_recv and session_send run only from the I/O
+ * and timer callbacks, and a stream/connection end noticed inside an nghttp2
+ * callback only sets `dead`; teardown happens after mem_recv returns.
+ *
+ * Any end of the stream (reset, GOAWAY, EOF, grpc-status) means: keep serving
+ * the last good config and reconnect with jittered exponential backoff
+ * (0.5 s doubling to 30 s, reset once a stream received a response). A new
+ * stream resubscribes every type with the last accepted versions and no nonce. */
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <nghttp2/nghttp2.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "skiff/config.h"
+#include "skiff/err.h"
+#include "skiff/log.h"
+#include "skiff/net.h"
+#include "skiff/xds.h"
+#include "skiff/yaml_pb.h"
+
+#include "envoy.config.bootstrap.v3.pb-c.h"
+#include "envoy.service.discovery.v3.pb-c.h"
+#include "google.rpc.pb-c.h"
+
+#define ADS_PATH "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources"
+#define ADS_USER_AGENT "skiff"
+#define ADS_VERSION "0.1.0"
+#define BACKOFF_MIN 0.5
+#define BACKOFF_MAX 30.0
+#define MAX_CONFIG_BYTES (64u * 1024 * 1024)
+#define OUT_MAX (64u * 1024 * 1024) /* queued requests; far above anything sane */
+
+typedef Envoy__Config__Bootstrap__V3__Bootstrap PbBootstrap;
+
+struct sk_ads {
+    struct ev_loop *loop;
+    char *config_path, *service_node, *service_cluster;
+    int (*prepare)(struct sk_snapshot *, struct sk_cfgerrs *);
+    int (*publish)(struct sk_snapshot *, const char *);
+    struct sk_xds_store *st;
+    bool node_first_only;
+
+    struct sk_sockaddr server;
+    char server_str[80];
+    char *authority;
+    double connect_timeout_s;
+
+    int fd;
+    ev_io io;
+    ev_timer timer; /* connect timeout, then reconnect backoff */
+    nghttp2_session *ng;
+    int32_t sid;
+    bool connecting, deferred, dead, got_response, node_sent;
+    const char *dead_why;
+    uint8_t *out;
+    size_t out_len, out_off, out_cap;
+    struct sk_grpc_dec dec;
+
+    char *nonce[SK_XDS_NTYPES];
+    bool subscribed[SK_XDS_NTYPES];   /* a request for the type went out on this stream */
+    char **sent[SK_XDS_NTYPES];       /* names last sent (RDS/EDS) */
+    size_t nsent[SK_XDS_NTYPES];
+
+    double backoff;
+    uint64_t ready_version;
+    uint64_t acks, nacks, streams;
+};
+
+static void ads_connect(struct sk_ads *a);
+static void flush(struct sk_ads *a);
+
+/* ---- bootstrap ------------------------------------------------------------------ */
+
+static PbBootstrap *load_bootstrap(struct sk_ads *a)
+{
+    FILE *f = fopen(a->config_path, "rb");
+    if (!f) {
+        sk_error("xds: cannot open %s: %s", a->config_path, strerror(errno));
+        return NULL;
+    }
+    char *buf = malloc(MAX_CONFIG_BYTES + 1);
+    size_t len = buf ? fread(buf, 1, MAX_CONFIG_BYTES + 1, f) : 0;
+    fclose(f);
+    if (!buf || len > MAX_CONFIG_BYTES) {
+        free(buf);
+        sk_error("xds: cannot read %s", a->config_path);
+        return NULL;
+    }
+    struct sk_cfgerrs errs;
+    sk_cfgerrs_init(&errs, a->config_path);
+    ProtobufCMessage *m = NULL;
+    int rc = sk_yaml_pb_parse(buf, len, &envoy__config__bootstrap__v3__bootstrap__descriptor,
+                              sk_pb_lookup_type, &m, &errs);
+    free(buf);
+    if (rc != 0 || !m) {
+        for (size_t i = 0; i < errs.n; i++)
+            sk_error("xds: %s:%d:%d: %s: %s", a->config_path, errs.v[i].line, errs.v[i].col,
+                     errs.v[i].path, errs.v[i].msg);
+        sk_cfgerrs_free(&errs);
+        if (m)
+            protobuf_c_message_free_unpacked(m, NULL);
+        return NULL;
+    }
+    sk_cfgerrs_free(&errs);
+    PbBootstrap *bs = (PbBootstrap *)m;
+    /* --service-node / --service-cluster override the bootstrap's node */
+    if (a->service_node || a->service_cluster) {
+        if (!bs->node) {
+            bs->node = malloc(sizeof(*bs->node));
+            if (bs->node)
+                envoy__config__core__v3__node__init(bs->node);
+        }
+        if (bs->node) {
+            struct {
+                char **field;
+                const char *v;
+            } ov[] = {{&bs->node->id, a->service_node}, {&bs->node->cluster, a->service_cluster}};
+            for (size_t i = 0; i < 2; i++) {
+                char *d = ov[i].v ? strdup(ov[i].v) : NULL;
+                if (!d)
+                    continue;
+                if (*ov[i].field && *ov[i].field != protobuf_c_empty_string)
+                    free(*ov[i].field);
+                *ov[i].field = d;
+            }
+        }
+    }
+    return bs;
+}
+
+/* ---- requests ----------------------------------------------------------------------- */
+
+static int out_append(struct sk_ads *a, const uint8_t *p, size_t n)
+{
+    if (a->out_off && a->out_off == a->out_len)
+        a->out_off = a->out_len = 0;
+    if (a->out_len - a->out_off + n > OUT_MAX)
+        return SK_ERR_TOO_LARGE;
+    if (a->out_len + n > a->out_cap) {
+        if (a->out_off) {
+            memmove(a->out, a->out + a->out_off, a->out_len - a->out_off);
+            a->out_len -= a->out_off;
+            a->out_off = 0;
+        }
+        size_t nc = a->out_cap ? a->out_cap : 4096;
+        while (nc < a->out_len + n)
+            nc *= 2;
+        if (nc != a->out_cap) {
+            uint8_t *b = realloc(a->out, nc);
+            if (!b)
+                return SK_ERR_NOMEM;
+            a->out = b;
+            a->out_cap = nc;
+        }
+    }
+    memcpy(a->out + a->out_len, p, n);
+    a->out_len += n;
+    return 0;
+}
+
+static void save_sent(struct sk_ads *a, int t, const char *const *names, size_t n)
+{
+    for (size_t i = 0; i < a->nsent[t]; i++)
+        free(a->sent[t][i]);
+    free(a->sent[t]);
+    a->sent[t] = NULL;
+    a->nsent[t] = 0;
+    if (!n)
+        return;
+    a->sent[t] = calloc(n, sizeof(char *));
+    if (!a->sent[t])
+        return;
+    for (size_t i = 0; i < n; i++)
+        if ((a->sent[t][i] = strdup(names[i])))
+            a->nsent[t]++;
+}
+
+/* Queues a DiscoveryRequest for `type_url`: version = last accepted, nonce =
+ * latest seen on this stream, names = the current subscription, error =
+ * NACK detail (NULL = ACK / plain request). */
+static void send_request(struct sk_ads *a, int t, const char *type_url, const char *nonce,
+                         const char *error)
+{
+    Envoy__Service__Discovery__V3__DiscoveryRequest rq =
+        ENVOY__SERVICE__DISCOVERY__V3__DISCOVERY_REQUEST__INIT;
+    Envoy__Config__Core__V3__Node node = ENVOY__CONFIG__CORE__V3__NODE__INIT;
+    Google__Rpc__Status status = GOOGLE__RPC__STATUS__INIT;
+    const PbBootstrap *bs = sk_xds_store_bootstrap(a->st);
+    if (!a->node_sent || !a->node_first_only) {
+        if (bs->node)
+            node = *bs->node; /* shallow: borrowed for packing only */
+        node.user_agent_name = (char *)ADS_USER_AGENT;
+        node.user_agent_version_type_case =
+            ENVOY__CONFIG__CORE__V3__NODE__USER_AGENT_VERSION_TYPE_USER_AGENT_VERSION;
+        node.user_agent_version = (char *)ADS_VERSION;
+        rq.node = &node;
+    }
+    const char *const *names = NULL;
+    size_t n = 0;
+    if (t >= 0)
+        n = sk_xds_store_names(a->st, t, &names);
+    rq.version_info = (char *)(t >= 0 ? sk_xds_store_version(a->st, t) : "");
+    rq.n_resource_names = n;
+    rq.resource_names = (char **)names;
+    rq.type_url = (char *)type_url;
+    rq.response_nonce = (char *)(nonce ? nonce : "");
+    if (error) {
+        status.code = 3; /* INVALID_ARGUMENT */
+        status.message = (char *)error;
+        rq.error_detail = &status;
+    }
+    uint8_t *frame;
+    size_t len;
+    int r = sk_grpc_frame(&rq.base, &frame, &len);
+    if (r == 0) {
+        r = out_append(a, frame, len);
+        free(frame);
+    }
+    if (r < 0) {
+        sk_error("xds: cannot queue a %s request: %s", sk_xds_type_short(t), sk_strerror(r));
+        a->dead = true;
+        a->dead_why = "cannot queue a request";
+        return;
+    }
+    if (rq.node)
+        a->node_sent = true;
+    if (t >= 0) {
+        a->subscribed[t] = true;
+        save_sent(a, t, names, n);
+    }
+    sk_debug("xds: -> %s version '%s' nonce '%s' %zu name(s)%s", sk_xds_type_short(t),
+             rq.version_info, rq.response_nonce, n, error ? " NACK" : "");
+}
+
+static bool names_differ(struct sk_ads *a, int t)
+{
+    const char *const *names;
+    size_t n = sk_xds_store_names(a->st, t, &names);
+    if (n != a->nsent[t])
+        return true;
+    for (size_t i = 0; i < n; i++)
+        if (strcmp(names[i], a->sent[t][i]) != 0)
+            return true;
+    return false;
+}
+
+/* Brings the stream's subscriptions in line with the store: first request for
+ * newly wanted types, a new request when an RDS/EDS name set changed. */
+static void sync_subscriptions(struct sk_ads *a)
+{
+    if (!a->ng || a->dead)
+        return;
+    for (int t = 0; t < SK_XDS_NTYPES; t++) {
+        bool named = t == SK_XDS_RDS || t == SK_XDS_EDS;
+        if (!a->subscribed[t]) {
+            if (sk_xds_store_wants(a->st, t))
+                send_request(a, t, sk_xds_type_url(t), "", NULL);
+        } else if (named && names_differ(a, t)) {
+            send_request(a, t, sk_xds_type_url(t), a->nonce[t], NULL);
+        }
+    }
+}
+
+/* ---- responses ---------------------------------------------------------------------- */
+
+static int on_message(void *arg, const uint8_t *p, size_t n)
+{
+    struct sk_ads *a = arg;
+    Envoy__Service__Discovery__V3__DiscoveryResponse *r =
+        envoy__service__discovery__v3__discovery_response__unpack(NULL, n, p);
+    if (!r) {
+        sk_warn("xds: cannot decode a DiscoveryResponse (%zu bytes); closing the stream", n);
+        return SK_ERR_PROTO;
+    }
+    a->got_response = true;
+    a->backoff = BACKOFF_MIN;
+    int t = sk_xds_type_from_url(r->type_url);
+    if (t >= 0) {
+        char *nn = strdup(r->nonce ? r->nonce : "");
+        if (nn) {
+            free(a->nonce[t]);
+            a->nonce[t] = nn;
+        }
+    }
+    sk_debug("xds: <- %s version '%s' nonce '%s' %zu resource(s)", sk_xds_type_short(t),
+             r->version_info, r->nonce, r->n_resources);
+    struct sk_xds_result res;
+    sk_xds_store_handle(a->st, r, &res);
+    if (res.ack) {
+        a->acks++;
+        if (!res.unchanged)
+            sk_info("xds: %s version '%s' accepted (%zu resource(s))%s", sk_xds_type_short(t),
+                    r->version_info, sk_xds_store_count(a->st, t),
+                    sk_xds_store_warm(a->st) ? "" : " (warming)");
+        else
+            sk_debug("xds: %s version '%s' unchanged", sk_xds_type_short(t), r->version_info);
+    } else {
+        a->nacks++;
+        sk_warn("xds: NACK %s version '%s' nonce '%s': %s", t >= 0 ? sk_xds_type_short(t) : r->type_url,
+                r->version_info, r->nonce, res.error ? res.error : "");
+    }
+    send_request(a, t, t >= 0 ? sk_xds_type_url(t) : r->type_url, r->nonce,
+                 res.ack ? NULL : (res.error ? res.error : "rejected"));
+    sk_xds_result_free(&res);
+    envoy__service__discovery__v3__discovery_response__free_unpacked(r, NULL);
+    sync_subscriptions(a);
+    return 0;
+}
+
+/* ---- nghttp2 callbacks --------------------------------------------------------------------- */
+
+static ssize_t send_cb(nghttp2_session *s, const uint8_t *data, size_t len, int flags, void *ud)
+{
+    struct sk_ads *a = ud;
+    ssize_t w = send(a->fd, data, len, MSG_NOSIGNAL);
+    if (w < 0) {
+        if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
+            return NGHTTP2_ERR_WOULDBLOCK;
+        return NGHTTP2_ERR_CALLBACK_FAILURE;
+    }
+    return w;
+}
+
+static ssize_t body_read_cb(nghttp2_session *s, int32_t sid, uint8_t *buf, size_t len,
+                            uint32_t *flags, nghttp2_data_source *src, void *ud)
+{
+    struct sk_ads *a = ud;
+    size_t avail = a->out_len - a->out_off;
+    if (!avail) {
+        a->deferred = true;
+        return NGHTTP2_ERR_DEFERRED;
+    }
+    if (len > avail)
+        len = avail;
+    memcpy(buf, a->out + a->out_off, len);
+    a->out_off += len;
+    return (ssize_t)len;
+}
+
+static int on_data_chunk_cb(nghttp2_session *s, uint8_t flags, int32_t sid, const uint8_t *data,
+                            size_t len, void *ud)
+{
+    struct sk_ads *a = ud;
+    if (sid != a->sid || a->dead)
+        return 0;
+    int r = sk_grpc_dec_feed(&a->dec, data, len, on_message, a);
+    if (r < 0) {
+        a->dead = true;
+        a->dead_why = r == SK_ERR_TOO_LARGE ? "message over 16 MiB"
+                      : r == SK_ERR_PROTO   ? "bad gRPC message"
+                                            : "out of memory";
+        nghttp2_submit_rst_stream(s, NGHTTP2_FLAG_NONE, sid, NGHTTP2_CANCEL);
+    }
+    return 0;
+}
+
+static int on_header_cb(nghttp2_session *s, const nghttp2_frame *f, const uint8_t *name,
+                        size_t nlen, const uint8_t *value, size_t vlen, uint8_t flags, void *ud)
+{
+    struct sk_ads *a = ud;
+    if (f->hd.stream_id != a->sid)
+        return 0;
+    if (nlen == 7 && memcmp(name, ":status", 7) == 0 && !(vlen == 3 && memcmp(value, "200", 3) == 0))
+        sk_warn("xds: %s answered :status %.*s", a->server_str, (int)vlen, (const char *)value);
+    else if (nlen == 11 && memcmp(name, "grpc-status", 11) == 0 && !(vlen == 1 && value[0] == '0'))
+        sk_warn("xds: stream ended with grpc-status %.*s", (int)vlen, (const char *)value);
+    else if (nlen == 12 && memcmp(name, "grpc-message", 12) == 0)
+        sk_warn("xds: grpc-message: %.*s", (int)(vlen > 300 ? 300 : vlen), (const char *)value);
+    return 0;
+}
+
+static int on_stream_close_cb(nghttp2_session *s, int32_t sid, uint32_t code, void *ud)
+{
+    struct sk_ads *a = ud;
+    if (sid == a->sid && !a->dead) {
+        a->dead = true;
+        a->dead_why = code ? "stream reset" : "stream closed by the server";
+    }
+    return 0;
+}
+
+/* ---- connection ----------------------------------------------------------------------------- */
+
+static void schedule_reconnect(struct sk_ads *a)
+{
+    if (a->got_response)
+        a->backoff = BACKOFF_MIN;
+    double d = a->backoff * (0.8 + 0.4 * ((double)random() / (double)RAND_MAX));
+    if (d < BACKOFF_MIN)
+        d = BACKOFF_MIN;
+    if (d > BACKOFF_MAX)
+        d = BACKOFF_MAX;
+    a->backoff *= 2;
+    if (a->backoff > BACKOFF_MAX)
+        a->backoff = BACKOFF_MAX;
+    sk_info("xds: reconnecting to %s in %.2fs", a->server_str, d);
+    ev_timer_stop(a->loop, &a->timer);
+    ev_timer_set(&a->timer, d, 0.);
+    ev_timer_start(a->loop, &a->timer);
+}
+
+static void teardown(struct sk_ads *a, const char *why)
+{
+    if (a->ng || a->connecting)
+        sk_warn("xds: connection to %s lost (%s); keeping the last good config", a->server_str,
+                why ? why : "closed");
+    ev_io_stop(a->loop, &a->io);
+    ev_timer_stop(a->loop, &a->timer);
+    if (a->ng)
+        nghttp2_session_del(a->ng);
+    a->ng = NULL;
+    if (a->fd >= 0)
+        close(a->fd);
+    a->fd = -1;
+    a->sid = -1;
+    a->connecting = a->deferred = a->dead = a->node_sent = false;
+    a->dead_why = NULL;
+    a->out_len = a->out_off = 0;
+    sk_grpc_dec_free(&a->dec);
+    sk_grpc_dec_init(&a->dec);
+    for (int t = 0; t < SK_XDS_NTYPES; t++) {
+        free(a->nonce[t]);
+        a->nonce[t] = NULL;
+        a->subscribed[t] = false;
+        save_sent(a, t, NULL, 0);
+    }
+    schedule_reconnect(a);
+    a->got_response = false;
+}
+
+static void set_io(struct sk_ads *a, int ev)
+{
+    if (ev_is_active(&a->io) && (a->io.events & (EV_READ | EV_WRITE)) == ev)
+        return;
+    ev_io_stop(a->loop, &a->io);
+    ev_io_set(&a->io, a->fd, ev);
+    ev_io_start(a->loop, &a->io);
+}
+
+/* Sends what nghttp2 has, then decides what to wait for (or tears down). */
+static void flush(struct sk_ads *a)
+{
+    if (!a->ng)
+        return;
+    if (!a->dead && a->deferred && a->out_len > a->out_off) {
+        a->deferred = false;
+        nghttp2_session_resume_data(a->ng, a->sid);
+    }
+    int r = nghttp2_session_send(a->ng);
+    if (r != 0) {
+        teardown(a, nghttp2_strerror(r));
+        return;
+    }
+    if (a->dead) {
+        teardown(a, a->dead_why);
+        return;
+    }
+    if (!nghttp2_session_want_read(a->ng) && !nghttp2_session_want_write(a->ng)) {
+        teardown(a, "session ended");
+        return;
+    }
+    set_io(a, EV_READ | (nghttp2_session_want_write(a->ng) ? EV_WRITE : 0));
+}
+
+static int start_session(struct sk_ads *a)
+{
+    nghttp2_session_callbacks *cbs;
+    if (nghttp2_session_callbacks_new(&cbs) != 0)
+        return SK_ERR_NOMEM;
+    nghttp2_session_callbacks_set_send_callback(cbs, send_cb);
+    nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cbs, on_data_chunk_cb);
+    nghttp2_session_callbacks_set_on_header_callback(cbs, on_header_cb);
+    nghttp2_session_callbacks_set_on_stream_close_callback(cbs, on_stream_close_cb);
+    int r = nghttp2_session_client_new(&a->ng, cbs, a);
+    nghttp2_session_callbacks_del(cbs);
+    if (r != 0)
+        return SK_ERR_NOMEM;
+    nghttp2_settings_entry iv[] = {{NGHTTP2_SETTINGS_ENABLE_PUSH, 0},
+                                   {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, 1u << 24}};
+    nghttp2_submit_settings(a->ng, NGHTTP2_FLAG_NONE, iv, 2);
+    nghttp2_session_set_local_window_size(a->ng, NGHTTP2_FLAG_NONE, 0, 1 << 24);
+#define NV(n, v)                                                                                   \
+    {(uint8_t *)(n), (uint8_t *)(v), sizeof(n) - 1, strlen(v), NGHTTP2_NV_FLAG_NONE}
+    nghttp2_nv nva[] = {
+        NV(":method", "POST"),
+        NV(":scheme", "http"),
+        NV(":path", ADS_PATH),
+        NV(":authority", a->authority),
+        NV("content-type", "application/grpc"),
+        NV("te", "trailers"),
+        NV("user-agent", "skiff/" ADS_VERSION),
+    };
+#undef NV
+    nghttp2_data_provider dp = {.read_callback = body_read_cb};
+    a->sid = nghttp2_submit_request(a->ng, NULL, nva, sizeof(nva) / sizeof(nva[0]), &dp, a);
+    if (a->sid < 0)
+        return SK_ERR_PROTO;
+    a->streams++;
+    return 0;
+}
+
+static void io_cb(struct ev_loop *loop, ev_io *w, int revents)
+{
+    struct sk_ads *a = w->data;
+    if (a->connecting) {
+        int err = 0;
+        socklen_t el = sizeof(err);
+        if (getsockopt(a->fd, SOL_SOCKET, SO_ERROR, &err, &el) != 0)
+            err = errno;
+        if (err) {
+            teardown(a, strerror(err));
+            return;
+        }
+        a->connecting = false;
+        ev_timer_stop(a->loop, &a->timer);
+        if (start_session(a) < 0) {
+            teardown(a, "cannot start the HTTP/2 session");
+            return;
+        }
+        sk_info("xds: connected to %s (stream %llu)", a->server_str,
+                (unsigned long long)a->streams);
+        sync_subscriptions(a);
+        flush(a);
+        return;
+    }
+    if (revents & EV_READ) {
+        uint8_t buf[16384];
+        for (;;) {
+            ssize_t n = recv(a->fd, buf, sizeof(buf), 0);
+            if (n < 0) {
+                if (errno == EINTR)
+                    continue;
+                if (errno == EAGAIN || errno == EWOULDBLOCK)
+                    break;
+                teardown(a, strerror(errno));
+                return;
+            }
+            if (n == 0) {
+                teardown(a, "connection closed by the server");
+                return;
+            }
+            ssize_t r = nghttp2_session_mem_recv(a->ng, buf, (size_t)n);
+            if (r < 0) {
+                teardown(a, nghttp2_strerror((int)r));
+                return;
+            }
+            if (a->dead)
+                break;
+        }
+    }
+    flush(a);
+}
+
+static void timer_cb(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    struct sk_ads *a = t->data;
+    if (a->connecting) {
+        teardown(a, "connect timeout");
+        return;
+    }
+    if (!a->ng)
+        ads_connect(a);
+}
+
+static void ads_connect(struct sk_ads *a)
+{
+    int fd = socket(a->server.ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+        sk_error("xds: socket: %s", strerror(errno));
+        schedule_reconnect(a);
+        return;
+    }
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    a->fd = fd;
+    a->connecting = true;
+    if (connect(fd, (const struct sockaddr *)&a->server.ss, a->server.len) != 0 &&
+        errno != EINPROGRESS) {
+        teardown(a, strerror(errno));
+        return;
+    }
+    ev_io_set(&a->io, fd, EV_WRITE);
+    ev_io_start(a->loop, &a->io);
+    ev_timer_stop(a->loop, &a->timer);
+    ev_timer_set(&a->timer, a->connect_timeout_s, 0.);
+    ev_timer_start(a->loop, &a->timer);
+}
+
+/* ---- store hooks ------------------------------------------------------------------------ */
+
+static int publish_hook(void *arg, struct sk_snapshot *s)
+{
+    struct sk_ads *a = arg;
+    if (!a->publish)
+        return SK_ERR_INVAL;
+    int r = a->publish(s, "xds");
+    if (r < 0)
+        return r;
+    if (!a->ready_version) {
+        a->ready_version = s->version; /* s is the serving snapshot now (main thread) */
+        sk_info("xds: initial configuration complete (config version %llu)",
+                (unsigned long long)s->version);
+    }
+    return 0;
+}
+
+/* ---- API ------------------------------------------------------------------------------- */
+
+struct sk_ads *sk_ads_start(const struct sk_ads_opts *o, const struct sk_snapshot *cur)
+{
+    const struct sk_cluster *c = cur->xds.cluster;
+    if (!cur->xds.ads || !c) {
+        sk_error("xds: no ADS cluster configured");
+        return NULL;
+    }
+    if (c->nendpoints == 0 || c->endpoints[0].addr.len == 0) {
+        sk_error("xds: the ADS cluster '%s' needs a STATIC endpoint (IP address)", c->name);
+        return NULL;
+    }
+    if (c->tls) {
+        sk_error("xds: TLS to the ADS cluster '%s' is not supported yet", c->name);
+        return NULL;
+    }
+    struct sk_ads *a = calloc(1, sizeof(*a));
+    if (!a)
+        return NULL;
+    a->loop = o->loop;
+    a->config_path = strdup(o->config_path ? o->config_path : "");
+    a->service_node = o->service_node ? strdup(o->service_node) : NULL;
+    a->service_cluster = o->service_cluster ? strdup(o->service_cluster) : NULL;
+    a->prepare = o->prepare;
+    a->publish = o->publish;
+    a->authority = strdup(c->name);
+    a->server = c->endpoints[0].addr;
+    sk_addr_str(&a->server, a->server_str, sizeof(a->server_str));
+    a->connect_timeout_s =
+        c->connect_timeout_ms == SK_DUR_NONE ? 5.0 : (double)c->connect_timeout_ms / 1000.0;
+    if (a->connect_timeout_s <= 0)
+        a->connect_timeout_s = 5.0;
+    a->node_first_only = cur->xds.set_node_on_first_message_only;
+    a->fd = -1;
+    a->sid = -1;
+    a->backoff = BACKOFF_MIN;
+    sk_grpc_dec_init(&a->dec);
+    ev_init(&a->io, io_cb);
+    a->io.data = a;
+    ev_init(&a->timer, timer_cb);
+    a->timer.data = a;
+    srandom((unsigned)getpid() ^ (unsigned)ev_time());
+    PbBootstrap *bs = a->config_path && *a->config_path ? load_bootstrap(a) : NULL;
+    struct sk_xds_hooks h = {a->prepare, publish_hook, a};
+    a->st = bs ? sk_xds_store_new(bs, &h) : NULL;
+    if (!a->authority || !a->st) {
+        sk_ads_stop(a);
+        return NULL;
+    }
+    bool any = false;
+    for (int t = 0; t < SK_XDS_NTYPES; t++)
+        any = any || sk_xds_store_wants(a->st, t);
+    if (!any) /* nothing to wait for: the file's config is complete */
+        a->ready_version = cur->version;
+    sk_info("xds: ADS client for cluster '%s' at %s", c->name, a->server_str);
+    ads_connect(a);
+    return a;
+}
+
+int sk_ads_reload(struct sk_ads *a)
+{
+    PbBootstrap *bs = load_bootstrap(a);
+    if (!bs)
+        return SK_ERR_CONFIG;
+    struct sk_cfgerrs errs;
+    sk_cfgerrs_init(&errs, a->config_path);
+    int r = sk_xds_store_set_bootstrap(a->st, bs, &errs);
+    if (r < 0) {
+        sk_error("reload of %s rejected (%zu error%s); the previous config keeps serving:",
+                 a->config_path, errs.n, errs.n == 1 ? "" : "s");
+        for (size_t i = 0; i < errs.n; i++)
+            sk_error("  %s: %s", errs.v[i].path, errs.v[i].msg);
+    } else {
+        sk_info("reloaded %s (with the xDS resources)", a->config_path);
+        sync_subscriptions(a);
+        flush(a);
+    }
+    sk_cfgerrs_free(&errs);
+    return r;
+}
+
+uint64_t sk_ads_ready_version(const struct sk_ads *a)
+{
+    return a ? a->ready_version : 0;
+}
+
+void sk_ads_stop(struct sk_ads *a)
+{
+    if (!a)
+        return;
+    ev_io_stop(a->loop, &a->io);
+    ev_timer_stop(a->loop, &a->timer);
+    if (a->ng)
+        nghttp2_session_del(a->ng);
+    if (a->fd >= 0)
+        close(a->fd);
+    sk_grpc_dec_free(&a->dec);
+    for (int t = 0; t < SK_XDS_NTYPES; t++) {
+        free(a->nonce[t]);
+        save_sent(a, t, NULL, 0);
+    }
+    sk_xds_store_free(a->st);
+    free(a->out);
+    free(a->config_path);
+    free(a->service_node);
+    free(a->service_cluster);
+    free(a->authority);
+    free(a);
+}
