@@ -21,6 +21,7 @@
 #include "skiff/log.h"
 #include "skiff/net.h"
 #include "skiff/worker.h"
+#include "skiff/xds.h"
 
 #define SKIFF_VERSION "0.1.0"
 
@@ -30,6 +31,7 @@ static struct {
     int concurrency;
     double drain_time_s;
     bool validate;
+    const char *service_node, *service_cluster; /* xDS node overrides */
 } opt = {.concurrency = 2, .drain_time_s = 5.0};
 
 static struct ev_loop *main_loop;
@@ -40,6 +42,7 @@ static struct sk_bound_set bound;
 static bool draining;
 static ev_timer drain_poll, drain_deadline;
 static ev_signal sig_hup, sig_term, sig_int;
+static struct sk_ads *ads; /* xDS client (dynamic_resources.ads_config), else NULL */
 
 /* ---- DNS clusters (main thread resolves, workers get host sets) --------- */
 
@@ -431,6 +434,10 @@ static void reload(void)
     }
     if (draining)
         return;
+    if (ads) { /* rebuilt together with the xDS resources */
+        sk_admin_count_reload(sk_ads_reload(ads) == 0);
+        return;
+    }
     struct sk_cfgerrs errs;
     sk_cfgerrs_init(&errs, opt.config_path);
     struct sk_snapshot *s = NULL;
@@ -456,14 +463,32 @@ static void reload(void)
             (unsigned long long)cur->version);
 }
 
+/* The xDS client's way into the same publish() path as a reload. Takes the
+ * reference on success; < 0 (e.g. a listener cannot be bound) leaves it. */
+int sk_main_publish(struct sk_snapshot *s, const char *source);
+int sk_main_publish(struct sk_snapshot *s, const char *source)
+{
+    if (draining || publish(s) < 0)
+        return SK_ERR_IO;
+    sk_info("%s: applied config version %llu", source, (unsigned long long)s->version);
+    return 0;
+}
+
 /* ---- readiness, drain ------------------------------------------------------------ */
 
 static bool is_ready(void)
 {
     if (draining || !initial_version)
         return false;
+    uint64_t need = initial_version;
+    if (ads) { /* xDS warming: the first complete xDS config must be applied */
+        uint64_t v = sk_ads_ready_version(ads);
+        if (!v)
+            return false;
+        need = v > need ? v : need;
+    }
     for (int i = 0; i < sk_nworkers; i++)
-        if (atomic_load(&sk_workers[i].applied_version) < initial_version)
+        if (atomic_load(&sk_workers[i].applied_version) < need)
             return false;
     return true;
 }
@@ -551,6 +576,8 @@ static void usage(FILE *f)
             "      --admin ADDR       admin listener (default: config's admin or 127.0.0.1:15000)\n"
             "      --concurrency N    worker threads (default 2)\n"
             "      --drain-time-s S   graceful drain time on SIGTERM/SIGINT (default 5)\n"
+            "      --service-node ID  xDS node id (overrides the bootstrap's node.id)\n"
+            "      --service-cluster C  xDS node cluster (overrides node.cluster)\n"
             "  -l, --log-level L      debug|info|warn|error (default info)\n"
             "      --version\n"
             "\n"
@@ -559,7 +586,8 @@ static void usage(FILE *f)
 
 static int parse_args(int argc, char **argv)
 {
-    enum { O_VALIDATE = 256, O_LISTEN, O_UPSTREAM, O_ADMIN, O_CONC, O_DRAIN, O_VERSION };
+    enum { O_VALIDATE = 256, O_LISTEN, O_UPSTREAM, O_ADMIN, O_CONC, O_DRAIN, O_VERSION,
+           O_SNODE, O_SCLUSTER };
     static const struct option lo[] = {
         {"config", required_argument, 0, 'c'},
         {"validate", no_argument, 0, O_VALIDATE},
@@ -570,6 +598,8 @@ static int parse_args(int argc, char **argv)
         {"drain-time-s", required_argument, 0, O_DRAIN},
         {"log-level", required_argument, 0, 'l'},
         {"version", no_argument, 0, O_VERSION},
+        {"service-node", required_argument, 0, O_SNODE},
+        {"service-cluster", required_argument, 0, O_SCLUSTER},
         {"help", no_argument, 0, 'h'},
         {0, 0, 0, 0},
     };
@@ -605,6 +635,8 @@ static int parse_args(int argc, char **argv)
             sk_log_level = l;
             break;
         }
+        case O_SNODE: opt.service_node = optarg; break;
+        case O_SCLUSTER: opt.service_cluster = optarg; break;
         case O_VERSION: printf("skiff %s\n", SKIFF_VERSION); exit(0);
         case 'h': usage(stdout); exit(0);
         default: usage(stderr); return -1;
@@ -696,6 +728,15 @@ int main(int argc, char **argv)
         return 1;
     }
     initial_version = cur->version;
+    if (cur->xds.ads && opt.config_path) {
+        struct sk_ads_opts xo = {main_loop, opt.config_path, opt.service_node,
+                                 opt.service_cluster, sk_tls_prepare, sk_main_publish};
+        ads = sk_ads_start(&xo, cur);
+        if (!ads) {
+            fprintf(stderr, "skiff: cannot start the xDS client\n");
+            return 1;
+        }
+    }
     for (size_t i = 0; i < cur->nlisteners; i++)
         sk_info("listener %s on %s", cur->listeners[i].name, cur->listeners[i].addr_str);
     sk_info("skiff %s started: %d worker(s), admin on %s", SKIFF_VERSION, sk_nworkers, astr);
@@ -710,6 +751,8 @@ int main(int argc, char **argv)
 
     ev_run(main_loop, 0);
 
+    sk_ads_stop(ads);
+    ads = NULL;
     sk_workers_join();
     sk_admin_stop();
     sk_health_stop_all();

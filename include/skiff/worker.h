@@ -15,6 +15,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "skiff/histogram.h"
 #include "skiff/model.h"
 #include "skiff/stats.h"
 
@@ -77,6 +78,7 @@ struct sk_worker {
     uint32_t rng; /* xorshift state for LB / weights */
     uint64_t next_conn_id;
     struct sk_stats stats;
+    struct sk_hist_worker hist; /* latency histograms (admin/histogram.c), single writer */
     void *al_writers; /* access log sinks of this worker (accesslog.c) */
     /* scratch for request ids etc. */
     char date_str[40];

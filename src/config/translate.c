@@ -24,7 +24,9 @@
 #include <string.h>
 
 #include "skiff/err.h"
+#include "skiff/fault.h"
 #include "skiff/log.h"
+#include "skiff/rbac.h"
 
 #include "envoy.config.accesslog.v3.pb-c.h"
 #include "envoy.extensions.access_loggers.file.v3.pb-c.h"
@@ -35,7 +37,9 @@
 #include "envoy.config.endpoint.v3.pb-c.h"
 #include "envoy.config.listener.v3.pb-c.h"
 #include "envoy.config.route.v3.pb-c.h"
+#include "envoy.config.rbac.v3.pb-c.h"
 #include "envoy.extensions.filters.http.fault.v3.pb-c.h"
+#include "envoy.extensions.filters.http.rbac.v3.pb-c.h"
 #include "envoy.extensions.filters.http.router.v3.pb-c.h"
 #include "envoy.extensions.filters.listener.http_inspector.v3.pb-c.h"
 #include "envoy.extensions.filters.listener.original_dst.v3.pb-c.h"
@@ -583,6 +587,9 @@ struct route_ctx {            /* per RouteConfiguration */
     const struct sk_retry_policy *vh_retry;
     bool include_attempt_count; /* include_request_attempt_count */
     uint64_t buffer_limit;      /* request_body_buffer_limit / per_request_buffer_limit_bytes */
+    /* typed_per_filter_config of the vhost and the route config */
+    struct sk_filter_override *vh_fo, *rc_fo;
+    size_t nvh_fo, nrc_fo;
 };
 
 /* request_body_buffer_limit (newer, UInt64Value) wins over the deprecated
@@ -680,6 +687,595 @@ static void header_matcher(struct tr *t, const PbHeaderMatcher *h, struct sk_hea
     }
     m->value = dup(t, v);
     m->value_len = v ? strlen(v) : 0;
+}
+
+/* ---- HTTP filters: fault and RBAC configs, typed_per_filter_config ------------------ */
+
+typedef Envoy__Extensions__Filters__Http__Fault__V3__HTTPFault PbHttpFault;
+typedef Envoy__Extensions__Filters__Http__Rbac__V3__RBAC PbRbacFilter;
+typedef Envoy__Extensions__Filters__Http__Rbac__V3__RBACPerRoute PbRbacPerRoute;
+typedef Envoy__Config__Rbac__V3__RBAC PbRbacRules;
+typedef Envoy__Config__Rbac__V3__Permission PbRbacPermission;
+typedef Envoy__Config__Rbac__V3__Principal PbRbacPrincipal;
+typedef Envoy__Config__Route__V3__FilterConfig PbFilterConfig;
+/* every typed_per_filter_config map entry has this layout (key, Any value) */
+typedef Envoy__Config__Route__V3__RouteConfiguration__TypedPerFilterConfigEntry PbPfcEntry;
+
+/* FractionalPercent; an absent one is 0/100 (the fault never fires). */
+static struct sk_fraction fraction(struct tr *t, const char *field,
+                                   const Envoy__Type__V3__FractionalPercent *f)
+{
+    static const uint32_t denom[] = {100, 10000, 1000000};
+    struct sk_fraction r = {0, 100};
+    if (!f)
+        return r;
+    if ((unsigned)f->denominator > 2) {
+        err(t, field, "unknown denominator %d", (int)f->denominator);
+        return r;
+    }
+    r.denominator = denom[f->denominator];
+    r.numerator = f->numerator > r.denominator ? r.denominator : f->numerator;
+    return r;
+}
+
+static struct sk_fault_cfg *fault_config(struct tr *t, const PbHttpFault *f)
+{
+    struct sk_fault_cfg *c = al(t, sizeof(*c));
+    if (!c)
+        return NULL;
+    memset(c, 0, sizeof(*c));
+    c->magic = SK_FAULT_CFG_MAGIC;
+    if (f->delay) {
+        size_t o = pushf(t, "delay");
+        switch (f->delay->fault_delay_secifier_case) {
+        case ENVOY__EXTENSIONS__FILTERS__COMMON__FAULT__V3__FAULT_DELAY__FAULT_DELAY_SECIFIER_FIXED_DELAY:
+            c->delay_kind = SK_FAULT_DELAY_FIXED;
+            c->delay_ms = dur(t, "fixed_delay", f->delay->fixed_delay, 0, 0);
+            break;
+        case ENVOY__EXTENSIONS__FILTERS__COMMON__FAULT__V3__FAULT_DELAY__FAULT_DELAY_SECIFIER_HEADER_DELAY:
+            c->delay_kind = SK_FAULT_DELAY_HEADER;
+            break;
+        default:
+            err(t, NULL, "one of fixed_delay, header_delay is required");
+            break;
+        }
+        c->delay_pct = fraction(t, "percentage", f->delay->percentage);
+        pop(t, o);
+    }
+    if (f->abort) {
+        size_t o = pushf(t, "abort");
+        switch (f->abort->error_type_case) {
+        case ENVOY__EXTENSIONS__FILTERS__HTTP__FAULT__V3__FAULT_ABORT__ERROR_TYPE_HTTP_STATUS:
+            c->abort_kind = SK_FAULT_ABORT_HTTP;
+            c->abort_http_status = f->abort->http_status;
+            if (c->abort_http_status < 200 || c->abort_http_status > 599)
+                err(t, "http_status", "http_status must be 200-599 (got %u)",
+                    f->abort->http_status);
+            break;
+        case ENVOY__EXTENSIONS__FILTERS__HTTP__FAULT__V3__FAULT_ABORT__ERROR_TYPE_GRPC_STATUS:
+            c->abort_kind = SK_FAULT_ABORT_GRPC;
+            c->abort_grpc_status = f->abort->grpc_status;
+            if (c->abort_grpc_status > 254)
+                err(t, "grpc_status", "grpc_status must be 0-254 (got %u)",
+                    f->abort->grpc_status);
+            break;
+        case ENVOY__EXTENSIONS__FILTERS__HTTP__FAULT__V3__FAULT_ABORT__ERROR_TYPE_HEADER_ABORT:
+            c->abort_kind = SK_FAULT_ABORT_HEADER;
+            break;
+        default:
+            err(t, NULL, "one of http_status, grpc_status, header_abort is required");
+            break;
+        }
+        c->abort_pct = fraction(t, "percentage", f->abort->percentage);
+        pop(t, o);
+    }
+    if (!empty(f->upstream_cluster))
+        c->upstream_cluster = dup(t, f->upstream_cluster);
+    if (f->n_headers) {
+        size_t o = pushf(t, "headers");
+        c->headers = alarr(t, f->n_headers, sizeof(*c->headers));
+        for (size_t i = 0; c->headers && i < f->n_headers; i++) {
+            size_t oi = pushi(t, i);
+            memset(&c->headers[i], 0, sizeof(c->headers[i]));
+            header_matcher(t, f->headers[i], &c->headers[i]);
+            pop(t, oi);
+        }
+        c->nheaders = c->headers ? f->n_headers : 0;
+        pop(t, o);
+    }
+    if (f->n_downstream_nodes) {
+        c->downstream_nodes = alarr(t, f->n_downstream_nodes, sizeof(char *));
+        for (size_t i = 0; c->downstream_nodes && i < f->n_downstream_nodes; i++)
+            c->downstream_nodes[i] = dup(t, f->downstream_nodes[i]);
+        c->ndownstream_nodes = c->downstream_nodes ? f->n_downstream_nodes : 0;
+    }
+    if (f->max_active_faults) {
+        c->has_max_active = true;
+        c->max_active_faults = f->max_active_faults->value;
+    }
+    if (f->response_rate_limit) {
+        const Envoy__Extensions__Filters__Common__Fault__V3__FaultRateLimit *rl =
+            f->response_rate_limit;
+        size_t o = pushf(t, "response_rate_limit");
+        switch (rl->limit_type_case) {
+        case ENVOY__EXTENSIONS__FILTERS__COMMON__FAULT__V3__FAULT_RATE_LIMIT__LIMIT_TYPE_FIXED_LIMIT:
+            c->rl_kind = SK_FAULT_RL_FIXED;
+            c->rl_kbps = rl->fixed_limit->limit_kbps;
+            if (c->rl_kbps == 0)
+                err(t, "fixed_limit.limit_kbps", "limit_kbps must be at least 1");
+            break;
+        case ENVOY__EXTENSIONS__FILTERS__COMMON__FAULT__V3__FAULT_RATE_LIMIT__LIMIT_TYPE_HEADER_LIMIT:
+            c->rl_kind = SK_FAULT_RL_HEADER;
+            break;
+        default:
+            err(t, NULL, "one of fixed_limit, header_limit is required");
+            break;
+        }
+        c->rl_pct = fraction(t, "percentage", rl->percentage);
+        pop(t, o);
+    }
+    return c;
+}
+
+/* StringMatcher without regex. */
+static void str_matcher(struct tr *t, const Envoy__Type__Matcher__V3__StringMatcher *s,
+                        struct sk_str_match *m)
+{
+    const char *v = NULL, *vf = NULL;
+    m->ignore_case = s->ignore_case;
+    switch (s->match_pattern_case) {
+    case ENVOY__TYPE__MATCHER__V3__STRING_MATCHER__MATCH_PATTERN_EXACT:
+        m->kind = SK_STR_EXACT, v = s->exact, vf = "exact";
+        break;
+    case ENVOY__TYPE__MATCHER__V3__STRING_MATCHER__MATCH_PATTERN_PREFIX:
+        m->kind = SK_STR_PREFIX, v = s->prefix, vf = "prefix";
+        break;
+    case ENVOY__TYPE__MATCHER__V3__STRING_MATCHER__MATCH_PATTERN_SUFFIX:
+        m->kind = SK_STR_SUFFIX, v = s->suffix, vf = "suffix";
+        break;
+    case ENVOY__TYPE__MATCHER__V3__STRING_MATCHER__MATCH_PATTERN_CONTAINS:
+        m->kind = SK_STR_CONTAINS, v = s->contains, vf = "contains";
+        break;
+    case ENVOY__TYPE__MATCHER__V3__STRING_MATCHER__MATCH_PATTERN_SAFE_REGEX:
+        err(t, "safe_regex", "regex matching is not supported yet");
+        return;
+    default:
+        err(t, NULL, "one of exact, prefix, suffix, contains is required");
+        return;
+    }
+    if (m->kind != SK_STR_EXACT && empty(v)) {
+        err(t, vf, "%s must not be empty", vf);
+        return;
+    }
+    m->value = dup(t, v);
+    m->len = v ? strlen(v) : 0;
+}
+
+static void cidr_range(struct tr *t, const Envoy__Config__Core__V3__CidrRange *c,
+                       struct sk_cidr *out)
+{
+    memset(out, 0, sizeof(*out));
+    const char *a = c->address_prefix ? c->address_prefix : "";
+    uint32_t max;
+    if (inet_pton(AF_INET, a, out->addr) == 1) {
+        out->family = AF_INET;
+        max = 32;
+    } else if (inet_pton(AF_INET6, a, out->addr) == 1) {
+        out->family = AF_INET6;
+        max = 128;
+    } else {
+        err(t, "address_prefix", "'%s' is not an IP address", a);
+        return;
+    }
+    out->prefix_len = c->prefix_len ? c->prefix_len->value : max;
+    if (out->prefix_len > max)
+        err(t, "prefix_len", "prefix_len %u is too long for '%s'", out->prefix_len, a);
+}
+
+static void path_matcher(struct tr *t, const Envoy__Type__Matcher__V3__PathMatcher *p,
+                         struct sk_rbac_rule *r)
+{
+    r->kind = SK_RBAC_R_URL_PATH;
+    if (p->rule_case != ENVOY__TYPE__MATCHER__V3__PATH_MATCHER__RULE_PATH || !p->path) {
+        err(t, NULL, "path is required");
+        return;
+    }
+    size_t o = pushf(t, "path");
+    str_matcher(t, p->path, &r->str);
+    pop(t, o);
+}
+
+#define RBAC_MAX_DEPTH 32
+
+static void rbac_permission(struct tr *t, const PbRbacPermission *p, struct sk_rbac_rule *r,
+                            int depth);
+
+static void rbac_permission_set(struct tr *t, const char *field, size_t n,
+                                PbRbacPermission **v, struct sk_rbac_rule *r, int depth)
+{
+    size_t o = pushf(t, field);
+    if (n == 0)
+        err(t, "rules", "at least one rule is required");
+    r->sub = alarr(t, n, sizeof(*r->sub));
+    for (size_t i = 0; r->sub && i < n; i++) {
+        size_t oi = push(t, ".rules[%zu]", i);
+        rbac_permission(t, v[i], &r->sub[i], depth + 1);
+        pop(t, oi);
+    }
+    r->nsub = r->sub ? n : 0;
+    pop(t, o);
+}
+
+static void rbac_permission(struct tr *t, const PbRbacPermission *p, struct sk_rbac_rule *r,
+                            int depth)
+{
+    memset(r, 0, sizeof(*r));
+    if (depth > RBAC_MAX_DEPTH) {
+        err(t, NULL, "rules nested deeper than %d", RBAC_MAX_DEPTH);
+        return;
+    }
+    switch (p->rule_case) {
+    case ENVOY__CONFIG__RBAC__V3__PERMISSION__RULE_AND_RULES:
+        r->kind = SK_RBAC_R_AND;
+        rbac_permission_set(t, "and_rules", p->and_rules->n_rules, p->and_rules->rules, r, depth);
+        break;
+    case ENVOY__CONFIG__RBAC__V3__PERMISSION__RULE_OR_RULES:
+        r->kind = SK_RBAC_R_OR;
+        rbac_permission_set(t, "or_rules", p->or_rules->n_rules, p->or_rules->rules, r, depth);
+        break;
+    case ENVOY__CONFIG__RBAC__V3__PERMISSION__RULE_ANY:
+        r->kind = SK_RBAC_R_ANY;
+        if (!p->any)
+            err(t, "any", "any must be true");
+        break;
+    case ENVOY__CONFIG__RBAC__V3__PERMISSION__RULE_HEADER: {
+        r->kind = SK_RBAC_R_HEADER;
+        size_t o = pushf(t, "header");
+        header_matcher(t, p->header, &r->header);
+        pop(t, o);
+        break;
+    }
+    case ENVOY__CONFIG__RBAC__V3__PERMISSION__RULE_URL_PATH: {
+        size_t o = pushf(t, "url_path");
+        path_matcher(t, p->url_path, r);
+        pop(t, o);
+        break;
+    }
+    case ENVOY__CONFIG__RBAC__V3__PERMISSION__RULE_DESTINATION_PORT:
+        r->kind = SK_RBAC_R_DEST_PORT;
+        r->port_lo = p->destination_port;
+        if (p->destination_port > 65535)
+            err(t, "destination_port", "destination_port must be 0-65535");
+        break;
+    case ENVOY__CONFIG__RBAC__V3__PERMISSION__RULE_DESTINATION_PORT_RANGE:
+        r->kind = SK_RBAC_R_DEST_PORT_RANGE;
+        if (p->destination_port_range->start < 0 || p->destination_port_range->end > 65536 ||
+            p->destination_port_range->start > p->destination_port_range->end)
+            err(t, "destination_port_range", "invalid port range");
+        r->port_lo = (uint32_t)p->destination_port_range->start;
+        r->port_hi = (uint32_t)p->destination_port_range->end;
+        break;
+    case ENVOY__CONFIG__RBAC__V3__PERMISSION__RULE_NOT_RULE:
+        r->kind = SK_RBAC_R_NOT;
+        r->sub = al(t, sizeof(*r->sub));
+        if (r->sub) {
+            size_t o = pushf(t, "not_rule");
+            rbac_permission(t, p->not_rule, r->sub, depth + 1);
+            r->nsub = 1;
+            pop(t, o);
+        }
+        break;
+    case ENVOY__CONFIG__RBAC__V3__PERMISSION__RULE_DESTINATION_IP:
+        err(t, "destination_ip", "destination_ip is not supported yet");
+        break;
+    case ENVOY__CONFIG__RBAC__V3__PERMISSION__RULE_REQUESTED_SERVER_NAME:
+        err(t, "requested_server_name", "requested_server_name is not supported yet");
+        break;
+    case ENVOY__CONFIG__RBAC__V3__PERMISSION__RULE_MATCHER:
+        unsupported(t, "matcher");
+        break;
+    default:
+        err(t, NULL, "a permission rule is required");
+        break;
+    }
+}
+
+static void rbac_principal(struct tr *t, const PbRbacPrincipal *p, struct sk_rbac_rule *r,
+                           int depth);
+
+static void rbac_principal_set(struct tr *t, const char *field, size_t n, PbRbacPrincipal **v,
+                               struct sk_rbac_rule *r, int depth)
+{
+    size_t o = pushf(t, field);
+    if (n == 0)
+        err(t, "ids", "at least one id is required");
+    r->sub = alarr(t, n, sizeof(*r->sub));
+    for (size_t i = 0; r->sub && i < n; i++) {
+        size_t oi = push(t, ".ids[%zu]", i);
+        rbac_principal(t, v[i], &r->sub[i], depth + 1);
+        pop(t, oi);
+    }
+    r->nsub = r->sub ? n : 0;
+    pop(t, o);
+}
+
+static void rbac_principal(struct tr *t, const PbRbacPrincipal *p, struct sk_rbac_rule *r,
+                           int depth)
+{
+    memset(r, 0, sizeof(*r));
+    if (depth > RBAC_MAX_DEPTH) {
+        err(t, NULL, "ids nested deeper than %d", RBAC_MAX_DEPTH);
+        return;
+    }
+    const Envoy__Config__Core__V3__CidrRange *cidr = NULL;
+    const char *cf = NULL;
+    switch (p->identifier_case) {
+    case ENVOY__CONFIG__RBAC__V3__PRINCIPAL__IDENTIFIER_AND_IDS:
+        r->kind = SK_RBAC_R_AND;
+        rbac_principal_set(t, "and_ids", p->and_ids->n_ids, p->and_ids->ids, r, depth);
+        break;
+    case ENVOY__CONFIG__RBAC__V3__PRINCIPAL__IDENTIFIER_OR_IDS:
+        r->kind = SK_RBAC_R_OR;
+        rbac_principal_set(t, "or_ids", p->or_ids->n_ids, p->or_ids->ids, r, depth);
+        break;
+    case ENVOY__CONFIG__RBAC__V3__PRINCIPAL__IDENTIFIER_ANY:
+        r->kind = SK_RBAC_R_ANY;
+        if (!p->any)
+            err(t, "any", "any must be true");
+        break;
+    case ENVOY__CONFIG__RBAC__V3__PRINCIPAL__IDENTIFIER_AUTHENTICATED:
+        r->kind = SK_RBAC_R_AUTHENTICATED;
+        if (p->authenticated->principal_name) {
+            size_t o = pushf(t, "authenticated.principal_name");
+            str_matcher(t, p->authenticated->principal_name, &r->str);
+            r->has_str = true;
+            pop(t, o);
+        }
+        break;
+    case ENVOY__CONFIG__RBAC__V3__PRINCIPAL__IDENTIFIER_SOURCE_IP:
+        cidr = p->source_ip, cf = "source_ip";
+        break;
+    case ENVOY__CONFIG__RBAC__V3__PRINCIPAL__IDENTIFIER_DIRECT_REMOTE_IP:
+        cidr = p->direct_remote_ip, cf = "direct_remote_ip";
+        break;
+    case ENVOY__CONFIG__RBAC__V3__PRINCIPAL__IDENTIFIER_REMOTE_IP:
+        cidr = p->remote_ip, cf = "remote_ip";
+        break;
+    case ENVOY__CONFIG__RBAC__V3__PRINCIPAL__IDENTIFIER_HEADER: {
+        r->kind = SK_RBAC_R_HEADER;
+        size_t o = pushf(t, "header");
+        header_matcher(t, p->header, &r->header);
+        pop(t, o);
+        break;
+    }
+    case ENVOY__CONFIG__RBAC__V3__PRINCIPAL__IDENTIFIER_URL_PATH: {
+        size_t o = pushf(t, "url_path");
+        path_matcher(t, p->url_path, r);
+        pop(t, o);
+        break;
+    }
+    case ENVOY__CONFIG__RBAC__V3__PRINCIPAL__IDENTIFIER_NOT_ID:
+        r->kind = SK_RBAC_R_NOT;
+        r->sub = al(t, sizeof(*r->sub));
+        if (r->sub) {
+            size_t o = pushf(t, "not_id");
+            rbac_principal(t, p->not_id, r->sub, depth + 1);
+            r->nsub = 1;
+            pop(t, o);
+        }
+        break;
+    default:
+        err(t, NULL, "a principal identifier is required");
+        break;
+    }
+    if (cidr) {
+        r->kind = SK_RBAC_R_REMOTE_IP;
+        size_t o = pushf(t, cf);
+        cidr_range(t, cidr, &r->cidr);
+        pop(t, o);
+    }
+}
+
+static int cmp_policy(const void *a, const void *b)
+{
+    const struct sk_rbac_policy *x = a, *y = b;
+    return strcmp(x->name ? x->name : "", y->name ? y->name : "");
+}
+
+static void rbac_rules(struct tr *t, const char *field, const PbRbacRules *p,
+                       struct sk_rbac_rules *r)
+{
+    size_t o = pushf(t, field);
+    memset(r, 0, sizeof(*r));
+    switch (p->action) {
+    case ENVOY__CONFIG__RBAC__V3__RBAC__ACTION__ALLOW:
+        r->action = SK_RBAC_ALLOW;
+        break;
+    case ENVOY__CONFIG__RBAC__V3__RBAC__ACTION__DENY:
+        r->action = SK_RBAC_DENY;
+        break;
+    case ENVOY__CONFIG__RBAC__V3__RBAC__ACTION__LOG:
+        r->action = SK_RBAC_LOG;
+        break;
+    default:
+        err(t, "action", "unknown action %d", (int)p->action);
+        break;
+    }
+    if (p->n_audit_log)
+        unsupported(t, "audit_log");
+    r->policies = alarr(t, p->n_policies, sizeof(*r->policies));
+    for (size_t i = 0; r->policies && i < p->n_policies; i++) {
+        const char *name = p->policies[i]->key ? p->policies[i]->key : "";
+        const Envoy__Config__Rbac__V3__Policy *pv = p->policies[i]->value;
+        struct sk_rbac_policy *pol = &r->policies[i];
+        memset(pol, 0, sizeof(*pol));
+        size_t op = push(t, ".policies[\"%s\"]", name);
+        pol->name = dup(t, name);
+        if (!pv || pv->n_permissions == 0)
+            err(t, "permissions", "at least one permission is required");
+        if (!pv || pv->n_principals == 0)
+            err(t, "principals", "at least one principal is required");
+        if (pv) {
+            pol->permissions = alarr(t, pv->n_permissions, sizeof(*pol->permissions));
+            for (size_t k = 0; pol->permissions && k < pv->n_permissions; k++) {
+                size_t ok = push(t, ".permissions[%zu]", k);
+                rbac_permission(t, pv->permissions[k], &pol->permissions[k], 0);
+                pop(t, ok);
+            }
+            pol->npermissions = pol->permissions ? pv->n_permissions : 0;
+            pol->principals = alarr(t, pv->n_principals, sizeof(*pol->principals));
+            for (size_t k = 0; pol->principals && k < pv->n_principals; k++) {
+                size_t ok = push(t, ".principals[%zu]", k);
+                rbac_principal(t, pv->principals[k], &pol->principals[k], 0);
+                pop(t, ok);
+            }
+            pol->nprincipals = pol->principals ? pv->n_principals : 0;
+        }
+        pop(t, op);
+    }
+    r->npolicies = r->policies ? p->n_policies : 0;
+    if (r->npolicies > 1)
+        qsort(r->policies, r->npolicies, sizeof(*r->policies), cmp_policy);
+    pop(t, o);
+}
+
+static struct sk_rbac_cfg *rbac_config(struct tr *t, const PbRbacFilter *f)
+{
+    struct sk_rbac_cfg *c = al(t, sizeof(*c));
+    if (!c)
+        return NULL;
+    memset(c, 0, sizeof(*c));
+    c->magic = SK_RBAC_CFG_MAGIC;
+    if (f->rules) {
+        c->has_rules = true;
+        rbac_rules(t, "rules", f->rules, &c->rules);
+    }
+    if (f->shadow_rules) {
+        c->has_shadow = true;
+        rbac_rules(t, "shadow_rules", f->shadow_rules, &c->shadow);
+    }
+    return c;
+}
+
+/* One typed_per_filter_config entry -> override. Envoy's per-route config
+ * for a filter is the filter's own message (RBACPerRoute for RBAC), or
+ * envoy.config.route.v3.FilterConfig {config, is_optional, disabled}.
+ * Returns false when the entry is skipped (unknown optional config). */
+static bool filter_override(struct tr *t, const char *name, const PbAny *a,
+                            struct sk_filter_override *o)
+{
+    memset(o, 0, sizeof(*o));
+    o->name = dup(t, name);
+    if (empty(name))
+        err(t, NULL, "the filter name (map key) must not be empty");
+    if (!any_ok(t, a))
+        return false;
+    PbFilterConfig *fc = NULL;
+    bool optional = false;
+    size_t opath = t->plen;
+    if (is_type(a, &envoy__config__route__v3__filter_config__descriptor)) {
+        fc = unpack(t, a, &envoy__config__route__v3__filter_config__descriptor);
+        if (!fc)
+            return false;
+        o->disabled = fc->disabled;
+        optional = fc->is_optional;
+        a = fc->config;
+        opath = pushf(t, "config");
+        if (!a) { /* {disabled: true/false} alone: on/off with the HCM's config */
+            pop(t, opath);
+            unpacked_free(fc);
+            return true;
+        }
+        if (!any_ok(t, a)) {
+            pop(t, opath);
+            unpacked_free(fc);
+            return false;
+        }
+    }
+    bool keep = true;
+    if (is_type(a, &envoy__extensions__filters__http__fault__v3__httpfault__descriptor)) {
+        PbHttpFault *f =
+            unpack(t, a, &envoy__extensions__filters__http__fault__v3__httpfault__descriptor);
+        if (f)
+            o->config = fault_config(t, f);
+        unpacked_free(f);
+    } else if (is_type(a,
+                       &envoy__extensions__filters__http__rbac__v3__rbacper_route__descriptor)) {
+        PbRbacPerRoute *r =
+            unpack(t, a, &envoy__extensions__filters__http__rbac__v3__rbacper_route__descriptor);
+        if (r && r->rbac) {
+            size_t orb = pushf(t, "rbac");
+            o->config = rbac_config(t, r->rbac);
+            pop(t, orb);
+        } else if (r) {
+            o->disabled = true; /* RBACPerRoute without rbac: no RBAC on this route */
+        }
+        unpacked_free(r);
+    } else if (optional) {
+        keep = false; /* an optional config of an unknown type is ignored */
+    } else {
+        err(t, NULL, "unsupported per-route config '%s' for filter '%s'", any_type(a), name);
+        keep = false;
+    }
+    if (fc) {
+        pop(t, opath);
+        unpacked_free(fc);
+    }
+    return keep;
+}
+
+/* typed_per_filter_config (route config, vhost or route) -> overrides. */
+static void filter_overrides(struct tr *t, size_t n, PbPfcEntry *const *v,
+                             struct sk_filter_override **out, size_t *nout)
+{
+    *out = NULL;
+    *nout = 0;
+    if (!n)
+        return;
+    size_t o = pushf(t, "typed_per_filter_config");
+    struct sk_filter_override *arr = alarr(t, n, sizeof(*arr));
+    for (size_t i = 0; arr && i < n; i++) {
+        size_t oi = push(t, ".%s", v[i]->key ? v[i]->key : "");
+        if (filter_override(t, v[i]->key, v[i]->value, &arr[*nout]))
+            (*nout)++;
+        pop(t, oi);
+    }
+    *out = arr;
+    pop(t, o);
+}
+
+#define FILTER_OVERRIDES(t, m, out, nout)                                                          \
+    filter_overrides((t), (m)->n_typed_per_filter_config,                                          \
+                     (PbPfcEntry *const *)(const void *)(m)->typed_per_filter_config, (out),      \
+                     (nout))
+
+/* route's overrides, then the vhost's and the route config's for the names
+ * the route does not have (the most specific wins) */
+static void merge_overrides(struct tr *t, struct sk_route *r, const struct sk_filter_override *vo,
+                            size_t nvo, const struct sk_filter_override *co, size_t nco)
+{
+    size_t total = r->nfilter_overrides + nvo + nco;
+    if (total == r->nfilter_overrides)
+        return;
+    struct sk_filter_override *m = alarr(t, total, sizeof(*m));
+    if (!m)
+        return;
+    size_t k = 0;
+    for (size_t i = 0; i < r->nfilter_overrides; i++)
+        m[k++] = r->filter_overrides[i];
+    for (int lvl = 0; lvl < 2; lvl++) {
+        const struct sk_filter_override *src = lvl == 0 ? vo : co;
+        size_t ns = lvl == 0 ? nvo : nco;
+        for (size_t i = 0; i < ns; i++) {
+            bool dupname = false;
+            for (size_t j = 0; j < k && !dupname; j++)
+                dupname = m[j].name && src[i].name && strcmp(m[j].name, src[i].name) == 0;
+            if (!dupname)
+                m[k++] = src[i];
+        }
+    }
+    r->filter_overrides = m;
+    r->nfilter_overrides = k;
 }
 
 static void route_match(struct tr *t, const PbRouteMatch *pm, struct sk_route_match *m)
@@ -1152,8 +1748,8 @@ static void route(struct tr *t, const PbRoute *pr, struct sk_route *r, const str
         err(t, NULL, "one of route, direct_response is required");
         break;
     }
-    if (pr->n_typed_per_filter_config)
-        err(t, "typed_per_filter_config", "typed_per_filter_config is not supported yet");
+    FILTER_OVERRIDES(t, pr, &r->filter_overrides, &r->nfilter_overrides);
+    merge_overrides(t, r, rc->vh_fo, rc->nvh_fo, rc->rc_fo, rc->nrc_fo);
     HDR_OPS(t, pr, &r->hdrs_req, &r->hdrs_resp);
 }
 
@@ -1201,8 +1797,7 @@ static struct sk_route_config *route_config(struct tr *t, const PbRouteConfig *p
         unsupported(t, "most_specific_header_mutations_wins");
     if (pc->ignore_path_parameters_in_path_matching)
         unsupported(t, "ignore_path_parameters_in_path_matching");
-    if (pc->n_typed_per_filter_config)
-        err(t, "typed_per_filter_config", "typed_per_filter_config is not supported yet");
+    FILTER_OVERRIDES(t, pc, &ctx.rc_fo, &ctx.nrc_fo);
     HDR_OPS(t, pc, &rc->hdrs_req, &rc->hdrs_resp);
 
     size_t ndomains = 0;
@@ -1244,8 +1839,7 @@ static struct sk_route_config *route_config(struct tr *t, const PbRouteConfig *p
         }
         if (pv->require_tls != ENVOY__CONFIG__ROUTE__V3__VIRTUAL_HOST__TLS_REQUIREMENT_TYPE__NONE)
             unsupported(t, "require_tls");
-        if (pv->n_typed_per_filter_config)
-            err(t, "typed_per_filter_config", "typed_per_filter_config is not supported yet");
+        FILTER_OVERRIDES(t, pv, &ctx.vh_fo, &ctx.nvh_fo);
         v->include_request_attempt_count = pv->include_request_attempt_count;
         v->include_attempt_count_in_response = pv->include_attempt_count_in_response;
         HDR_OPS(t, pv, &v->hdrs_req, &v->hdrs_resp);
@@ -1340,21 +1934,34 @@ static void http_filters(struct tr *t, const PbHcm *h, struct sk_hcm *m)
                 unsupported(t, "upstream_http_filters");
             unpacked_free(r);
         } else if (is_type(a,
-                           &envoy__extensions__filters__http__fault__v3__httpfault__descriptor)) {
-            void *fc =
-                unpack(t, a, &envoy__extensions__filters__http__fault__v3__httpfault__descriptor);
+                           &envoy__extensions__filters__http__fault__v3__httpfault__descriptor) ||
+                   is_type(a, &envoy__extensions__filters__http__rbac__v3__rbac__descriptor)) {
+            bool fault =
+                is_type(a, &envoy__extensions__filters__http__fault__v3__httpfault__descriptor);
             if (last)
                 err(t, NULL, "http_filters must end with the router filter");
-            /* A disabled filter only runs where a route enables it, and per-route
-             * filter config is not supported yet: leave it out. Fault config
-             * itself is translated by the fault work (issue 6). */
-            if (fc && !f->disabled && m->filters) {
+            if (empty(f->name))
+                err(t, "name", "name is required (typed_per_filter_config refers to it)");
+            void *config = NULL;
+            if (fault) {
+                PbHttpFault *fc = unpack(
+                    t, a, &envoy__extensions__filters__http__fault__v3__httpfault__descriptor);
+                config = fc ? fault_config(t, fc) : NULL;
+                unpacked_free(fc);
+            } else {
+                PbRbacFilter *rc =
+                    unpack(t, a, &envoy__extensions__filters__http__rbac__v3__rbac__descriptor);
+                config = rc ? rbac_config(t, rc) : NULL;
+                unpacked_free(rc);
+            }
+            /* a disabled filter is kept: a route's typed_per_filter_config may enable it */
+            if (config && m->filters) {
                 struct sk_http_filter_cfg *c = &m->filters[m->nfilters++];
                 c->name = dup(t, f->name);
                 c->type_url = dup(t, any_type(a));
-                c->config = NULL;
+                c->config = config;
+                c->disabled = f->disabled;
             }
-            unpacked_free(fc);
         } else if (f->is_optional) {
             /* unknown optional filter: skipped (gRPC's rule) */
             if (last)

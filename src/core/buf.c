@@ -9,6 +9,46 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+/* Per-thread cache of the two buffer sizes every request allocates (1 KiB
+ * heads, 16 KiB reads): keep-alive traffic frees a connection's buffers when
+ * it goes idle (idle connections hold no memory) and takes them back on the
+ * next request without going through malloc. Bounded per thread. */
+#define CACHE_MAX 64
+static __thread void *cache_small[CACHE_MAX], *cache_big[CACHE_MAX];
+static __thread unsigned ncache_small, ncache_big;
+
+static void *buf_alloc(size_t sz)
+{
+    if (sz == 1024 && ncache_small)
+        return cache_small[--ncache_small];
+    if (sz == 16384 && ncache_big)
+        return cache_big[--ncache_big];
+    return malloc(sz);
+}
+
+static void buf_release(void *p, size_t sz)
+{
+    if (!p)
+        return;
+    if (sz == 1024 && ncache_small < CACHE_MAX) {
+        cache_small[ncache_small++] = p;
+        return;
+    }
+    if (sz == 16384 && ncache_big < CACHE_MAX) {
+        cache_big[ncache_big++] = p;
+        return;
+    }
+    free(p);
+}
+
+void sk_buf_thread_cache_free(void)
+{
+    while (ncache_small)
+        free(cache_small[--ncache_small]);
+    while (ncache_big)
+        free(cache_big[--ncache_big]);
+}
+
 void sk_buf_init(struct sk_buf *b, size_t cap)
 {
     memset(b, 0, sizeof(*b));
@@ -17,7 +57,7 @@ void sk_buf_init(struct sk_buf *b, size_t cap)
 
 void sk_buf_free(struct sk_buf *b)
 {
-    free(b->data);
+    buf_release(b->data, b->size);
     b->data = NULL;
     b->off = b->len = b->size = 0;
 }
@@ -61,7 +101,19 @@ char *sk_buf_wptr(struct sk_buf *b, size_t want, size_t *avail)
         b->len = used;
     }
     if (nsz > b->size) {
-        char *d = realloc(b->data, nsz);
+        char *d;
+        if (!b->data) {
+            d = buf_alloc(nsz);
+        } else if (b->size == 1024 || b->size == 16384) {
+            /* grow out of a cached size class: copy, give the old one back */
+            d = malloc(nsz);
+            if (d) {
+                memcpy(d, b->data, b->len);
+                buf_release(b->data, b->size);
+            }
+        } else {
+            d = realloc(b->data, nsz);
+        }
         if (!d)
             return NULL;
         b->data = d;
@@ -125,7 +177,7 @@ int sk_buf_appendf(struct sk_buf *b, const char *fmt, ...)
 void sk_buf_shrink(struct sk_buf *b)
 {
     if (sk_buf_used(b) == 0 && b->data) {
-        free(b->data);
+        buf_release(b->data, b->size);
         b->data = NULL;
         b->off = b->len = b->size = 0;
     }

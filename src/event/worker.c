@@ -186,6 +186,7 @@ static void *worker_main(void *arg)
     reap_cb(w->loop, &w->reap_w, 0);
     sk_access_log_worker_close(w);
     sk_http_thread_cleanup();
+    sk_buf_thread_cache_free();
     return NULL;
 }
 

@@ -226,6 +226,10 @@ void sk_stream_cleanup(struct sk_stream *st)
 {
     if (!st->logged && st->method) {
         st->logged = true;
+        sk_hist_stream_end(&st->w->hist, ev_now(st->w->loop) - st->t_start,
+                           st->t_first_byte > 0 ? st->t_first_byte - st->t_start : -1.0,
+                           st->crt ? st->crt->cs : NULL,
+                           st->crt && st->crt->cs ? st->crt->cs->name : NULL);
         sk_access_log_stream(st);
     }
     if (st->up) {

@@ -354,7 +354,9 @@ struct asmb {
     ProtobufCMessage **owned; /* modified copies, freed with the assembly */
     size_t nowned, cowned;
     struct strv rds_names, eds_names;
-    size_t missing; /* listeners / clusters left out while their RDS / EDS is missing */
+    size_t missing;  /* listeners / clusters whose RDS / EDS has not arrived */
+    size_t held;     /* listeners among them, included with an empty route config */
+    bool validate;   /* include warming listeners (validation-only assembly) */
     bool oom;
 };
 
@@ -477,12 +479,13 @@ static bool inline_rds(void *arg, PbAny *any, PbHcm *h)
 {
     struct rds_inline *s = arg;
     long j = rset_find(s->rds, h->rds->route_config_name);
-    if (j < 0)
-        return false;
+    /* warming (validation-only assembly): an empty config of that name */
+    PbRouteConfig placeholder = ENVOY__CONFIG__ROUTE__V3__ROUTE_CONFIGURATION__INIT;
+    placeholder.name = h->rds->route_config_name;
     Envoy__Extensions__Filters__Network__HttpConnectionManager__V3__Rds *saved = h->rds;
     h->route_specifier_case =
         ENVOY__EXTENSIONS__FILTERS__NETWORK__HTTP_CONNECTION_MANAGER__V3__HTTP_CONNECTION_MANAGER__ROUTE_SPECIFIER_ROUTE_CONFIG;
-    h->route_config = (PbRouteConfig *)s->rds->v[j]->msg;
+    h->route_config = j >= 0 ? (PbRouteConfig *)s->rds->v[j]->msg : &placeholder;
     size_t n = protobuf_c_message_get_packed_size(&h->base);
     uint8_t *b = malloc(n ? n : 1);
     if (b)
@@ -496,6 +499,8 @@ static bool inline_rds(void *arg, PbAny *any, PbHcm *h)
     free(any->value.data);
     any->value.data = b;
     any->value.len = n;
+    if (j < 0)
+        return true;
     size_t *p = realloc(s->lm->rds, (s->lm->nrds + 1) * sizeof(*p));
     if (!p)
         return false;
@@ -526,7 +531,9 @@ static void asm_listener(struct asmb *a, PbListener *l, const struct res *lres, 
     listener_each_rds(l, scan_rds, &sc);
     if (sc.missing) {
         a->missing++; /* warming: wait for its RouteConfiguration(s) */
-        return;
+        if (!a->validate)
+            return;
+        a->held++; /* validated with empty route configs, never published */
     }
     struct lmap *m = &a->lm[a->nl];
     memset(m, 0, sizeof(*m));
@@ -565,16 +572,17 @@ static void asm_cluster(struct asmb *a, PbCluster *c, const struct res *cres, si
         const char *sn = cluster_eds_name(c);
         if (!strv_add(&a->eds_names, sn))
             a->oom = true;
+        /* warming (no ClusterLoadAssignment yet): no endpoints, so requests
+         * routed to it get a 503 until EDS delivers them */
         long j = rset_find(eds, sn);
-        if (j < 0) {
-            a->missing++; /* warming: wait for its ClusterLoadAssignment */
-            return;
-        }
+        if (j < 0)
+            a->missing++;
         ProtobufCMessage *cp = cres ? clone_bytes(c->base.descriptor, cres->bytes, cres->len)
                                     : clone_msg(&c->base);
-        ProtobufCMessage *la = clone_bytes(eds->v[j]->msg->descriptor, eds->v[j]->bytes,
-                                           eds->v[j]->len);
-        if (!cp || !la || !asm_own(a, cp)) {
+        ProtobufCMessage *la =
+            j >= 0 ? clone_bytes(eds->v[j]->msg->descriptor, eds->v[j]->bytes, eds->v[j]->len)
+                   : NULL;
+        if (!cp || (j >= 0 && !la) || !asm_own(a, cp)) {
             if (cp)
                 protobuf_c_message_free_unpacked(cp, NULL);
             if (la)
@@ -598,9 +606,10 @@ static void asm_cluster(struct asmb *a, PbCluster *c, const struct res *cres, si
 /* Builds the assembly from the store's bootstrap and the given sets (one per
  * type). Returns false on allocation failure. */
 static bool assemble(const struct sk_xds_store *st, const struct rset *const sets[SK_XDS_NTYPES],
-                     struct asmb *a)
+                     bool validate, struct asmb *a)
 {
     memset(a, 0, sizeof(*a));
+    a->validate = validate;
     const PbBootstrap *bs = st->bs;
     a->bs = *bs; /* shallow: node, admin, dynamic_resources borrowed */
     const PbStatic *sr0 = bs->static_resources;
@@ -664,11 +673,31 @@ static int try_build(struct sk_xds_store *st, const struct rset *const sets[SK_X
 {
     memset(b, 0, sizeof(*b));
     sk_cfgerrs_init(&b->errs, "<xds>");
-    if (!assemble(st, sets, &b->a)) {
+    if (!assemble(st, sets, true, &b->a)) {
         sk_cfgerrs_add(&b->errs, "", "out of memory assembling the xDS config");
         return b->rc = SK_ERR_NOMEM;
     }
     b->rc = sk_snapshot_build(&b->a.bs, &b->snap, &b->errs);
+    if (b->rc == 0 && b->a.held) {
+        /* warming listeners were validated; the snapshot to publish goes without
+         * them (a subset of what just passed) */
+        sk_snapshot_unref(b->snap);
+        b->snap = NULL;
+        struct asmb pub;
+        if (!assemble(st, sets, false, &pub)) {
+            asm_free(&pub);
+            sk_cfgerrs_add(&b->errs, "", "out of memory assembling the xDS config");
+            return b->rc = SK_ERR_NOMEM;
+        }
+        struct sk_cfgerrs e2;
+        sk_cfgerrs_init(&e2, "<xds>");
+        b->rc = sk_snapshot_build(&pub.bs, &b->snap, &e2);
+        /* paths of this assembly do not index the validation one: unmapped */
+        for (size_t i = 0; i < e2.n; i++)
+            sk_cfgerrs_add(&b->errs, "", "%s: %s", e2.v[i].path, e2.v[i].msg);
+        sk_cfgerrs_free(&e2);
+        asm_free(&pub);
+    }
     if (b->rc == 0 && st->hooks.prepare && st->hooks.prepare(b->snap, &b->errs) != 0) {
         sk_snapshot_unref(b->snap);
         b->snap = NULL;
@@ -884,7 +913,7 @@ struct sk_xds_store *sk_xds_store_new(PbBootstrap *bs, const struct sk_xds_hooks
     const struct rset *sets[SK_XDS_NTYPES];
     current_sets(st, sets);
     struct asmb a;
-    assemble(st, sets, &a);
+    assemble(st, sets, true, &a);
     take_names(st, &a, NULL);
     asm_free(&a);
     return st;

@@ -307,6 +307,13 @@ class TlsConn:
         self.conn.buf = b""
         self.conn.timeout = timeout
 
+    def send(self, data):
+        self.ssock.sendall(data)
+
+    def cork(self, on):
+        """TCP_CORK: hold everything sent until uncorked (one burst of records)."""
+        self.ssock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1 if on else 0)
+
     def request(self, *a, **kw):
         return self.conn.request(*a, **kw)
 
@@ -355,3 +362,92 @@ class SServer:
                 self.proc.wait(5)
         if not self.logf.closed:
             self.logf.close()
+
+
+class TlsOrigin:
+    """An in-process HTTPS/1.1 origin (python ssl, one thread per connection)
+    that controls how its response is cut into TLS records.
+
+    GET /<chunk>/<count>[?close_notify=1]: "200" with Content-Length chunk*count,
+    the head written on its own (one record), then `count` writes of `chunk`
+    bytes. With close_notify=1 the response has no Content-Length (HTTP/1.0
+    style, delimited by the end of the connection) and the origin sends
+    close_notify and waits for the peer's before closing TCP, as openssl
+    s_server -www and many servers do (a bidirectional shutdown)."""
+
+    def __init__(self, cert, max_version=None):
+        import threading
+        self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.ctx.load_cert_chain(str(cert.cert), str(cert.key))
+        if max_version:
+            self.ctx.maximum_version = max_version
+        self.ls = socket.socket()
+        self.ls.bind(("127.0.0.1", 0))
+        self.ls.listen(64)
+        self.port = self.ls.getsockname()[1]
+        self.stopped = False
+        self.requests = 0
+        self.t = threading.Thread(target=self._accept, daemon=True)
+        self.t.start()
+
+    def _accept(self):
+        import threading
+        while not self.stopped:
+            try:
+                c, _ = self.ls.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(c,), daemon=True).start()
+
+    def _serve(self, c):
+        import threading
+        c.settimeout(20)
+        s = None
+        try:
+            s = self.ctx.wrap_socket(c, server_side=True)
+            d = b""
+            while True:
+                while b"\r\n\r\n" not in d:
+                    x = s.recv(65536)
+                    if not x:
+                        return
+                    d += x
+                head, _, d = d.partition(b"\r\n\r\n")
+                self.requests += 1
+                path = head.split(b" ")[1].decode()
+                path, _, q = path.partition("?")
+                _, ch, cnt = path.split("/")
+                ch, cnt = int(ch), int(cnt)
+                # TCP_CORK: every record of the response (and the close_notify)
+                # reaches the peer at once, so how it reads them is deterministic
+                s.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1)
+                uncork = threading.Timer(0.05, lambda: s.setsockopt(
+                    socket.IPPROTO_TCP, socket.TCP_CORK, 0))
+                if "close_notify=1" in q:
+                    s.sendall(b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\n")
+                    for _ in range(cnt):
+                        s.sendall(b"y" * ch)
+                    uncork.start()
+                    try:
+                        s.unwrap()  # close_notify, then wait for the peer's
+                    except (OSError, ValueError):
+                        pass
+                    return
+                s.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % (ch * cnt))
+                for _ in range(cnt):
+                    s.sendall(b"y" * ch)
+                uncork.start()
+        except (OSError, ValueError):
+            pass
+        finally:
+            try:
+                (s if s is not None else c).close()
+            except OSError:
+                pass
+
+    def stop(self):
+        self.stopped = True
+        try:
+            self.ls.close()
+        except OSError:
+            pass

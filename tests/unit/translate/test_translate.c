@@ -3,7 +3,9 @@
  * Every rejected config checks the error's path, message and file position. */
 #include "skiff/config.h"
 #include "skiff/err.h"
+#include "skiff/fault.h"
 #include "skiff/model.h"
+#include "skiff/rbac.h"
 
 #include <arpa/inet.h>
 #include <stdio.h>
@@ -578,10 +580,17 @@ static void test_full(void)
     CHECK(h->h2_max_concurrent_streams == 10 && h->h2_initial_stream_window_size == 65536);
     CHECK(h->h2_initial_connection_window_size == 268435456u);
     CHECK(h->allow_websocket && !h->allow_connect);
-    /* fault recorded (config filled by issue 6); disabled fault and optional unknown skipped */
-    CHECK(h->nfilters == 1 && strcmp(h->filters[0].name, "envoy.filters.http.fault") == 0);
+    /* fault translated; the disabled one kept (a route may enable it); optional unknown skipped */
+    CHECK(h->nfilters == 2 && strcmp(h->filters[0].name, "envoy.filters.http.fault") == 0);
     CHECK(strcmp(h->filters[0].type_url, "envoy.extensions.filters.http.fault.v3.HTTPFault") == 0);
-    CHECK(h->filters[0].config == NULL);
+    CHECK(h->filters[0].config && !h->filters[0].disabled);
+    if (h->filters[0].config) {
+        const struct sk_fault_cfg *fc = h->filters[0].config;
+        CHECK(fc->magic == SK_FAULT_CFG_MAGIC && fc->has_max_active && fc->max_active_faults == 5);
+        CHECK(fc->delay_kind == SK_FAULT_DELAY_NONE && fc->abort_kind == SK_FAULT_ABORT_NONE);
+    }
+    CHECK(h->nfilters == 2 && strcmp(h->filters[1].name, "fault-off") == 0 &&
+          h->filters[1].disabled && h->filters[1].config);
 
     struct sk_route_config *rc = h->routes;
     CHECK(strcmp(rc->name, "main") == 0 && rc->ignore_port_in_host_matching && rc->nvhosts == 2);
@@ -955,7 +964,8 @@ static void test_route_errors(void)
     static const char y[] = LISTENERS LISTENER_HCM(
         "          route_config:\n"
         "            typed_per_filter_config:\n"
-        "              envoy.filters.http.fault: {\"@type\": " FAULT_TYPE "}\n"
+        "              envoy.filters.http.fault: {\"@type\": " FAULT_TYPE
+        ", abort: {http_status: 99}}\n"
         "            virtual_hosts:\n"
         "            - name: a\n"
         "              domains: [\"*\", foo.com, \"a*b\"]\n"
@@ -979,7 +989,8 @@ static void test_route_errors(void)
         "            - name: a\n"
         "              domains: [FOO.com]\n"
         "          http_filters: [" ROUTER "]\n") CLUSTERS STATIC_CLUSTER("c", "127.0.0.1", "80");
-    EXPECT_ERR(y, RC0 ".typed_per_filter_config", "typed_per_filter_config is not supported yet");
+    EXPECT_ERR(y, RC0 ".typed_per_filter_config.envoy.filters.http.fault.abort.http_status",
+               "http_status must be 200-599 (got 99)");
     EXPECT_ERR_AT(y, VH0 ".domains[2]", "invalid domain 'a*b'", NULL, "\"a*b\"");
     EXPECT_ERR_AT(y, VH0 ".routes[0].match.safe_regex", "regex path matching is not supported yet",
                   NULL, "safe_regex:");
@@ -2070,6 +2081,221 @@ static void test_tls_errors(void)
     sk_snapshot_unref(s);
 }
 
+/* ---- HTTP filters: fault, RBAC, typed_per_filter_config ------------------------------ */
+
+#define RBAC_TYPE "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC"
+#define RBAC_PR_TYPE "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBACPerRoute"
+#define FCFG_TYPE "type.googleapis.com/envoy.config.route.v3.FilterConfig"
+
+static const char filters_yaml[] = LISTENERS LISTENER_HCM(
+    "          http_filters:\n"
+    "          - name: fault\n"
+    "            typed_config:\n"
+    "              \"@type\": " FAULT_TYPE "\n"
+    "              delay: {fixed_delay: 0.2s, percentage: {numerator: 20}}\n"
+    "              abort: {grpc_status: 14, percentage: {numerator: 1000, denominator: "
+    "TEN_THOUSAND}}\n"
+    "              upstream_cluster: c\n"
+    "              headers: [{name: x-fault, exact_match: \"yes\"}]\n"
+    "              downstream_nodes: [n1, n2]\n"
+    "              response_rate_limit: {fixed_limit: {limit_kbps: 64}, percentage: "
+    "{numerator: 2000000, denominator: MILLION}}\n"
+    "          - name: rbac\n"
+    "            typed_config:\n"
+    "              \"@type\": " RBAC_TYPE "\n"
+    "              rules:\n"
+    "                action: DENY\n"
+    "                policies:\n"
+    "                  zz:\n"
+    "                    permissions: [{any: true}]\n"
+    "                    principals: [{remote_ip: {address_prefix: 10.0.0.0, prefix_len: 8}}]\n"
+    "                  aa:\n"
+    "                    permissions:\n"
+    "                    - and_rules:\n"
+    "                        rules:\n"
+    "                        - header: {name: \":method\", exact_match: GET}\n"
+    "                        - url_path: {path: {prefix: /admin}}\n"
+    "                        - not_rule: {destination_port: 80}\n"
+    "                    principals:\n"
+    "                    - authenticated: {principal_name: {exact: \"spiffe://x/ns/a/sa/b\"}}\n"
+    "                    - or_ids: {ids: [{any: true}, {direct_remote_ip: {address_prefix: "
+    "\"::1\"}}]}\n"
+    "              shadow_rules: {action: ALLOW}\n"
+    "          - " ROUTER "\n"
+    "          route_config:\n"
+    "            name: r\n"
+    "            typed_per_filter_config:\n"
+    "              rbac: {\"@type\": " RBAC_PR_TYPE "}\n"
+    "            virtual_hosts:\n"
+    "            - name: vh\n"
+    "              domains: [\"*\"]\n"
+    "              typed_per_filter_config:\n"
+    "                fault: {\"@type\": " FAULT_TYPE
+    ", abort: {header_abort: {}, percentage: {numerator: 100}}}\n"
+    "              routes:\n"
+    "              - match: {prefix: /a}\n"
+    "                route: {cluster: c}\n"
+    "                typed_per_filter_config:\n"
+    "                  fault: {\"@type\": " FCFG_TYPE ", disabled: true}\n"
+    "              - match: {prefix: /b}\n"
+    "                route: {cluster: c}\n"
+    "                typed_per_filter_config:\n"
+    "                  rbac:\n"
+    "                    \"@type\": " RBAC_PR_TYPE "\n"
+    "                    rbac: {rules: {policies: {p: {permissions: [{any: true}], principals: "
+    "[{any: true}]}}}}\n"
+    "                  x: {\"@type\": " FCFG_TYPE ", is_optional: true, config: {\"@type\": " TCP_TYPE
+    ", stat_prefix: x, cluster: c}}\n") CLUSTERS STATIC_CLUSTER("c", "127.0.0.1", "80");
+
+static const struct sk_filter_override *override_of(const struct sk_route *r, const char *name)
+{
+    for (size_t i = 0; i < r->nfilter_overrides; i++)
+        if (strcmp(r->filter_overrides[i].name, name) == 0)
+            return &r->filter_overrides[i];
+    return NULL;
+}
+
+static void test_filters(void)
+{
+    struct sk_snapshot *s = LOAD_OK(filters_yaml);
+    if (!s)
+        return;
+    struct sk_hcm *h = s->listeners[0].chains[0].hcm;
+    CHECK(h && h->nfilters == 2);
+    if (!h || h->nfilters != 2) {
+        sk_snapshot_unref(s);
+        return;
+    }
+    const struct sk_fault_cfg *f = h->filters[0].config;
+    CHECK(f && f->magic == SK_FAULT_CFG_MAGIC);
+    CHECK(f->delay_kind == SK_FAULT_DELAY_FIXED && f->delay_ms == 200);
+    CHECK(f->delay_pct.numerator == 20 && f->delay_pct.denominator == 100);
+    CHECK(f->abort_kind == SK_FAULT_ABORT_GRPC && f->abort_grpc_status == 14);
+    CHECK(f->abort_pct.numerator == 1000 && f->abort_pct.denominator == 10000);
+    CHECK(f->upstream_cluster && strcmp(f->upstream_cluster, "c") == 0);
+    CHECK(f->nheaders == 1 && strcmp(f->headers[0].name, "x-fault") == 0 &&
+          f->headers[0].kind == SK_STR_EXACT && strcmp(f->headers[0].value, "yes") == 0);
+    CHECK(f->ndownstream_nodes == 2 && strcmp(f->downstream_nodes[1], "n2") == 0);
+    CHECK(!f->has_max_active);
+    CHECK(f->rl_kind == SK_FAULT_RL_FIXED && f->rl_kbps == 64);
+    /* numerator above the denominator is clamped to 100% */
+    CHECK(f->rl_pct.numerator == 1000000 && f->rl_pct.denominator == 1000000);
+
+    CHECK(strcmp(h->filters[1].type_url, "envoy.extensions.filters.http.rbac.v3.RBAC") == 0);
+    const struct sk_rbac_cfg *rb = h->filters[1].config;
+    CHECK(rb && rb->magic == SK_RBAC_CFG_MAGIC && rb->has_rules && rb->has_shadow);
+    CHECK(rb->rules.action == SK_RBAC_DENY && rb->rules.npolicies == 2);
+    CHECK(rb->shadow.action == SK_RBAC_ALLOW && rb->shadow.npolicies == 0);
+    if (rb->rules.npolicies == 2) {
+        /* sorted by name: Envoy evaluates policies in lexicographic order */
+        const struct sk_rbac_policy *a = &rb->rules.policies[0], *z = &rb->rules.policies[1];
+        CHECK(strcmp(a->name, "aa") == 0 && strcmp(z->name, "zz") == 0);
+        CHECK(a->npermissions == 1 && a->permissions[0].kind == SK_RBAC_R_AND &&
+              a->permissions[0].nsub == 3);
+        if (a->permissions[0].nsub == 3) {
+            const struct sk_rbac_rule *r = a->permissions[0].sub;
+            CHECK(r[0].kind == SK_RBAC_R_HEADER && strcmp(r[0].header.name, ":method") == 0);
+            CHECK(r[1].kind == SK_RBAC_R_URL_PATH && r[1].str.kind == SK_STR_PREFIX &&
+                  strcmp(r[1].str.value, "/admin") == 0);
+            CHECK(r[2].kind == SK_RBAC_R_NOT && r[2].nsub == 1 &&
+                  r[2].sub[0].kind == SK_RBAC_R_DEST_PORT && r[2].sub[0].port_lo == 80);
+        }
+        CHECK(a->nprincipals == 2 && a->principals[0].kind == SK_RBAC_R_AUTHENTICATED &&
+              a->principals[0].has_str &&
+              strcmp(a->principals[0].str.value, "spiffe://x/ns/a/sa/b") == 0);
+        CHECK(a->principals[1].kind == SK_RBAC_R_OR && a->principals[1].nsub == 2 &&
+              a->principals[1].sub[1].kind == SK_RBAC_R_REMOTE_IP &&
+              a->principals[1].sub[1].cidr.family == AF_INET6 &&
+              a->principals[1].sub[1].cidr.prefix_len == 128);
+        CHECK(z->nprincipals == 1 && z->principals[0].kind == SK_RBAC_R_REMOTE_IP &&
+              z->principals[0].cidr.family == AF_INET && z->principals[0].cidr.prefix_len == 8 &&
+              z->principals[0].cidr.addr[0] == 10);
+    }
+
+    const struct sk_vhost *vh = &h->routes->vhosts[0];
+    /* /a: its own FilterConfig{disabled} wins over the vhost's fault; the route
+     * config's empty RBACPerRoute disables rbac */
+    const struct sk_route *ra = &vh->routes[0], *rbr = &vh->routes[1];
+    CHECK(ra->nfilter_overrides == 2);
+    const struct sk_filter_override *o = override_of(ra, "fault");
+    CHECK(o && o->disabled && !o->config);
+    o = override_of(ra, "rbac");
+    CHECK(o && o->disabled && !o->config);
+    /* /b: RBACPerRoute with rules; the optional unknown config is skipped; the
+     * vhost's fault (header abort) applies */
+    CHECK(rbr->nfilter_overrides == 2 && !override_of(rbr, "x"));
+    o = override_of(rbr, "rbac");
+    CHECK(o && !o->disabled && o->config);
+    if (o && o->config) {
+        const struct sk_rbac_cfg *pr = o->config;
+        CHECK(pr->magic == SK_RBAC_CFG_MAGIC && pr->has_rules && !pr->has_shadow &&
+              pr->rules.action == SK_RBAC_ALLOW && pr->rules.npolicies == 1);
+    }
+    o = override_of(rbr, "fault");
+    CHECK(o && !o->disabled && o->config);
+    if (o && o->config) {
+        const struct sk_fault_cfg *vf = o->config;
+        CHECK(vf->abort_kind == SK_FAULT_ABORT_HEADER && vf->abort_pct.numerator == 100 &&
+              vf->delay_kind == SK_FAULT_DELAY_NONE);
+    }
+    sk_snapshot_unref(s);
+}
+
+static void test_filter_errors(void)
+{
+    static const char y[] = LISTENERS LISTENER_HCM(
+        "          http_filters:\n"
+        "          - name: fault\n"
+        "            typed_config:\n"
+        "              \"@type\": " FAULT_TYPE "\n"
+        "              delay: {percentage: {numerator: 20}}\n"
+        "              abort: {percentage: {numerator: 20}}\n"
+        "              response_rate_limit: {fixed_limit: {limit_kbps: 0}}\n"
+        "          - name: rbac\n"
+        "            typed_config:\n"
+        "              \"@type\": " RBAC_TYPE "\n"
+        "              rules:\n"
+        "                policies:\n"
+        "                  p1:\n"
+        "                    permissions: [{destination_ip: {address_prefix: 10.0.0.1}}]\n"
+        "                  p2:\n"
+        "                    permissions: [{and_rules: {rules: []}}]\n"
+        "                    principals: [{remote_ip: {address_prefix: nope}}, "
+        "{authenticated: {principal_name: {safe_regex: {regex: x}}}}]\n"
+        "          - " ROUTER "\n"
+        "          route_config:\n"
+        "            virtual_hosts:\n"
+        "            - name: vh\n"
+        "              domains: [\"*\"]\n"
+        "              routes:\n"
+        "              - match: {prefix: /}\n"
+        "                route: {cluster: c}\n"
+        "                typed_per_filter_config:\n"
+        "                  fault: {\"@type\": " FAULT_TYPE ", abort: {http_status: 600}}\n"
+        "                  other: {\"@type\": " TCP_TYPE ", stat_prefix: x, cluster: c}\n")
+        CLUSTERS STATIC_CLUSTER("c", "127.0.0.1", "80");
+#define F0 HCM0 ".http_filters[0].typed_config"
+#define R1 HCM0 ".http_filters[1].typed_config.rules.policies[\"p1\"]"
+#define R2 HCM0 ".http_filters[1].typed_config.rules.policies[\"p2\"]"
+#define PFC VH0 ".routes[0].typed_per_filter_config"
+    EXPECT_ERR(y, F0 ".delay", "one of fixed_delay, header_delay is required");
+    EXPECT_ERR(y, F0 ".abort", "one of http_status, grpc_status, header_abort is required");
+    EXPECT_ERR(y, F0 ".response_rate_limit.fixed_limit.limit_kbps", "at least 1");
+    EXPECT_ERR(y, R1 ".principals", "at least one principal is required");
+    EXPECT_ERR(y, R1 ".permissions[0].destination_ip", "destination_ip is not supported yet");
+    EXPECT_ERR(y, R2 ".permissions[0].and_rules.rules", "at least one rule is required");
+    EXPECT_ERR(y, R2 ".principals[0].remote_ip.address_prefix", "'nope' is not an IP address");
+    EXPECT_ERR(y, R2 ".principals[1].authenticated.principal_name.safe_regex",
+               "regex matching is not supported yet");
+    EXPECT_ERR(y, PFC ".fault.abort.http_status", "http_status must be 200-599 (got 600)");
+    EXPECT_ERR(y, PFC ".other", "unsupported per-route config "
+                                "'envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy'");
+#undef F0
+#undef R1
+#undef R2
+#undef PFC
+}
+
 int main(void)
 {
     test_pb_lookup();
@@ -2092,6 +2318,8 @@ int main(void)
     test_tls_full();
     test_tls_sds();
     test_tls_errors();
+    test_filters();
+    test_filter_errors();
     if (failures) {
         fprintf(stderr, "%d of %d checks failed\n", failures, checks);
         return 1;

@@ -1,0 +1,335 @@
+/* Trace context propagation (W3C + B3); see include/skiff/tracing.h. */
+#include "skiff/tracing.h"
+
+#include <string.h>
+
+#include "skiff/stream.h"
+#include "skiff/worker.h"
+
+uint32_t sk_tracing_sample_ppm = 1000000;
+
+static int hexval(char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    return -1; /* W3C: lower-case only */
+}
+
+/* n hex chars -> n/2 bytes; false on a non-hex char */
+static bool unhex(const char *p, size_t n, uint8_t *out)
+{
+    for (size_t i = 0; i < n; i += 2) {
+        int a = hexval(p[i]), b = hexval(p[i + 1]);
+        if (a < 0 || b < 0)
+            return false;
+        out[i / 2] = (uint8_t)(a << 4 | b);
+    }
+    return true;
+}
+
+static bool all_zero(const uint8_t *p, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (p[i])
+            return false;
+    return true;
+}
+
+void sk_trace_hex(char *out, const uint8_t *p, size_t n)
+{
+    static const char hx[] = "0123456789abcdef";
+    for (size_t i = 0; i < n; i++) {
+        out[2 * i] = hx[p[i] >> 4];
+        out[2 * i + 1] = hx[p[i] & 15];
+    }
+}
+
+bool sk_trace_parse_traceparent(const char *v, size_t n, struct sk_trace_ctx *out)
+{
+    /* trim optional whitespace (OWS) around the header value */
+    while (n && (v[0] == ' ' || v[0] == '\t')) {
+        v++;
+        n--;
+    }
+    while (n && (v[n - 1] == ' ' || v[n - 1] == '\t'))
+        n--;
+    if (n < 55 || v[2] != '-' || v[35] != '-' || v[52] != '-')
+        return false;
+    uint8_t ver;
+    if (!unhex(v, 2, &ver) || ver == 0xff)
+        return false;
+    if (ver == 0 && n != 55)
+        return false;
+    if (n > 55 && v[55] != '-') /* future versions: more fields after a dash */
+        return false;
+    struct sk_trace_ctx c;
+    memset(&c, 0, sizeof(c));
+    if (!unhex(v + 3, 32, c.trace_id) || !unhex(v + 36, 16, c.span_id) ||
+        !unhex(v + 53, 2, &c.flags))
+        return false;
+    if (all_zero(c.trace_id, 16) || all_zero(c.span_id, 8))
+        return false;
+    c.sampled = c.flags & 1;
+    *out = c;
+    return true;
+}
+
+void sk_trace_format_traceparent(char out[56], const uint8_t trace_id[16], const uint8_t span_id[8],
+                                 uint8_t flags)
+{
+    memcpy(out, "00-", 3);
+    sk_trace_hex(out + 3, trace_id, 16);
+    out[35] = '-';
+    sk_trace_hex(out + 36, span_id, 8);
+    out[52] = '-';
+    sk_trace_hex(out + 53, &flags, 1);
+    out[55] = 0;
+}
+
+/* B3 trace id: 16 or 32 hex, left-padded into 16 bytes */
+static bool b3_trace_id(const char *p, size_t n, struct sk_trace_ctx *c)
+{
+    memset(c->trace_id, 0, 16);
+    if (n == 32) {
+        c->trace_id_64 = false;
+        return unhex(p, 32, c->trace_id) && !all_zero(c->trace_id, 16);
+    }
+    if (n == 16) {
+        c->trace_id_64 = true;
+        return unhex(p, 16, c->trace_id + 8) && !all_zero(c->trace_id, 16);
+    }
+    return false;
+}
+
+static bool b3_span_id(const char *p, size_t n, uint8_t out[8])
+{
+    return n == 16 && unhex(p, 16, out) && !all_zero(out, 8);
+}
+
+static int b3_sampling(const char *p, size_t n)
+{
+    if (n == 1 && p[0] == '1')
+        return 1;
+    if (n == 1 && p[0] == '0')
+        return 0;
+    if (n == 1 && p[0] == 'd')
+        return 2;
+    if (n == 4 && memcmp(p, "true", 4) == 0)
+        return 1;
+    if (n == 5 && memcmp(p, "false", 5) == 0)
+        return 0;
+    return -2; /* invalid */
+}
+
+bool sk_trace_parse_b3_multi(const char *trace, size_t tl, const char *span, size_t sl,
+                             const char *parent, size_t pl, const char *sampled, size_t sml,
+                             const char *flags, size_t fl, struct sk_trace_ctx *out)
+{
+    struct sk_trace_ctx c;
+    memset(&c, 0, sizeof(c));
+    c.sampled = -1;
+    if (!trace || !span || !b3_trace_id(trace, tl, &c) || !b3_span_id(span, sl, c.span_id))
+        return false;
+    if (parent) {
+        if (!b3_span_id(parent, pl, c.parent_id))
+            return false;
+        c.has_parent = true;
+    }
+    if (sampled) {
+        int s = b3_sampling(sampled, sml);
+        if (s < 0 || s == 2)
+            return false;
+        c.sampled = s;
+    }
+    if (flags && fl == 1 && flags[0] == '1')
+        c.sampled = 2;
+    c.flags = c.sampled > 0 ? 1 : 0;
+    *out = c;
+    return true;
+}
+
+bool sk_trace_parse_b3_single(const char *v, size_t n, struct sk_trace_ctx *out)
+{
+    struct sk_trace_ctx c;
+    memset(&c, 0, sizeof(c));
+    c.sampled = -1;
+    const char *f[4];
+    size_t fl[4];
+    size_t nf = 0;
+    const char *s = v, *end = v + n;
+    while (nf < 4) {
+        const char *d = memchr(s, '-', (size_t)(end - s));
+        f[nf] = s;
+        fl[nf] = d ? (size_t)(d - s) : (size_t)(end - s);
+        nf++;
+        if (!d)
+            break;
+        s = d + 1;
+    }
+    if (s < end && memchr(s, '-', (size_t)(end - s)) && nf == 4)
+        return false; /* more than four fields */
+    if (nf == 1) { /* sampling state only */
+        int sm = b3_sampling(f[0], fl[0]);
+        out->sampled = sm == -2 || fl[0] != 1 ? -1 : sm;
+        return false;
+    }
+    if (!b3_trace_id(f[0], fl[0], &c) || !b3_span_id(f[1], fl[1], c.span_id))
+        return false;
+    if (nf >= 3) {
+        int sm = b3_sampling(f[2], fl[2]);
+        if (sm < 0 || fl[2] != 1)
+            return false;
+        c.sampled = sm;
+    }
+    if (nf == 4) {
+        if (!b3_span_id(f[3], fl[3], c.parent_id))
+            return false;
+        c.has_parent = true;
+    }
+    c.flags = c.sampled > 0 ? 1 : 0;
+    *out = c;
+    return true;
+}
+
+size_t sk_trace_format_b3_single(char *out, const struct sk_trace_ctx *c, const uint8_t span[8],
+                                 bool with_parent)
+{
+    size_t o = 0;
+    if (c->trace_id_64) {
+        sk_trace_hex(out, c->trace_id + 8, 8);
+        o = 16;
+    } else {
+        sk_trace_hex(out, c->trace_id, 16);
+        o = 32;
+    }
+    out[o++] = '-';
+    sk_trace_hex(out + o, span, 8);
+    o += 16;
+    if (c->sampled >= 0) {
+        out[o++] = '-';
+        out[o++] = c->sampled == 2 ? 'd' : c->sampled ? '1' : '0';
+        if (with_parent) {
+            out[o++] = '-';
+            sk_trace_hex(out + o, c->span_id, 8);
+            o += 16;
+        }
+    }
+    out[o] = 0;
+    return o;
+}
+
+/* ---- the request hook ---------------------------------------------------------- */
+
+static unsigned hdr_count(const struct sk_hdrs *h, const char *name, size_t nl)
+{
+    unsigned n = 0;
+    for (uint32_t i = 0; i < h->n; i++)
+        if (h->v[i].nlen == nl && memcmp(h->v[i].name, name, nl) == 0)
+            n++;
+    return n;
+}
+
+/* Replace (or add) a request header with an arena copy of value. */
+static void set_hdr(struct sk_stream *st, const char *name, size_t nl, const char *v, size_t vl)
+{
+    struct sk_hdr *h = sk_hdrs_get(&st->req, name, nl);
+    if (!h) {
+        sk_hdrs_add(&st->req, &st->arena, name, nl, v, vl);
+        return;
+    }
+    char *copy = sk_arena_alloc(&st->arena, vl + 1);
+    if (!copy)
+        return;
+    memcpy(copy, v, vl);
+    copy[vl] = 0;
+    h->value = copy;
+    h->vlen = (uint32_t)vl;
+}
+
+static void rand_bytes(struct sk_worker *w, uint8_t *p, size_t n)
+{
+    do {
+        for (size_t i = 0; i < n; i += 4) {
+            uint32_t r = sk_worker_rand(w);
+            for (size_t k = 0; k < 4 && i + k < n; k++)
+                p[i + k] = (uint8_t)(r >> (8 * k));
+        }
+    } while (all_zero(p, n));
+}
+
+#define HDR(st, name, lenvar) hdr_val(st, name, sizeof(name) - 1, &(lenvar))
+static const char *hdr_val(struct sk_stream *st, const char *name, size_t nl, size_t *len)
+{
+    struct sk_hdr *h = sk_hdrs_get(&st->req, name, nl);
+    if (!h) {
+        *len = 0;
+        return NULL;
+    }
+    *len = h->vlen;
+    return h->value;
+}
+
+void sk_tracing_request(struct sk_stream *st)
+{
+    uint8_t span[8];
+    rand_bytes(st->w, span, 8);
+    char hex[64];
+
+    /* B3 multi */
+    size_t tl, sl, pl, sml, fl;
+    const char *bt = HDR(st, "x-b3-traceid", tl), *bs = HDR(st, "x-b3-spanid", sl),
+               *bp = HDR(st, "x-b3-parentspanid", pl), *bsm = HDR(st, "x-b3-sampled", sml),
+               *bf = HDR(st, "x-b3-flags", fl);
+    struct sk_trace_ctx b3m, b3s;
+    bool has_b3m = bt && sk_trace_parse_b3_multi(bt, tl, bs, sl, bp, pl, bsm, sml, bf, fl, &b3m);
+    if (has_b3m) {
+        sk_trace_hex(hex, span, 8);
+        set_hdr(st, "x-b3-spanid", 11, hex, 16);
+        sk_trace_hex(hex, b3m.span_id, 8);
+        set_hdr(st, "x-b3-parentspanid", 17, hex, 16);
+    }
+    /* B3 single */
+    size_t b1l;
+    const char *b1 = HDR(st, "b3", b1l);
+    memset(&b3s, 0, sizeof(b3s));
+    b3s.sampled = -1;
+    bool has_b3s = b1 && sk_trace_parse_b3_single(b1, b1l, &b3s);
+    if (has_b3s) {
+        size_t n = sk_trace_format_b3_single(hex, &b3s, span, true);
+        set_hdr(st, "b3", 2, hex, n);
+    }
+
+    /* W3C */
+    size_t tpl;
+    const char *tp = HDR(st, "traceparent", tpl);
+    struct sk_trace_ctx w3;
+    char tpv[56];
+    if (tp && hdr_count(&st->req, "traceparent", 11) == 1 &&
+        sk_trace_parse_traceparent(tp, tpl, &w3)) {
+        /* version 00 out: we only speak 00 (a future version's extra fields go) */
+        sk_trace_format_traceparent(tpv, w3.trace_id, span, w3.flags);
+        set_hdr(st, "traceparent", 11, tpv, 55);
+        return;
+    }
+    if (tp) { /* invalid: drop it and the state that depends on it */
+        sk_hdrs_del(&st->req, "traceparent", 11);
+        sk_hdrs_del(&st->req, "tracestate", 10);
+    }
+    /* start one: join the B3 trace when there is one, honour its decision */
+    const struct sk_trace_ctx *b3 = has_b3m ? &b3m : has_b3s ? &b3s : NULL;
+    int sampled = b3 ? b3->sampled : has_b3s ? -1 : b3s.sampled;
+    if (sampled < 0)
+        sampled = sk_tracing_sample_ppm >= 1000000 ||
+                  (sk_worker_rand(st->w) % 1000000u) < sk_tracing_sample_ppm;
+    if (!sampled && !b3)
+        return;
+    uint8_t tid[16];
+    if (b3)
+        memcpy(tid, b3->trace_id, 16);
+    else
+        rand_bytes(st->w, tid, 16);
+    sk_trace_format_traceparent(tpv, tid, span, sampled ? 1 : 0);
+    sk_hdrs_add(&st->req, &st->arena, "traceparent", 11, tpv, 55);
+}
