@@ -534,11 +534,14 @@ static void drain_deadline_cb(struct ev_loop *loop, ev_timer *t, int revents)
     stop_all();
 }
 
+static bool exiting; /* start_drain ran (draining alone: POST /drain_listeners) */
+
 static void start_drain(void)
 {
-    if (draining)
+    if (exiting)
         return;
-    draining = true;
+    exiting = true;
+    draining = true; /* a second SK_MSG_DRAIN after /drain_listeners is a no-op */
     sk_info("draining: stopped accepting; finishing in-flight requests (up to %.1fs)",
             opt.drain_time_s);
     for (int i = 0; i < sk_nworkers; i++) {
@@ -550,6 +553,22 @@ static void start_drain(void)
     ev_timer_start(main_loop, &drain_poll);
     ev_timer_init(&drain_deadline, drain_deadline_cb, opt.drain_time_s, 0.);
     ev_timer_start(main_loop, &drain_deadline);
+}
+
+/* Admin POST /drain_listeners: stop accepting everywhere, finish in-flight
+ * work, keep the process (and admin) running. /ready turns 503; config
+ * updates are refused from here on, as during a drain. */
+static void drain_listeners(void)
+{
+    if (draining)
+        return;
+    draining = true;
+    sk_info("admin: draining listeners (not accepting; the process keeps running)");
+    for (int i = 0; i < sk_nworkers; i++) {
+        struct sk_msg *m = calloc(1, sizeof(*m));
+        m->kind = SK_MSG_DRAIN;
+        sk_worker_post(&sk_workers[i], m);
+    }
 }
 
 static void sig_cb(struct ev_loop *loop, ev_signal *s, int revents)
@@ -715,7 +734,7 @@ int main(int argc, char **argv)
         return 1;
     }
     struct sk_admin_hooks hooks = {is_ready, state_name, start_drain, config_version,
-                                   current_snapshot};
+                                   current_snapshot, drain_listeners};
     const char *why = "";
     int ar = sk_admin_start(main_loop, &aaddr, &hooks, &why);
     if (ar < 0) {

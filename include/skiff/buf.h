@@ -38,6 +38,8 @@ int sk_buf_appendf(struct sk_buf *b, const char *fmt, ...) __attribute__((format
 /* Decimal / lower-case hex of v into out (no NUL); returns length (<= 20). */
 size_t sk_fmt_u64(char *out, unsigned long long v);
 size_t sk_fmt_hex(char *out, unsigned long long v);
+/* Dotted quad of a network-order IPv4 address, NUL-terminated (<= 16 bytes). */
+size_t sk_fmt_ipv4(char *out, const void *in_addr);
 /* Free the calling thread's cached buffer blocks (thread exit). */
 void sk_buf_thread_cache_free(void);
 /* Release memory when empty (idle connections keep no buffer). */

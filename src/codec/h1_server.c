@@ -721,7 +721,7 @@ static int start_stream(struct h1s *c, const struct sk_h1_msg *m, size_t head_le
         inet_ntop(AF_INET6, &c->peer.v6.sin6_addr, st->peer_ip, sizeof(st->peer_ip));
         st->peer_port = ntohs(c->peer.v6.sin6_port);
     } else {
-        inet_ntop(AF_INET, &c->peer.v4.sin_addr, st->peer_ip, sizeof(st->peer_ip));
+        sk_fmt_ipv4(st->peer_ip, &c->peer.v4.sin_addr); /* inet_ntop goes through sprintf */
         st->peer_port = ntohs(c->peer.v4.sin_port);
     }
     c->st = st;

@@ -250,3 +250,16 @@ size_t sk_fmt_hex(char *out, unsigned long long v)
         out[i] = tmp[n - 1 - i];
     return n;
 }
+
+size_t sk_fmt_ipv4(char *out, const void *in_addr)
+{
+    const unsigned char *b = in_addr;
+    size_t n = 0;
+    for (int i = 0; i < 4; i++) {
+        if (i)
+            out[n++] = '.';
+        n += sk_fmt_u64(out + n, b[i]);
+    }
+    out[n] = 0;
+    return n;
+}

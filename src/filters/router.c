@@ -12,6 +12,7 @@
 #include "skiff/log.h"
 #include "skiff/stream.h"
 #include "skiff/tls.h"
+#include "skiff/tracing.h"
 #include "skiff/upstream.h"
 #include "skiff/worker.h"
 
@@ -1014,6 +1015,7 @@ void sk_stream_headers(struct sk_stream *st)
                  r4[1] & 0xffff, r4[2] >> 16, r4[2] & 0xffff, r4[3]);
         sk_hdrs_add(&st->req, &st->arena, "x-request-id", 12, id, 36);
     }
+    sk_tracing_request(st); /* traceparent / B3: new span, or a new trace */
     const struct sk_route_config *rc = st->hcm->routes;
     const struct sk_vhost *vh =
         sk_route_vhost(rc, st->authority ? st->authority : "", st->authority_len);

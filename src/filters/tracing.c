@@ -159,8 +159,10 @@ bool sk_trace_parse_b3_single(const char *v, size_t n, struct sk_trace_ctx *out)
     size_t fl[4];
     size_t nf = 0;
     const char *s = v, *end = v + n;
-    while (nf < 4) {
+    for (;;) {
         const char *d = memchr(s, '-', (size_t)(end - s));
+        if (nf == 4)
+            return false; /* more than four fields */
         f[nf] = s;
         fl[nf] = d ? (size_t)(d - s) : (size_t)(end - s);
         nf++;
@@ -168,8 +170,6 @@ bool sk_trace_parse_b3_single(const char *v, size_t n, struct sk_trace_ctx *out)
             break;
         s = d + 1;
     }
-    if (s < end && memchr(s, '-', (size_t)(end - s)) && nf == 4)
-        return false; /* more than four fields */
     if (nf == 1) { /* sampling state only */
         int sm = b3_sampling(f[0], fl[0]);
         out->sampled = sm == -2 || fl[0] != 1 ? -1 : sm;
@@ -319,7 +319,7 @@ void sk_tracing_request(struct sk_stream *st)
     }
     /* start one: join the B3 trace when there is one, honour its decision */
     const struct sk_trace_ctx *b3 = has_b3m ? &b3m : has_b3s ? &b3s : NULL;
-    int sampled = b3 ? b3->sampled : has_b3s ? -1 : b3s.sampled;
+    int sampled = b3 ? b3->sampled : b3s.sampled; /* b3s: a bare "b3: 0" */
     if (sampled < 0)
         sampled = sk_tracing_sample_ppm >= 1000000 ||
                   (sk_worker_rand(st->w) % 1000000u) < sk_tracing_sample_ppm;

@@ -321,6 +321,7 @@ struct sk_xds_store {
     char *version[SK_XDS_NTYPES];
     bool got[SK_XDS_NTYPES];
     struct strv names[SK_XDS_NTYPES]; /* RDS/EDS subscriptions, sorted */
+    struct rset active;               /* the listeners of the last published snapshot */
     bool warm;
     uint64_t builds;
     /* NACK damping: a re-sent rejected response is rejected again without a build */
@@ -357,6 +358,7 @@ struct asmb {
     size_t missing;  /* listeners / clusters whose RDS / EDS has not arrived */
     size_t held;     /* listeners among them, included with an empty route config */
     bool validate;   /* include warming listeners (validation-only assembly) */
+    struct rset used_lds; /* LDS resources in the assembly (the active set once published) */
     bool oom;
 };
 
@@ -373,6 +375,7 @@ static void asm_free(struct asmb *a)
     free(a->cm);
     strv_free(&a->rds_names);
     strv_free(&a->eds_names);
+    rset_free(&a->used_lds);
     memset(a, 0, sizeof(*a));
 }
 
@@ -557,7 +560,37 @@ static void asm_listener(struct asmb *a, PbListener *l, const struct res *lres, 
             return;
         }
     }
+    if (lres && !rset_push(&a->used_lds, (struct res *)lres))
+        a->oom = true;
     a->ls[a->nl++] = use;
+}
+
+struct rds_ready {
+    const struct rset *rds;
+    size_t missing;
+    struct strv *names;
+    bool oom;
+};
+
+static bool ready_rds(void *arg, PbAny *any, PbHcm *h)
+{
+    struct rds_ready *s = arg;
+    if (rset_find(s->rds, h->rds->route_config_name) < 0)
+        s->missing++;
+    if (s->names && !strv_add(s->names, h->rds->route_config_name))
+        s->oom = true;
+    return true;
+}
+
+/* RDS configs the listener still waits for; their names are added to `names`. */
+static size_t listener_missing(PbListener *l, const struct rset *rds, struct strv *names,
+                               bool *oom)
+{
+    struct rds_ready s = {rds, 0, names, false};
+    listener_each_rds(l, ready_rds, &s);
+    if (s.oom)
+        *oom = true;
+    return s.missing;
 }
 
 static void asm_cluster(struct asmb *a, PbCluster *c, const struct res *cres, size_t idx,
@@ -637,6 +670,18 @@ static bool assemble(const struct sk_xds_store *st, const struct rset *const set
         asm_listener(a, sr0->listeners[i], NULL, 0, sets[SK_XDS_RDS]);
     for (size_t i = 0; i < sets[SK_XDS_LDS]->n; i++) {
         struct res *r = sets[SK_XDS_LDS]->v[i];
+        /* a changed listener waiting for new RDS configs: the version in service
+         * keeps serving meanwhile (its routes stay subscribed) */
+        long k = rset_find(&st->active, r->name);
+        struct res *prev = k >= 0 && !res_same(st->active.v[k], r) ? st->active.v[k] : NULL;
+        if (prev && listener_missing((PbListener *)r->msg, sets[SK_XDS_RDS], NULL, &a->oom) &&
+            listener_missing((PbListener *)prev->msg, sets[SK_XDS_RDS], &a->rds_names,
+                             &a->oom) == 0 &&
+            !a->validate) {
+            a->missing++; /* the new version is still incomplete */
+            asm_listener(a, (PbListener *)prev->msg, prev, i, sets[SK_XDS_RDS]);
+            continue;
+        }
         asm_listener(a, (PbListener *)r->msg, r, i, sets[SK_XDS_RDS]);
     }
     a->sr.listeners = a->ls;
@@ -656,12 +701,14 @@ struct build {
     struct asmb a;
     struct sk_cfgerrs errs;
     struct sk_snapshot *snap;
+    struct rset used; /* LDS resources in snap */
     int rc;
 };
 
 static void build_free(struct build *b)
 {
     asm_free(&b->a);
+    rset_free(&b->used);
     sk_cfgerrs_free(&b->errs);
     if (b->snap)
         sk_snapshot_unref(b->snap);
@@ -696,7 +743,12 @@ static int try_build(struct sk_xds_store *st, const struct rset *const sets[SK_X
         for (size_t i = 0; i < e2.n; i++)
             sk_cfgerrs_add(&b->errs, "", "%s: %s", e2.v[i].path, e2.v[i].msg);
         sk_cfgerrs_free(&e2);
+        b->used = pub.used_lds;
+        memset(&pub.used_lds, 0, sizeof(pub.used_lds));
         asm_free(&pub);
+    } else {
+        b->used = b->a.used_lds;
+        memset(&b->a.used_lds, 0, sizeof(b->a.used_lds));
     }
     if (b->rc == 0 && st->hooks.prepare && st->hooks.prepare(b->snap, &b->errs) != 0) {
         sk_snapshot_unref(b->snap);
@@ -929,6 +981,7 @@ void sk_xds_store_free(struct sk_xds_store *st)
         free(st->nack_msg[t]);
         strv_free(&st->names[t]);
     }
+    rset_free(&st->active);
     if (st->bs)
         protobuf_c_message_free_unpacked(&st->bs->base, NULL);
     free(st);
@@ -997,6 +1050,9 @@ static int maybe_publish(struct sk_xds_store *st, struct build *b, struct sk_xds
         if (res)
             res->published = true;
     }
+    rset_free(&st->active);
+    st->active = b->used;
+    memset(&b->used, 0, sizeof(b->used));
     st->warm = true;
     return 0;
 }
@@ -1166,6 +1222,10 @@ void sk_xds_store_handle(struct sk_xds_store *st, const PbResponse *r,
             }
             struct build b2;
             sets[type] = &c2;
+            if (ok && st->got[type] && rset_eq(&c2, &st->cur[type])) {
+                ok = false; /* nothing valid left to apply: a plain NACK */
+                res->rejected = 0;
+            }
             if (ok && try_build(st, sets, &b2) == 0) {
                 build_free(&b);
                 b = b2;

@@ -64,8 +64,45 @@ static void test_arena(void)
     sk_arena_free(&a);
 }
 
+static void test_fmt(void)
+{
+    char b[32];
+    CHECK(sk_fmt_u64(b, 0) == 1 && b[0] == '0');
+    CHECK(sk_fmt_u64(b, 18446744073709551615ull) == 20 && memcmp(b, "18446744073709551615", 20) == 0);
+    CHECK(sk_fmt_hex(b, 0x1f3a) == 4 && memcmp(b, "1f3a", 4) == 0);
+    unsigned char ip[4] = {10, 0, 255, 7};
+    CHECK(sk_fmt_ipv4(b, ip) == 10 && strcmp(b, "10.0.255.7") == 0);
+    unsigned char ip0[4] = {0, 0, 0, 0};
+    CHECK(sk_fmt_ipv4(b, ip0) == 7 && strcmp(b, "0.0.0.0") == 0);
+}
+
+static void test_buf_cache(void)
+{
+    /* blocks of the cached sizes come back through the per-thread cache */
+    struct sk_buf a, c;
+    sk_buf_init(&a, 1 << 20);
+    sk_buf_init(&c, 1 << 20);
+    size_t av;
+    CHECK(sk_buf_wptr(&a, 16384, &av) != NULL && a.size == 16384);
+    char *first = a.data;
+    sk_buf_free(&a);
+    CHECK(sk_buf_wptr(&c, 16384, &av) == first); /* reused */
+    /* growing out of a cached class keeps the content */
+    sk_buf_free(&c);
+    sk_buf_init(&c, 1 << 20);
+    CHECK(sk_buf_append(&c, "abc", 3) == 0 && c.size == 1024);
+    char big[5000];
+    memset(big, 'z', sizeof(big));
+    CHECK(sk_buf_append(&c, big, sizeof(big)) == 0);
+    CHECK(memcmp(sk_buf_rptr(&c), "abc", 3) == 0 && sk_buf_used(&c) == 5003);
+    sk_buf_free(&c);
+    sk_buf_thread_cache_free();
+}
+
 int main(void)
 {
+    test_fmt();
+    test_buf_cache();
     test_buf_cap();
     test_buf_grow();
     test_arena();
