@@ -29,6 +29,10 @@ ssize_t sk_tp_write(struct sk_transport *t, struct sk_buf *b);
 void sk_tp_shutdown_write(struct sk_transport *t);
 /* close_notify (best effort), free the SSL, close the fd. */
 void sk_tp_close(struct sk_transport *t);
+/* TLS: bytes (or a close_notify) already inside OpenSSL, which will not make
+ * the socket readable again: the caller must read again without waiting
+ * (ev_feed_event) once it has room. Plaintext: false. */
+bool sk_tp_has_buffered(const struct sk_transport *t);
 /* libev event mask needed after an AGAIN from read/write (EV_READ / EV_WRITE
  * bits); plaintext read -> EV_READ, write -> EV_WRITE. */
 int sk_tp_events_for_read(const struct sk_transport *t);

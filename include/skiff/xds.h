@@ -44,11 +44,11 @@ int sk_grpc_frame(const ProtobufCMessage *m, uint8_t **out, size_t *len);
 /* Incremental decoder: bytes in any split, messages out whole. */
 struct sk_grpc_dec {
     uint8_t hdr[5];
-    size_t hdr_len;  /* prefix bytes collected */
-    uint8_t *msg;    /* body being collected (malloc'd, exact size) */
-    size_t msg_len;  /* announced body length */
+    size_t hdr_len; /* prefix bytes collected */
+    uint8_t *msg;   /* body being collected (malloc'd, exact size) */
+    size_t msg_len; /* announced body length */
     size_t msg_got;
-    size_t max;      /* limit; 0 = SK_GRPC_MAX_MSG */
+    size_t max; /* limit; 0 = SK_GRPC_MAX_MSG */
 };
 void sk_grpc_dec_init(struct sk_grpc_dec *d);
 void sk_grpc_dec_free(struct sk_grpc_dec *d);
@@ -108,12 +108,12 @@ bool sk_xds_store_wants(const struct sk_xds_store *st, int type);
 
 /* Outcome of one DiscoveryResponse. */
 struct sk_xds_result {
-    bool ack;            /* true: ACK; false: NACK with `error` */
-    char *error;         /* NACK message (malloc'd; sk_xds_result_free) */
-    bool rebuilt;        /* a snapshot was built */
-    bool published;      /* ... and handed to hooks.publish */
-    bool unchanged;      /* identical resources: nothing was rebuilt */
-    size_t rejected;     /* resources rejected individually (partial NACK) */
+    bool ack;                          /* true: ACK; false: NACK with `error` */
+    char *error;                       /* NACK message (malloc'd; sk_xds_result_free) */
+    bool rebuilt;                      /* a snapshot was built */
+    bool published;                    /* ... and handed to hooks.publish */
+    bool unchanged;                    /* identical resources: nothing was rebuilt */
+    size_t rejected;                   /* resources rejected individually (partial NACK) */
     bool names_changed[SK_XDS_NTYPES]; /* RDS/EDS subscription sets changed */
 };
 void sk_xds_result_free(struct sk_xds_result *r);

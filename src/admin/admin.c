@@ -25,6 +25,7 @@
 #include "skiff/worker.h"
 
 #define ADMIN_IN_MAX 16384
+#define LIT(b, s) sk_buf_append((b), s, sizeof(s) - 1)
 #define ADMIN_OUT_MAX (256u << 20) /* a dump for many thousand clusters still fits */
 
 /* the dashboard, generated from ui.html at build time (scripts/embed.py) */
@@ -112,7 +113,7 @@ static void reply_buf(struct admin_conn *c, int status, const char *ctype, struc
 static void json_str(struct sk_buf *b, const char *s)
 {
     static const char hx[] = "0123456789abcdef";
-    sk_buf_append(b, "\"", 1);
+    LIT(b, "\"");
     if (s) {
         const char *run = s;
         for (const char *p = s; *p; p++) {
@@ -125,7 +126,7 @@ static void json_str(struct sk_buf *b, const char *s)
                 e[1] = (char)ch;
                 sk_buf_append(b, e, 2);
             } else if (ch == '\n') {
-                sk_buf_append(b, "\\n", 2);
+                LIT(b, "\\n");
             } else {
                 sk_buf_append(b, e, 6);
             }
@@ -133,7 +134,7 @@ static void json_str(struct sk_buf *b, const char *s)
         }
         sk_buf_append(b, run, strlen(run));
     }
-    sk_buf_append(b, "\"", 1);
+    LIT(b, "\"");
 }
 
 /* Prometheus label value: escape backslash, double quote and newline. */
@@ -143,7 +144,7 @@ static void prom_label(struct sk_buf *b, const char *s)
         if (*p == '\\' || *p == '"')
             sk_buf_appendf(b, "\\%c", *p);
         else if (*p == '\n')
-            sk_buf_append(b, "\\n", 2);
+            LIT(b, "\\n");
         else
             sk_buf_append(b, p, 1);
     }
@@ -472,13 +473,33 @@ static void hist_plain(struct sk_buf *b, const char *prefix, const char *name,
                        sk_hist_quantile_us(s, qs[i].q));
 }
 
-static void hist_json(struct sk_buf *b, const struct sk_hist_snap *s)
+/* buckets: also the non-empty buckets as [lower_us, upper_us|null, count], so a
+ * client (the dashboard) can compute quantiles over an interval from deltas */
+static void hist_json(struct sk_buf *b, const struct sk_hist_snap *s, bool buckets)
 {
     sk_buf_appendf(b, "{\"count\": %llu, \"sum_us\": %llu, \"p50_us\": %.0f, \"p90_us\": %.0f, "
-                      "\"p99_us\": %.0f}",
+                      "\"p99_us\": %.0f",
                    (unsigned long long)s->count, (unsigned long long)s->sum_us,
                    sk_hist_quantile_us(s, 0.5), sk_hist_quantile_us(s, 0.9),
                    sk_hist_quantile_us(s, 0.99));
+    if (buckets) {
+        LIT(b, ", \"buckets\": [");
+        bool first = true;
+        for (unsigned i = 0; i < SK_HIST_NB; i++) {
+            if (!s->b[i])
+                continue;
+            if (i == SK_HIST_OVERFLOW)
+                sk_buf_appendf(b, "%s[%llu, null, %llu]", first ? "" : ", ",
+                               (unsigned long long)sk_hist_lower(i), (unsigned long long)s->b[i]);
+            else
+                sk_buf_appendf(b, "%s[%llu, %llu, %llu]", first ? "" : ", ",
+                               (unsigned long long)sk_hist_lower(i),
+                               (unsigned long long)sk_hist_upper(i), (unsigned long long)s->b[i]);
+            first = false;
+        }
+        LIT(b, "]");
+    }
+    LIT(b, "}");
 }
 
 static void server_plain(struct sk_buf *b)
@@ -506,6 +527,8 @@ static void stats_plain(struct sk_buf *b)
     hist_plain(b, "", "upstream_rq_time", &H.up);
     char pre[512];
     for (size_t k = 0; k < H.ncl; k++) {
+        if (!H.cl[k].count)
+            continue;
         snprintf(pre, sizeof(pre), "cluster.%s.", cls.v[k]->name);
         hist_plain(b, pre, "upstream_rq_time", &H.cl[k]);
     }
@@ -537,10 +560,10 @@ static void plain_to_json(struct sk_buf *out, const char *p, size_t n)
             for (size_t i = 0; i < vl && num; i++)
                 num = (v[i] >= '0' && v[i] <= '9') || (i == 0 && v[i] == '-' && vl > 1);
             if (!first)
-                sk_buf_append(out, ",\n", 2);
+                LIT(out, ",\n");
             first = false;
             json_str(out, key);
-            sk_buf_append(out, ": ", 2);
+            LIT(out, ": ");
             if (num) {
                 sk_buf_append(out, v, vl);
             } else {
@@ -563,25 +586,29 @@ static void stats_json(struct sk_buf *b)
     sk_buf_init(&tmp, ADMIN_OUT_MAX);
     counters_plain(&tmp, &cls);
     server_plain(&tmp);
-    sk_buf_append(b, "{\"stats\": {\n", 12);
+    LIT(b, "{\"stats\": {\n");
     plain_to_json(b, sk_buf_rptr(&tmp), sk_buf_used(&tmp));
     sk_buf_free(&tmp);
     struct hists H;
     hists_collect(&H, &cls);
-    sk_buf_append(b, "},\n\"histograms\": {\"downstream_rq_time\": ", 40);
-    hist_json(b, &H.down);
-    sk_buf_append(b, ",\n\"upstream_rq_time\": ", 22);
-    hist_json(b, &H.up);
-    sk_buf_append(b, ",\n\"clusters\": {", 15);
+    LIT(b, "},\n\"histograms\": {\"downstream_rq_time\": ");
+    hist_json(b, &H.down, true);
+    LIT(b, ",\n\"upstream_rq_time\": ");
+    hist_json(b, &H.up, true);
+    LIT(b, ",\n\"clusters\": {");
+    bool firstcl = true;
     for (size_t k = 0; k < H.ncl; k++) {
-        if (k)
-            sk_buf_append(b, ",\n", 2);
+        if (!H.cl[k].count)
+            continue;
+        if (!firstcl)
+            LIT(b, ",\n");
+        firstcl = false;
         json_str(b, cls.v[k]->name);
-        sk_buf_append(b, ": {\"upstream_rq_time\": ", 22);
-        hist_json(b, &H.cl[k]);
-        sk_buf_append(b, "}", 1);
+        LIT(b, ": {\"upstream_rq_time\": ");
+        hist_json(b, &H.cl[k], false);
+        LIT(b, "}");
     }
-    sk_buf_append(b, "}},\n", 4);
+    LIT(b, "}},\n");
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     sk_buf_appendf(b, "\"server\": {\"state\": ");
@@ -613,30 +640,41 @@ static const struct {
 static void prom_hist(struct sk_buf *b, const char *name, const char *cluster,
                       const struct sk_hist_snap *s)
 {
+    /* cumulative counts at every edge in one pass over the buckets */
+    uint64_t cum[sizeof(le_edges) / sizeof(le_edges[0])];
+    uint64_t acc = 0;
+    size_t e = 0;
+    for (unsigned i = 0; i < SK_HIST_NB && e < sizeof(cum) / sizeof(cum[0]); i++) {
+        uint64_t lo = sk_hist_lower(i);
+        while (e < sizeof(cum) / sizeof(cum[0]) && le_edges[e].us <= lo)
+            cum[e++] = acc;
+        acc += s->b[i];
+    }
+    while (e < sizeof(cum) / sizeof(cum[0]))
+        cum[e++] = acc;
     for (size_t i = 0; i < sizeof(le_edges) / sizeof(le_edges[0]); i++) {
         sk_buf_appendf(b, "%s_bucket{", name);
         if (cluster) {
-            sk_buf_append(b, "cluster=\"", 9);
+            LIT(b, "cluster=\"");
             prom_label(b, cluster);
-            sk_buf_append(b, "\",", 2);
+            LIT(b, "\",");
         }
-        sk_buf_appendf(b, "le=\"%s\"} %llu\n", le_edges[i].s,
-                       (unsigned long long)sk_hist_count_below(s, le_edges[i].us));
+        sk_buf_appendf(b, "le=\"%s\"} %llu\n", le_edges[i].s, (unsigned long long)cum[i]);
     }
     sk_buf_appendf(b, "%s_bucket{", name);
     if (cluster) {
-        sk_buf_append(b, "cluster=\"", 9);
+        LIT(b, "cluster=\"");
         prom_label(b, cluster);
-        sk_buf_append(b, "\",", 2);
+        LIT(b, "\",");
     }
     sk_buf_appendf(b, "le=\"+Inf\"} %llu\n", (unsigned long long)s->count);
     const char *suffix[2] = {"_sum", "_count"};
     for (int k = 0; k < 2; k++) {
         sk_buf_appendf(b, "%s%s", name, suffix[k]);
         if (cluster) {
-            sk_buf_append(b, "{cluster=\"", 10);
+            LIT(b, "{cluster=\"");
             prom_label(b, cluster);
-            sk_buf_append(b, "\"}", 2);
+            LIT(b, "\"}");
         }
         if (k == 0)
             sk_buf_appendf(b, " %.6f\n", (double)s->sum_us / 1e6);
@@ -676,7 +714,7 @@ static void prom_rewrite(struct sk_buf *out, const char *p, size_t n)
             } else {
                 sk_buf_append(out, p, ll);
             }
-            sk_buf_append(out, "\n", 1);
+            LIT(out, "\n");
         }
         p = le + 1;
     }
@@ -724,7 +762,7 @@ static void stats_prom(struct sk_buf *b)
         uint64_t v[4] = {atomic_load(&cs->upstream_rq_2xx), atomic_load(&cs->upstream_rq_3xx),
                          atomic_load(&cs->upstream_rq_4xx), atomic_load(&cs->upstream_rq_5xx)};
         for (int c = 0; c < 4; c++) {
-            sk_buf_append(b, "skiff_cluster_upstream_rq_xx_total{cluster=\"", 44);
+            LIT(b, "skiff_cluster_upstream_rq_xx_total{cluster=\"");
             prom_label(b, cs->name);
             sk_buf_appendf(b, "\",code_class=\"%s\"} %llu\n", classes[c + 2],
                            (unsigned long long)v[c]);
@@ -745,7 +783,7 @@ static void stats_prom(struct sk_buf *b)
 #undef C
     /* membership and breaker headroom */
     int64_t now = sk_now_ms();
-    prom_family(b, "skiff_cluster_membership_total", "gauge", "Hosts known for the cluster.");
+    prom_family(b, "skiff_cluster_hosts", "gauge", "Hosts known for the cluster.");
     struct {
         size_t total, healthy;
     } *mem = calloc(cls.n ? cls.n : 1, sizeof(*mem));
@@ -757,14 +795,14 @@ static void stats_prom(struct sk_buf *b)
             mem[k].healthy += sk_hstate_usable(h, now);
         }
         pthread_mutex_unlock(&cs->lock);
-        sk_buf_append(b, "skiff_cluster_membership_total{cluster=\"", 40);
+        LIT(b, "skiff_cluster_hosts{cluster=\"");
         prom_label(b, cs->name);
         sk_buf_appendf(b, "\"} %zu\n", mem[k].total);
     }
-    prom_family(b, "skiff_cluster_membership_healthy", "gauge",
+    prom_family(b, "skiff_cluster_hosts_healthy", "gauge",
                 "Hosts usable now (not ejected, not failing active health checks).");
     for (size_t k = 0; k < cls.n && mem; k++) {
-        sk_buf_append(b, "skiff_cluster_membership_healthy{cluster=\"", 42);
+        LIT(b, "skiff_cluster_hosts_healthy{cluster=\"");
         prom_label(b, cls.v[k]->name);
         sk_buf_appendf(b, "\"} %zu\n", mem[k].healthy);
     }
@@ -774,7 +812,7 @@ static void stats_prom(struct sk_buf *b)
     for (size_t k = 0; k < cls.n; k++) {
         long long rem = (long long)cls.cfg[k]->cb.max_requests -
                         (long long)atomic_load(&cls.v[k]->rq_active);
-        sk_buf_append(b, "skiff_cluster_circuit_breaker_remaining_rq{cluster=\"", 52);
+        LIT(b, "skiff_cluster_circuit_breaker_remaining_rq{cluster=\"");
         prom_label(b, cls.v[k]->name);
         sk_buf_appendf(b, "\"} %lld\n", rem > 0 ? rem : 0);
     }
@@ -787,8 +825,9 @@ static void stats_prom(struct sk_buf *b)
     prom_hist(b, "skiff_downstream_rq_time_seconds", NULL, &H.down);
     prom_family(b, "skiff_upstream_rq_time_seconds", "histogram",
                 "Upstream time to the response head, by cluster (includes retries).");
-    for (size_t k = 0; k < H.ncl; k++)
-        prom_hist(b, "skiff_upstream_rq_time_seconds", cls.v[k]->name, &H.cl[k]);
+    for (size_t k = 0; k < H.ncl; k++) /* clusters that never answered have no series yet */
+        if (H.cl[k].count)
+            prom_hist(b, "skiff_upstream_rq_time_seconds", cls.v[k]->name, &H.cl[k]);
     prom_family(b, "skiff_upstream_rq_time_untracked_total", "counter",
                 "Upstream timings not kept per cluster (per-worker cluster table full).");
     sk_buf_appendf(b, "skiff_upstream_rq_time_untracked_total %llu\n",
@@ -912,7 +951,7 @@ static void clusters_json(struct sk_buf *b)
     struct cl_list cls;
     cl_collect(&cls);
     int64_t now = sk_now_ms();
-    sk_buf_append(b, "{\"clusters\": [", 14);
+    LIT(b, "{\"clusters\": [");
     for (size_t k = 0; k < cls.n; k++) {
         struct sk_cluster_state *cs = cls.v[k];
         const struct sk_circuit_breakers *cb = &cls.cfg[k]->cb;
@@ -920,7 +959,7 @@ static void clusters_json(struct sk_buf *b)
                   cx = (long long)atomic_load(&cs->cx_active);
         long long pend = (long long)atomic_load(&cs->rq_pending),
                   rt = (long long)atomic_load(&cs->retries_active);
-        sk_buf_append(b, k ? ",\n{\"name\": " : "\n{\"name\": ", k ? 12 : 11);
+        (k ? LIT(b, ",\n{\"name\": ") : LIT(b, "\n{\"name\": "));
         json_str(b, cs->name);
         sk_buf_appendf(b,
                        ", \"circuit_breakers\": {\"max_connections\": %u, "
@@ -943,7 +982,7 @@ static void clusters_json(struct sk_buf *b)
                        (unsigned long long)atomic_load(&cs->upstream_cx_connect_fail),
                        (unsigned long long)atomic_load(&cs->outlier_ejections_total),
                        atomic_load(&cs->ejected_hosts));
-        sk_buf_append(b, ", \"hosts\": [", 12);
+        LIT(b, ", \"hosts\": [");
         pthread_mutex_lock(&cs->lock);
         bool first = true;
         for (struct sk_host_state *h = cs->hosts; h; h = h->next) {
@@ -951,7 +990,7 @@ static void clusters_json(struct sk_buf *b)
             int64_t until = atomic_load(&h->ejected_until_ms);
             bool ejected = until != 0 && until > now;
             uint64_t tot = atomic_load(&h->rq_total), err = atomic_load(&h->rq_errors);
-            sk_buf_append(b, first ? "{\"address\": " : ", {\"address\": ", first ? 12 : 14);
+            (first ? LIT(b, "{\"address\": ") : LIT(b, ", {\"address\": "));
             first = false;
             json_str(b, h->addr_str);
             sk_buf_appendf(b,
@@ -970,9 +1009,9 @@ static void clusters_json(struct sk_buf *b)
                            (unsigned long long)atomic_load(&h->ewma_us));
         }
         pthread_mutex_unlock(&cs->lock);
-        sk_buf_append(b, "]}", 2);
+        LIT(b, "]}");
     }
-    sk_buf_append(b, "\n]}\n", 4);
+    LIT(b, "\n]}\n");
     cl_free(&cls);
 }
 #undef REM
@@ -984,22 +1023,22 @@ static void listeners_out(struct sk_buf *b, bool json)
     const struct sk_snapshot *s = A.hooks.snapshot ? A.hooks.snapshot() : NULL;
     bool draining = A.hooks.state && strcmp(A.hooks.state(), "DRAINING") == 0;
     if (json)
-        sk_buf_append(b, "{\"listeners\": [", 15);
+        LIT(b, "{\"listeners\": [");
     for (size_t i = 0; s && i < s->nlisteners; i++) {
         const struct sk_listener *l = &s->listeners[i];
         if (!json) {
             sk_buf_appendf(b, "%s::%s\n", l->name, l->addr_str ? l->addr_str : "");
             continue;
         }
-        sk_buf_append(b, i ? ", {\"name\": " : "{\"name\": ", i ? 11 : 9);
+        (i ? LIT(b, ", {\"name\": ") : LIT(b, "{\"name\": "));
         json_str(b, l->name);
-        sk_buf_append(b, ", \"address\": ", 13);
+        LIT(b, ", \"address\": ");
         json_str(b, l->addr_str);
         sk_buf_appendf(b, ", \"bind_to_port\": %s, \"draining\": %s}",
                        l->bind_to_port ? "true" : "false", draining ? "true" : "false");
     }
     if (json)
-        sk_buf_append(b, "]}\n", 3);
+        LIT(b, "]}\n");
 }
 
 static const char *cluster_type_name(int t)
@@ -1030,31 +1069,31 @@ static void json_ms(struct sk_buf *b, const char *key, uint64_t ms)
 {
     sk_buf_appendf(b, ", \"%s\": ", key);
     if (ms == SK_DUR_NONE)
-        sk_buf_append(b, "null", 4);
+        LIT(b, "null");
     else
         sk_buf_appendf(b, "%llu", (unsigned long long)ms);
 }
 
 static void dump_routes(struct sk_buf *b, const struct sk_route_config *rc)
 {
-    sk_buf_append(b, "{\"name\": ", 9);
+    LIT(b, "{\"name\": ");
     json_str(b, rc->name);
-    sk_buf_append(b, ", \"virtual_hosts\": [", 20);
+    LIT(b, ", \"virtual_hosts\": [");
     for (size_t v = 0; v < rc->nvhosts; v++) {
         const struct sk_vhost *vh = &rc->vhosts[v];
-        sk_buf_append(b, v ? ", {\"name\": " : "{\"name\": ", v ? 11 : 9);
+        (v ? LIT(b, ", {\"name\": ") : LIT(b, "{\"name\": "));
         json_str(b, vh->name);
-        sk_buf_append(b, ", \"domains\": [", 14);
+        LIT(b, ", \"domains\": [");
         for (size_t d = 0; d < vh->ndomains; d++) {
             if (d)
-                sk_buf_append(b, ", ", 2);
+                LIT(b, ", ");
             json_str(b, vh->domains[d]);
         }
-        sk_buf_append(b, "], \"routes\": [", 14);
+        LIT(b, "], \"routes\": [");
         for (size_t r = 0; r < vh->nroutes; r++) {
             const struct sk_route *rt = &vh->routes[r];
-            sk_buf_append(b, r ? ", {" : "{", r ? 3 : 1);
-            sk_buf_append(b, "\"name\": ", 8);
+            (r ? LIT(b, ", {") : LIT(b, "{"));
+            LIT(b, "\"name\": ");
             json_str(b, rt->name);
             sk_buf_appendf(b, ", \"match\": {\"%s\": ",
                            rt->match.path_kind == SK_PATH_EXACT ? "path" : "prefix");
@@ -1062,19 +1101,19 @@ static void dump_routes(struct sk_buf *b, const struct sk_route_config *rc)
             sk_buf_appendf(b, ", \"headers\": %zu}", rt->match.nheaders);
             switch (rt->action) {
             case SK_ROUTE_CLUSTER:
-                sk_buf_append(b, ", \"cluster\": ", 13);
+                LIT(b, ", \"cluster\": ");
                 json_str(b, rt->cluster_name);
                 json_ms(b, "timeout_ms", rt->timeout_ms);
                 sk_buf_appendf(b, ", \"retries\": %u", rt->retry ? rt->retry->num_retries : 0);
                 break;
             case SK_ROUTE_WEIGHTED:
-                sk_buf_append(b, ", \"weighted_clusters\": [", 24);
+                LIT(b, ", \"weighted_clusters\": [");
                 for (size_t w = 0; w < rt->nweighted; w++) {
-                    sk_buf_append(b, w ? ", {\"name\": " : "{\"name\": ", w ? 11 : 9);
+                    (w ? LIT(b, ", {\"name\": ") : LIT(b, "{\"name\": "));
                     json_str(b, rt->weighted[w].name);
                     sk_buf_appendf(b, ", \"weight\": %u}", rt->weighted[w].weight);
                 }
-                sk_buf_append(b, "]", 1);
+                LIT(b, "]");
                 json_ms(b, "timeout_ms", rt->timeout_ms);
                 break;
             case SK_ROUTE_DIRECT:
@@ -1083,81 +1122,81 @@ static void dump_routes(struct sk_buf *b, const struct sk_route_config *rc)
             default:
                 sk_buf_appendf(b, ", \"action\": %d", rt->action);
             }
-            sk_buf_append(b, "}", 1);
+            LIT(b, "}");
         }
-        sk_buf_append(b, "]}", 2);
+        LIT(b, "]}");
     }
-    sk_buf_append(b, "]}", 2);
+    LIT(b, "]}");
 }
 
 static void config_dump(struct sk_buf *b)
 {
     const struct sk_snapshot *s = A.hooks.snapshot ? A.hooks.snapshot() : NULL;
     if (!s) {
-        sk_buf_append(b, "{}\n", 3);
+        LIT(b, "{}\n");
         return;
     }
     sk_buf_appendf(b, "{\"version\": %llu, \"node\": {\"id\": ", (unsigned long long)s->version);
     json_str(b, s->node_id);
-    sk_buf_append(b, ", \"cluster\": ", 13);
+    LIT(b, ", \"cluster\": ");
     json_str(b, s->node_cluster);
     sk_buf_appendf(b, "}, \"xds\": {\"ads\": %s, \"lds\": %s, \"cds\": %s}",
                    s->xds.ads ? "true" : "false", s->xds.lds ? "true" : "false",
                    s->xds.cds ? "true" : "false");
-    sk_buf_append(b, ",\n\"listeners\": [", 16);
+    LIT(b, ",\n\"listeners\": [");
     for (size_t i = 0; i < s->nlisteners; i++) {
         const struct sk_listener *l = &s->listeners[i];
-        sk_buf_append(b, i ? ",\n{\"name\": " : "\n{\"name\": ", i ? 11 : 10);
+        (i ? LIT(b, ",\n{\"name\": ") : LIT(b, "\n{\"name\": "));
         json_str(b, l->name);
-        sk_buf_append(b, ", \"address\": ", 13);
+        LIT(b, ", \"address\": ");
         json_str(b, l->addr_str);
         sk_buf_appendf(b, ", \"bind_to_port\": %s, \"use_original_dst\": %s, \"filter_chains\": [",
                        l->bind_to_port ? "true" : "false", l->use_original_dst ? "true" : "false");
         for (size_t c = 0; c < l->nchains + (l->default_chain ? 1 : 0); c++) {
             const struct sk_filter_chain *fc = c < l->nchains ? &l->chains[c] : l->default_chain;
-            sk_buf_append(b, c ? ", {\"name\": " : "{\"name\": ", c ? 11 : 9);
+            (c ? LIT(b, ", {\"name\": ") : LIT(b, "{\"name\": "));
             json_str(b, fc->name);
             sk_buf_appendf(b, ", \"default\": %s, \"tls\": %s",
                            c >= l->nchains ? "true" : "false", fc->tls ? "true" : "false");
             if (fc->match.destination_port)
                 sk_buf_appendf(b, ", \"destination_port\": %u", fc->match.destination_port);
             if (fc->match.nserver_names) {
-                sk_buf_append(b, ", \"server_names\": [", 19);
+                LIT(b, ", \"server_names\": [");
                 for (size_t k = 0; k < fc->match.nserver_names; k++) {
                     if (k)
-                        sk_buf_append(b, ", ", 2);
+                        LIT(b, ", ");
                     json_str(b, fc->match.server_names[k]);
                 }
-                sk_buf_append(b, "]", 1);
+                LIT(b, "]");
             }
             if (fc->kind == SK_CHAIN_HCM && fc->hcm) {
                 const struct sk_hcm *h = fc->hcm;
-                sk_buf_append(b, ", \"http_connection_manager\": {\"stat_prefix\": ", 45);
+                LIT(b, ", \"http_connection_manager\": {\"stat_prefix\": ");
                 json_str(b, h->stat_prefix);
                 sk_buf_appendf(b, ", \"http_filters\": %zu, \"access_logs\": %zu",
                                h->nfilters + 1, h->naccess_logs);
                 if (h->rds_name) {
-                    sk_buf_append(b, ", \"rds\": ", 9);
+                    LIT(b, ", \"rds\": ");
                     json_str(b, h->rds_name);
                 }
                 if (h->routes) {
-                    sk_buf_append(b, ", \"route_config\": ", 18);
+                    LIT(b, ", \"route_config\": ");
                     dump_routes(b, h->routes);
                 }
-                sk_buf_append(b, "}", 1);
+                LIT(b, "}");
             } else if (fc->kind == SK_CHAIN_TCP && fc->tcp) {
-                sk_buf_append(b, ", \"tcp_proxy\": {\"cluster\": ", 27);
+                LIT(b, ", \"tcp_proxy\": {\"cluster\": ");
                 json_str(b, fc->tcp->cluster_name);
-                sk_buf_append(b, "}", 1);
+                LIT(b, "}");
             }
-            sk_buf_append(b, "}", 1);
+            LIT(b, "}");
         }
-        sk_buf_append(b, "]}", 2);
+        LIT(b, "]}");
     }
-    sk_buf_append(b, "],\n\"clusters\": [", 16);
+    LIT(b, "],\n\"clusters\": [");
     for (size_t i = 0; i < s->nclusters; i++) {
         const struct sk_cluster *c = &s->clusters[i];
-        sk_buf_append(b, i ? ",\n{\"name\": " : "\n{\"name\": ", i ? 11 : 10);
+        (i ? LIT(b, ",\n{\"name\": ") : LIT(b, "\n{\"name\": "));
         json_str(b, c->name);
         sk_buf_appendf(b, ", \"type\": \"%s\", \"lb_policy\": \"%s\"", cluster_type_name(c->type),
                        lb_name(c->lb_policy));
@@ -1170,17 +1209,17 @@ static void config_dump(struct sk_buf *b)
                        c->tls ? "true" : "false", c->outlier ? "true" : "false",
                        c->health_checks ? c->health_checks->n : 0, c->cb.max_connections,
                        c->cb.max_pending_requests, c->cb.max_requests, c->cb.max_retries);
-        sk_buf_append(b, ", \"endpoints\": [", 16);
+        LIT(b, ", \"endpoints\": [");
         for (size_t e = 0; e < c->nendpoints; e++) {
             const struct sk_endpoint *ep = &c->endpoints[e];
-            sk_buf_append(b, e ? ", {\"address\": " : "{\"address\": ", e ? 14 : 12);
+            (e ? LIT(b, ", {\"address\": ") : LIT(b, "{\"address\": "));
             json_str(b, ep->host);
             sk_buf_appendf(b, ", \"port\": %u, \"weight\": %u, \"priority\": %u, \"health\": %d}",
                            ep->port, ep->weight, ep->priority, ep->health);
         }
-        sk_buf_append(b, "]}", 2);
+        LIT(b, "]}");
     }
-    sk_buf_append(b, "\n]}\n", 4);
+    LIT(b, "\n]}\n");
 }
 
 /* ---- /memory ---------------------------------------------------------------------------- */
@@ -1248,7 +1287,7 @@ static void handle(struct admin_conn *c, const struct sk_h1_msg *m)
         reply_buf(c, ok ? 200 : 503, "text/plain", &b);
     } else if (IS("/healthz")) {
         READ_ONLY();
-        sk_buf_append(&b, "OK\n", 3);
+        LIT(&b, "OK\n");
         reply_buf(c, 200, "text/plain", &b);
     } else if (IS("/stats")) {
         READ_ONLY();

@@ -511,6 +511,8 @@ static void op_pause_read(struct sk_stream *st, bool pause)
      * pause came with the last DATA; DONE needs one more, empty, step) */
     if (!pause && (sk_buf_used(&c->in) || c->state == S_BODY))
         process(c);
+    if (!pause && c->state != S_CLOSED && !c->read_paused && sk_tp_has_buffered(&c->tp))
+        ev_feed_event(c->base.w->loop, &c->io, EV_READ);
 }
 
 static void op_tunnel(struct sk_stream *st)
@@ -564,6 +566,8 @@ static void next_request(struct h1s *c)
     } else {
         sk_buf_shrink(&c->in);
     }
+    if (c->state == S_HEAD && sk_tp_has_buffered(&c->tp))
+        ev_feed_event(c->base.w->loop, &c->io, EV_READ);
 }
 
 /* Reply to a malformed request without a stream object. */
@@ -938,6 +942,8 @@ static void on_readable(struct h1s *c)
     }
     if (r > 0) {
         process(c);
+        if (c->state != S_CLOSED && !c->read_paused && sk_tp_has_buffered(&c->tp))
+            ev_feed_event(c->base.w->loop, &c->io, EV_READ);
         return;
     }
     /* EOF or error from the client */

@@ -3,6 +3,7 @@
 
 #include <string.h>
 
+#include "skiff/log.h"
 #include "skiff/stream.h"
 #include "skiff/worker.h"
 
@@ -311,6 +312,8 @@ void sk_tracing_request(struct sk_stream *st)
         /* version 00 out: we only speak 00 (a future version's extra fields go) */
         sk_trace_format_traceparent(tpv, w3.trace_id, span, w3.flags);
         set_hdr(st, "traceparent", 11, tpv, 55);
+        sk_debug("conn %llu stream %u: trace %.32s: new span %.16s (propagated)",
+                 (unsigned long long)st->conn_id, st->stream_id, tpv + 3, tpv + 36);
         return;
     }
     if (tp) { /* invalid: drop it and the state that depends on it */
@@ -332,4 +335,8 @@ void sk_tracing_request(struct sk_stream *st)
         rand_bytes(st->w, tid, 16);
     sk_trace_format_traceparent(tpv, tid, span, sampled ? 1 : 0);
     sk_hdrs_add(&st->req, &st->arena, "traceparent", 11, tpv, 55);
+    sk_debug("conn %llu stream %u: trace %.32s: new span %.16s (%s)",
+             (unsigned long long)st->conn_id, st->stream_id, tpv + 3, tpv + 36,
+             b3 ? "joined the B3 trace" : tp ? "started; the incoming traceparent was invalid"
+                                             : "started");
 }

@@ -2,6 +2,8 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
+#include <stdint.h>
 #include <netinet/tcp.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -302,15 +304,18 @@ static const struct sk_filter_chain *select_chain_facts(const struct sk_listener
             s_tp = 1;
         }
         if (m->napplication_protocols) {
-            bool ok = false;
-            for (size_t k = 0; k < m->napplication_protocols && f->tls && f->ch && !ok; k++)
-                for (size_t j = 0; j < f->ch->nalpn && !ok; j++)
-                    ok = strcmp(m->application_protocols[k], f->ch->alpn[j]) == 0;
-            if (!ok)
+            /* Envoy walks the client's ALPN list in order: a chain matching
+             * an earlier (preferred) protocol is more specific */
+            size_t best_j = SIZE_MAX;
+            for (size_t k = 0; k < m->napplication_protocols && f->tls && f->ch; k++)
+                for (size_t j = 0; j < f->ch->nalpn && j < best_j; j++)
+                    if (strcmp(m->application_protocols[k], f->ch->alpn[j]) == 0)
+                        best_j = j;
+            if (best_j == SIZE_MAX)
                 continue;
-            s_alpn = 1;
+            s_alpn = (int)(SK_CH_MAX_ALPN - best_j);
         }
-        long score = s_port * 1000 + s_sni * 100 + s_tp * 10 + s_alpn;
+        long score = s_port * 100000L + s_sni * 1000L + s_tp * 100L + s_alpn;
         if (score > best_score) {
             best = fc;
             best_score = score;
@@ -371,6 +376,8 @@ struct pre_conn {
     SSL *ssl;
     bool inspecting;
     bool done;
+    ev_timer repeek;   /* partial ClientHello: peek again after a pause */
+    double repeek_s;
 };
 
 static void pre_free(struct sk_reap *r)
@@ -389,6 +396,7 @@ static void pre_end(struct pre_conn *p, bool close_fd)
     p->done = true;
     ev_io_stop(w->loop, &p->io);
     ev_timer_stop(w->loop, &p->timer);
+    ev_timer_stop(w->loop, &p->repeek);
     sk_worker_conn_unlink(w, &p->base);
     sk_stat_add(&w->stats, SK_ST_downstream_cx_active, -1);
     if (close_fd) {
@@ -510,10 +518,33 @@ static void pre_inspect(struct pre_conn *p)
     struct sk_client_hello ch;
     memset(&ch, 0, sizeof(ch));
     int r = sk_tls_inspect(buf, (size_t)n, &ch);
-    if (r == 0)
-        return; /* wait for more of the ClientHello */
+    if (r == 0) {
+        /* More of the ClientHello is needed. Peeking consumes nothing, so the
+         * socket stays readable: stop watching it and look again after a
+         * short, growing pause. A FIN now means it will never be whole. */
+        struct pollfd pf = {p->fd, POLLRDHUP, 0};
+        if (poll(&pf, 1, 0) > 0 && (pf.revents & (POLLRDHUP | POLLHUP | POLLERR))) {
+            pre_end(p, true);
+            return;
+        }
+        struct sk_worker *w = p->base.w;
+        ev_io_stop(w->loop, &p->io);
+        p->repeek_s = p->repeek_s ? p->repeek_s * 2 : 0.002;
+        if (p->repeek_s > 0.1)
+            p->repeek_s = 0.1;
+        ev_timer_set(&p->repeek, p->repeek_s, 0.);
+        ev_timer_start(w->loop, &p->repeek);
+        return;
+    }
     struct conn_facts f = {p->dport, r == 1, r == 1 ? ch.sni : "", r == 1 ? &ch : NULL};
     pre_chain_chosen(p, select_chain_facts(p->l, &f));
+}
+
+static void pre_repeek_cb(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    struct pre_conn *p = t->data;
+    if (p->inspecting && !p->done)
+        pre_inspect(p);
 }
 
 static void pre_io_cb(struct ev_loop *loop, ev_io *io, int revents)
@@ -563,6 +594,8 @@ static void pre_start(struct sk_worker *w, const struct sk_listener *l, int fd,
     ev_io_start(w->loop, &p->io);
     ev_timer_init(&p->timer, pre_timeout_cb, PRE_TIMEOUT_S, 0.);
     p->timer.data = p;
+    ev_init(&p->repeek, pre_repeek_cb);
+    p->repeek.data = p;
     ev_timer_start(w->loop, &p->timer);
     if (fc)
         pre_chain_chosen(p, fc);

@@ -20,7 +20,9 @@ ssize_t sk_tp_read(struct sk_transport *t, struct sk_buf *b, size_t max)
         size_t room = sk_buf_room(b);
         if (room == 0)
             return total ? total : SK_ERR_TOO_LARGE;
-        size_t ask = want - (size_t)total;
+        /* past `want`, keep going only while OpenSSL holds decrypted bytes:
+         * those never make the socket readable again */
+        size_t ask = (size_t)total < want ? want - (size_t)total : (size_t)SSL_pending(t->ssl);
         if (ask > room)
             ask = room;
         if (ask == 0)
@@ -87,6 +89,13 @@ void sk_tp_close(struct sk_transport *t)
     if (t->fd >= 0)
         close(t->fd);
     t->fd = -1;
+}
+
+bool sk_tp_has_buffered(const struct sk_transport *t)
+{
+    if (!t->ssl)
+        return false;
+    return SSL_pending(t->ssl) > 0 || (SSL_get_shutdown(t->ssl) & SSL_RECEIVED_SHUTDOWN);
 }
 
 int sk_tp_events_for_read(const struct sk_transport *t)

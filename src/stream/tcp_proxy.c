@@ -110,6 +110,9 @@ static void update(struct tcpp *t)
         ev_io_modify(&me->io, ev);
         if (ev)
             ev_io_start(w->loop, &me->io);
+        /* TLS: decrypted bytes waiting inside OpenSSL never raise readiness */
+        if ((ev & EV_READ) && sk_tp_has_buffered(&me->tp))
+            ev_feed_event(w->loop, &me->io, EV_READ);
     }
 }
 
@@ -149,6 +152,8 @@ static void read_side(struct tcpp *t, struct side *me, struct side *peer)
     if (r > 0) {
         t->last_activity = ev_now(t->base.w->loop);
         sk_stat_add(&t->base.w->stats, SK_ST_tcp_bytes_rx, r);
+        if (sk_tp_has_buffered(&me->tp))
+            ev_feed_event(t->base.w->loop, &me->io, EV_READ);
         return;
     }
     if (r == 0) {

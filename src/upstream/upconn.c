@@ -285,7 +285,8 @@ void sk_upconn_pause_read(struct sk_upconn *u, bool pause)
         return;
     u->read_paused = pause;
     update_io(u);
-    if (!pause && sk_buf_used(&u->in) && u->state == SK_UP_S_ACTIVE)
+    if (!pause && (sk_buf_used(&u->in) || sk_tp_has_buffered(&u->tp)) &&
+        u->state == SK_UP_S_ACTIVE)
         ev_feed_event(u->w->loop, &u->io, EV_READ); /* process what is buffered */
 }
 
@@ -491,6 +492,8 @@ static void on_readable(struct sk_upconn *u)
     if (r > 0) {
         u->base.got_bytes = true;
         process(u);
+        if (u->state == SK_UP_S_ACTIVE && !u->read_paused && sk_tp_has_buffered(&u->tp))
+            ev_feed_event(u->w->loop, &u->io, EV_READ);
         return;
     }
     /* EOF or error */
@@ -507,7 +510,15 @@ static void on_readable(struct sk_upconn *u)
         fail(u, SK_TERM_NONE, "tunnel closed");
         return;
     }
-    fail(u, SK_TERM_UPSTREAM_RESET, r == 0 ? "upstream closed the connection" : strerror(errno));
+    const char *why = u->tp.ssl ? sk_tls_why(u->tp.ssl) : NULL;
+    if (why && why[0]) {
+        char d[128];
+        snprintf(d, sizeof(d), "TLS: %s", why);
+        fail(u, SK_TERM_UPSTREAM_RESET, d);
+        return;
+    }
+    fail(u, SK_TERM_UPSTREAM_RESET,
+         r == 0 ? "upstream closed the connection" : (errno ? strerror(errno) : "connection error"));
 }
 
 static void up_io_cb(struct ev_loop *loop, ev_io *io, int revents)

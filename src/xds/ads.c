@@ -72,11 +72,12 @@ struct sk_ads {
     struct sk_grpc_dec dec;
 
     char *nonce[SK_XDS_NTYPES];
-    bool subscribed[SK_XDS_NTYPES];   /* a request for the type went out on this stream */
-    char **sent[SK_XDS_NTYPES];       /* names last sent (RDS/EDS) */
+    bool subscribed[SK_XDS_NTYPES]; /* a request for the type went out on this stream */
+    char **sent[SK_XDS_NTYPES];     /* names last sent (RDS/EDS) */
     size_t nsent[SK_XDS_NTYPES];
 
     double backoff;
+    uint64_t rng; /* jitter (own state: the process-wide random() is not ours to reseed) */
     uint64_t ready_version;
     uint64_t acks, nacks, streams;
 };
@@ -311,8 +312,9 @@ static int on_message(void *arg, const uint8_t *p, size_t n)
             sk_debug("xds: %s version '%s' unchanged", sk_xds_type_short(t), r->version_info);
     } else {
         a->nacks++;
-        sk_warn("xds: NACK %s version '%s' nonce '%s': %s", t >= 0 ? sk_xds_type_short(t) : r->type_url,
-                r->version_info, r->nonce, res.error ? res.error : "");
+        sk_warn("xds: NACK %s version '%s' nonce '%s': %s",
+                t >= 0 ? sk_xds_type_short(t) : r->type_url, r->version_info, r->nonce,
+                res.error ? res.error : "");
     }
     send_request(a, t, t >= 0 ? sk_xds_type_url(t) : r->type_url, r->nonce,
                  res.ack ? NULL : (res.error ? res.error : "rejected"));
@@ -375,7 +377,8 @@ static int on_header_cb(nghttp2_session *s, const nghttp2_frame *f, const uint8_
     struct sk_ads *a = ud;
     if (f->hd.stream_id != a->sid)
         return 0;
-    if (nlen == 7 && memcmp(name, ":status", 7) == 0 && !(vlen == 3 && memcmp(value, "200", 3) == 0))
+    if (nlen == 7 && memcmp(name, ":status", 7) == 0 &&
+        !(vlen == 3 && memcmp(value, "200", 3) == 0))
         sk_warn("xds: %s answered :status %.*s", a->server_str, (int)vlen, (const char *)value);
     else if (nlen == 11 && memcmp(name, "grpc-status", 11) == 0 && !(vlen == 1 && value[0] == '0'))
         sk_warn("xds: stream ended with grpc-status %.*s", (int)vlen, (const char *)value);
@@ -400,7 +403,10 @@ static void schedule_reconnect(struct sk_ads *a)
 {
     if (a->got_response)
         a->backoff = BACKOFF_MIN;
-    double d = a->backoff * (0.8 + 0.4 * ((double)random() / (double)RAND_MAX));
+    a->rng ^= a->rng << 13;
+    a->rng ^= a->rng >> 7;
+    a->rng ^= a->rng << 17;
+    double d = a->backoff * (0.8 + 0.4 * ((double)(a->rng >> 11) / (double)(1ull << 53)));
     if (d < BACKOFF_MIN)
         d = BACKOFF_MIN;
     if (d > BACKOFF_MAX)
@@ -416,7 +422,9 @@ static void schedule_reconnect(struct sk_ads *a)
 
 static void teardown(struct sk_ads *a, const char *why)
 {
-    if (a->ng || a->connecting)
+    if (a->connecting)
+        sk_warn("xds: cannot connect to %s (%s)", a->server_str, why ? why : "failed");
+    else if (a->ng)
         sk_warn("xds: connection to %s lost (%s); keeping the last good config", a->server_str,
                 why ? why : "closed");
     ev_io_stop(a->loop, &a->io);
@@ -494,8 +502,7 @@ static int start_session(struct sk_ads *a)
                                    {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, 1u << 24}};
     nghttp2_submit_settings(a->ng, NGHTTP2_FLAG_NONE, iv, 2);
     nghttp2_session_set_local_window_size(a->ng, NGHTTP2_FLAG_NONE, 0, 1 << 24);
-#define NV(n, v)                                                                                   \
-    {(uint8_t *)(n), (uint8_t *)(v), sizeof(n) - 1, strlen(v), NGHTTP2_NV_FLAG_NONE}
+#define NV(n, v) {(uint8_t *)(n), (uint8_t *)(v), sizeof(n) - 1, strlen(v), NGHTTP2_NV_FLAG_NONE}
     nghttp2_nv nva[] = {
         NV(":method", "POST"),
         NV(":scheme", "http"),
@@ -661,7 +668,7 @@ struct sk_ads *sk_ads_start(const struct sk_ads_opts *o, const struct sk_snapsho
     a->io.data = a;
     ev_init(&a->timer, timer_cb);
     a->timer.data = a;
-    srandom((unsigned)getpid() ^ (unsigned)ev_time());
+    a->rng = ((uint64_t)getpid() << 32) ^ (uint64_t)(ev_time() * 1e6) ^ 0x9e3779b97f4a7c15ull;
     PbBootstrap *bs = a->config_path && *a->config_path ? load_bootstrap(a) : NULL;
     struct sk_xds_hooks h = {a->prepare, publish_hook, a};
     a->st = bs ? sk_xds_store_new(bs, &h) : NULL;

@@ -247,10 +247,14 @@ static void res_unref(struct res *r)
 static const char *res_msg_name(int type, const ProtobufCMessage *m)
 {
     switch (type) {
-    case SK_XDS_CDS: return ((const PbCluster *)m)->name;
-    case SK_XDS_EDS: return ((const PbCla *)m)->cluster_name;
-    case SK_XDS_LDS: return ((const PbListener *)m)->name;
-    case SK_XDS_RDS: return ((const PbRouteConfig *)m)->name;
+    case SK_XDS_CDS:
+        return ((const PbCluster *)m)->name;
+    case SK_XDS_EDS:
+        return ((const PbCla *)m)->cluster_name;
+    case SK_XDS_LDS:
+        return ((const PbListener *)m)->name;
+    case SK_XDS_RDS:
+        return ((const PbRouteConfig *)m)->name;
     }
     return NULL;
 }
@@ -333,15 +337,15 @@ struct sk_xds_store {
 
 struct lmap {
     bool dynamic;
-    size_t idx;   /* index in the LDS set (dynamic) */
-    size_t *rds;  /* indices in the RDS set that were inlined */
+    size_t idx;  /* index in the LDS set (dynamic) */
+    size_t *rds; /* indices in the RDS set that were inlined */
     size_t nrds;
 };
 
 struct cmap {
     bool dynamic;
-    size_t idx;   /* index in the CDS set (dynamic) */
-    long eds;     /* index in the EDS set that was inlined, or -1 */
+    size_t idx; /* index in the CDS set (dynamic) */
+    long eds;   /* index in the EDS set that was inlined, or -1 */
 };
 
 struct asmb {
@@ -355,9 +359,9 @@ struct asmb {
     ProtobufCMessage **owned; /* modified copies, freed with the assembly */
     size_t nowned, cowned;
     struct strv rds_names, eds_names;
-    size_t missing;  /* listeners / clusters whose RDS / EDS has not arrived */
-    size_t held;     /* listeners among them, included with an empty route config */
-    bool validate;   /* include warming listeners (validation-only assembly) */
+    size_t missing;       /* listeners / clusters whose RDS / EDS has not arrived */
+    size_t held;          /* listeners among them, included with an empty route config */
+    bool validate;        /* include warming listeners (validation-only assembly) */
     struct rset used_lds; /* LDS resources in the assembly (the active set once published) */
     bool oom;
 };
@@ -544,8 +548,8 @@ static void asm_listener(struct asmb *a, PbListener *l, const struct res *lres, 
     m->idx = idx;
     PbListener *use = l;
     if (sc.n) {
-        ProtobufCMessage *c = lres ? clone_bytes(l->base.descriptor, lres->bytes, lres->len)
-                                   : clone_msg(&l->base);
+        ProtobufCMessage *c =
+            lres ? clone_bytes(l->base.descriptor, lres->bytes, lres->len) : clone_msg(&l->base);
         if (!c || !asm_own(a, c)) {
             if (c)
                 protobuf_c_message_free_unpacked(c, NULL);
@@ -583,8 +587,7 @@ static bool ready_rds(void *arg, PbAny *any, PbHcm *h)
 }
 
 /* RDS configs the listener still waits for; their names are added to `names`. */
-static size_t listener_missing(PbListener *l, const struct rset *rds, struct strv *names,
-                               bool *oom)
+static size_t listener_missing(PbListener *l, const struct rset *rds, struct strv *names, bool *oom)
 {
     struct rds_ready s = {rds, 0, names, false};
     listener_each_rds(l, ready_rds, &s);
@@ -610,8 +613,8 @@ static void asm_cluster(struct asmb *a, PbCluster *c, const struct res *cres, si
         long j = rset_find(eds, sn);
         if (j < 0)
             a->missing++;
-        ProtobufCMessage *cp = cres ? clone_bytes(c->base.descriptor, cres->bytes, cres->len)
-                                    : clone_msg(&c->base);
+        ProtobufCMessage *cp =
+            cres ? clone_bytes(c->base.descriptor, cres->bytes, cres->len) : clone_msg(&c->base);
         ProtobufCMessage *la =
             j >= 0 ? clone_bytes(eds->v[j]->msg->descriptor, eds->v[j]->bytes, eds->v[j]->len)
                    : NULL;
@@ -675,8 +678,8 @@ static bool assemble(const struct sk_xds_store *st, const struct rset *const set
         long k = rset_find(&st->active, r->name);
         struct res *prev = k >= 0 && !res_same(st->active.v[k], r) ? st->active.v[k] : NULL;
         if (prev && listener_missing((PbListener *)r->msg, sets[SK_XDS_RDS], NULL, &a->oom) &&
-            listener_missing((PbListener *)prev->msg, sets[SK_XDS_RDS], &a->rds_names,
-                             &a->oom) == 0 &&
+            listener_missing((PbListener *)prev->msg, sets[SK_XDS_RDS], &a->rds_names, &a->oom) ==
+                0 &&
             !a->validate) {
             a->missing++; /* the new version is still incomplete */
             asm_listener(a, (PbListener *)prev->msg, prev, i, sets[SK_XDS_RDS]);
@@ -905,10 +908,13 @@ bool sk_xds_store_wants(const struct sk_xds_store *st, int type)
 {
     const Envoy__Config__Bootstrap__V3__Bootstrap__DynamicResources *d = st->bs->dynamic_resources;
     switch (type) {
-    case SK_XDS_CDS: return d && d->ads_config && source_is_ads(d->cds_config);
-    case SK_XDS_LDS: return d && d->ads_config && source_is_ads(d->lds_config);
+    case SK_XDS_CDS:
+        return d && d->ads_config && source_is_ads(d->cds_config);
+    case SK_XDS_LDS:
+        return d && d->ads_config && source_is_ads(d->lds_config);
     case SK_XDS_EDS:
-    case SK_XDS_RDS: return st->names[type].n > 0;
+    case SK_XDS_RDS:
+        return st->names[type].n > 0;
     }
     return false;
 }
@@ -1064,8 +1070,7 @@ static void nack(struct sk_xds_result *res, char *msg)
     res->error = msg ? msg : strdup("out of memory");
 }
 
-void sk_xds_store_handle(struct sk_xds_store *st, const PbResponse *r,
-                         struct sk_xds_result *res)
+void sk_xds_store_handle(struct sk_xds_store *st, const PbResponse *r, struct sk_xds_result *res)
 {
     memset(res, 0, sizeof(*res));
     res->ack = true;
@@ -1085,9 +1090,10 @@ void sk_xds_store_handle(struct sk_xds_store *st, const PbResponse *r,
     for (size_t i = 0; i < r->n_resources; i++) {
         const PbAny *a = r->resources[i];
         Envoy__Service__Discovery__V3__Resource *wrap = NULL;
-        if (a && strcmp(any_type(a), envoy__service__discovery__v3__resource__descriptor.name) == 0) {
-            wrap = envoy__service__discovery__v3__resource__unpack(NULL, a->value.len,
-                                                                  a->value.data);
+        if (a &&
+            strcmp(any_type(a), envoy__service__discovery__v3__resource__descriptor.name) == 0) {
+            wrap =
+                envoy__service__discovery__v3__resource__unpack(NULL, a->value.len, a->value.data);
             if (!wrap) {
                 sb_add(&perr, "%sresources[%zu]: cannot decode Resource", perr.len ? "; " : "", i);
                 continue;
@@ -1099,7 +1105,7 @@ void sk_xds_store_handle(struct sk_xds_store *st, const PbResponse *r,
             }
         }
         if (!a || strcmp(any_type(a), d->name) != 0) {
-            sb_add(&perr, "%sresources[%zu]: type '%.200s' does not match type_url", 
+            sb_add(&perr, "%sresources[%zu]: type '%.200s' does not match type_url",
                    perr.len ? "; " : "", i, a && a->type_url ? a->type_url : "");
         } else {
             rhash = (rhash ^ fnv1a(a->value.data, a->value.len)) * 1099511628211ull;
@@ -1112,8 +1118,8 @@ void sk_xds_store_handle(struct sk_xds_store *st, const PbResponse *r,
                 sb_add(&perr, "%sresources[%zu]: %s without a name", perr.len ? "; " : "", i,
                        types[type].label);
             } else if (rset_find(&in, name) >= 0) {
-                sb_add(&perr, "%s%s '%.200s': duplicate name in one response",
-                       perr.len ? "; " : "", types[type].label, name);
+                sb_add(&perr, "%s%s '%.200s': duplicate name in one response", perr.len ? "; " : "",
+                       types[type].label, name);
             } else if ((type == SK_XDS_RDS || type == SK_XDS_EDS) &&
                        !strv_has(&st->names[type], name)) {
                 /* not subscribed (any more): ignore */
@@ -1264,7 +1270,8 @@ void sk_xds_store_handle(struct sk_xds_store *st, const PbResponse *r,
         rset_free(&cand);
         build_free(&b);
         free(partial);
-        char *m = strdup("the resulting listeners could not be bound (see the skiff log)");
+        char *m = strdup("the resulting config could not be applied (a listener could not be "
+                         "bound, or shutting down; see the skiff log)");
         st->nack_hash[type] = rhash;
         set_str(&st->nack_msg[type], m ? m : "rejected");
         nack(res, m);

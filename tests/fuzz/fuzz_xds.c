@@ -106,8 +106,7 @@ static struct sk_xds_store *new_store(void)
     sk_cfgerrs_free(&e);
     REQUIRE(rc == 0 && bs);
     struct sk_xds_hooks h = {NULL, publish, NULL};
-    struct sk_xds_store *st =
-        sk_xds_store_new((Envoy__Config__Bootstrap__V3__Bootstrap *)bs, &h);
+    struct sk_xds_store *st = sk_xds_store_new((Envoy__Config__Bootstrap__V3__Bootstrap *)bs, &h);
     REQUIRE(st != NULL);
     return st;
 }

@@ -180,10 +180,14 @@ static void resp_init(struct resp *x, int type, const char *version)
 static const ProtobufCMessageDescriptor *desc_of(int type)
 {
     switch (type) {
-    case SK_XDS_CDS: return &envoy__config__cluster__v3__cluster__descriptor;
-    case SK_XDS_EDS: return &envoy__config__endpoint__v3__cluster_load_assignment__descriptor;
-    case SK_XDS_LDS: return &envoy__config__listener__v3__listener__descriptor;
-    default: return &envoy__config__route__v3__route_configuration__descriptor;
+    case SK_XDS_CDS:
+        return &envoy__config__cluster__v3__cluster__descriptor;
+    case SK_XDS_EDS:
+        return &envoy__config__endpoint__v3__cluster_load_assignment__descriptor;
+    case SK_XDS_LDS:
+        return &envoy__config__listener__v3__listener__descriptor;
+    default:
+        return &envoy__config__route__v3__route_configuration__descriptor;
     }
 }
 
@@ -369,6 +373,24 @@ static void test_store(void)
     CHECK(strcmp(sk_xds_store_version(st, SK_XDS_RDS), "r1") == 0);
     sk_xds_result_free(&r);
 
+    /* a changed listener waiting for a new route config: the version in service
+     * keeps serving until it arrives */
+    CHECK(handle_one(st, SK_XDS_LDS, "l2", RDS_LISTENER("ingress", "10000", "r9"), &r));
+    CHECK(r.ack && r.published);
+    sk_xds_result_free(&r);
+    s = published;
+    CHECK(s && s->nlisteners == 1 && s->listeners[0].chains[0].hcm &&
+          strcmp(s->listeners[0].chains[0].hcm->routes->name, "r1") == 0);
+    CHECK(sk_xds_store_names(st, SK_XDS_RDS, &names) == 2);
+    CHECK(handle_one(st, SK_XDS_RDS, "r3", ROUTES("r9", "api", ""), &r));
+    CHECK(r.published);
+    sk_xds_result_free(&r);
+    s = published;
+    CHECK(s && s->nlisteners == 1 && s->listeners[0].chains[0].hcm &&
+          strcmp(s->listeners[0].chains[0].hcm->routes->name, "r9") == 0);
+    CHECK(sk_xds_store_names(st, SK_XDS_RDS, &names) == 1 && strcmp(names[0], "r9") == 0);
+    CHECK(sk_xds_store_count(st, SK_XDS_RDS) == 1);
+
     /* malformed responses are rejected whole */
     resp_init(&x, SK_XDS_CDS, "c4");
     resp_add(&x, SK_XDS_CDS, EDS_CLUSTER("web", ""));
@@ -395,8 +417,8 @@ static void test_store(void)
 
     /* a second listener on the same address: that listener is rejected */
     resp_init(&x, SK_XDS_LDS, "l2");
-    resp_add(&x, SK_XDS_LDS, RDS_LISTENER("ingress", "10000", "r1"));
-    resp_add(&x, SK_XDS_LDS, RDS_LISTENER("dup", "10000", "r1"));
+    resp_add(&x, SK_XDS_LDS, RDS_LISTENER("ingress", "10000", "r9"));
+    resp_add(&x, SK_XDS_LDS, RDS_LISTENER("dup", "10000", "r9"));
     r = handle(st, &x);
     /* (nothing else changed: a plain NACK) */
     CHECK(!r.ack && r.rejected == 0 && r.error && strstr(r.error, "Listener 'dup'"));
