@@ -39,6 +39,7 @@
 #include "skiff/transport.h"
 #include "skiff/http1.h"
 #include "skiff/log.h"
+#include "skiff/ngmem.h"
 #include "skiff/net.h"
 #include "skiff/stream.h"
 #include "skiff/upstream.h"
@@ -111,7 +112,7 @@ struct h2c {
     const struct sk_listener *l;
     const struct sk_filter_chain *fc;
     nghttp2_session *ng;
-    size_t ng_mem;
+    struct sk_ngmem ngm; /* nghttp2's own memory, capped */
     struct sk_buf out;
     struct h2s *streams;
     uint32_t nstreams;
@@ -147,60 +148,6 @@ int sk_h2_preface_match(const char *p, size_t n)
 
 /* ---- nghttp2 memory: counted per connection, capped ------------------------ */
 
-struct mem_hdr {
-    size_t n;
-    size_t pad; /* keep 16-byte alignment */
-};
-
-static void *ng_malloc(size_t n, void *ud)
-{
-    struct h2c *c = ud;
-    if (n > H2_SESSION_MEM_CAP || c->ng_mem + n > H2_SESSION_MEM_CAP)
-        return NULL;
-    struct mem_hdr *h = malloc(sizeof(*h) + n);
-    if (!h)
-        return NULL;
-    h->n = n;
-    c->ng_mem += n;
-    return h + 1;
-}
-
-static void ng_free(void *p, void *ud)
-{
-    if (!p)
-        return;
-    struct h2c *c = ud;
-    struct mem_hdr *h = (struct mem_hdr *)p - 1;
-    c->ng_mem -= h->n;
-    free(h);
-}
-
-static void *ng_calloc(size_t nm, size_t sz, void *ud)
-{
-    if (sz && nm > SIZE_MAX / sz)
-        return NULL;
-    void *p = ng_malloc(nm * sz, ud);
-    if (p)
-        memset(p, 0, nm * sz);
-    return p;
-}
-
-static void *ng_realloc(void *p, size_t n, void *ud)
-{
-    struct h2c *c = ud;
-    if (!p)
-        return ng_malloc(n, ud);
-    struct mem_hdr *h = (struct mem_hdr *)p - 1;
-    size_t old = h->n;
-    if (n > old && c->ng_mem + (n - old) > H2_SESSION_MEM_CAP)
-        return NULL;
-    struct mem_hdr *nh = realloc(h, sizeof(*nh) + n);
-    if (!nh)
-        return NULL;
-    nh->n = n;
-    c->ng_mem = c->ng_mem - old + n;
-    return nh + 1;
-}
 
 /* ---- stream objects ------------------------------------------------------------ */
 
@@ -1284,7 +1231,9 @@ void sk_h2_accept(struct sk_worker *w, const struct sk_listener *l,
         nghttp2_option_set_max_deflate_dynamic_table_size(opt, 4096);
         nghttp2_option_set_max_send_header_block_length(opt, 256 * 1024);
         nghttp2_option_set_stream_reset_rate_limit(opt, H2_RST_BURST, H2_RST_RATE);
-        nghttp2_mem mem = {c, ng_malloc, ng_free, ng_calloc, ng_realloc};
+        nghttp2_mem mem;
+        c->ngm.cap = H2_SESSION_MEM_CAP;
+        sk_ngmem_init(&mem, &c->ngm);
         rv = nghttp2_session_server_new3(&c->ng, cbs, c, opt, &mem);
     }
     if (cbs)

@@ -603,6 +603,35 @@ static uint64_t buffer_limit(const PbU64 *body_limit, const PbU32 *per_request, 
     return dflt;
 }
 
+/* StringMatcher -> kind + value (exact / prefix / suffix / contains) at the
+ * current path. Returns the value, or NULL after reporting what is wrong
+ * (`what` names the matcher in the regex message). */
+static const char *string_matcher_kind(struct tr *t, const Envoy__Type__Matcher__V3__StringMatcher *s,
+                                       const char *what,
+                                       int *kind, const char **vfield)
+{
+    switch (s->match_pattern_case) {
+    case ENVOY__TYPE__MATCHER__V3__STRING_MATCHER__MATCH_PATTERN_EXACT:
+        *kind = SK_STR_EXACT, *vfield = "exact";
+        return s->exact;
+    case ENVOY__TYPE__MATCHER__V3__STRING_MATCHER__MATCH_PATTERN_PREFIX:
+        *kind = SK_STR_PREFIX, *vfield = "prefix";
+        return s->prefix;
+    case ENVOY__TYPE__MATCHER__V3__STRING_MATCHER__MATCH_PATTERN_SUFFIX:
+        *kind = SK_STR_SUFFIX, *vfield = "suffix";
+        return s->suffix;
+    case ENVOY__TYPE__MATCHER__V3__STRING_MATCHER__MATCH_PATTERN_CONTAINS:
+        *kind = SK_STR_CONTAINS, *vfield = "contains";
+        return s->contains;
+    case ENVOY__TYPE__MATCHER__V3__STRING_MATCHER__MATCH_PATTERN_SAFE_REGEX:
+        err(t, "safe_regex", "regex %smatching is not supported yet", what);
+        return NULL;
+    default:
+        err(t, NULL, "one of exact, prefix, suffix, contains is required");
+        return NULL;
+    }
+}
+
 static void header_matcher(struct tr *t, const PbHeaderMatcher *h, struct sk_header_match *m)
 {
     if (!valid_header_name(h->name) &&
@@ -648,26 +677,10 @@ static void header_matcher(struct tr *t, const PbHeaderMatcher *h, struct sk_hea
         const Envoy__Type__Matcher__V3__StringMatcher *s = h->string_match;
         size_t o = pushf(t, "string_match");
         m->ignore_case = s->ignore_case;
-        switch (s->match_pattern_case) {
-        case ENVOY__TYPE__MATCHER__V3__STRING_MATCHER__MATCH_PATTERN_EXACT:
-            m->kind = SK_STR_EXACT, v = s->exact, vfield = "exact";
-            break;
-        case ENVOY__TYPE__MATCHER__V3__STRING_MATCHER__MATCH_PATTERN_PREFIX:
-            m->kind = SK_STR_PREFIX, v = s->prefix, vfield = "prefix";
-            break;
-        case ENVOY__TYPE__MATCHER__V3__STRING_MATCHER__MATCH_PATTERN_SUFFIX:
-            m->kind = SK_STR_SUFFIX, v = s->suffix, vfield = "suffix";
-            break;
-        case ENVOY__TYPE__MATCHER__V3__STRING_MATCHER__MATCH_PATTERN_CONTAINS:
-            m->kind = SK_STR_CONTAINS, v = s->contains, vfield = "contains";
-            break;
-        case ENVOY__TYPE__MATCHER__V3__STRING_MATCHER__MATCH_PATTERN_SAFE_REGEX:
-            err(t, "safe_regex", "regex matching is not supported yet");
-            break;
-        default:
-            err(t, NULL, "one of exact, prefix, suffix, contains is required");
-            break;
-        }
+        int kind = 0;
+        v = string_matcher_kind(t, s, "", &kind, &vfield);
+        if (v)
+            m->kind = kind;
         if (v && m->kind != SK_STR_EXACT && empty(v))
             err(t, vfield, "%s must not be empty", vfield);
         else if (v) {
@@ -2541,26 +2554,11 @@ static void san_string_matcher(struct tr *t, const PbStringMatcher *s, int san_t
     const char *v = NULL, *vfield = NULL;
     m->san_type = san_type;
     m->ignore_case = s->ignore_case;
-    switch (s->match_pattern_case) {
-    case ENVOY__TYPE__MATCHER__V3__STRING_MATCHER__MATCH_PATTERN_EXACT:
-        m->kind = SK_STR_EXACT, v = s->exact, vfield = "exact";
-        break;
-    case ENVOY__TYPE__MATCHER__V3__STRING_MATCHER__MATCH_PATTERN_PREFIX:
-        m->kind = SK_STR_PREFIX, v = s->prefix, vfield = "prefix";
-        break;
-    case ENVOY__TYPE__MATCHER__V3__STRING_MATCHER__MATCH_PATTERN_SUFFIX:
-        m->kind = SK_STR_SUFFIX, v = s->suffix, vfield = "suffix";
-        break;
-    case ENVOY__TYPE__MATCHER__V3__STRING_MATCHER__MATCH_PATTERN_CONTAINS:
-        m->kind = SK_STR_CONTAINS, v = s->contains, vfield = "contains";
-        break;
-    case ENVOY__TYPE__MATCHER__V3__STRING_MATCHER__MATCH_PATTERN_SAFE_REGEX:
-        err(t, "safe_regex", "regex SAN matching is not supported yet");
+    int kind = 0;
+    v = string_matcher_kind(t, s, "SAN ", &kind, &vfield);
+    if (!v)
         return;
-    default:
-        err(t, NULL, "one of exact, prefix, suffix, contains is required");
-        return;
-    }
+    m->kind = kind;
     if (empty(v)) {
         err(t, vfield, "%s must not be empty", vfield);
         return;

@@ -35,6 +35,7 @@
 #include "skiff/hoststate.h"
 #include "skiff/http1.h"
 #include "skiff/log.h"
+#include "skiff/ngmem.h"
 #include "skiff/net.h"
 #include "skiff/stream.h"
 #include "skiff/upstream.h"
@@ -122,7 +123,7 @@ struct h2uc {
     ev_io io;
     ev_timer timer; /* connect timeout, then idle timeout */
     nghttp2_session *ng;
-    size_t ng_mem;
+    struct sk_ngmem ngm; /* nghttp2's own memory, capped */
     struct sk_buf out;
     struct h2us *streams;
     uint32_t nstreams;
@@ -150,63 +151,6 @@ static bool try_reissue(struct h2us *s, struct h2uc *exclude);
 static int submit(struct h2us *s);
 
 #define US(u) ((struct h2us *)(u))
-
-/* ---- nghttp2 memory: counted per connection, capped ------------------------ */
-
-struct mem_hdr {
-    size_t n;
-    size_t pad; /* keep 16-byte alignment */
-};
-
-static void *ng_malloc(size_t n, void *ud)
-{
-    struct h2uc *c = ud;
-    if (n > UC_SESSION_MEM_CAP || c->ng_mem + n > UC_SESSION_MEM_CAP)
-        return NULL;
-    struct mem_hdr *h = malloc(sizeof(*h) + n);
-    if (!h)
-        return NULL;
-    h->n = n;
-    c->ng_mem += n;
-    return h + 1;
-}
-
-static void ng_free(void *p, void *ud)
-{
-    if (!p)
-        return;
-    struct h2uc *c = ud;
-    struct mem_hdr *h = (struct mem_hdr *)p - 1;
-    c->ng_mem -= h->n;
-    free(h);
-}
-
-static void *ng_calloc(size_t nm, size_t sz, void *ud)
-{
-    if (sz && nm > SIZE_MAX / sz)
-        return NULL;
-    void *p = ng_malloc(nm * sz, ud);
-    if (p)
-        memset(p, 0, nm * sz);
-    return p;
-}
-
-static void *ng_realloc(void *p, size_t n, void *ud)
-{
-    struct h2uc *c = ud;
-    if (!p)
-        return ng_malloc(n, ud);
-    struct mem_hdr *h = (struct mem_hdr *)p - 1;
-    size_t old = h->n;
-    if (n > old && c->ng_mem + (n - old) > UC_SESSION_MEM_CAP)
-        return NULL;
-    struct mem_hdr *nh = realloc(h, sizeof(*nh) + n);
-    if (!nh)
-        return NULL;
-    nh->n = n;
-    c->ng_mem = c->ng_mem - old + n;
-    return nh + 1;
-}
 
 /* ---- small helpers ------------------------------------------------------------ */
 
@@ -1070,7 +1014,9 @@ static struct h2uc *conn_new(struct sk_host *h, int *err, bool reserved)
         nghttp2_option_set_no_closed_streams(opt, 1);
         nghttp2_option_set_max_send_header_block_length(opt, 256 * 1024);
         nghttp2_option_set_max_deflate_dynamic_table_size(opt, 4096);
-        nghttp2_mem mem = {c, ng_malloc, ng_free, ng_calloc, ng_realloc};
+        nghttp2_mem mem;
+        c->ngm.cap = UC_SESSION_MEM_CAP;
+        sk_ngmem_init(&mem, &c->ngm);
         rv = nghttp2_session_client_new3(&c->ng, cbs, c, opt, &mem);
     }
     if (cbs)
