@@ -63,7 +63,7 @@ fi
 if [ "$FUZZ_SECONDS" -gt 0 ] && command -v clang >/dev/null; then
   if step "build-fuzz" bash -c "CC=clang meson setup build-fuzz -Dfuzz=true --buildtype=debugoptimized >/dev/null 2>&1 || true; ninja -C build-fuzz"; then
     for f in build-fuzz/tests/fuzz/fuzz_*; do
-      [ -x "$f" ] || continue
+      [ -f "$f" ] && [ -x "$f" ] || continue   # skip meson's fuzz_*.p directories
       name=$(basename "$f"); short=${name#fuzz_}
       mkdir -p "$LOG/corpus-$short"
       echo "=== fuzz $short (${FUZZ_SECONDS}s)"

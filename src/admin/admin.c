@@ -270,7 +270,8 @@ static void cl_collect(struct cl_list *l)
     l->snap = A.hooks.snapshot ? A.hooks.snapshot() : NULL;
     sk_cstate_foreach(cl_collect_cb, l);
     /* stable, sorted output; cfg follows its state through a lookup */
-    qsort(l->v, l->n, sizeof(*l->v), cl_cmp);
+    if (l->n) /* qsort(NULL, 0) is undefined */
+        qsort(l->v, l->n, sizeof(*l->v), cl_cmp);
     for (size_t i = 0; i < l->n; i++)
         l->cfg[i] = sk_snapshot_find_cluster(l->snap, l->v[i]->name);
 }
