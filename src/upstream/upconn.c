@@ -15,7 +15,8 @@
 
 #define UP_HEAD_MAX (64 * 1024)
 #define UP_MAX_HDRS 128
-#define UP_IDLE_MAX 256 /* idle connections kept per host per worker */
+#define UP_IDLE_MAX 1024 /* idle connections kept per host per worker (Envoy: bounded only by the
+                           max_connections breaker, default 1024); idle ones hold no buffers */
 #define UP_HIGH_MARK (256 * 1024)
 #define UP_LOW_MARK (64 * 1024)
 
