@@ -3,13 +3,13 @@
 #   1. release-ish build with -Werror: unit tests + fuzz corpus replay
 #   2. integration tests (pytest, Debian's /usr/bin/python3) against that binary
 #   3. ASan+UBSan build: unit tests + fuzz replay + integration tests again
-#   4. libFuzzer (clang): each fuzz target fuzzed for FUZZ_SECONDS (default 30)
+#   4. libFuzzer (clang): each fuzz target fuzzed for FUZZ_SECONDS (default 20)
 # Ends with "N passed, N failed" and exits non-zero on any failure.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/deps.sh || { echo "0 passed, 1 failed"; exit 1; }
 
-FUZZ_SECONDS=${FUZZ_SECONDS:-30}
+FUZZ_SECONDS=${FUZZ_SECONDS:-20}
 PASS=0; FAIL=0; FAILED_STEPS=()
 PY=/usr/bin/python3
 
