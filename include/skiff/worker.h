@@ -13,6 +13,7 @@
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #include "skiff/histogram.h"
@@ -20,6 +21,9 @@
 #include "skiff/stats.h"
 
 #define SK_MAX_WORKERS 64
+
+/* The object that embeds `ptr` as its `member` (reap / defer nodes). */
+#define SK_CONTAINER_OF(ptr, type, member) ((type *)((char *)(ptr) - offsetof(type, member)))
 
 struct sk_reap {
     struct sk_reap *next;

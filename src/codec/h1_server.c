@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "skiff/err.h"
+#include "skiff/evio.h"
 #include "skiff/h2.h"
 #include "skiff/http1.h"
 #include "skiff/log.h"
@@ -74,7 +75,7 @@ static const struct sk_downstream_ops h1_ops;
 
 static void conn_free(struct sk_reap *r)
 {
-    struct h1s *c = (struct h1s *)((char *)r - offsetof(struct h1s, reap));
+    struct h1s *c = SK_CONTAINER_OF(r, struct h1s, reap);
     sk_buf_free(&c->in);
     sk_buf_free(&c->out);
     if (c->snap)
@@ -143,7 +144,7 @@ static void stream_finish(struct h1s *c)
     c->st = NULL;
     sk_stream_cleanup(st);
     sk_stat_add(&c->base.w->stats, SK_ST_downstream_rq_active, -1);
-    struct stream_box *b = (struct stream_box *)((char *)st - offsetof(struct stream_box, st));
+    struct stream_box *b = SK_CONTAINER_OF(st, struct stream_box, st);
     sk_worker_reap(c->base.w, &b->reap);
 }
 
@@ -156,12 +157,7 @@ static void update_io(struct h1s *c)
         ev |= sk_tp_events_for_read(&c->tp);
     if (c->write_blocked)
         ev |= sk_tp_events_for_write(&c->tp);
-    if ((c->io.events & (EV_READ | EV_WRITE)) == ev && ev_is_active(&c->io))
-        return;
-    ev_io_stop(c->base.w->loop, &c->io);
-    ev_io_modify(&c->io, ev);
-    if (ev)
-        ev_io_start(c->base.w->loop, &c->io);
+    sk_io_set(c->base.w->loop, &c->io, ev);
 }
 
 static void idle_timer_start(struct h1s *c)
@@ -262,7 +258,7 @@ static void do_write(struct h1s *c)
 
 static void flush_cb(struct sk_reap *r)
 {
-    struct h1s *c = (struct h1s *)((char *)r - offsetof(struct h1s, flush));
+    struct h1s *c = SK_CONTAINER_OF(r, struct h1s, flush);
     c->flush_queued = false;
     if (c->state != S_CLOSED && c->state != S_LINGER && !c->write_blocked)
         do_write(c);

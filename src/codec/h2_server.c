@@ -34,6 +34,7 @@
 #include <unistd.h>
 
 #include "skiff/err.h"
+#include "skiff/evio.h"
 #include "skiff/h2.h"
 #include "skiff/tls.h"
 #include "skiff/transport.h"
@@ -157,7 +158,7 @@ static __thread unsigned stream_pool_n;
 
 static void stream_free(struct sk_reap *r)
 {
-    struct h2s *s = (struct h2s *)((char *)r - offsetof(struct h2s, reap));
+    struct h2s *s = SK_CONTAINER_OF(r, struct h2s, reap);
     if (stream_pool_n < STREAM_POOL_MAX) {
         s->next = stream_pool;
         stream_pool = s;
@@ -198,7 +199,7 @@ static struct h2s *stream_alloc(void)
 
 static struct h2s *S(struct sk_stream *st)
 {
-    return (struct h2s *)((char *)st - offsetof(struct h2s, st));
+    return SK_CONTAINER_OF(st, struct h2s, st);
 }
 
 static void idle_start(struct h2c *c)
@@ -265,7 +266,7 @@ static void maybe_finish(struct h2s *s)
 
 static void conn_free(struct sk_reap *r)
 {
-    struct h2c *c = (struct h2c *)((char *)r - offsetof(struct h2c, reap));
+    struct h2c *c = SK_CONTAINER_OF(r, struct h2c, reap);
     if (c->ng)
         nghttp2_session_del(c->ng);
     sk_buf_free(&c->out);
@@ -310,12 +311,7 @@ static void update_io(struct h2c *c)
         ev |= sk_tp_events_for_read(&c->tp);
     if (c->write_blocked)
         ev |= sk_tp_events_for_write(&c->tp);
-    if ((c->io.events & (EV_READ | EV_WRITE)) == ev && ev_is_active(&c->io))
-        return;
-    ev_io_stop(c->base.w->loop, &c->io);
-    ev_io_modify(&c->io, ev);
-    if (ev)
-        ev_io_start(c->base.w->loop, &c->io);
+    sk_io_set(c->base.w->loop, &c->io, ev);
 }
 
 static void final_goaway(struct h2c *c)
@@ -455,7 +451,7 @@ static void pump(struct h2c *c)
 
 static void flush_cb(struct sk_reap *r)
 {
-    struct h2c *c = (struct h2c *)((char *)r - offsetof(struct h2c, flush));
+    struct h2c *c = SK_CONTAINER_OF(r, struct h2c, flush);
     c->flush_queued = false;
     if (!c->closed && !c->write_blocked)
         pump(c);

@@ -2747,7 +2747,8 @@ static void common_tls(struct tr *t, const PbCommonTls *ct, struct sk_tls_cfg *c
             unsupported(t, "pkcs12");
         if (tc->private_key_provider)
             unsupported(t, "private_key_provider");
-        /* signed_certificate_timestamp: not implemented by Envoy either; ignored */
+        if (tc->n_signed_certificate_timestamp)
+            unsupported(t, "signed_certificate_timestamp");
         pop(t, oc);
     }
     if (ct->n_tls_certificate_sds_secret_configs > 1) {

@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "skiff/err.h"
+#include "skiff/evio.h"
 #include "skiff/log.h"
 #include "skiff/net.h"
 #include "skiff/tls.h"
@@ -382,7 +383,7 @@ struct pre_conn {
 
 static void pre_free(struct sk_reap *r)
 {
-    struct pre_conn *p = (struct pre_conn *)((char *)r - offsetof(struct pre_conn, reap));
+    struct pre_conn *p = SK_CONTAINER_OF(r, struct pre_conn, reap);
     if (p->snap)
         sk_snapshot_unref(p->snap);
     free(p);
@@ -416,12 +417,7 @@ static void pre_drain(struct sk_conn_base *b)
 
 static void pre_set_io(struct pre_conn *p, int ev)
 {
-    struct sk_worker *w = p->base.w;
-    if ((p->io.events & (EV_READ | EV_WRITE)) == ev && ev_is_active(&p->io))
-        return;
-    ev_io_stop(w->loop, &p->io);
-    ev_io_modify(&p->io, ev);
-    ev_io_start(w->loop, &p->io);
+    sk_io_set(p->base.w->loop, &p->io, ev);
 }
 
 /* The codecs take a reference on the worker's current snapshot: if a reload

@@ -428,7 +428,7 @@ static void writer_flush(struct al_writer *wr)
 
 static void flush_cb(struct sk_reap *r)
 {
-    struct al_writer *wr = (struct al_writer *)((char *)r - offsetof(struct al_writer, flush));
+    struct al_writer *wr = SK_CONTAINER_OF(r, struct al_writer, flush);
     wr->queued = false;
     writer_flush(wr);
 }

@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include "skiff/err.h"
+#include "skiff/evio.h"
 #include "skiff/log.h"
 #include "skiff/net.h"
 #include "skiff/tls.h"
@@ -49,7 +50,7 @@ static bool try_connect(struct tcpp *t);
 
 static void tp_free(struct sk_reap *r)
 {
-    struct tcpp *t = (struct tcpp *)((char *)r - offsetof(struct tcpp, reap));
+    struct tcpp *t = SK_CONTAINER_OF(r, struct tcpp, reap);
     sk_buf_free(&t->d.out);
     sk_buf_free(&t->u.out);
     if (t->host)
@@ -104,12 +105,8 @@ static void update(struct tcpp *t)
             if (sk_buf_used(&me->out))
                 ev |= sk_tp_events_for_write(&me->tp);
         }
-        if ((me->io.events & (EV_READ | EV_WRITE)) == ev && ev_is_active(&me->io))
+        if (!sk_io_set(w->loop, &me->io, ev))
             continue;
-        ev_io_stop(w->loop, &me->io);
-        ev_io_modify(&me->io, ev);
-        if (ev)
-            ev_io_start(w->loop, &me->io);
         /* TLS: decrypted bytes waiting inside OpenSSL never raise readiness */
         if ((ev & EV_READ) && sk_tp_has_buffered(&me->tp))
             ev_feed_event(w->loop, &me->io, EV_READ);

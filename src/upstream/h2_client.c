@@ -31,6 +31,7 @@
 #include <unistd.h>
 
 #include "skiff/err.h"
+#include "skiff/evio.h"
 #include "skiff/h2_client.h"
 #include "skiff/hoststate.h"
 #include "skiff/http1.h"
@@ -236,7 +237,7 @@ static void stream_unlink(struct h2us *s)
 
 static void conn_free(struct sk_reap *r)
 {
-    struct h2uc *c = (struct h2uc *)((char *)r - offsetof(struct h2uc, reap));
+    struct h2uc *c = SK_CONTAINER_OF(r, struct h2uc, reap);
     if (c->ng)
         nghttp2_session_del(c->ng);
     sk_buf_free(&c->out);
@@ -334,11 +335,7 @@ static void update_io(struct h2uc *c)
     int ev = c->state == C_CONNECTING ? EV_WRITE : EV_READ;
     if (c->state == C_OPEN && c->write_blocked)
         ev |= EV_WRITE;
-    if ((c->io.events & (EV_READ | EV_WRITE)) == ev && ev_is_active(&c->io))
-        return;
-    ev_io_stop(c->w->loop, &c->io);
-    ev_io_modify(&c->io, ev);
-    ev_io_start(c->w->loop, &c->io);
+    sk_io_set(c->w->loop, &c->io, ev);
 }
 
 /* Idle connection: close it if it will not be used again, else arm the
@@ -465,7 +462,7 @@ again:
 
 static void flush_cb(struct sk_reap *r)
 {
-    struct h2uc *c = (struct h2uc *)((char *)r - offsetof(struct h2uc, flush));
+    struct h2uc *c = SK_CONTAINER_OF(r, struct h2uc, flush);
     c->flush_queued = false;
     if (c->state == C_CLOSED)
         return;
@@ -488,7 +485,7 @@ static void queue_flush(struct h2uc *c)
 
 static void stream_free(struct sk_reap *r)
 {
-    struct h2us *s = (struct h2us *)((char *)r - offsetof(struct h2us, reap));
+    struct h2us *s = SK_CONTAINER_OF(r, struct h2us, reap);
     sk_buf_free(&s->body);
     sk_buf_free(&s->hold);
     sk_arena_free(&s->arena);

@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include "skiff/err.h"
+#include "skiff/evio.h"
 #include "skiff/hoststate.h"
 #include "skiff/log.h"
 #include "skiff/net.h"
@@ -43,7 +44,7 @@ struct upconn_priv {
 
 static void up_free(struct sk_reap *r)
 {
-    struct sk_upconn *u = (struct sk_upconn *)((char *)r - offsetof(struct sk_upconn, reap));
+    struct sk_upconn *u = SK_CONTAINER_OF(r, struct sk_upconn, reap);
     sk_buf_free(&u->in);
     sk_buf_free(&u->out);
     if (u->host)
@@ -67,12 +68,7 @@ static void update_io(struct sk_upconn *u)
         if (p->write_blocked && sk_buf_used(&u->out))
             ev |= sk_tp_events_for_write(&u->tp);
     }
-    if ((u->io.events & (EV_READ | EV_WRITE)) == ev && ev_is_active(&u->io))
-        return;
-    ev_io_stop(u->w->loop, &u->io);
-    ev_io_modify(&u->io, ev);
-    if (ev)
-        ev_io_start(u->w->loop, &u->io);
+    sk_io_set(u->w->loop, &u->io, ev);
 }
 
 static void pool_remove(struct sk_upconn *u)
@@ -274,7 +270,7 @@ static void do_write(struct sk_upconn *u)
 
 static void up_flush_cb(struct sk_reap *r)
 {
-    struct upconn_priv *p = (struct upconn_priv *)((char *)r - offsetof(struct upconn_priv, flush));
+    struct upconn_priv *p = SK_CONTAINER_OF(r, struct upconn_priv, flush);
     p->flush_queued = false;
     if (p->u.state == SK_UP_S_ACTIVE && !p->write_blocked)
         do_write(&p->u);
@@ -552,10 +548,7 @@ static void up_io_cb(struct ev_loop *loop, ev_io *io, int revents)
             const char *why = NULL;
             int hr = sk_tls_handshake(u->tp.ssl, &want, &why);
             if (hr == 0) {
-                int ev = want == SK_TLS_WANT_WRITE ? EV_WRITE : EV_READ;
-                ev_io_stop(loop, &u->io);
-                ev_io_modify(&u->io, ev);
-                ev_io_start(loop, &u->io);
+                sk_io_set(loop, &u->io, want == SK_TLS_WANT_WRITE ? EV_WRITE : EV_READ);
                 return;
             }
             if (hr < 0) {
