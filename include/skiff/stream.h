@@ -136,7 +136,6 @@ struct sk_stream {
     struct sk_hdrs req_trailers; /* kept for retries */
     bool upgrade;     /* websocket upgrade requested and allowed */
     char peer_ip[48];
-    bool downstream_tls;
     void *tls;            /* downstream SSL * (NULL = plaintext) */
     bool downstream_h2;   /* request arrived over HTTP/2 (USE_DOWNSTREAM protocol) */
 

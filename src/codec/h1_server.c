@@ -635,7 +635,6 @@ static int start_stream(struct h1s *c, const struct sk_h1_msg *m, size_t head_le
     st->ops = &h1_ops;
     st->conn = c;
     st->tls = c->tp.ssl;
-    st->downstream_tls = c->tp.ssl != NULL;
     st->conn_id = c->id;
     st->stream_id = ++c->nreq;
     st->snap = c->snap;

@@ -806,7 +806,6 @@ static int on_begin_headers(nghttp2_session *ng, const nghttp2_frame *f, void *u
     st->ops = &h2_ops;
     st->conn = c;
     st->tls = c->tp.ssl;
-    st->downstream_tls = c->tp.ssl != NULL;
     st->conn_id = c->id;
     st->stream_id = (uint32_t)f->hd.stream_id;
     st->snap = sk_snapshot_ref(c->snap);
