@@ -25,6 +25,10 @@
     X(downstream_rq_4xx)                                                                           \
     X(downstream_rq_5xx)                                                                           \
     X(downstream_rq_rejected_smuggling)                                                            \
+    X(downstream_rq_idle_timeout)                                                                  \
+    X(downstream_rq_timeout)                                                                       \
+    X(downstream_rq_header_timeout)                                                                \
+    X(downstream_rq_max_duration_reached)                                                          \
     X(upstream_cx_total)                                                                           \
     X(upstream_cx_active)                                                                          \
     X(upstream_cx_connect_fail)                                                                    \

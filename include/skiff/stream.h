@@ -45,6 +45,8 @@ enum sk_term {
     SK_TERM_DRAINING,         /* --  503 listener draining */
     SK_TERM_RETRY_LIMIT,      /* URX 503/502 retries exhausted (last attempt's cause) */
     SK_TERM_RBAC_DENIED,      /* RBAC 403 denied by the RBAC filter */
+    SK_TERM_REQUEST_TIMEOUT,  /* RQT 408 request not fully received within request_timeout */
+    SK_TERM_DURATION_TIMEOUT, /* DT  408 max_stream_duration reached */
     SK_TERM__COUNT
 };
 
@@ -195,6 +197,13 @@ struct sk_stream {
     ev_timer timeout; /* route timeout */
     uint64_t eff_timeout_ms; /* what `timeout` was started with (route or grpc-timeout) */
     double t_start;
+
+    /* HCM stream timeouts (see router.c "stream timeouts") */
+    ev_timer idle_timer;  /* stream_idle_timeout / route idle_timeout; lazily re-armed */
+    double idle_last;     /* ev_now of the last activity in either direction */
+    double idle_s;        /* 0 = off */
+    ev_timer req_timer;   /* request_timeout: whole request received */
+    ev_timer dur_timer;   /* max_stream_duration (HCM or route) from t_start */
 };
 
 /* Called by the codec once the request head is parsed into st. The router

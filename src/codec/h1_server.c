@@ -57,6 +57,7 @@ struct h1s {
     bool resp_done, req_done;
     bool trailers_sent;
     bool minor0; /* HTTP/1.0 request */
+    bool hdr_timer; /* `timer` runs request_headers_timeout for a partial head */
     union {
         struct sockaddr_in v4;
         struct sockaddr_in6 v6;
@@ -163,11 +164,25 @@ static void update_io(struct h1s *c)
 static void idle_timer_start(struct h1s *c)
 {
     const struct sk_hcm *hcm = c->fc->hcm;
+    c->hdr_timer = false;
     uint64_t ms = hcm->idle_timeout_ms;
     if (ms == SK_DUR_NONE || ms == 0) {
         ev_timer_stop(c->base.w->loop, &c->timer);
         return;
     }
+    ev_timer_stop(c->base.w->loop, &c->timer);
+    ev_timer_set(&c->timer, (double)ms / 1000.0, 0.);
+    ev_timer_start(c->base.w->loop, &c->timer);
+}
+
+/* The first bytes of a request head are in: the whole head must follow within
+ * request_headers_timeout (the connection idle timer stops counting). */
+static void hdr_timer_start(struct h1s *c)
+{
+    uint64_t ms = c->fc->hcm->request_headers_timeout_ms;
+    if (c->hdr_timer || ms == SK_DUR_NONE || ms == 0)
+        return;
+    c->hdr_timer = true;
     ev_timer_stop(c->base.w->loop, &c->timer);
     ev_timer_set(&c->timer, (double)ms / 1000.0, 0.);
     ev_timer_start(c->base.w->loop, &c->timer);
@@ -566,24 +581,27 @@ static void next_request(struct h1s *c)
         ev_feed_event(c->base.w->loop, &c->io, EV_READ);
 }
 
-/* Reply to a malformed request without a stream object. */
-static void reject(struct h1s *c, int status, const char *why)
+/* Reply without a stream object (malformed request, head timeout), then close. */
+static void reply_close(struct h1s *c, int status, const char *flag, const char *what,
+                        const char *why)
 {
     char buf[512];
-    int bl = snprintf(buf, sizeof(buf), "malformed request: %s\n", why);
+    int bl = snprintf(buf, sizeof(buf), "%s: %s\n", what, why);
+    if (bl < 0 || (size_t)bl >= sizeof(buf))
+        bl = (int)strlen(buf);
     char head[256];
     int hl = snprintf(head, sizeof(head),
                       "HTTP/1.1 %d %s\r\ncontent-type: text/plain\r\ncontent-length: %d\r\n"
-                      "x-skiff-flags: DPE\r\nconnection: close\r\n\r\n",
-                      status, reason_phrase(status), bl);
-    sk_stat_add(&c->base.w->stats, SK_ST_downstream_cx_protocol_error, 1);
+                      "x-skiff-flags: %s\r\nconnection: close\r\n\r\n",
+                      status, reason_phrase(status), bl, flag);
     sk_stat_add(&c->base.w->stats, SK_ST_downstream_rq_4xx, 1);
     char ip[64];
     if (c->peer.v4.sin_family == AF_INET6)
         inet_ntop(AF_INET6, &c->peer.v6.sin6_addr, ip, sizeof(ip));
     else
         inet_ntop(AF_INET, &c->peer.v4.sin_addr, ip, sizeof(ip));
-    sk_warn("conn %llu: %s: %d (DPE) %s", (unsigned long long)c->id, ip, status, why);
+    sk_warn("conn %llu: %s: %d (%s) %s: %s", (unsigned long long)c->id, ip, status, flag, what,
+            why);
     sk_buf_append(&c->out, head, (size_t)hl);
     sk_buf_append(&c->out, buf, (size_t)bl);
     c->close_after = true;
@@ -592,6 +610,12 @@ static void reject(struct h1s *c, int status, const char *why)
     flush_now(c);
     if (c->state != S_CLOSED && c->state != S_LINGER && !c->write_blocked)
         linger_close(c);
+}
+
+static void reject(struct h1s *c, int status, const char *why)
+{
+    sk_stat_add(&c->base.w->stats, SK_ST_downstream_cx_protocol_error, 1);
+    reply_close(c, status, "DPE", "malformed request", why);
 }
 
 /* Point the connection at the worker's newest snapshot, if its listener and
@@ -897,6 +921,8 @@ static void process(struct h1s *c)
         }
     }
     c->in_process = false;
+    if (c->state == S_HEAD && !c->st && sk_buf_used(&c->in))
+        hdr_timer_start(c); /* a partial head is buffered */
 }
 
 static void on_readable(struct h1s *c)
@@ -973,6 +999,15 @@ static void conn_timer_cb(struct ev_loop *loop, ev_timer *t, int revents)
         return;
     }
     if (c->state == S_HEAD && !c->st) {
+        if (c->hdr_timer) {
+            c->hdr_timer = false;
+            sk_stat_add(&c->base.w->stats, SK_ST_downstream_rq_header_timeout, 1);
+            char d[64];
+            snprintf(d, sizeof(d), "request headers not received within %llu ms",
+                     (unsigned long long)c->fc->hcm->request_headers_timeout_ms);
+            reply_close(c, 408, "RQT", "request header timeout", d);
+            return;
+        }
         sk_stat_add(&c->base.w->stats, SK_ST_downstream_cx_idle_timeout, 1);
         conn_close(c);
     }

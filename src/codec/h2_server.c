@@ -109,6 +109,7 @@ struct h2c {
     ev_io io;
     ev_timer idle;   /* idle timeout (no streams) */
     ev_timer goaway; /* shutdown notice -> final GOAWAY; bound on dying */
+    ev_timer hdrt;   /* request_headers_timeout: a header block in progress */
     struct sk_snapshot *snap;
     const struct sk_listener *l;
     const struct sk_filter_chain *fc;
@@ -294,6 +295,7 @@ static void conn_close(struct h2c *c)
     ev_io_stop(w->loop, &c->io);
     ev_timer_stop(w->loop, &c->idle);
     ev_timer_stop(w->loop, &c->goaway);
+    ev_timer_stop(w->loop, &c->hdrt);
     sk_tp_close(&c->tp);
     sk_worker_conn_unlink(w, &c->base);
     sk_stat_add(&w->stats, SK_ST_downstream_cx_active, -1);
@@ -823,6 +825,13 @@ static int on_begin_headers(nghttp2_session *ng, const nghttp2_frame *f, void *u
     c->streams = s;
     c->nstreams++;
     ev_timer_stop(w->loop, &c->idle);
+    uint64_t hto = c->fc->hcm->request_headers_timeout_ms;
+    if (hto != SK_DUR_NONE && hto > 0) {
+        /* header blocks are contiguous (RFC 9113 6.10): one at a time per connection */
+        ev_timer_stop(w->loop, &c->hdrt);
+        ev_timer_set(&c->hdrt, (double)hto / 1000.0, 0.);
+        ev_timer_start(w->loop, &c->hdrt);
+    }
     sk_stat_add(&w->stats, SK_ST_downstream_rq_active, 1);
     nghttp2_session_set_stream_user_data(ng, s->id, s);
     if (!still_there)
@@ -974,6 +983,8 @@ static void start_request(struct h2s *s, bool end_stream)
 
 static int on_frame_recv(nghttp2_session *ng, const nghttp2_frame *f, void *ud)
 {
+    struct h2c *c = ud;
+    ev_timer_stop(c->base.w->loop, &c->hdrt); /* any complete frame ends a header block */
     if (f->hd.type != NGHTTP2_HEADERS && f->hd.type != NGHTTP2_DATA)
         return 0;
     struct h2s *s = nghttp2_session_get_stream_user_data(ng, f->hd.stream_id);
@@ -1019,6 +1030,7 @@ static int on_data_chunk_recv(nghttp2_session *ng, uint8_t flags, int32_t id, co
 
 static int on_stream_close(nghttp2_session *ng, int32_t id, uint32_t err, void *ud)
 {
+    ev_timer_stop(((struct h2c *)ud)->base.w->loop, &((struct h2c *)ud)->hdrt);
     struct h2s *s = nghttp2_session_get_stream_user_data(ng, id);
     if (!s || s->finished)
         return 0;
@@ -1135,6 +1147,24 @@ static void idle_cb(struct ev_loop *loop, ev_timer *t, int revents)
         return;
     sk_stat_add(&c->base.w->stats, SK_ST_downstream_cx_idle_timeout, 1);
     final_goaway(c);
+}
+
+/* A header block did not complete within request_headers_timeout. No other
+ * frame may interleave with it, so the whole connection is stuck: GOAWAY and
+ * close (the stream cannot be answered before its headers are decoded). */
+static void hdrt_cb(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    struct h2c *c = t->data;
+    if (c->closed)
+        return;
+    sk_stat_add(&c->base.w->stats, SK_ST_downstream_rq_header_timeout, 1);
+    sk_warn("conn %llu: %s: request headers not complete within %llu ms (RQT): closing",
+            (unsigned long long)c->id, c->peer_ip,
+            (unsigned long long)c->fc->hcm->request_headers_timeout_ms);
+    nghttp2_session_terminate_session(c->ng, NGHTTP2_NO_ERROR);
+    die(c, NGHTTP2_ERR_CALLBACK_FAILURE);
+    if (!c->closed)
+        queue_flush(c);
 }
 
 static void goaway_cb(struct ev_loop *loop, ev_timer *t, int revents)
@@ -1271,6 +1301,8 @@ void sk_h2_accept(struct sk_worker *w, const struct sk_listener *l,
     c->idle.data = c;
     ev_init(&c->goaway, goaway_cb);
     c->goaway.data = c;
+    ev_init(&c->hdrt, hdrt_cb);
+    c->hdrt.data = c;
     idle_start(c);
     if (prelen)
         feed(c, pre, prelen);

@@ -972,6 +972,136 @@ static void apply_xfcc(struct sk_stream *st)
     }
 }
 
+/* ---- stream timeouts (HCM stream_idle_timeout, request_timeout, max_stream_duration) ----
+ *
+ * Envoy semantics: each fires a 408 local reply while no response head has
+ * gone out, and resets the stream once one has (sk_stream_local_reply does
+ * the choice). The idle timer is not re-armed on every byte: activity only
+ * stamps idle_last, and the callback re-arms itself for the time left. */
+
+static inline void touch(struct sk_stream *st)
+{
+    st->idle_last = ev_now(st->w->loop);
+}
+
+static void stream_timed_out(struct sk_stream *st, int cause, const char *detail)
+{
+    if (st->up) {
+        sk_up_abort(st->up);
+        st->up = NULL;
+    }
+    ev_timer_stop(st->w->loop, &st->timeout);
+    ev_timer_stop(st->w->loop, &st->retry_timer);
+    ev_timer_stop(st->w->loop, &st->try_timer);
+    ev_timer_stop(st->w->loop, &st->idle_timer);
+    ev_timer_stop(st->w->loop, &st->req_timer);
+    ev_timer_stop(st->w->loop, &st->dur_timer);
+    st->retry_wait = false;
+    if (st->resp_started && st->cause == SK_TERM_NONE)
+        st->cause = cause; /* the reset below carries this cause to the log */
+    sk_stream_local_reply(st, cause, 0, detail);
+}
+
+static bool stream_finished(const struct sk_stream *st)
+{
+    return st->state == SK_ST_S_DONE && st->req_end;
+}
+
+static void idle_timer_cb(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    (void)revents;
+    struct sk_stream *st = t->data;
+    if (stream_finished(st) || st->idle_s <= 0)
+        return;
+    double left = st->idle_last + st->idle_s - ev_now(loop);
+    if (left > 0.0005) {
+        ev_timer_set(t, left, 0.);
+        ev_timer_start(loop, t);
+        return;
+    }
+    sk_stat_add(&st->w->stats, SK_ST_downstream_rq_idle_timeout, 1);
+    char d[64];
+    snprintf(d, sizeof(d), "no activity for %.0f ms", st->idle_s * 1000.0);
+    stream_timed_out(st, SK_TERM_STREAM_IDLE, d);
+}
+
+static void req_timer_cb(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    (void)loop;
+    (void)revents;
+    struct sk_stream *st = t->data;
+    if (st->req_end)
+        return;
+    sk_stat_add(&st->w->stats, SK_ST_downstream_rq_timeout, 1);
+    char d[64];
+    snprintf(d, sizeof(d), "request not received within %llu ms",
+             (unsigned long long)st->hcm->request_timeout_ms);
+    stream_timed_out(st, SK_TERM_REQUEST_TIMEOUT, d);
+}
+
+static void dur_timer_cb(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    (void)loop;
+    (void)revents;
+    struct sk_stream *st = t->data;
+    if (stream_finished(st))
+        return;
+    sk_stat_add(&st->w->stats, SK_ST_downstream_rq_max_duration_reached, 1);
+    stream_timed_out(st, SK_TERM_DURATION_TIMEOUT, NULL);
+}
+
+static void set_idle(struct sk_stream *st, uint64_t ms)
+{
+    st->idle_s = (ms == SK_DUR_NONE || ms == 0) ? 0 : (double)ms / 1000.0;
+    ev_timer_stop(st->w->loop, &st->idle_timer);
+    if (st->idle_s > 0) {
+        touch(st);
+        ev_timer_set(&st->idle_timer, st->idle_s, 0.);
+        ev_timer_start(st->w->loop, &st->idle_timer);
+    }
+}
+
+/* max_stream_duration counts from the request's arrival (t_start) */
+static void set_duration(struct sk_stream *st, uint64_t ms)
+{
+    ev_timer_stop(st->w->loop, &st->dur_timer);
+    if (ms == SK_DUR_NONE || ms == 0)
+        return;
+    double left = st->t_start + (double)ms / 1000.0 - ev_now(st->w->loop);
+    ev_timer_set(&st->dur_timer, left > 0.0005 ? left : 0.0005, 0.);
+    ev_timer_start(st->w->loop, &st->dur_timer);
+}
+
+static void stream_timers_start(struct sk_stream *st)
+{
+    ev_init(&st->idle_timer, idle_timer_cb);
+    st->idle_timer.data = st;
+    ev_init(&st->req_timer, req_timer_cb);
+    st->req_timer.data = st;
+    ev_init(&st->dur_timer, dur_timer_cb);
+    st->dur_timer.data = st;
+    const struct sk_hcm *h = st->hcm;
+    set_idle(st, h->stream_idle_timeout_ms);
+    uint64_t rq = h->request_timeout_ms;
+    /* an upgrade / CONNECT request never "ends": it turns into a tunnel */
+    bool tunnel = (st->req_flags & (SK_H1_F_UPGRADE | SK_H1_F_CONNECT)) != 0;
+    if (!st->req_end && !tunnel && rq != SK_DUR_NONE && rq > 0) {
+        ev_timer_set(&st->req_timer, (double)rq / 1000.0, 0.);
+        ev_timer_start(st->w->loop, &st->req_timer);
+    }
+    set_duration(st, h->max_stream_duration_ms);
+}
+
+/* The route is known: its idle_timeout and max_stream_duration override the HCM's. */
+static void stream_timers_route(struct sk_stream *st)
+{
+    const struct sk_route *r = st->route;
+    if (r->idle_timeout_set)
+        set_idle(st, r->idle_timeout_ms);
+    if (r->max_stream_duration_ms != SK_DUR_NONE)
+        set_duration(st, r->max_stream_duration_ms);
+}
+
 void sk_stream_headers(struct sk_stream *st)
 {
     struct sk_worker *w = st->w;
@@ -985,6 +1115,7 @@ void sk_stream_headers(struct sk_stream *st)
     ev_init(&st->pace_timer, pace_timer_cb);
     st->pace_timer.data = st;
     st->state = SK_ST_S_HEADERS;
+    stream_timers_start(st);
     st->resp_head_req = (st->req_flags & SK_H1_F_HEAD) != 0;
 
     if (st->req_flags & SK_H1_F_CONNECT) {
@@ -1027,6 +1158,7 @@ void sk_stream_headers(struct sk_stream *st)
     }
     st->route = r;
     st->vhost = vh;
+    stream_timers_route(st);
     pick_cluster(st);
     setup_filters(st);
     run_filters(st);
@@ -1069,6 +1201,7 @@ static int frame_data(struct sk_stream *st, const char *p, size_t n)
 void sk_stream_data(struct sk_stream *st, const char *p, size_t n)
 {
     st->bytes_rx += n;
+    touch(st);
     if (st->state == SK_ST_S_HEADERS && st->route && !st->filters_done) {
         /* a filter holds the request (e.g. a delay): keep the body */
         if (!st->body_copy.cap) {
@@ -1166,6 +1299,8 @@ void sk_stream_end(struct sk_stream *st, const struct sk_hdrs *trailers)
 {
     bool was_end = st->req_end;
     st->req_end = true;
+    ev_timer_stop(st->w->loop, &st->req_timer);
+    touch(st);
     if (trailers && trailers != &st->req_trailers)
         st->req_trailers = *trailers; /* entries live in the stream arena */
     if (st->state == SK_ST_S_RESPONDING && st->up && !was_end) {
@@ -1205,17 +1340,22 @@ void sk_stream_abort(struct sk_stream *st, int cause)
     ev_timer_stop(st->w->loop, &st->retry_timer);
     ev_timer_stop(st->w->loop, &st->try_timer);
     ev_timer_stop(st->w->loop, &st->pace_timer);
+    ev_timer_stop(st->w->loop, &st->idle_timer);
+    ev_timer_stop(st->w->loop, &st->req_timer);
+    ev_timer_stop(st->w->loop, &st->dur_timer);
     st->state = SK_ST_S_DONE;
 }
 
 void sk_stream_downstream_drained(struct sk_stream *st)
 {
+    touch(st);
     if (st->up && !sk_buf_used(&st->resp_hold))
         sk_up_pause_read(st->up, false);
 }
 
 void sk_stream_tunnel_data(struct sk_stream *st, const char *p, size_t n)
 {
+    touch(st);
     if (!st->up)
         return;
     if (up_write(st, p, n) < 0) {
@@ -1244,6 +1384,7 @@ static void up_connected(void *ctx)
 static void up_drained(void *ctx)
 {
     struct sk_stream *st = ctx;
+    touch(st);
     if (!st->req_end || st->state == SK_ST_S_TUNNEL)
         st->ops->pause_read(st, false);
 }
@@ -1268,6 +1409,7 @@ static void count_status(struct sk_stream *st, int status, bool upstream)
 static void up_response(void *ctx, const struct sk_h1_msg *m)
 {
     struct sk_stream *st = ctx;
+    touch(st);
     count_status(st, m->status, true);
     if (m->status >= 100 && m->status < 200 && m->status != 101) {
         if (m->status == 100 && (st->req_flags & SK_H1_F_EXPECT_CONTINUE) && st->ops->send_1xx)
@@ -1451,6 +1593,7 @@ static void pace_timer_cb(struct ev_loop *loop, ev_timer *t, int revents)
 static void up_data(void *ctx, const char *p, size_t n)
 {
     struct sk_stream *st = ctx;
+    touch(st);
     if (st->state == SK_ST_S_RESPONDING && paced(st)) {
         pace_data(st, p, n);
         return;
@@ -1464,6 +1607,7 @@ static void up_data(void *ctx, const char *p, size_t n)
 static void up_trailers(void *ctx, const struct sk_h1_header *hh, size_t n)
 {
     struct sk_stream *st = ctx;
+    touch(st);
     struct sk_hdrs t = {0};
     for (size_t i = 0; i < n; i++)
         sk_hdrs_add(&t, &st->arena, hh[i].name, hh[i].name_len, hh[i].value, hh[i].value_len);

@@ -32,10 +32,12 @@ static const struct {
     [SK_TERM_FAULT_ABORT] = {"FI", 503, "fault injected"},
     [SK_TERM_NO_CLUSTER] = {"NC", 503, "cluster not found"},
     [SK_TERM_UPGRADE_REFUSED] = {"UPG", 403, "upgrade or CONNECT not enabled on this listener"},
-    [SK_TERM_STREAM_IDLE] = {"SI", 504, "stream idle timeout"},
+    [SK_TERM_STREAM_IDLE] = {"SI", 408, "stream idle timeout"},
     [SK_TERM_DRAINING] = {"DR", 503, "proxy is draining"},
     [SK_TERM_RETRY_LIMIT] = {"URX", 503, "upstream retry limit exceeded"},
     [SK_TERM_RBAC_DENIED] = {"RBAC", 403, "RBAC: access denied"},
+    [SK_TERM_REQUEST_TIMEOUT] = {"RQT", 408, "request timeout"},
+    [SK_TERM_DURATION_TIMEOUT] = {"DT", 408, "max stream duration reached"},
 };
 
 const char *sk_term_flag(int c)
@@ -120,6 +122,8 @@ static int grpc_code(int cause, int status)
     switch (cause) {
     case SK_TERM_UPSTREAM_TIMEOUT:
     case SK_TERM_STREAM_IDLE:
+    case SK_TERM_REQUEST_TIMEOUT:
+    case SK_TERM_DURATION_TIMEOUT:
         return 4; /* DEADLINE_EXCEEDED */
     case SK_TERM_NO_ROUTE:
         return 12; /* UNIMPLEMENTED */
@@ -264,6 +268,9 @@ void sk_stream_cleanup(struct sk_stream *st)
     ev_timer_stop(st->w->loop, &st->retry_timer);
     ev_timer_stop(st->w->loop, &st->try_timer);
     ev_timer_stop(st->w->loop, &st->pace_timer);
+    ev_timer_stop(st->w->loop, &st->idle_timer);
+    ev_timer_stop(st->w->loop, &st->req_timer);
+    ev_timer_stop(st->w->loop, &st->dur_timer);
     sk_buf_free(&st->body_copy);
     sk_buf_free(&st->resp_hold);
     /* the owner may pool the stream: keep one arena block */
