@@ -479,9 +479,10 @@ static void op_send_end(struct sk_stream *st)
         return;
     queue_flush(c);
     c->resp_done = true;
-    if (!c->req_done) {
+    if (!c->req_done || c->state == S_TUNNEL) {
         /* answered before the request body was read: we cannot find the next
-         * request boundary cheaply, so this connection ends here */
+         * request boundary cheaply, so this connection ends here (and a tunnel
+         * the upstream closed ends with what it sent flushed first) */
         c->close_after = true;
         stream_finish(c);
         if (c->read_paused) {

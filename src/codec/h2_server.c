@@ -99,6 +99,8 @@ struct h2s {
     bool req_end_pending; /* END_STREAM arrived while body was held */
     bool want_drained;    /* router saw us congested */
     bool delivering;
+    bool ext_connect;     /* RFC 8441 extended CONNECT (:protocol), e.g. WebSocket */
+    bool tunneled;        /* ... and the upstream accepted: DATA frames are the tunnel */
 };
 
 struct h2c {
@@ -547,6 +549,13 @@ static void op_send_head(struct sk_stream *st, int status, const struct sk_hdrs 
     struct h2c *c = s->c;
     if (c->closed || s->rst || s->head_sent || s->ng_closed)
         return;
+    bool ws_accept = false;
+    if (s->ext_connect && status == 101) {
+        status = 200; /* RFC 8441 5: the tunnel is open */
+        content_length = -1;
+        end_stream = false;
+        ws_accept = true;
+    }
     int cls = status / 100;
     if (cls >= 1 && cls <= 5)
         sk_stat_add(&c->base.w->stats, SK_ST_downstream_rq_1xx + cls - 1, 1);
@@ -564,6 +573,8 @@ static void op_send_head(struct sk_stream *st, int status, const struct sk_hdrs 
         const struct sk_hdr *x = &h->v[i];
         if (x->nlen == 0 || x->name[0] == ':' || resp_hop_by_hop(x->name, x->nlen))
             continue;
+        if (ws_accept && x->nlen == 20 && strncasecmp(x->name, "sec-websocket-accept", 20) == 0)
+            continue; /* answers the key we made up; h2 clients have no use for it */
         if (x->nlen == 14 && memcmp(x->name, "content-length", 14) == 0)
             has_cl = true;
         const char *name = x->name;
@@ -703,9 +714,13 @@ static void deliver_held(struct h2s *s)
     if (s->delivering)
         return;
     s->delivering = true;
-    while (!s->paused && !s->resp_done && sk_buf_used(&s->qbody)) {
+    while (!s->paused && !s->resp_done && sk_buf_used(&s->qbody) &&
+           (!s->ext_connect || s->tunneled)) {
         size_t n = sk_buf_used(&s->qbody);
-        sk_stream_data(&s->st, sk_buf_rptr(&s->qbody), n);
+        if (s->tunneled)
+            sk_stream_tunnel_data(&s->st, sk_buf_rptr(&s->qbody), n);
+        else
+            sk_stream_data(&s->st, sk_buf_rptr(&s->qbody), n);
         if (s->finished)
             break;
         sk_buf_consume(&s->qbody, n);
@@ -716,9 +731,11 @@ static void deliver_held(struct h2s *s)
         release_held(s);
     if (!s->finished && sk_buf_used(&s->qbody) == 0) {
         sk_buf_shrink(&s->qbody);
-        if (s->req_end_pending && !s->paused) {
+        if (s->req_end_pending && !s->paused && (!s->ext_connect || s->tunneled)) {
             s->req_end_pending = false;
-            if (!s->resp_done)
+            if (s->tunneled && !s->resp_done)
+                sk_stream_tunnel_eof(&s->st);
+            else if (!s->resp_done)
                 sk_stream_end(&s->st, s->req_trailers.n ? &s->req_trailers : NULL);
         }
     }
@@ -738,7 +755,15 @@ static void op_pause_read(struct sk_stream *st, bool pause)
 
 static void op_tunnel(struct sk_stream *st)
 {
-    /* CONNECT over h2 (RFC 9113 8.5) is not supported yet */
+    struct h2s *s = S(st);
+    if (s->ext_connect && s->head_sent && !s->rst) {
+        /* the upstream switched protocols: DATA frames carry the tunnel now */
+        s->tunneled = true;
+        if (!s->paused)
+            deliver_held(s);
+        return;
+    }
+    /* plain CONNECT over h2 (RFC 9113 8.5) is not supported */
     if (st->cause == SK_TERM_NONE)
         st->cause = SK_TERM_UPGRADE_REFUSED;
     if (st->up) {
@@ -884,6 +909,12 @@ static int on_header(nghttp2_session *ng, const nghttp2_frame *f, const uint8_t 
         } else if (name_is(name, nlen, ":authority")) {
             st->authority = dup;
             st->authority_len = (uint32_t)vlen;
+        } else if (name_is(name, nlen, ":protocol")) {
+            /* RFC 8441 (nghttp2 accepts it only on CONNECT, once we enabled it):
+             * becomes an HTTP/1.1 Upgrade towards the upstream */
+            s->ext_connect = true;
+            if (sk_hdrs_add(&st->req, &st->arena, "upgrade", 7, v, vlen) < 0)
+                return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
         }
         /* :scheme is the client's claim; x-forwarded-proto uses the transport */
         return 0;
@@ -924,11 +955,49 @@ static void request_end(struct h2s *s, const struct sk_hdrs *trailers)
     s->req_done = true;
     if (!s->started || s->resp_done)
         return;
-    if (sk_buf_used(&s->qbody)) {
+    if (sk_buf_used(&s->qbody) || (s->ext_connect && !s->tunneled)) {
         s->req_end_pending = true;
         return;
     }
-    sk_stream_end(&s->st, trailers);
+    if (s->tunneled)
+        sk_stream_tunnel_eof(&s->st); /* half-close towards the upstream */
+    else
+        sk_stream_end(&s->st, trailers);
+}
+
+/* Extended CONNECT (RFC 8441) -> the HTTP/1.1 Upgrade form (RFC 6455 4.1):
+ * GET + Upgrade (+ Connection: upgrade, added by the upstream encoder), and a
+ * Sec-WebSocket-Key, which h2 clients do not send but h1 servers require. The
+ * upstream's 101 goes back as 200 (op_send_head). */
+static void ext_connect_to_upgrade(struct h2s *s)
+{
+    struct sk_stream *st = &s->st;
+    st->method = "GET";
+    st->method_len = 3;
+    st->req_flags |= SK_H1_F_UPGRADE;
+    struct sk_hdr *u = sk_hdrs_get(&st->req, "upgrade", 7);
+    bool ws = u && u->vlen == 9 && strncasecmp(u->value, "websocket", 9) == 0;
+    if (ws && !sk_hdrs_get(&st->req, "sec-websocket-key", 17)) {
+        static const char b64[] =
+            "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+        uint8_t k[18];
+        for (int i = 0; i < 18; i += 2) {
+            uint32_t r = sk_worker_rand(st->w);
+            k[i] = (uint8_t)r;
+            k[i + 1] = (uint8_t)(r >> 8);
+        }
+        char key[25];
+        for (int i = 0, o = 0; i < 18 && o < 24; i += 3) {
+            uint32_t x = ((uint32_t)k[i] << 16) | ((uint32_t)k[i + 1] << 8) | k[i + 2];
+            key[o++] = b64[(x >> 18) & 63];
+            key[o++] = b64[(x >> 12) & 63];
+            key[o++] = b64[(x >> 6) & 63];
+            key[o++] = b64[x & 63];
+        }
+        key[22] = key[23] = '='; /* 16 bytes of nonce: 22 characters + "==" */
+        key[24] = 0;
+        sk_hdrs_add(&st->req, &st->arena, "sec-websocket-key", 17, key, 24);
+    }
 }
 
 static void start_request(struct h2s *s, bool end_stream)
@@ -952,8 +1021,12 @@ static void start_request(struct h2s *s, bool end_stream)
     }
     if (st->method_len == 4 && memcmp(st->method, "HEAD", 4) == 0)
         st->req_flags |= SK_H1_F_HEAD;
-    if (st->method_len == 7 && memcmp(st->method, "CONNECT", 7) == 0)
-        st->req_flags |= SK_H1_F_CONNECT;
+    if (st->method_len == 7 && memcmp(st->method, "CONNECT", 7) == 0) {
+        if (s->ext_connect)
+            ext_connect_to_upgrade(s);
+        else
+            st->req_flags |= SK_H1_F_CONNECT;
+    }
     st->req_flags |= SK_H1_F_KEEPALIVE | SK_H1_F_HAS_HOST;
     if (end_stream) {
         st->req_body_kind = SK_H1_BODY_NONE;
@@ -961,6 +1034,8 @@ static void start_request(struct h2s *s, bool end_stream)
         s->req_done = true;
         if (s->has_cl && st->req_content_length == 0)
             st->req_flags |= SK_H1_F_HAS_CL;
+    } else if (s->ext_connect && (st->req_flags & SK_H1_F_UPGRADE)) {
+        st->req_body_kind = SK_H1_BODY_NONE; /* tunnel bytes are not a body */
     } else if (s->has_cl) {
         st->req_body_kind = SK_H1_BODY_LENGTH;
         st->req_flags |= SK_H1_F_HAS_CL;
@@ -979,6 +1054,10 @@ static void start_request(struct h2s *s, bool end_stream)
         return;
     }
     sk_stream_headers(st);
+    /* an extended CONNECT's request is its head (as an h1 Upgrade GET): what
+     * follows is tunnel data, held until the upstream switched protocols */
+    if (s->ext_connect && !s->resp_done && !s->finished)
+        sk_stream_end(st, NULL);
 }
 
 static int on_frame_recv(nghttp2_session *ng, const nghttp2_frame *f, void *ud)
@@ -1014,7 +1093,7 @@ static int on_data_chunk_recv(nghttp2_session *ng, uint8_t flags, int32_t id, co
         return 0;
     }
     s->st.bytes_rx += len;
-    if (s->paused || sk_buf_used(&s->qbody)) {
+    if (s->paused || sk_buf_used(&s->qbody) || (s->ext_connect && !s->tunneled)) {
         if (sk_buf_append(&s->qbody, data, len) < 0) {
             /* more than the window we granted: the peer broke flow control */
             nghttp2_session_consume(ng, id, len);
@@ -1022,7 +1101,10 @@ static int on_data_chunk_recv(nghttp2_session *ng, uint8_t flags, int32_t id, co
         }
         return 0;
     }
-    sk_stream_data(&s->st, (const char *)data, len);
+    if (s->tunneled)
+        sk_stream_tunnel_data(&s->st, (const char *)data, len);
+    else
+        sk_stream_data(&s->st, (const char *)data, len);
     /* the router took the bytes (possibly pausing us for what comes next) */
     nghttp2_session_consume(ng, id, len);
     return 0;
@@ -1272,8 +1354,12 @@ void sk_h2_accept(struct sk_worker *w, const struct sk_listener *l,
             {NGHTTP2_SETTINGS_HEADER_TABLE_SIZE, table},
             {NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE, max_hdr_list},
             {NGHTTP2_SETTINGS_NO_RFC7540_PRIORITIES, 1},
+            {NGHTTP2_SETTINGS_ENABLE_CONNECT_PROTOCOL, 1}, /* RFC 8441, WebSocket over h2 */
         };
-        rv = nghttp2_submit_settings(c->ng, NGHTTP2_FLAG_NONE, iv, sizeof(iv) / sizeof(iv[0]));
+        size_t niv = sizeof(iv) / sizeof(iv[0]);
+        if (!fc->hcm->allow_websocket)
+            niv--; /* extended CONNECT only where the HCM upgrades to WebSocket */
+        rv = nghttp2_submit_settings(c->ng, NGHTTP2_FLAG_NONE, iv, niv);
         if (rv == 0 && cwin > 65535)
             rv = nghttp2_session_set_local_window_size(c->ng, NGHTTP2_FLAG_NONE, 0, (int32_t)cwin);
     }

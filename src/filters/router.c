@@ -631,7 +631,8 @@ static int upstream_proto(const struct sk_stream *st)
     if (!cfg)
         return SK_UP_HTTP1;
     if (cfg->upstream_proto == SK_UP_USE_DOWNSTREAM)
-        return st->downstream_h2 ? SK_UP_HTTP2 : SK_UP_HTTP1;
+        /* an upgrade (WebSocket, also from h2 extended CONNECT) is an h1 Upgrade upstream */
+        return st->downstream_h2 && !st->upgrade ? SK_UP_HTTP2 : SK_UP_HTTP1;
     return cfg->upstream_proto;
 }
 
@@ -802,6 +803,11 @@ static bool start_upstream(struct sk_stream *st)
     st->crt->active_rq++;
     const struct sk_cluster *cfg = st->crt->cfg;
     struct sk_cluster_state *cs = st->crt->cs;
+    if (st->upgrade && upstream_proto(st) == SK_UP_HTTP2) {
+        sk_stream_local_reply(st, SK_TERM_UPGRADE_REFUSED, 0,
+                              "WebSocket to an HTTP/2-only cluster is not supported");
+        return false;
+    }
     if (cs && cfg) {
         if (atomic_fetch_add(&cs->rq_active, 1) >= (int64_t)cfg->cb.max_requests) {
             atomic_fetch_sub(&cs->rq_active, 1);
@@ -1648,7 +1654,13 @@ static void up_error(void *ctx, int cause, const char *detail)
     if (u)
         sk_up_abort(u);
     if (st->state == SK_ST_S_TUNNEL) {
-        st->ops->reset(st);
+        if (cause == SK_TERM_NONE) {
+            /* the upstream closed the tunnel cleanly: flush and end (h2: END_STREAM) */
+            st->state = SK_ST_S_DONE;
+            st->ops->send_end(st);
+        } else {
+            st->ops->reset(st);
+        }
         return;
     }
     sk_stat_add(&st->w->stats, SK_ST_upstream_rq_reset, 1);

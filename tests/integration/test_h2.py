@@ -627,3 +627,133 @@ def test_reload_applies_to_new_streams_on_open_connection(skiff_factory, upstrea
         assert c.goaway is None
     finally:
         c.close()
+
+
+# ---- WebSocket over HTTP/2 (RFC 8441 extended CONNECT) to an HTTP/1.1 upstream ----------
+
+def _settings_seen(cl, timeout=5.0):
+    """Wait for the server's SETTINGS (skiff always sends MAX_CONCURRENT_STREAMS);
+    return its ENABLE_CONNECT_PROTOCOL value."""
+    codes = h2.settings.SettingCodes
+    deadline = time.monotonic() + timeout
+    cl.sock.settimeout(0.5)
+    while codes.MAX_CONCURRENT_STREAMS not in cl.c.remote_settings:
+        assert time.monotonic() < deadline, "no SETTINGS from the server"
+        try:
+            cl.step()
+        except socket.timeout:
+            pass
+    cl.sock.settimeout(10.0)
+    return cl.c.remote_settings.get(codes.ENABLE_CONNECT_PROTOCOL, 0)
+
+
+def _read_until(cl, sid, n, timeout=20.0):
+    deadline = time.monotonic() + timeout
+    while sum(len(d) for d in cl.streams[sid]["data"]) < n:
+        assert time.monotonic() < deadline, "echo did not come back"
+        assert cl.streams[sid]["reset"] is None
+        cl.step()
+    got = b"".join(cl.streams[sid]["data"])
+    cl.streams[sid]["data"] = []
+    return got
+
+
+def test_websocket_over_h2_extended_connect(make_proxy, upstream):
+    s = make_proxy([upstream.port], hcm_extra={"upgrade_configs": [{"upgrade_type": "websocket"}]})
+    cl = H2Client(s.port)
+    try:
+        assert _settings_seen(cl) == 1, "SETTINGS_ENABLE_CONNECT_PROTOCOL not advertised"
+        sid = cl.request("/ws", method="CONNECT", end=False,
+                         headers=[(":protocol", "websocket"), ("sec-websocket-version", "13"),
+                                  ("origin", "http://test")])
+        deadline = time.monotonic() + 10
+        while cl.streams[sid]["headers"] is None:
+            assert time.monotonic() < deadline
+            assert cl.streams[sid]["reset"] is None, cl.streams[sid]
+            cl.step()
+        hs = dict(cl.streams[sid]["headers"])
+        assert hs[":status"] == "200", hs
+        assert "sec-websocket-accept" not in hs and "upgrade" not in hs and "connection" not in hs
+        # frames echo through the tunnel, several round trips, then 512 KiB (flow control)
+        for msg in (b"\x81\x05hello", b"\x82\x03abc", bytes(range(256))):
+            cl.send_body(sid, msg, end=False)
+            assert _read_until(cl, sid, len(msg)) == msg
+        big = os.urandom(512 * 1024)
+        cl.send_body(sid, big, end=False)
+        assert _read_until(cl, sid, len(big)) == big
+        # client half-close -> upstream sees EOF, closes -> END_STREAM back
+        cl.c.end_stream(sid)
+        cl.flush()
+        deadline = time.monotonic() + 10
+        while not cl.streams[sid]["ended"]:
+            assert time.monotonic() < deadline
+            assert cl.streams[sid]["reset"] is None
+            cl.step()
+        # the connection still serves ordinary requests
+        r = cl.get("/after")
+        assert status(r) == 200
+    finally:
+        cl.close()
+    reqs = [r for r in upstream.requests() if r["path"] == "/ws"]
+    assert len(reqs) == 1
+    r = reqs[0]
+    assert r["method"] == "GET"
+    uh = {k.lower(): v for k, v in r["headers"]}
+    assert uh.get("upgrade", "").lower() == "websocket"
+    assert "upgrade" in uh.get("connection", "").lower()
+    import base64
+    key = uh.get("sec-websocket-key", "")
+    assert len(key) == 24 and len(base64.b64decode(key)) == 16, key
+    assert uh.get("sec-websocket-version") == "13"
+    assert uh.get("origin") == "http://test"
+
+
+def test_websocket_over_h2_not_advertised_without_upgrade_config(h2proxy):
+    cl = H2Client(h2proxy.port)
+    try:
+        assert _settings_seen(cl, timeout=1.5) == 0
+        # plain CONNECT over h2 stays refused
+        r = cl.get("example.com:443", method="CONNECT")
+        assert r["reset"] is not None or status(r) == 403
+    finally:
+        cl.close()
+
+
+def _ws_cluster_opts(kind):
+    return {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+        "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+        kind: {"http2_protocol_options": {}} if kind == "explicit_http_config" else {}}}
+
+
+def test_websocket_over_h2_with_use_downstream_cluster_goes_h1(skiff_factory, upstream):
+    lp, ap = free_port(), free_port()
+    cfg = helpers.simple_http(lp, ap, [upstream.port],
+                              hcm_extra={"upgrade_configs": [{"upgrade_type": "websocket"}]})
+    cfg["static_resources"]["clusters"][0]["typed_extension_protocol_options"] = \
+        _ws_cluster_opts("use_downstream_protocol_config")
+    s = skiff_factory(cfg, port=lp, admin_port=ap)
+    cl = H2Client(lp)
+    try:
+        assert _settings_seen(cl) == 1
+        sid = cl.request("/ws", method="CONNECT", end=False, headers=[(":protocol", "websocket")])
+        cl.send_body(sid, b"early", end=False)  # before the 200: held, then tunnelled
+        assert _read_until(cl, sid, 5) == b"early"
+        assert dict(cl.streams[sid]["headers"])[":status"] == "200"
+    finally:
+        cl.close()
+    assert s.stat("downstream_rq_2xx") >= 1
+
+
+def test_websocket_to_h2_only_cluster_refused(skiff_factory, upstream):
+    lp, ap = free_port(), free_port()
+    cfg = helpers.simple_http(lp, ap, [upstream.port],
+                              hcm_extra={"upgrade_configs": [{"upgrade_type": "websocket"}]})
+    cfg["static_resources"]["clusters"][0]["typed_extension_protocol_options"] = \
+        _ws_cluster_opts("explicit_http_config")
+    skiff_factory(cfg, port=lp, admin_port=ap)
+    with RawConn(lp) as c:
+        c.send(b"GET /ws HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+               b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+        r = c.read_response()
+    assert r.status == 403 and r.header("x-skiff-flags") == "UPG", r
+    assert b"HTTP/2-only cluster" in r.body
