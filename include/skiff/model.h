@@ -353,6 +353,10 @@ struct sk_hcm { /* HttpConnectionManager */
     bool use_remote_address;
     uint32_t xff_num_trusted_hops;
     bool generate_request_id;      /* default true */
+    /* tracing: sampling of new trace decisions, parts per million (default all) */
+    uint32_t trace_random_ppm;  /* tracing.random_sampling */
+    uint32_t trace_client_ppm;  /* tracing.client_sampling (x-client-trace-id present) */
+    uint32_t trace_overall_ppm; /* tracing.overall_sampling: cap after the others */
     bool preserve_external_request_id;
     char *server_name;             /* default "skiff" */
     int server_header_transformation; /* 0 OVERWRITE, 1 APPEND_IF_ABSENT, 2 PASS_THROUGH */

@@ -58,10 +58,6 @@ size_t sk_trace_format_b3_single(char *out, const struct sk_trace_ctx *c, const 
 /* Lower-case hex of n bytes into out (2n chars, no NUL). */
 void sk_trace_hex(char *out, const uint8_t *p, size_t n);
 
-/* Sampling of new traces, parts per million (default 1000000: every
- * request). Set by config when the HCM's tracing block is translated. */
-extern uint32_t sk_tracing_sample_ppm;
-
 /* Router hook, after x-request-id generation: rewrite the request's trace
  * headers as described above. Worker thread. */
 void sk_tracing_request(struct sk_stream *st);

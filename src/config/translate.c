@@ -2373,6 +2373,26 @@ static struct sk_hcm *hcm(struct tr *t, const PbHcm *h)
     if (!empty(h->via))
         unsupported(t, "via");
     m->generate_request_id = boolw(h->generate_request_id, true);
+    m->trace_random_ppm = m->trace_client_ppm = m->trace_overall_ppm = 1000000;
+    if (h->tracing) {
+        size_t o = pushf(t, "tracing");
+        const Envoy__Type__V3__Percent *pc[3] = {h->tracing->random_sampling,
+                                                 h->tracing->client_sampling,
+                                                 h->tracing->overall_sampling};
+        static const char *const pn[3] = {"random_sampling", "client_sampling",
+                                          "overall_sampling"};
+        uint32_t *out[3] = {&m->trace_random_ppm, &m->trace_client_ppm, &m->trace_overall_ppm};
+        for (int i = 0; i < 3; i++) {
+            if (!pc[i])
+                continue;
+            double v = pc[i]->value;
+            if (!(v >= 0.0 && v <= 100.0)) /* also NaN */
+                err(t, pn[i], "must be a percentage from 0 to 100");
+            else
+                *out[i] = (uint32_t)(v * 10000.0 + 0.5);
+        }
+        pop(t, o);
+    }
     m->preserve_external_request_id = h->preserve_external_request_id;
     /* x-forwarded-client-cert handling (Envoy's modes and element fields) */
     m->forward_client_cert = (int)h->forward_client_cert_details;

@@ -7,7 +7,6 @@
 #include "skiff/stream.h"
 #include "skiff/worker.h"
 
-uint32_t sk_tracing_sample_ppm = 1000000;
 
 static int hexval(char c)
 {
@@ -272,6 +271,21 @@ static const char *hdr_val(struct sk_stream *st, const char *name, size_t nl, si
     return h->value;
 }
 
+static bool chance(struct sk_stream *st, uint32_t ppm)
+{
+    return ppm >= 1000000u || (ppm > 0 && sk_worker_rand(st->w) % 1000000u < ppm);
+}
+
+/* No incoming decision: the HCM's tracing sampling decides (Envoy's order:
+ * client-requested via x-client-trace-id, else random; overall caps both). */
+static int sample_decision(struct sk_stream *st)
+{
+    const struct sk_hcm *h = st->hcm;
+    bool s = (sk_hdrs_get(&st->req, "x-client-trace-id", 17) && chance(st, h->trace_client_ppm)) ||
+             chance(st, h->trace_random_ppm);
+    return s && chance(st, h->trace_overall_ppm);
+}
+
 void sk_tracing_request(struct sk_stream *st)
 {
     uint8_t span[8];
@@ -324,8 +338,7 @@ void sk_tracing_request(struct sk_stream *st)
     const struct sk_trace_ctx *b3 = has_b3m ? &b3m : has_b3s ? &b3s : NULL;
     int sampled = b3 ? b3->sampled : b3s.sampled; /* b3s: a bare "b3: 0" */
     if (sampled < 0)
-        sampled = sk_tracing_sample_ppm >= 1000000 ||
-                  (sk_worker_rand(st->w) % 1000000u) < sk_tracing_sample_ppm;
+        sampled = sample_decision(st);
     if (!sampled && !b3)
         return;
     uint8_t tid[16];

@@ -520,3 +520,64 @@ def test_ui_in_chromium(obs, tmp_path):
     wait_stat(obs, "downstream_rq_total", n + 4)
     dom2 = chromium(["--dump-dom", "--virtual-time-budget=3000"], url).stdout.decode()
     assert dom_text(dom2, "rq-total") == str(n + 4)
+
+
+# ---- HCM tracing sampling (client_sampling / random_sampling / overall_sampling) -------------
+
+def _traced(s, upstream, n, prefix, headers=()):
+    for i in range(n):
+        assert get(s.port, "/%s/%d" % (prefix, i), headers=list(headers)).status == 200
+    recs = [r for r in upstream.requests() if r["path"].startswith("/%s/" % prefix)]
+    assert len(recs) == n
+    sampled = 0
+    for r in recs:
+        h = {k.lower(): v for k, v in r["headers"]}
+        assert h.get("x-request-id")  # request ids never depend on sampling
+        m = TP_RE.match(h.get("traceparent", ""))
+        if m:
+            assert m.group(3) == "01"  # unsampled new traces are not started at all
+            sampled += 1
+    return sampled
+
+
+def tracing_proxy(make_proxy, upstream, **pct):
+    tr = {k: {"value": v} for k, v in pct.items()}
+    return make_proxy([upstream.port], hcm_extra={"tracing": tr})
+
+
+def test_tracing_random_sampling_measured(make_proxy, upstream):
+    s = tracing_proxy(make_proxy, upstream, random_sampling=50)
+    n = 400
+    got = _traced(s, upstream, n, "half")
+    # binomial(400, 0.5): sigma 10, accept 3 sigma
+    assert 170 <= got <= 230, got
+
+
+def test_tracing_zero_and_full(make_proxy, upstream):
+    s = tracing_proxy(make_proxy, upstream, random_sampling=0)
+    assert _traced(s, upstream, 50, "none") == 0
+    # an incoming sampling decision is always honoured
+    tid, parent = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+    get(s.port, "/keep", headers=[("traceparent", "00-%s-%s-01" % (tid, parent))])
+    h = [r for r in upstream.requests() if r["path"] == "/keep"][0]["headers"]
+    m = TP_RE.match(dict((k.lower(), v) for k, v in h)["traceparent"])
+    assert m and m.group(1) == tid and m.group(3) == "01"
+
+
+def test_tracing_client_and_overall_sampling(make_proxy, upstream):
+    s = tracing_proxy(make_proxy, upstream, random_sampling=0, client_sampling=100)
+    assert _traced(s, upstream, 30, "plain") == 0
+    assert _traced(s, upstream, 30, "client", headers=[("x-client-trace-id", "abc")]) == 30
+    s2 = tracing_proxy(make_proxy, upstream, random_sampling=100, overall_sampling=0)
+    assert _traced(s2, upstream, 30, "capped") == 0
+
+
+def test_tracing_bad_percentage_rejected(skiff_bin, tmp_path):
+    lp, ap = free_port(), free_port()
+    cfg = helpers.simple_http(lp, ap, [1], hcm_extra={"tracing": {"random_sampling": {"value": 150}}})
+    p = tmp_path / "bad.yaml"
+    p.write_text(helpers.dump(cfg))
+    out = subprocess.run([skiff_bin, "--validate", "-c", str(p)], capture_output=True, text=True,
+                         timeout=10)
+    assert out.returncode == 1
+    assert "tracing.random_sampling" in out.stdout + out.stderr, out.stdout + out.stderr
