@@ -20,6 +20,7 @@
 #include "skiff/hoststate.h"
 #include "skiff/log.h"
 #include "skiff/net.h"
+#include "skiff/scope.h"
 #include "skiff/worker.h"
 #include "skiff/xds.h"
 
@@ -408,6 +409,7 @@ static int publish(struct sk_snapshot *s)
         return SK_ERR_IO;
     }
     s->version = next_version++;
+    sk_scopes_attach(s); /* listener / http / vhost stats, before workers see s */
     for (int i = 0; i < sk_nworkers; i++) {
         struct sk_msg *m = calloc(1, sizeof(*m));
         m->kind = SK_MSG_CONFIG;

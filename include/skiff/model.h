@@ -192,6 +192,7 @@ struct sk_vhost {
     struct sk_hdr_ops hdrs_req, hdrs_resp;
     bool include_request_attempt_count;     /* x-envoy-attempt-count upstream */
     bool include_attempt_count_in_response; /* x-envoy-attempt-count downstream */
+    struct sk_scope *scope;                 /* vhost.<name>.* stats; set at publish */
 };
 
 struct sk_route_config {
@@ -338,8 +339,10 @@ struct sk_access_log {
 int sk_al_parse_format(struct sk_arena *a, const char *fmt, size_t len, struct sk_al_format *out,
                        char *err, size_t errlen);
 
+struct sk_scope;
 struct sk_hcm { /* HttpConnectionManager */
     char *stat_prefix;
+    struct sk_scope *scope; /* http.<stat_prefix>.* stats; set at publish (scope.h) */
     int codec_type;                /* enum sk_codec_type */
     struct sk_route_config *routes; /* inline route_config (RDS fills it later) */
     char *rds_name;                /* set when routes come from RDS (issue 7) */
@@ -439,6 +442,7 @@ struct sk_listener {
     bool use_original_dst; /* default false */
     uint32_t per_connection_buffer_limit_bytes; /* default 1 MiB */
     uint32_t tcp_backlog_size; /* default 1024 */
+    struct sk_scope *scope;    /* listener.<name>.* stats; set at publish (scope.h) */
 };
 
 /* ---- clusters ---------------------------------------------------------- */

@@ -20,6 +20,7 @@
 #include "skiff/http1.h"
 #include "skiff/log.h"
 #include "skiff/net.h"
+#include "skiff/scope.h"
 #include "skiff/stats.h"
 #include "skiff/tls.h"
 #include "skiff/worker.h"
@@ -462,6 +463,7 @@ static void counters_plain(struct sk_buf *b, const struct cl_list *cls)
     }
     sk_tls_stats(b, false);
     sk_filters_stats(b, false);
+    sk_scopes_plain(b);
 }
 
 static void hist_plain(struct sk_buf *b, const char *prefix, const char *name,
@@ -786,6 +788,7 @@ static void stats_prom(struct sk_buf *b)
     } while (0);
     CL_FIELDS(C)
 #undef C
+    sk_scopes_prom(b); /* listener / http / vhost scopes */
     /* membership and breaker headroom */
     int64_t now = sk_now_ms();
     prom_family(b, "skiff_cluster_hosts", "gauge", "Hosts known for the cluster.");

@@ -17,6 +17,7 @@
 #include "skiff/http1.h"
 #include "skiff/log.h"
 #include "skiff/net.h"
+#include "skiff/scope.h"
 #include "skiff/stream.h"
 #include "skiff/tls.h"
 #include "skiff/transport.h"
@@ -205,6 +206,8 @@ static void conn_close(struct h1s *c)
     sk_worker_conn_unlink(w, &c->base);
     sk_stat_add(&w->stats, SK_ST_downstream_cx_active, -1);
     sk_stat_add(&w->stats, SK_ST_downstream_cx_destroy, 1);
+    sk_scope_add(c->l->scope, w->id, SK_SC_downstream_cx_active, -1);
+    sk_scope_add(c->l->scope, w->id, SK_SC_downstream_cx_destroy, 1);
     sk_worker_reap(w, &c->reap);
 }
 
@@ -784,6 +787,7 @@ static void to_h2(struct h1s *c)
     sk_worker_conn_unlink(w, &c->base);
     sk_stat_add(&w->stats, SK_ST_downstream_cx_active, -1);
     sk_stat_add(&w->stats, SK_ST_downstream_cx_http1_total, -1);
+    sk_scope_add(c->l->scope, w->id, SK_SC_downstream_cx_active, -1); /* h2 counts it again */
     sk_h2_accept(w, c->l, c->fc, fd, ssl, &peer, snap, sk_buf_rptr(&c->in),
                  sk_buf_used(&c->in));
     sk_worker_reap(w, &c->reap);
@@ -1054,6 +1058,7 @@ void sk_http_accept(struct sk_worker *w, const struct sk_listener *l,
     sk_worker_conn_link(w, &c->base);
     sk_stat_add(&w->stats, SK_ST_downstream_cx_active, 1);
     sk_stat_add(&w->stats, SK_ST_downstream_cx_http1_total, 1);
+    sk_scope_add(l->scope, w->id, SK_SC_downstream_cx_active, 1);
     ev_io_init(&c->io, conn_io_cb, fd, EV_READ);
     c->io.data = c;
     ev_io_start(w->loop, &c->io);

@@ -42,6 +42,7 @@
 #include "skiff/log.h"
 #include "skiff/ngmem.h"
 #include "skiff/net.h"
+#include "skiff/scope.h"
 #include "skiff/stream.h"
 #include "skiff/upstream.h"
 #include "skiff/worker.h"
@@ -302,6 +303,8 @@ static void conn_close(struct h2c *c)
     sk_worker_conn_unlink(w, &c->base);
     sk_stat_add(&w->stats, SK_ST_downstream_cx_active, -1);
     sk_stat_add(&w->stats, SK_ST_downstream_cx_destroy, 1);
+    sk_scope_add(c->l->scope, w->id, SK_SC_downstream_cx_active, -1);
+    sk_scope_add(c->l->scope, w->id, SK_SC_downstream_cx_destroy, 1);
     /* the session is deleted in conn_free: we may be below one of its callbacks */
     sk_worker_reap(w, &c->reap);
 }
@@ -1380,6 +1383,7 @@ void sk_h2_accept(struct sk_worker *w, const struct sk_listener *l,
     sk_worker_conn_link(w, &c->base);
     sk_stat_add(&w->stats, SK_ST_downstream_cx_active, 1);
     sk_stat_add(&w->stats, SK_ST_downstream_cx_http2_total, 1);
+    sk_scope_add(c->l->scope, w->id, SK_SC_downstream_cx_active, 1);
     ev_io_init(&c->io, conn_io_cb, fd, EV_READ);
     c->io.data = c;
     ev_io_start(w->loop, &c->io);

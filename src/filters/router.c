@@ -1157,6 +1157,7 @@ void sk_stream_headers(struct sk_stream *st)
     const struct sk_vhost *vh =
         sk_route_vhost(rc, st->authority ? st->authority : "", st->authority_len);
     const struct sk_route *r = vh ? sk_route_match(vh, st) : NULL;
+    st->vhost = vh; /* also for a no-route answer: it counts in the vhost's stats */
     if (!r) {
         sk_stat_add(&w->stats, SK_ST_rq_no_route, 1);
         sk_stream_local_reply(st, SK_TERM_NO_ROUTE, 0, NULL);

@@ -15,6 +15,7 @@
 #include "skiff/evio.h"
 #include "skiff/log.h"
 #include "skiff/net.h"
+#include "skiff/scope.h"
 #include "skiff/tls.h"
 #include "skiff/worker.h"
 
@@ -616,6 +617,7 @@ static void accept_cb(struct ev_loop *loop, ev_io *io, int revents)
         }
         const struct sk_listener *l = lr->cfg;
         sk_stat_add(&w->stats, SK_ST_downstream_cx_total, 1);
+        sk_scope_add(l->scope, w->id, SK_SC_downstream_cx_total, 1);
         sk_set_nodelay(fd);
         uint16_t dport = local_port(fd);
         if (needs_inspection(l)) {

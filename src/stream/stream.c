@@ -9,6 +9,7 @@
 #include "skiff/err.h"
 #include "skiff/hoststate.h"
 #include "skiff/log.h"
+#include "skiff/scope.h"
 #include "skiff/stats.h"
 #include "skiff/upstream.h"
 #include "skiff/worker.h"
@@ -235,6 +236,9 @@ void sk_stream_cleanup(struct sk_stream *st)
                            st->crt ? st->crt->cs : NULL,
                            st->crt && st->crt->cs ? st->crt->cs->name : NULL);
         sk_access_log_stream(st);
+        if (st->hcm)
+            sk_scope_stream_done(st->hcm->scope, st->vhost ? st->vhost->scope : NULL, st->w->id,
+                                 st->resp_started ? st->status : 0);
     }
     if (st->up) {
         sk_up_abort(st->up);

@@ -11,6 +11,7 @@
 #include "skiff/evio.h"
 #include "skiff/log.h"
 #include "skiff/net.h"
+#include "skiff/scope.h"
 #include "skiff/tls.h"
 #include "skiff/transport.h"
 #include "skiff/upstream.h"
@@ -39,6 +40,7 @@ struct tcpp {
     double idle_s;
     struct sk_snapshot *snap;
     const struct sk_tcp_proxy *cfg;
+    struct sk_scope *lscope; /* the listener's stats scope (lives for the process) */
     const struct sk_tls_cfg *up_tls; /* cluster's UpstreamTlsContext, or NULL */
     struct sk_host *host;
     uint64_t id;
@@ -81,6 +83,8 @@ static void tp_close(struct tcpp *t, const char *why)
     sk_worker_conn_unlink(w, &t->base);
     sk_stat_add(&w->stats, SK_ST_downstream_cx_active, -1);
     sk_stat_add(&w->stats, SK_ST_downstream_cx_destroy, 1);
+    sk_scope_add(t->lscope, w->id, SK_SC_downstream_cx_active, -1);
+    sk_scope_add(t->lscope, w->id, SK_SC_downstream_cx_destroy, 1);
     sk_worker_reap(w, &t->reap);
 }
 
@@ -364,6 +368,8 @@ void sk_tcp_proxy_accept(struct sk_worker *w, const struct sk_listener *l,
     sk_worker_conn_link(w, &t->base);
     sk_stat_add(&w->stats, SK_ST_downstream_cx_active, 1);
     sk_stat_add(&w->stats, SK_ST_downstream_cx_tcp_total, 1);
+    t->lscope = l->scope;
+    sk_scope_add(t->lscope, w->id, SK_SC_downstream_cx_active, 1);
     if (!try_connect(t)) {
         tp_close(t, "no upstream");
         return;

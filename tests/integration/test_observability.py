@@ -581,3 +581,50 @@ def test_tracing_bad_percentage_rejected(skiff_bin, tmp_path):
                          timeout=10)
     assert out.returncode == 1
     assert "tracing.random_sampling" in out.stdout + out.stderr, out.stdout + out.stderr
+
+
+# ---- scoped stats: listener.<name>.*, http.<stat_prefix>.*, vhost.<name>.* ---------------------
+
+def test_scoped_stats_per_listener_hcm_and_vhost(skiff_factory, upstream):
+    lp1, lp2, ap = free_port(), free_port(), free_port()
+    v_api = helpers.vhost("api", ["api.test"], [helpers.route("/", "up")])
+    v_web = helpers.vhost("web", ["*"], [helpers.route("/", "up", path="/only"),])
+    l1 = helpers.http_listener("front", lp1, [v_api, v_web])
+    l1["filter_chains"][0]["filters"][0]["typed_config"]["stat_prefix"] = "front_http"
+    l2 = helpers.http_listener("back", lp2, [helpers.vhost("back_v", ["*"], [helpers.route("/", "up")])])
+    cfg = helpers.bootstrap(ap, [l1, l2], [helpers.cluster("up", [upstream.port])])
+    s = skiff_factory(cfg, port=lp1, admin_port=ap)
+    for _ in range(5):
+        assert get(lp1, "/a", host="api.test").status == 200
+    for _ in range(3):
+        assert get(lp1, "/only").status == 200
+    for _ in range(2):
+        assert get(lp1, "/nope").status == 404  # vhost web, no route
+    for _ in range(4):
+        assert get(lp2, "/b").status == 200
+    want = {
+        "listener.front.downstream_cx_total": 10, "listener.back.downstream_cx_total": 4,
+        "http.front_http.downstream_rq_total": 10, "http.front_http.downstream_rq_2xx": 8,
+        "http.front_http.downstream_rq_4xx": 2, "http.back.downstream_rq_2xx": 4,
+        "vhost.api.downstream_rq_2xx": 5, "vhost.web.downstream_rq_2xx": 3,
+        "vhost.web.downstream_rq_4xx": 2, "vhost.back_v.downstream_rq_total": 4,
+    }
+    assert wait_for(lambda: all(s.stat(k) == v for k, v in want.items()), timeout=5), \
+        str({k: s.stat(k) for k in want})
+    assert wait_for(lambda: s.stat("listener.front.downstream_cx_active") == 0)
+    st, text = admin_get(ap, "/stats/prometheus")
+    assert st == 200
+    assert 'skiff_listener_downstream_cx_total{listener="front"} 10' in text
+    assert 'skiff_http_downstream_rq_xx_total{stat_prefix="front_http",code_class="2xx"} 8' in text
+    assert 'skiff_vhost_downstream_rq_xx_total{vhost="web",code_class="4xx"} 2' in text
+    promtool = shutil.which("promtool")
+    if promtool:
+        r = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True,
+                           text=True, timeout=30)
+        assert r.returncode == 0 or "error" not in (r.stdout + r.stderr).lower(), r.stdout + r.stderr
+    st, js = admin_get(ap, "/stats?format=json")
+    assert json.loads(js)["stats"]["vhost.api.downstream_rq_2xx"] == 5
+    # a reload keeps the counters (scopes live by name, not by snapshot)
+    s.reload(cfg)
+    assert get(lp1, "/a", host="api.test").status == 200
+    assert wait_for(lambda: s.stat("vhost.api.downstream_rq_2xx") == 6)
