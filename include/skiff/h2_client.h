@@ -1,6 +1,19 @@
-/* HTTP/2 upstream client (nghttp2, h2c with prior knowledge): the second
- * implementation of the codec-neutral upstream request slot (struct sk_up,
- * upstream.h), used for clusters with upstream_proto SK_UP_HTTP2.
+/* HTTP/2 upstream client (nghttp2): the second implementation of the
+ * codec-neutral upstream request slot (struct sk_up, upstream.h), used for
+ * clusters with upstream_proto SK_UP_HTTP2.
+ *
+ * Transport: h2c with prior knowledge, or -- when the cluster has a
+ * transport_socket (UpstreamTlsContext) -- h2 over TLS through the same
+ * transport layer as HTTP/1.1 upstreams (SNI, client certificate, SAN
+ * matchers, session resumption keyed by the host address). ALPN "h2" is
+ * offered (alone, when alpn_protocols is empty) and required: a server that
+ * selects anything else, or nothing, fails the connection as a connect
+ * failure (SK_TERM_CONNECT_FAIL "TLS handshake failed: no ALPN match (h2
+ * required, upstream selected ...)", logged, counted in upstream_cx_connect_fail
+ * and tls_handshake_fail.no_alpn); there is no fallback to HTTP/1.1 or
+ * cleartext. Other handshake failures are reported the same way with their
+ * reason ("SAN mismatch", "unknown CA", ...). The connect timeout covers TCP
+ * connect and handshake.
  *
  * Per worker and per host it keeps a list of HTTP/2 connections. A request
  * takes a stream on a connection with free capacity -- min(the peer's
@@ -16,9 +29,11 @@
  * carried END_STREAM, LENGTH with content-length, else CHUNKED = length
  * unknown), on_data, on_trailers, on_complete, on_error(cause, detail) --
  * exactly one of on_complete / on_error ends a stream, and nothing is called
- * after release()/abort(). Streams the server provably did not process
- * (REFUSED_STREAM, or above the last_stream_id of a GOAWAY, or never sent)
- * are re-issued transparently on another connection when the request body is
+ * after release()/abort(). A response whose END_STREAM arrived while the
+ * router paused reading is still delivered completely (held bytes, trailers,
+ * then on_complete) although nghttp2 closed the stream meanwhile. Streams the
+ * server provably did not process (REFUSED_STREAM, or above the
+ * last_stream_id of a GOAWAY, or never sent) are re-issued transparently on another connection when the request body is
  * completely buffered (body-less, or at most 64 KiB so far); otherwise they
  * fail with SK_TERM_UPSTREAM_RESET ("... not processed ...").
  *

@@ -99,6 +99,12 @@ SSL *sk_tls_ssl_new(const struct sk_tls_cfg *cfg);
  * SNI, and offer the session cached under it. Call before the handshake. */
 void sk_tls_ssl_set_session_key(SSL *ssl, const char *key);
 
+/* Client: the handshake fails (SK_ERR_PROTO, why "no ALPN match", counted as
+ * tls_handshake_fail.no_alpn) unless the server selects `proto` (e.g. "h2" for
+ * an HTTP/2 upstream: never fall back to another protocol). When the context
+ * has no alpn_protocols, `proto` alone is offered. Call before the handshake. */
+void sk_tls_ssl_require_alpn(SSL *ssl, const char *proto);
+
 /* Drive the handshake. 1 = done (peer verified, SANs matched); 0 = in
  * progress, wait for *want (SK_TLS_WANT_*); < 0 = failed (SK_ERR_PROTO, or
  * SK_ERR_IO for socket errors), *why = a short static reason: "no client

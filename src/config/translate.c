@@ -3985,6 +3985,16 @@ static void cluster(struct tr *t, const PbCluster *pc, struct sk_cluster *c)
         err(t, "load_assignment", "LOGICAL_DNS clusters need exactly one endpoint (got 0)");
     if (pc->transport_socket)
         transport_socket(t, pc->transport_socket, false, &c->tls);
+    if (c->tls && c->upstream_proto == SK_UP_HTTP2 && c->tls->nalpn) {
+        /* explicit HTTP/2 over TLS requires the server to select ALPN h2 */
+        bool h2 = false;
+        for (size_t i = 0; i < c->tls->nalpn; i++)
+            h2 = h2 || strcmp(c->tls->alpn[i], "h2") == 0;
+        if (!h2)
+            err(t, "transport_socket.typed_config.common_tls_context.alpn_protocols",
+                "an HTTP/2 upstream (explicit http2_protocol_options) over TLS needs \"h2\" "
+                "in alpn_protocols (or leave alpn_protocols empty: h2 is then offered)");
+    }
     if (pc->n_transport_socket_matches)
         unsupported(t, "transport_socket_matches");
     if (pc->upstream_bind_config)

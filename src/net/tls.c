@@ -51,9 +51,19 @@
 
 /* ---- counters ------------------------------------------------------------------------ */
 
-enum fail_kind { F_NO_CERT, F_BAD_CERT, F_EXPIRED, F_UNKNOWN_CA, F_SAN, F_NOT_TLS, F_OTHER, F__N };
+enum fail_kind {
+    F_NO_CERT,
+    F_BAD_CERT,
+    F_EXPIRED,
+    F_UNKNOWN_CA,
+    F_SAN,
+    F_NOT_TLS,
+    F_OTHER,
+    F_ALPN,
+    F__N
+};
 static const char *const fail_names[F__N] = {"no_cert",      "bad_cert", "expired", "unknown_ca",
-                                             "san_mismatch", "not_tls",  "other"};
+                                             "san_mismatch", "not_tls",  "other",   "no_alpn"};
 
 #define NCIPHERS 32
 static struct {
@@ -168,7 +178,8 @@ struct conn {
     const char *why;
     bool done, failed;
     char alpn[256];
-    char key[256]; /* client session cache key */
+    char key[256];      /* client session cache key */
+    char need_alpn[32]; /* client: the server must select this protocol ("" = any) */
 };
 
 static int conn_idx = -1;
@@ -1303,6 +1314,22 @@ SSL *sk_tls_ssl_new(const struct sk_tls_cfg *cfg)
     return ssl;
 }
 
+void sk_tls_ssl_require_alpn(SSL *ssl, const char *proto)
+{
+    struct conn *c = conn_of(ssl);
+    size_t n = proto ? strlen(proto) : 0;
+    if (!c || c->ctx->is_server || n == 0 || n >= sizeof(c->need_alpn))
+        return;
+    memcpy(c->need_alpn, proto, n + 1);
+    if (!c->ctx->alpn) {
+        /* no alpn_protocols configured: offer just this one */
+        unsigned char wire[sizeof(c->need_alpn) + 1];
+        wire[0] = (unsigned char)n;
+        memcpy(wire + 1, proto, n);
+        SSL_set_alpn_protos(ssl, wire, (unsigned)n + 1);
+    }
+}
+
 void sk_tls_ssl_set_session_key(SSL *ssl, const char *key)
 {
     struct conn *c = conn_of(ssl);
@@ -1408,6 +1435,7 @@ static int classify(SSL *ssl, int ssl_err, struct conn *c, const char **why)
         case SSL_R_NO_APPLICATION_PROTOCOL:
         case SSL_R_TLSV1_ALERT_NO_APPLICATION_PROTOCOL:
             *why = "no ALPN match";
+            kind = F_ALPN;
             break;
         case SSL_R_UNEXPECTED_EOF_WHILE_READING:
             *why = "connection closed";
@@ -1460,7 +1488,6 @@ int sk_tls_handshake(SSL *ssl, int *want, const char **why)
                 *why = w;
             return SK_ERR_PROTO;
         }
-        c->done = true;
         const unsigned char *a = NULL;
         unsigned al = 0;
         SSL_get0_alpn_selected(ssl, &a, &al);
@@ -1468,6 +1495,16 @@ int sk_tls_handshake(SSL *ssl, int *want, const char **why)
             memcpy(c->alpn, a, al);
             c->alpn[al] = 0;
         }
+        if (c->need_alpn[0] && strcmp(c->alpn, c->need_alpn) != 0) {
+            /* never carry on with another protocol than the one required */
+            c->failed = true;
+            c->why = "no ALPN match";
+            cnt(&st.fail[F_ALPN]);
+            if (why)
+                *why = c->why;
+            return SK_ERR_PROTO;
+        }
+        c->done = true;
         count_ok(ssl, c);
         return 1;
     }

@@ -1,7 +1,16 @@
-/* HTTP/2 upstream client on nghttp2 (h2c, prior knowledge). See h2_client.h
- * for the contract with the router.
+/* HTTP/2 upstream client on nghttp2 (h2c with prior knowledge, or h2 over TLS
+ * with ALPN "h2" required). See h2_client.h for the contract with the router.
  *
- * I/O mirrors h2_server.c: socket bytes go into nghttp2_session_mem_recv,
+ * Bytes move through the transport layer (transport.h), plaintext or TLS, the
+ * same as for HTTP/1.1 upstreams: with a cluster transport_socket the TCP
+ * connect is followed by the TLS handshake (SNI, client certificate, SAN
+ * matchers and session resumption from the cluster's UpstreamTlsContext); the
+ * connection counts as connected only once the handshake is done and the
+ * server selected "h2". A TLS read may need writability and a write
+ * readability (io_cb follows the transport's want_rd / want_wr), and bytes
+ * OpenSSL already decrypted are drained without waiting for the socket.
+ *
+ * I/O mirrors h2_server.c: transport bytes go into nghttp2_session_mem_recv,
  * frames come out of nghttp2_session_mem_send into a bounded output buffer.
  * Work triggered by the router (new request, body bytes, resumed reading) is
  * coalesced into one deferred flush per connection and loop iteration; the
@@ -39,6 +48,8 @@
 #include "skiff/ngmem.h"
 #include "skiff/net.h"
 #include "skiff/stream.h"
+#include "skiff/tls.h"
+#include "skiff/transport.h"
 #include "skiff/upstream.h"
 #include "skiff/worker.h"
 
@@ -56,6 +67,7 @@
 #define UC_MAX_REISSUE 2u                    /* transparent re-issues per request */
 #define UC_SESSION_MEM_CAP (16u * 1024 * 1024) /* nghttp2's own allocations */
 #define UC_READ_CHUNK (64 * 1024)
+#define UC_READ_ROUNDS 4 /* reads per readiness event before yielding to the loop */
 #define UC_MAX_STREAM_ID 0x7ffffff0 /* stop opening streams near the id limit */
 
 enum { C_CONNECTING = 0, C_OPEN, C_CLOSED };
@@ -94,6 +106,7 @@ struct h2us {
     struct sk_h1_header *th; /* trailers held behind `hold` */
     size_t nth;
     bool hold_end; /* END_STREAM (after `hold` and `th`) still to deliver */
+    bool end_rcvd; /* the server's END_STREAM arrived (maybe still held) */
     unsigned reissues;
     bool has_body;   /* a data provider is attached */
     bool replayable; /* `body` holds the whole body from its first byte */
@@ -119,7 +132,8 @@ struct h2uc {
     struct h2uc *prev_all, *next_all; /* the worker's connections */
     struct sk_worker *w;
     struct sk_host *host;
-    int fd;
+    struct sk_transport tp; /* fd + SSL (NULL = h2c) */
+    struct sk_buf in;       /* transport bytes on their way to nghttp2 (empty between reads) */
     int state;
     ev_io io;
     ev_timer timer; /* connect timeout, then idle timeout */
@@ -137,6 +151,7 @@ struct h2uc {
     bool flush_queued;
     bool in_pump;
     bool in_recv;
+    bool handshaking; /* C_CONNECTING: TCP is up, the TLS handshake runs */
 };
 
 /* Per-worker connection lists. A global array (not thread-local storage) so
@@ -241,6 +256,7 @@ static void conn_free(struct sk_reap *r)
     if (c->ng)
         nghttp2_session_del(c->ng);
     sk_buf_free(&c->out);
+    sk_buf_free(&c->in);
     if (c->host)
         sk_host_unref(c->host);
     free(c);
@@ -268,9 +284,7 @@ static void conn_shut(struct h2uc *c)
     c->draining = true;
     ev_io_stop(w->loop, &c->io);
     ev_timer_stop(w->loop, &c->timer);
-    if (c->fd >= 0)
-        close(c->fd);
-    c->fd = -1;
+    sk_tp_close(&c->tp); /* close_notify first on TLS (best effort) */
     list_remove(c);
     struct sk_host *h = c->host;
     if (h->active_cx)
@@ -304,7 +318,7 @@ static void conn_fail_ex(struct h2uc *c, int cause, const char *detail, bool rei
             maybe_free(s);
             continue;
         }
-        if (s->resp_done) {
+        if (s->resp_done || s->end_rcvd) {
             /* complete response still held behind a pause: hand it over */
             s->paused = false;
             deliver_held(s);
@@ -328,13 +342,32 @@ static void conn_fail(struct h2uc *c, int cause, const char *detail)
     conn_fail_ex(c, cause, detail, cause != SK_TERM_CONNECT_FAIL);
 }
 
+/* Why the transport failed: the TLS reason when there is one, else `dflt`. */
+static const char *io_why(struct h2uc *c, char *buf, size_t n, const char *dflt)
+{
+    const char *why = c->tp.ssl ? sk_tls_why(c->tp.ssl) : NULL;
+    if (why && why[0]) {
+        if (strcmp(why, "socket error") == 0 && dflt)
+            snprintf(buf, n, "TLS: socket error: %s", dflt); /* e.g. connection reset */
+        else
+            snprintf(buf, n, "TLS: %s", why);
+        return buf;
+    }
+    return dflt;
+}
+
 static void update_io(struct h2uc *c)
 {
-    if (c->state == C_CLOSED)
-        return;
-    int ev = c->state == C_CONNECTING ? EV_WRITE : EV_READ;
-    if (c->state == C_OPEN && c->write_blocked)
-        ev |= EV_WRITE;
+    if (c->state == C_CLOSED || c->handshaking)
+        return; /* the handshake sets its own events */
+    int ev = EV_WRITE;
+    if (c->state == C_OPEN) {
+        /* always reading: the server may speak at any time (SETTINGS, PING,
+         * GOAWAY, TLS session tickets); TLS may need the other readiness */
+        ev = sk_tp_events_for_read(&c->tp);
+        if (c->write_blocked)
+            ev |= sk_tp_events_for_write(&c->tp);
+    }
     sk_io_set(c->w->loop, &c->io, ev);
 }
 
@@ -353,7 +386,7 @@ static void idle_check(struct h2uc *c)
             while (!c->write_blocked && (n = nghttp2_session_mem_send(c->ng, &d)) > 0)
                 if (sk_buf_append(&c->out, d, (size_t)n) < 0)
                     break;
-            while (sk_buf_used(&c->out) && sk_buf_write_fd(&c->out, c->fd) > 0)
+            while (sk_buf_used(&c->out) && sk_tp_write(&c->tp, &c->out) > 0)
                 ;
         }
         conn_shut(c);
@@ -421,15 +454,16 @@ static void pump(struct h2uc *c)
             break;
         bool progressed = false;
         while (sk_buf_used(&c->out)) {
-            ssize_t r = sk_buf_write_fd(&c->out, c->fd);
+            ssize_t r = sk_tp_write(&c->tp, &c->out);
             if (r == SK_ERR_AGAIN) {
                 c->write_blocked = true;
                 update_io(c);
                 break;
             }
             if (r < 0) {
+                char d[128];
                 c->in_pump = false;
-                conn_fail(c, SK_TERM_UPSTREAM_RESET, strerror(errno));
+                conn_fail(c, SK_TERM_UPSTREAM_RESET, io_why(c, d, sizeof(d), strerror(errno)));
                 return;
             }
             progressed = true;
@@ -744,8 +778,10 @@ static void on_headers_done(struct h2uc *c, struct h2us *s, bool es)
         s->nth = s->nrh;
         s->rh = NULL;
         s->hold_end = true;
+        s->end_rcvd = true;
         return;
     }
+    s->end_rcvd = true;
     if (s->nrh)
         s->cbs->on_trailers(s->ctx, s->rh, s->nrh);
     if (!s->user_done)
@@ -776,6 +812,7 @@ static int on_frame_recv(nghttp2_session *ng, const nghttp2_frame *f, void *ud)
         return 0;
     }
     if (es && s->head_done && !s->resp_done) {
+        s->end_rcvd = true;
         if (sk_buf_used(&s->hold))
             s->hold_end = true;
         else
@@ -814,7 +851,7 @@ static void stream_closed(struct h2us *s, uint32_t err, bool unprocessed)
     s->ng_open = false;
     if (c && c->state != C_CLOSED)
         nghttp2_session_set_stream_user_data(c->ng, s->id, NULL);
-    if (!s->user_done && !s->resp_done) {
+    if (!s->user_done && !s->resp_done && !s->end_rcvd) {
         if (unprocessed && try_reissue(s, c))
             return;
         char d[128];
@@ -875,35 +912,64 @@ static int on_frame_not_send(nghttp2_session *ng, const nghttp2_frame *f, int li
 
 /* ---- reading --------------------------------------------------------------------------- */
 
-static void on_readable(struct h2uc *c)
+/* One read from the transport into nghttp2. 1 = more may follow at once
+ * (TLS holds decrypted bytes), 0 = wait for readiness, -1 = the connection
+ * is gone. */
+static int read_once(struct h2uc *c)
 {
-    char buf[UC_READ_CHUNK];
-    ssize_t r = read(c->fd, buf, sizeof(buf));
-    if (r < 0) {
-        if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
-            return;
-        conn_fail(c, SK_TERM_UPSTREAM_RESET, strerror(errno));
-        return;
+    ssize_t r = sk_tp_read(&c->tp, &c->in, UC_READ_CHUNK);
+    if (r == SK_ERR_AGAIN) {
+        update_io(c); /* TLS may want writability for this read */
+        return 0;
     }
-    if (r == 0) {
-        conn_fail(c, SK_TERM_UPSTREAM_RESET, "upstream closed the connection");
-        return;
+    if (r == 0 || r == SK_ERR_IO) {
+        char d[128];
+        int e = errno;
+        conn_fail(c, SK_TERM_UPSTREAM_RESET,
+                  io_why(c, d, sizeof(d),
+                         r == 0 ? "upstream closed the connection"
+                                : (e ? strerror(e) : "connection error")));
+        return -1;
+    }
+    if (r < 0) { /* SK_ERR_TOO_LARGE cannot happen: `in` is empty between reads */
+        conn_fail(c, SK_TERM_UPSTREAM_RESET, sk_strerror((int)r));
+        return -1;
     }
     c->in_recv = true;
-    ssize_t rv = nghttp2_session_mem_recv(c->ng, (const uint8_t *)buf, (size_t)r);
+    ssize_t rv = nghttp2_session_mem_recv(c->ng, (const uint8_t *)sk_buf_rptr(&c->in),
+                                          sk_buf_used(&c->in));
     c->in_recv = false;
+    sk_buf_consume(&c->in, sk_buf_used(&c->in));
     if (c->state == C_CLOSED)
-        return;
+        return -1;
     if (rv < 0) {
         sk_warn("upstream %s: h2 conn %llu: protocol error: %s", c->host->addr_str,
                 (unsigned long long)c->id, nghttp2_strerror((int)rv));
         char d[96];
         snprintf(d, sizeof(d), "upstream h2 protocol error: %s", nghttp2_strerror((int)rv));
         conn_fail_ex(c, SK_TERM_UPSTREAM_PROTO, d, true);
-        return;
+        return -1;
     }
+    return sk_tp_has_buffered(&c->tp) ? 1 : 0;
+}
+
+static void on_readable(struct h2uc *c)
+{
+    int more = 0;
+    for (int i = 0; i < UC_READ_ROUNDS; i++) {
+        more = read_once(c);
+        if (more <= 0)
+            break;
+    }
+    sk_buf_shrink(&c->in); /* idle connections keep no read buffer */
+    if (more < 0 || c->state == C_CLOSED)
+        return;
     pump(c);
-    if (c->state != C_CLOSED && c->nstreams == 0)
+    if (c->state == C_CLOSED)
+        return;
+    if (more > 0)
+        ev_feed_event(c->w->loop, &c->io, EV_READ); /* decrypted bytes wait in OpenSSL */
+    if (c->nstreams == 0)
         queue_flush(c);
 }
 
@@ -930,36 +996,108 @@ again:
         goto again;
     }
     pump(c);
+    if (c->state == C_OPEN && sk_tp_has_buffered(&c->tp))
+        ev_feed_event(w->loop, &c->io, EV_READ); /* records decrypted during the handshake */
     if (c->state == C_OPEN && c->nstreams == 0)
         queue_flush(c); /* nobody left: arm the idle timer */
+}
+
+/* TCP is up: originate TLS when the cluster has a transport_socket. 0 = go
+ * on (plaintext, or the handshake was set up), < 0 = failed (handled). */
+static int tls_start(struct h2uc *c)
+{
+    const struct sk_cluster *cfg = cfg_of(c->host);
+    if (!cfg || !cfg->tls)
+        return 0;
+    c->tp.ssl = sk_tls_ssl_new(cfg->tls);
+    if (!c->tp.ssl) {
+        sk_stat_add(&c->w->stats, SK_ST_upstream_cx_connect_fail, 1);
+        sk_warn("upstream %s: h2 conn %llu: cannot create a TLS session", c->host->addr_str,
+                (unsigned long long)c->id);
+        conn_fail(c, SK_TERM_CONNECT_FAIL, "cannot create a TLS session");
+        return -1;
+    }
+    SSL_set_fd(c->tp.ssl, c->tp.fd);
+    /* same session cache key as the HTTP/1.1 pool: one resumable session per host */
+    sk_tls_ssl_set_session_key(c->tp.ssl, c->host->addr_str);
+    /* explicit HTTP/2: ALPN h2 offered and required (Envoy: the h2 codec
+     * with an "h2" ALPN fallback); never fall back to HTTP/1.1 */
+    sk_tls_ssl_require_alpn(c->tp.ssl, "h2");
+    c->handshaking = true;
+    return 0;
+}
+
+/* Drive the TLS handshake: 1 = done, 0 = in progress, < 0 = failed (handled:
+ * counted as a connect failure like the HTTP/1.1 pool's, and in the TLS
+ * handshake failure counters by reason). */
+static int tls_step(struct h2uc *c)
+{
+    int want = 0;
+    const char *why = NULL;
+    int hr = sk_tls_handshake(c->tp.ssl, &want, &why);
+    if (hr == 0) {
+        sk_io_set(c->w->loop, &c->io, want == SK_TLS_WANT_WRITE ? EV_WRITE : EV_READ);
+        return 0;
+    }
+    if (hr < 0) {
+        sk_stat_add(&c->w->stats, SK_ST_upstream_cx_connect_fail, 1);
+        char d[160];
+        if (why && strcmp(why, "no ALPN match") == 0) {
+            const unsigned char *a = NULL;
+            unsigned al = 0;
+            SSL_get0_alpn_selected(c->tp.ssl, &a, &al);
+            snprintf(d, sizeof(d), "TLS handshake failed: no ALPN match (h2 required, upstream %s%.*s)",
+                     al ? "selected " : "selected none", (int)al, al ? (const char *)a : "");
+        } else {
+            snprintf(d, sizeof(d), "TLS handshake failed: %s", why ? why : "?");
+        }
+        sk_warn("upstream %s: h2 conn %llu: %s", c->host->addr_str, (unsigned long long)c->id, d);
+        c->handshaking = false;
+        conn_fail(c, SK_TERM_CONNECT_FAIL, d);
+        return -1;
+    }
+    c->handshaking = false;
+    sk_debug("upstream %s: h2 conn %llu: TLS up (%s, ALPN h2%s)", c->host->addr_str,
+             (unsigned long long)c->id, SSL_get_version(c->tp.ssl),
+             SSL_session_reused(c->tp.ssl) ? ", resumed" : "");
+    return 1;
 }
 
 static void io_cb(struct ev_loop *loop, ev_io *io, int revents)
 {
     struct h2uc *c = io->data;
     if (c->state == C_CONNECTING) {
-        int e = 0;
-        socklen_t l = sizeof(e);
-        getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &e, &l);
-        if (e) {
-            sk_stat_add(&c->w->stats, SK_ST_upstream_cx_connect_fail, 1);
-            sk_warn("upstream %s: connect: %s", c->host->addr_str, strerror(e));
-            conn_fail(c, SK_TERM_CONNECT_FAIL, strerror(e));
-            return;
+        if (!c->handshaking) {
+            int e = 0;
+            socklen_t l = sizeof(e);
+            getsockopt(c->tp.fd, SOL_SOCKET, SO_ERROR, &e, &l);
+            if (e) {
+                sk_stat_add(&c->w->stats, SK_ST_upstream_cx_connect_fail, 1);
+                sk_warn("upstream %s: connect: %s", c->host->addr_str, strerror(e));
+                conn_fail(c, SK_TERM_CONNECT_FAIL, strerror(e));
+                return;
+            }
+            if (tls_start(c) < 0)
+                return;
         }
+        if (c->handshaking && tls_step(c) <= 0)
+            return;
         connected(c);
         return;
     }
     if (c->state != C_OPEN)
         return;
-    if (revents & EV_WRITE) {
+    bool ssl = c->tp.ssl != NULL;
+    /* a TLS write blocked on readability, a TLS read blocked on writability */
+    if ((revents & EV_WRITE) ||
+        (ssl && c->write_blocked && c->tp.want_wr == SK_TLS_WANT_READ && (revents & EV_READ))) {
         c->write_blocked = false;
         update_io(c);
         pump(c);
         if (c->state != C_OPEN)
             return;
     }
-    if (revents & EV_READ)
+    if ((revents & EV_READ) || (ssl && c->tp.want_rd == SK_TLS_WANT_WRITE && (revents & EV_WRITE)))
         on_readable(c);
 }
 
@@ -993,6 +1131,8 @@ static struct h2uc *conn_new(struct sk_host *h, int *err, bool reserved)
     c->flush.free_fn = flush_cb;
     c->id = ++w->next_conn_id;
     sk_buf_init(&c->out, UC_OUT_CAP);
+    sk_buf_init(&c->in, UC_READ_CHUNK);
+    c->tp.fd = -1;
 
     nghttp2_session_callbacks *cbs = NULL;
     nghttp2_option *opt = NULL;
@@ -1041,10 +1181,10 @@ static struct h2uc *conn_new(struct sk_host *h, int *err, bool reserved)
         *err = SK_TERM_OVERFLOW;
         return NULL;
     }
-    c->fd = sk_connect_socket(&h->addr);
+    int fd = sk_connect_socket(&h->addr);
     sk_stat_add(&w->stats, SK_ST_upstream_cx_total, 1);
-    if (c->fd < 0) {
-        sk_warn("upstream %s: connect: %s", h->addr_str, strerror(-c->fd));
+    if (fd < 0) {
+        sk_warn("upstream %s: connect: %s", h->addr_str, strerror(-fd));
         sk_stat_add(&w->stats, SK_ST_upstream_cx_connect_fail, 1);
         nghttp2_session_del(c->ng);
         sk_buf_free(&c->out);
@@ -1059,7 +1199,8 @@ static struct h2uc *conn_new(struct sk_host *h, int *err, bool reserved)
     if (h->cl->cs && !reserved)
         atomic_fetch_add_explicit(&h->cl->cs->cx_active, 1, memory_order_relaxed);
     c->state = C_CONNECTING;
-    ev_io_init(&c->io, io_cb, c->fd, EV_WRITE);
+    c->tp.fd = fd;
+    ev_io_init(&c->io, io_cb, fd, EV_WRITE);
     c->io.data = c;
     ev_io_start(w->loop, &c->io);
     const struct sk_cluster *cfg = cfg_of(h);
@@ -1396,14 +1537,6 @@ static const struct sk_up_vt h2_vt = {
 static struct sk_up *h2_acquire(struct sk_host *h, const struct sk_upconn_cbs *cbs, void *ctx,
                                 unsigned req_flags, int *err)
 {
-    const struct sk_cluster *cfg = cfg_of(h);
-    if (cfg && cfg->tls) {
-        /* never fall back to cleartext: h2 over TLS (ALPN h2) is not done yet */
-        sk_warn("upstream %s: cluster %s: TLS to an HTTP/2 upstream is not supported",
-                h->addr_str, cfg->name);
-        *err = SK_TERM_CONNECT_FAIL;
-        return NULL;
-    }
     struct h2uc *c = conn_pick(h, NULL, err);
     if (!c)
         return NULL;

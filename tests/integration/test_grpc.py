@@ -3,6 +3,7 @@ codec AUTO, h2c prior knowledge) -> HTTP/2 upstream cluster -> python3-grpcio
 server; plus curl (HTTP/1.1 and h2c) against a python3-h2 upstream, and the
 h2 client's handling of GOAWAY / REFUSED_STREAM (transparent re-issue)."""
 import queue
+import socket
 import subprocess
 import threading
 import time
@@ -372,3 +373,169 @@ def test_upstream_gone_mid_stream_is_reset(skiff_factory, grpc_upstream):
     finally:
         c.close()
     assert s.proc.poll() is None
+
+
+def test_response_end_held_behind_a_paused_client(skiff_factory, h2echo):
+    """An h2c client with a 16 KiB window that reads late: the upstream's whole
+    response (body and END_STREAM) arrives while skiff holds it behind the
+    paused client, and nghttp2 closes the upstream stream meanwhile. That must
+    deliver the response, not reset it (it did: "stream closed before the
+    response completed" -> RST_STREAM INTERNAL_ERROR to the client)."""
+    import h2.config
+    import h2.connection
+    import h2.events
+    import h2.settings
+    up = h2echo()
+    lp, ap = free_port(), free_port()
+    skiff_factory(h2_config(lp, ap, up.port), port=lp, admin_port=ap)
+    size = 300000  # > what the router takes before pausing, < that + our 256 KiB window
+    for _ in range(3):
+        sock = socket.create_connection(("127.0.0.1", lp), timeout=10)
+        try:
+            c = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+            c.initiate_connection()
+            c.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 16384})
+            sock.sendall(c.data_to_send())
+            sid = c.get_next_available_stream_id()
+            c.send_headers(sid, [(":method", "GET"), (":scheme", "http"), (":authority", "x"),
+                                 (":path", "/bytes/%d" % size)], end_stream=True)
+            sock.sendall(c.data_to_send())
+            time.sleep(0.5)  # skiff fills our window and pauses; the upstream finishes
+            got, ended, reset = 0, False, None
+            deadline = time.monotonic() + 30
+            while not ended and reset is None and time.monotonic() < deadline:
+                data = sock.recv(65536)
+                if not data:
+                    break
+                for ev in c.receive_data(data):
+                    if isinstance(ev, h2.events.DataReceived):
+                        got += len(ev.data)
+                        c.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+                    elif isinstance(ev, h2.events.StreamEnded):
+                        ended = True
+                    elif isinstance(ev, h2.events.StreamReset):
+                        reset = ev.error_code
+                out = c.data_to_send()
+                if out:
+                    sock.sendall(out)
+            assert reset is None, "stream reset: %r" % reset
+            assert ended and got == size, (ended, got)
+        finally:
+            sock.close()
+
+
+# ---- gRPC to a TLS upstream (h2 with ALPN h2, mTLS) ---------------------------------------
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory):
+    from tls_helpers import PKI
+    return PKI(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture
+def grpc_tls_upstream(pki):
+    """grpcio server with TLS credentials that require a client certificate
+    from the test CA; the handlers of grpc_service."""
+    from concurrent import futures
+    from grpc_service import GRPC_OPTIONS, SERVICE, Service, ident
+    svc = Service()
+    handlers = {
+        "Unary": grpc.unary_unary_rpc_method_handler(svc.unary, ident, ident),
+        "Fail": grpc.unary_unary_rpc_method_handler(svc.fail, ident, ident),
+        "ServerStream": grpc.unary_stream_rpc_method_handler(svc.server_stream, ident, ident),
+        "ClientStream": grpc.stream_unary_rpc_method_handler(svc.client_stream, ident, ident),
+        "Bidi": grpc.stream_stream_rpc_method_handler(svc.bidi, ident, ident),
+    }
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=32), options=GRPC_OPTIONS)
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
+    creds = grpc.ssl_server_credentials(
+        [(pki.server.key.read_bytes(), pki.server.cert.read_bytes())],
+        root_certificates=pki.ca.pem.read_bytes(), require_client_auth=True)
+    svc.port = server.add_secure_port("127.0.0.1:0", creds)
+    server.start()
+    yield svc
+    server.stop(0)
+
+
+def tls_cluster_extra(pki, cert=True, sans=None):
+    from tls_helpers import SPIFFE, upstream_tls
+    return {"transport_socket": upstream_tls(
+        pki.ca.pem, cert=pki.client if cert else None,
+        sans=sans or [("URI", SPIFFE % "server")], sni="localhost")}
+
+
+def test_grpc_to_tls_upstream(skiff_factory, grpc_tls_upstream, pki):
+    """grpcio (h2c) -> skiff -> h2 over mTLS -> grpcio TLS server: unary,
+    metadata, every streaming kind, 5 MiB messages, error statuses, and 200
+    concurrent calls multiplexed on the worker's TLS connection."""
+    import concurrent.futures
+    lp, ap = free_port(), free_port()
+    s = skiff_factory(h2_config(lp, ap, grpc_tls_upstream.port,
+                                cluster_extra=tls_cluster_extra(pki), upstream_host="127.0.0.1"),
+                      port=lp, admin_port=ap, args=("--concurrency", "1"))
+    c = Client("127.0.0.1:%d" % lp)
+    try:
+        assert c.unary(b"over-tls", timeout=10) == b"over-tls"
+        resp, call = c.unary.with_call(b"meta", metadata=(("x-client", "v1"),), timeout=10)
+        assert resp == b"meta"
+        assert ("x-initial", "init-value") in call.initial_metadata()
+        assert ("x-trailing", "trail-value") in call.trailing_metadata()
+        assert ("x-client", "v1") in grpc_tls_upstream.metadata[-1]
+        assert list(c.server_stream(b"100", timeout=10)) == [b"msg-%d" % i for i in range(100)]
+        assert c.client_stream(iter([b"ab"] * 100), timeout=10) == b"100:200"
+        msgs = [b"m-%d" % i for i in range(100)]
+        assert list(c.bidi(iter(msgs), timeout=10)) == msgs
+        big = bytes(range(256)) * (5 * 1024 * 1024 // 256 + 5)
+        assert c.unary(big, timeout=30) == big
+        assert list(c.bidi(iter([big, b"x", big]), timeout=60)) == [big, b"x", big]
+        with pytest.raises(grpc.RpcError) as ei:
+            c.fail(b"x", timeout=10)
+        assert ei.value.code() == grpc.StatusCode.NOT_FOUND and ei.value.details() == "no such thing"
+        with pytest.raises(grpc.RpcError) as ei:
+            list(c.server_stream(b"2:fail", timeout=10))
+        assert ei.value.code() == grpc.StatusCode.NOT_FOUND
+        with concurrent.futures.ThreadPoolExecutor(32) as ex:
+            res = list(ex.map(lambda i: c.unary(b"c%d" % i, timeout=30), range(200)))
+        assert res == [b"c%d" % i for i in range(200)]
+    finally:
+        c.close()
+    st = s.stats()
+    assert st["tls_handshake_client_ok"] == 1, st  # one worker, one multiplexed TLS connection
+    assert st.get("upstream_cx_total") == 1, st
+
+
+def test_grpc_to_tls_upstream_without_client_cert_is_unavailable(skiff_factory, grpc_tls_upstream,
+                                                                 pki):
+    """The TLS server requires a client certificate skiff does not present:
+    the call fails as a gRPC error (never hangs, never succeeds)."""
+    lp, ap = free_port(), free_port()
+    skiff_factory(h2_config(lp, ap, grpc_tls_upstream.port,
+                            cluster_extra=tls_cluster_extra(pki, cert=False)),
+                  port=lp, admin_port=ap)
+    c = Client("127.0.0.1:%d" % lp)
+    try:
+        with pytest.raises(grpc.RpcError) as ei:
+            c.unary(b"x", timeout=10)
+        assert ei.value.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL,
+                                   grpc.StatusCode.UNKNOWN), ei.value
+    finally:
+        c.close()
+    assert grpc_tls_upstream.metadata == []
+
+
+def test_grpc_to_tls_upstream_wrong_san_is_unavailable(skiff_factory, grpc_tls_upstream, pki):
+    """Server identity not the expected SPIFFE id: UNAVAILABLE with the reason."""
+    from tls_helpers import SPIFFE
+    lp, ap = free_port(), free_port()
+    s = skiff_factory(h2_config(lp, ap, grpc_tls_upstream.port, cluster_extra=tls_cluster_extra(
+        pki, sans=[("URI", SPIFFE % "intruder")])), port=lp, admin_port=ap)
+    c = Client("127.0.0.1:%d" % lp)
+    try:
+        with pytest.raises(grpc.RpcError) as ei:
+            c.unary(b"x", timeout=10)
+        assert ei.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "SAN mismatch" in (ei.value.details() or ""), ei.value.details()
+    finally:
+        c.close()
+    assert s.stat("tls_handshake_fail.san_mismatch") == 1
+    assert grpc_tls_upstream.metadata == []

@@ -21,7 +21,8 @@ import yaml
 import helpers
 from helpers import (RawConn, bootstrap, cluster, free_port, http_listener, route, vhost,
                      wait_for)
-from tls_helpers import (PKI, SPIFFE, SServer, TLS_INSPECTOR, TlsConn, TlsOrigin, alpn_of, curl_parse,
+from tls_helpers import (PKI, SPIFFE, UP_HTTP_OPTS_KEY, UP_HTTP_OPTS_TYPE, H2TlsOrigin, SServer,
+                         TLS_INSPECTOR, TlsConn, TlsOrigin, alpn_of, curl_parse,
                          curl_tls, downstream_tls, fail_delta, max_requests_per_connection,
                          peer_serial, s_client, ssl_context, tls_stats, upstream_tls, with_tls)
 
@@ -871,30 +872,65 @@ def test_grpc_mtls_to_inbound(skiff_factory, tmp_path, grpc_app):
         ch.close()
 
 
-def test_grpc_over_full_mesh_hop(skiff_factory, tmp_path, grpc_app):
-    """grpcio (h2c) -> outbound -> h2 over mTLS -> inbound -> h2c app."""
-    import grpc
-    from grpc_service import Client
-    mesh = Mesh(tmp_path, skiff_factory, grpc_app.port, app_cluster_extra=H2_UP)
+def mesh_h2(mesh):
+    """Both hops speak HTTP/2: outbound -> h2 over mTLS (ALPN h2) -> inbound -> h2c app."""
     cl = mesh.client_cfg["static_resources"]
     cl["clusters"][0].update(H2_UP)
     cl["clusters"][0]["transport_socket"]["typed_config"]["common_tls_context"]["alpn_protocols"] = ["h2"]
     cl["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]["route_config"][
         "virtual_hosts"][0]["routes"][0]["route"]["timeout"] = "0s"
     mesh.outbound.reload(mesh.client_cfg)
+    assert mesh.outbound.stat("config_reload_ok") >= 1, mesh.outbound.log()
+
+
+def test_grpc_over_full_mesh_hop(skiff_factory, tmp_path, grpc_app):
+    """grpcio (h2c) -> outbound -> h2 over mTLS -> inbound -> h2c app: unary,
+    server / client / bidi streaming, a 5 MiB message each way, error status
+    in trailers and trailers-only, all multiplexed on ONE mTLS connection."""
+    import grpc
+    from grpc_service import Client
+    mesh = Mesh(tmp_path, skiff_factory, grpc_app.port, app_cluster_extra=H2_UP)
+    mesh_h2(mesh)
+    bo, bi = tls_stats(mesh.outbound), tls_stats(mesh.inbound)
     c = Client("127.0.0.1:%d" % mesh.out_port)
     try:
         try:
             got = c.unary(b"through-the-hop", timeout=10)
         except grpc.RpcError as e:
-            if "TLS to an HTTP/2 upstream is not supported" in mesh.outbound.log():
-                pytest.skip("h2 upstream over TLS (ALPN h2) is not implemented yet "
-                            "(h2_client.c: 'TLS to an HTTP/2 upstream is not supported')")
             raise AssertionError("gRPC over the mesh hop failed: %s\n%s" % (e, mesh.outbound.log()))
         assert got == b"through-the-hop"
         assert dict(grpc_app.metadata[-1]).get("x-forwarded-client-cert") == mesh_xfcc(mesh)
+        assert list(c.server_stream(b"50", timeout=10)) == [b"msg-%d" % i for i in range(50)]
+        assert c.client_stream(iter([b"m%03d" % i for i in range(100)]), timeout=10) == b"100:400"
+        msgs = [b"bidi-%d" % i for i in range(100)]
+        assert list(c.bidi(iter(msgs), timeout=10)) == msgs
+        big = bytes(range(256)) * (5 * 1024 * 1024 // 256 + 3)
+        assert c.unary(big, timeout=30) == big
+        assert list(c.bidi(iter([big, b"small", big]), timeout=30)) == [big, b"small", big]
+        with pytest.raises(grpc.RpcError) as ei:  # trailers-only
+            c.fail(b"x", timeout=10)
+        assert ei.value.code() == grpc.StatusCode.NOT_FOUND
+        assert ei.value.details() == "no such thing"
+        got = []
+        with pytest.raises(grpc.RpcError) as ei:  # status in trailers after messages
+            for m in c.server_stream(b"3:fail", timeout=10):
+                got.append(m)
+        assert got == [b"msg-0", b"msg-1", b"msg-2"]
+        assert ei.value.code() == grpc.StatusCode.NOT_FOUND
+        assert ei.value.details() == "gone after 3"
+        # concurrent calls share the one mTLS connection
+        import concurrent.futures
+        with concurrent.futures.ThreadPoolExecutor(16) as ex:
+            res = list(ex.map(lambda i: c.unary(b"c%d" % i, timeout=20), range(100)))
+        assert res == [b"c%d" % i for i in range(100)]
     finally:
         c.close()
+    ao, ai = tls_stats(mesh.outbound), tls_stats(mesh.inbound)
+    # grpcio keeps one h2c connection: one outbound worker, one mTLS connection
+    assert ao["tls_handshake_client_ok"] - bo["tls_handshake_client_ok"] == 1
+    assert ai["tls_handshake_server_ok"] - bi["tls_handshake_server_ok"] == 1
+    assert fail_delta(bo, ao) == {} and fail_delta(bi, ai) == {}
+    assert "h2 conn" not in mesh.outbound.log() or "TLS handshake failed" not in mesh.outbound.log()
 
 
 # ---- 5. filter chain selection ----------------------------------------------------------------
@@ -1253,3 +1289,241 @@ def test_sighup_with_bad_tls_file_keeps_old_config(rot, pki, tmp_path):
     after2 = rot.reload(good)
     assert after2.get("config_reload_ok", 0) - before.get("config_reload_ok", 0) == 1
     assert body_of(curl_tls(url(rot.port), pki.ca.pem)) == (200, "new-config")
+
+
+# ---- 8. HTTP/2 over TLS to upstreams (ALPN h2) ------------------------------------------------
+
+def h2_opts(**common):
+    """typed_extension_protocol_options: explicit HTTP/2 (+ common options)."""
+    o = {"@type": UP_HTTP_OPTS_TYPE, "explicit_http_config": {"http2_protocol_options": {}}}
+    if common:
+        o["common_http_protocol_options"] = common
+    return {"typed_extension_protocol_options": {UP_HTTP_OPTS_KEY: o}}
+
+
+def h2_front(skiff_factory, origin_port, tls, args=(), **common):
+    """skiff (HCM AUTO: HTTP/1.1 and h2c in) -> cluster "origin": h2 over TLS."""
+    lp, ap = free_port(), free_port()
+    c = cluster("origin", [origin_port], transport_socket=tls, **h2_opts(**common))
+    l = http_listener("front", lp, [vhost("default", ["*"], [route("/", "origin", timeout="0s")])],
+                      hcm_extra={"codec_type": "AUTO"})
+    return skiff_factory(bootstrap(ap, [l], [c]), port=lp, admin_port=ap, args=args)
+
+
+@pytest.fixture
+def h2origin(pki):
+    made = []
+
+    def make(cert=None, **kw):
+        o = H2TlsOrigin(cert or pki.server, **kw)
+        made.append(o)
+        return o
+
+    yield make
+    for o in made:
+        o.stop()
+
+
+def good_tls(pki, **kw):
+    return upstream_tls(pki.ca.pem, sans=SERVER_SAN, sni="localhost", **kw)
+
+
+def test_h2_upstream_over_tls(skiff_factory, h2origin, pki):
+    """HTTP/1.1 and h2c in, h2 over TLS out (:scheme https, ALPN h2), bodies
+    both ways, a 5 MiB download (many TLS records per read)."""
+    o = h2origin()
+    front = h2_front(skiff_factory, o.port, good_tls(pki))
+    before = tls_stats(front)
+    r = helpers.get(front.port, "/h1-get")
+    assert r.status == 200, r
+    assert r.header("x-alpn") == "h2" and r.header("x-got-scheme") == "https", r
+    assert r.header("x-got-path") == "/h1-get"
+    body = bytes(range(256)) * 4096 + b"tail"
+    r = helpers.get(front.port, "/echo", method="POST", body=body, timeout=30)
+    assert r.status == 200 and r.body == body, r
+    p = helpers.curl("--http2-prior-knowledge", "-o", "/dev/null", "-w", "%{http_code} %{size_download}",
+                     "http://127.0.0.1:%d/bytes/5242880" % front.port, timeout=60)
+    assert p.stdout == b"200 5242880", p
+    after = tls_stats(front)
+    assert 1 <= after["tls_handshake_client_ok"] - before["tls_handshake_client_ok"] <= 2
+    assert fail_delta(before, after) == {}
+    assert set(o.alpn) == {"h2"} and o.handshakes_failed == 0
+    assert [p for _, _, p in o.requests] == ["/h1-get", "/echo", "/bytes/5242880"]
+    assert "TLS to an HTTP/2 upstream is not supported" not in front.log()
+
+
+@pytest.mark.parametrize("case", ["config_san", "server_cert"])
+def test_h2_upstream_tls_wrong_san(skiff_factory, h2origin, pki, case):
+    """The SAN check applies to h2 upstreams: 503 UF, counted, nothing sent."""
+    if case == "server_cert":
+        o = h2origin(cert=pki.server_wrongsan)
+        tls = good_tls(pki)
+    else:
+        o = h2origin()
+        tls = upstream_tls(pki.ca.pem, sans=[("URI", SPIFFE % "intruder")], sni="localhost")
+    front = h2_front(skiff_factory, o.port, tls)
+    before, cf = tls_stats(front), front.stat("upstream_cx_connect_fail")
+    r = helpers.get(front.port, "/wrongsan")
+    assert r.status == 503 and r.header("x-skiff-flags") == "UF", r
+    assert b"TLS handshake failed: SAN mismatch" in r.body, r.body
+    assert fail_delta(before, tls_stats(front)) == {"san_mismatch": 1}
+    assert front.stat("upstream_cx_connect_fail") - cf == 1
+    assert o.requests == []
+    assert "TLS handshake failed: SAN mismatch" in front.log()
+
+
+@pytest.mark.parametrize("server_alpn,offer,selected", [
+    (("http/1.1",), None, "none"),                      # an HTTP/1.1-only TLS server
+    ((), None, "none"),                                 # a server without ALPN at all
+    (("http/1.1", "h2"), ["h2", "http/1.1"], "http/1.1"),  # it prefers http/1.1
+])
+def test_h2_upstream_tls_requires_alpn_h2(skiff_factory, h2origin, pki, server_alpn, offer, selected):
+    """Explicit HTTP/2 over TLS requires the server to select h2: otherwise a
+    clean connect failure (503 UF, logged, counted), never HTTP/1.1 or cleartext."""
+    o = h2origin(alpn=server_alpn)
+    front = h2_front(skiff_factory, o.port, good_tls(pki, alpn=offer))
+    before, cf = tls_stats(front), front.stat("upstream_cx_connect_fail")
+    r = helpers.get(front.port, "/alpn")
+    assert r.status == 503 and r.header("x-skiff-flags") == "UF", r
+    assert b"no ALPN match" in r.body, r.body
+    assert fail_delta(before, tls_stats(front)) == {"no_alpn": 1}
+    assert tls_stats(front)["tls_handshake_client_ok"] == before["tls_handshake_client_ok"]
+    assert front.stat("upstream_cx_connect_fail") - cf == 1
+    assert o.requests == []
+    assert "no ALPN match (h2 required, upstream selected %s)" % selected in front.log()
+    assert o.alpn == [None if selected == "none" else selected]
+
+
+def test_h2_upstream_tls_no_alpn_openssl_s_server(skiff_factory, pki, tmp_path):
+    """openssl s_server (no ALPN) as an h2 origin: the same clean failure."""
+    srv = SServer(tmp_path, pki.server)
+    try:
+        front = h2_front(skiff_factory, srv.port, good_tls(pki))
+        before = tls_stats(front)
+        r = helpers.get(front.port, "/s_server")
+        assert r.status == 503 and r.header("x-skiff-flags") == "UF", r
+        assert b"no ALPN match" in r.body
+        assert fail_delta(before, tls_stats(front)) == {"no_alpn": 1}
+    finally:
+        srv.stop()
+
+
+def test_h2_upstream_tls_alpn_without_h2_is_a_config_error(skiff_bin, tmp_path, pki):
+    lp, ap = free_port(), free_port()
+    c = cluster("origin", [1], transport_socket=good_tls(pki, alpn=["http/1.1"]), **h2_opts())
+    l = http_listener("front", lp, [vhost("default", ["*"], [route("/", "origin")])])
+    p = validate(skiff_bin, tmp_path, bootstrap(ap, [l], [c]))
+    out = (p.stdout + p.stderr).decode()
+    assert p.returncode != 0, out
+    assert "alpn_protocols" in out and '"h2"' in out, out
+    # with h2 in the list, or no list at all, the same cluster is fine
+    for alpn in (["h2", "http/1.1"], None):
+        c = cluster("origin", [1], transport_socket=good_tls(pki, alpn=alpn), **h2_opts())
+        p = validate(skiff_bin, tmp_path, bootstrap(ap, [l], [c]))
+        assert p.returncode == 0, (p.stdout + p.stderr).decode()
+
+
+def test_h2_upstream_tls_many_streams_one_connection(skiff_factory, h2origin, pki):
+    """100 concurrent client streams (2 connections x 50) on one worker become
+    streams of ONE upstream TLS connection."""
+    o = h2origin()
+    front = h2_front(skiff_factory, o.port, good_tls(pki), args=("--concurrency", "1"))
+    before = tls_stats(front)
+    p = subprocess.run(["h2load", "-n", "2000", "-c", "2", "-m", "50",
+                        "http://127.0.0.1:%d/mux" % front.port],
+                       capture_output=True, timeout=120)
+    out = p.stdout.decode()
+    assert "2000 succeeded, 0 failed" in out, out
+    assert o.conns == 1, o.conns
+    assert len(o.requests) == 2000 and {cid for cid, _, _ in o.requests} == {1}
+    assert o.max_batch > 1, "requests never overlapped on the connection"
+    assert tls_stats(front)["tls_handshake_client_ok"] - before["tls_handshake_client_ok"] == 1
+
+
+def test_h2_upstream_mtls_and_session_resumption(skiff_factory, h2origin, pki):
+    """Client certificate to an origin that requires one; one connection per
+    request (max_requests_per_connection 1) resumes the cached session."""
+    o = h2origin(ca=pki.ca.pem)
+    front = h2_front(skiff_factory, o.port, good_tls(pki, cert=pki.client),
+                     max_requests_per_connection=1)
+    before = tls_stats(front)
+    n = 6
+    for i in range(n):
+        r = helpers.get(front.port, "/resume/%d" % i)
+        assert r.status == 200, r
+        assert r.header("x-peer") == SPIFFE % "client", r
+    after = tls_stats(front)
+    assert after["tls_handshake_client_ok"] - before["tls_handshake_client_ok"] == n
+    reused = after["tls_session_reused"] - before["tls_session_reused"]
+    # the first handshake is full; each of the 2 workers may need its own first ticket
+    assert reused >= n - 3, reused
+    assert o.conns == n and o.resumed >= reused
+    assert fail_delta(before, after) == {}
+
+
+def test_h2_upstream_tls_without_required_client_cert(skiff_factory, h2origin, pki):
+    """The origin requires a client certificate skiff does not have: a clear
+    failure, never a success (TLS 1.3 reports it after the handshake)."""
+    o = h2origin(ca=pki.ca.pem)
+    front = h2_front(skiff_factory, o.port, good_tls(pki))
+    r = helpers.get(front.port, "/nocert")
+    assert r.status in (502, 503), r
+    # the TLS reason when the origin's alert is readable (TLS 1.3: it comes
+    # after the handshake, with the request already sent); when a TCP RST
+    # follows the alert the kernel may drop the alert unread: a reset is left
+    body = r.body.lower()
+    assert b"no client certificate" in body or b"reset" in body, r.body
+    assert b"success" not in body, r.body
+    assert o.requests == []
+
+
+def test_h2_upstream_tls_close_notify(skiff_factory, h2origin, pki):
+    """The origin ends an idle connection with close_notify (no GOAWAY): skiff
+    closes its side, and the next request opens a new connection."""
+    o = h2origin(close_notify_after=1)
+    front = h2_front(skiff_factory, o.port, good_tls(pki), args=("--concurrency", "1"))
+    d0 = front.stat("upstream_cx_destroy")
+    r = helpers.get(front.port, "/one")
+    assert r.status == 200 and r.header("x-conn") == "1", r
+    assert wait_for(lambda: front.stat("upstream_cx_destroy") > d0, timeout=10), front.log()
+    assert front.stat("upstream_cx_active") == 0
+    r = helpers.get(front.port, "/two")
+    assert r.status == 200 and r.header("x-conn") == "2", r
+    assert o.conns == 2
+    assert "warn" not in front.log()
+
+
+def test_h2load_to_tls_h2_upstream_nghttpd(skiff_factory, pki, tmp_path):
+    """h2load -> skiff (h2c) -> h2 over TLS -> nghttpd: 0 failed."""
+    if not shutil.which("nghttpd"):
+        pytest.skip("nghttpd (Debian nghttp2-server) not installed: bash scripts/deps.sh")
+    docs = tmp_path / "htdocs"
+    docs.mkdir()
+    (docs / "index.html").write_bytes(b"x" * 1024)
+    port = free_port()
+    logf = open(tmp_path / "nghttpd.log", "w")
+    proc = subprocess.Popen(["nghttpd", "--htdocs", str(docs), "--address", "127.0.0.1", str(port),
+                             str(pki.server.key), str(pki.server.cert)],
+                            stdout=logf, stderr=subprocess.STDOUT)
+    try:
+        assert helpers.wait_port(port, 10), (tmp_path / "nghttpd.log").read_text()
+        front = h2_front(skiff_factory, port, good_tls(pki))
+        before = tls_stats(front)
+        p = subprocess.run(["h2load", "-n", "20000", "-c", "8", "-m", "16",
+                            "http://127.0.0.1:%d/index.html" % front.port],
+                           capture_output=True, timeout=180)
+        out = p.stdout.decode()
+        assert "20000 succeeded, 0 failed" in out, out
+        assert "20000 2xx" in out, out
+        after = tls_stats(front)
+        # multiplexed: one upstream TLS connection per worker, not per request
+        assert 1 <= after["tls_handshake_client_ok"] - before["tls_handshake_client_ok"] <= 2
+        assert fail_delta(before, after) == {}
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+        logf.close()

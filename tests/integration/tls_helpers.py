@@ -23,7 +23,8 @@ UP_HTTP_OPTS_TYPE = "type.googleapis.com/envoy.extensions.upstreams.http.v3.Http
 
 SPIFFE = "spiffe://skiff.local/ns/default/sa/%s"
 
-FAIL_REASONS = ("no_cert", "bad_cert", "expired", "unknown_ca", "san_mismatch", "not_tls", "other")
+FAIL_REASONS = ("no_cert", "bad_cert", "expired", "unknown_ca", "san_mismatch", "not_tls", "other",
+                "no_alpn")
 
 
 def run(cmd, cwd=None, input=None, timeout=30, check=True):
@@ -444,6 +445,190 @@ class TlsOrigin:
                 (s if s is not None else c).close()
             except OSError:
                 pass
+
+    def stop(self):
+        self.stopped = True
+        try:
+            self.ls.close()
+        except OSError:
+            pass
+
+
+class H2TlsOrigin:
+    """An HTTP/2-over-TLS origin on python3-h2 and python ssl: one thread per
+    connection that does all of that connection's reading and writing (an
+    SSL object is never used by two threads).
+
+    Every request is answered 200 with x-conn (connection number), x-got-path,
+    x-got-stream, x-alpn and x-peer (the client certificate's URI SAN, "-"
+    without one); the body echoes the request body, or is N bytes of b"x" for
+    /bytes/N. Response DATA respects the peer's flow-control windows.
+
+      alpn          protocols the server accepts (() = no ALPN at all)
+      ca            require and verify a client certificate from this CA
+      close_notify_after   after that many answered requests on a connection,
+                    wait until its streams are done, then send close_notify and
+                    close (a graceful TLS close with no GOAWAY)
+
+    conns counts accepted TLS connections, handshakes_failed failed ones,
+    alpn the protocol each connection negotiated, resumed the resumed sessions,
+    requests (conn, stream, path), max_batch the most requests read at once.
+    """
+
+    def __init__(self, cert, alpn=("h2",), ca=None, close_notify_after=0):
+        import threading
+        self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.ctx.load_cert_chain(str(cert.cert), str(cert.key))
+        if alpn:
+            self.ctx.set_alpn_protocols(list(alpn))
+        if ca is not None:
+            self.ctx.load_verify_locations(str(ca))
+            self.ctx.verify_mode = ssl.CERT_REQUIRED
+        self.close_notify_after = close_notify_after
+        self.lock = threading.Lock()
+        self.conns = 0
+        self.handshakes_failed = 0
+        self.alpn = []
+        self.requests = []
+        self.resumed = 0
+        self.max_batch = 0  # most requests that arrived in one read: streams multiplexed
+        self.stopped = False
+        self.ls = socket.socket()
+        self.ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.ls.bind(("127.0.0.1", 0))
+        self.ls.listen(128)
+        self.port = self.ls.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        import threading
+        while not self.stopped:
+            try:
+                c, _ = self.ls.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(c,), daemon=True).start()
+
+    @staticmethod
+    def _peer_uri(s):
+        cert = s.getpeercert()
+        for kind, value in (cert or {}).get("subjectAltName", ()):
+            if kind == "URI":
+                return value
+        return "-"
+
+    def _serve(self, raw):
+        raw.settimeout(30)
+        try:
+            s = self.ctx.wrap_socket(raw, server_side=True)
+        except (OSError, ValueError):
+            with self.lock:
+                self.handshakes_failed += 1
+            raw.close()
+            return
+        proto = s.selected_alpn_protocol()
+        with self.lock:
+            self.conns += 1
+            cid = self.conns
+            self.alpn.append(proto)
+            self.resumed += 1 if s.session_reused else 0
+        try:
+            if proto != "h2":
+                # not our protocol: wait for the client to give up
+                while s.recv(65536):
+                    pass
+                return
+            self._h2(s, cid)
+        except (OSError, ValueError):
+            pass
+        finally:
+            try:
+                s.close()
+            except OSError:
+                pass
+
+    def _h2(self, s, cid):
+        import h2.config
+        import h2.connection
+        import h2.events
+        c = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False,
+                                                                 header_encoding="utf-8"))
+        c.initiate_connection()
+        s.sendall(c.data_to_send())
+        peer = self._peer_uri(s)
+        streams = {}  # sid -> {"headers", "body"}
+        out = {}      # sid -> remaining response body (bytes), in order of arrival
+        answered = 0
+
+        def start(sid):
+            nonlocal answered
+            st = streams.pop(sid)
+            hdrs = dict(st["headers"])
+            path = hdrs.get(":path", "")
+            body = bytes(st["body"])
+            if path.startswith("/bytes/"):
+                body = b"x" * int(path.split("/")[2].split("?")[0])
+            with self.lock:
+                self.requests.append((cid, sid, path))
+            answered += 1
+            c.send_headers(sid, [(":status", "200"), ("content-type", "application/octet-stream"),
+                                 ("x-conn", str(cid)), ("x-got-path", path),
+                                 ("x-got-stream", str(sid)), ("x-alpn", "h2"), ("x-peer", peer),
+                                 ("x-got-scheme", hdrs.get(":scheme", "")),
+                                 ("content-length", str(len(body)))],
+                           end_stream=not body)
+            if body:
+                out[sid] = body
+
+        def push():
+            for sid in list(out):
+                body = out[sid]
+                while body:
+                    try:
+                        win = min(c.local_flow_control_window(sid), c.max_outbound_frame_size)
+                    except Exception:
+                        body = b""
+                        break
+                    if win <= 0:
+                        break
+                    c.send_data(sid, body[:win], end_stream=len(body) <= win)
+                    body = body[win:]
+                if body:
+                    out[sid] = body
+                else:
+                    del out[sid]
+
+        while not self.stopped:
+            data = s.recv(65536)
+            if not data:
+                return
+            events = c.receive_data(data)
+            batch = sum(isinstance(ev, h2.events.RequestReceived) for ev in events)
+            with self.lock:
+                self.max_batch = max(self.max_batch, batch)
+            for ev in events:
+                if isinstance(ev, h2.events.RequestReceived):
+                    streams[ev.stream_id] = {"headers": ev.headers, "body": bytearray()}
+                    if ev.stream_ended:
+                        start(ev.stream_id)
+                elif isinstance(ev, h2.events.DataReceived):
+                    c.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+                    if ev.stream_id in streams:
+                        streams[ev.stream_id]["body"] += ev.data
+                elif isinstance(ev, h2.events.StreamEnded):
+                    if ev.stream_id in streams:
+                        start(ev.stream_id)
+                elif isinstance(ev, h2.events.StreamReset):
+                    streams.pop(ev.stream_id, None)
+                    out.pop(ev.stream_id, None)
+            push()
+            d = c.data_to_send()
+            if d:
+                s.sendall(d)
+            if (self.close_notify_after and answered >= self.close_notify_after and not out
+                    and not streams):
+                s.unwrap()  # close_notify; the peer's answer (or EOF) ends unwrap
+                return
 
     def stop(self):
         self.stopped = True
