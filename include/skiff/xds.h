@@ -11,10 +11,13 @@
  *     STATIC) and the ACK/NACK decision for a DiscoveryResponse. The assembled
  *     Bootstrap goes through sk_snapshot_build() (+ the prepare hook): the same
  *     translate + validate step as a file. No I/O; unit-testable and fuzzable.
- *   - the ADS client (xds/ads.c): a non-blocking TCP connection to the ADS
- *     cluster's first endpoint, an nghttp2 client session carrying the
- *     StreamAggregatedResources bidi stream, subscriptions, reconnect with
- *     jittered exponential backoff (0.5 s .. 30 s).
+ *     SDS Secrets are inlined into the TLS contexts that name them.
+ *   - the ADS client (xds/ads.c): a non-blocking connection to the ADS
+ *     cluster's first endpoint (TCP, or a Unix socket for a `pipe` address;
+ *     TLS when the cluster has an UpstreamTlsContext), an nghttp2 client
+ *     session carrying the StreamAggregatedResources bidi stream,
+ *     subscriptions, initial-fetch timers, NACK rate limiting, reconnect with
+ *     jittered exponential backoff (0.5 s .. 30 s), admin stats/config_dump.
  *
  * Everything here runs on the main thread. */
 #ifndef SKIFF_XDS_H
@@ -30,6 +33,7 @@
 #include "skiff/cfgerr.h"
 #include "skiff/model.h"
 
+struct sk_buf;
 struct Envoy__Config__Bootstrap__V3__Bootstrap;
 struct Envoy__Service__Discovery__V3__DiscoveryResponse;
 
@@ -65,8 +69,9 @@ int sk_grpc_dec_feed(struct sk_grpc_dec *d, const uint8_t *p, size_t n, sk_grpc_
 /* ---- resource types ------------------------------------------------------------ */
 
 /* Order = the order in which requests are sent on a new stream (CDS, EDS, LDS, RDS:
- * make-before-break, as Envoy). */
-enum sk_xds_type { SK_XDS_CDS = 0, SK_XDS_EDS, SK_XDS_LDS, SK_XDS_RDS, SK_XDS_NTYPES };
+ * make-before-break, as Envoy; then SDS, whose names come from listeners and
+ * clusters). */
+enum sk_xds_type { SK_XDS_CDS = 0, SK_XDS_EDS, SK_XDS_LDS, SK_XDS_RDS, SK_XDS_SDS, SK_XDS_NTYPES };
 
 const char *sk_xds_type_url(int type);     /* "type.googleapis.com/envoy..." */
 const char *sk_xds_type_short(int type);   /* "CDS", ... for logs */
@@ -113,8 +118,10 @@ struct sk_xds_result {
     bool rebuilt;                      /* a snapshot was built */
     bool published;                    /* ... and handed to hooks.publish */
     bool unchanged;                    /* identical resources: nothing was rebuilt */
+    bool damped;                       /* the same rejected resources again: NACKed
+                                          without decoding or building */
     size_t rejected;                   /* resources rejected individually (partial NACK) */
-    bool names_changed[SK_XDS_NTYPES]; /* RDS/EDS subscription sets changed */
+    bool names_changed[SK_XDS_NTYPES]; /* RDS/EDS/SDS subscription sets changed */
 };
 void sk_xds_result_free(struct sk_xds_result *r);
 
@@ -138,6 +145,30 @@ bool sk_xds_store_warm(const struct sk_xds_store *st);
 size_t sk_xds_store_count(const struct sk_xds_store *st, int type);
 /* Snapshots built so far (successful translate + prepare), for tests. */
 uint64_t sk_xds_store_builds(const struct sk_xds_store *st);
+
+/* Initial fetch timeouts (ConfigSource.initial_fetch_timeout: unset = 15 s,
+ * 0s = wait forever). Times are the caller's clock (ev_now), in seconds.
+ *   arm: starts the timer of every wanted resource not cached yet (CDS/LDS:
+ *     the first response; RDS/EDS: each subscribed name). Call once the
+ *     subscriptions went out on a connected stream (and after each change).
+ *   disarm: the stream is gone: running timers stop (restarted by arm on the
+ *     next stream; resources already treated as does-not-exist stay so).
+ *   next_deadline: the earliest running timer, 0 = none.
+ *   expire: timers due at `now` fire: a CDS/LDS type counts as answered
+ *     (empty), an RDS/EDS name is treated as does-not-exist (built as an empty
+ *     route config -> 404 NR / a cluster without endpoints -> 503 UH) until it
+ *     arrives; logged. Rebuilds and publishes when something expired (res as
+ *     for sk_xds_store_handle). Returns the number of expired timers. */
+void sk_xds_store_arm(struct sk_xds_store *st, double now);
+void sk_xds_store_disarm(struct sk_xds_store *st);
+double sk_xds_store_next_deadline(const struct sk_xds_store *st);
+size_t sk_xds_store_expire(struct sk_xds_store *st, double now, struct sk_xds_result *res);
+uint64_t sk_xds_store_init_fetch_timeouts(const struct sk_xds_store *st, int type);
+bool sk_xds_store_does_not_exist(const struct sk_xds_store *st, int type, const char *name);
+/* Appends a JSON array, one object per type: version_info, last_updated,
+ * last_nack {version_info, nonce, time, details}, resources [{name,
+ * version_info, last_updated, error_state?}], rejected, waiting, does_not_exist. */
+void sk_xds_store_dump(const struct sk_xds_store *st, struct sk_buf *b);
 
 /* ---- ADS client ------------------------------------------------------------------- */
 
@@ -164,5 +195,17 @@ int sk_ads_reload(struct sk_ads *a);
  * version (/ready waits until every worker applied it). */
 uint64_t sk_ads_ready_version(const struct sk_ads *a);
 void sk_ads_stop(struct sk_ads *a);
+
+/* Admin (main thread). Counters and gauges of the running ADS client, Envoy's
+ * names: control_plane.connected_state, control_plane.rate_limit_enforced and
+ * per type (cluster_manager.cds, listener_manager.lds, rds, eds, sds):
+ * update_attempt, update_success, update_rejected, update_failure,
+ * update_damped, init_fetch_timeout, update_time (ms since the epoch of the
+ * last ACK), version (53-bit FNV-1a hash of the accepted version_info).
+ * prometheus: "# TYPE skiff_x counter" + samples (admin adds HELP/_total).
+ * Nothing without an ADS client. */
+void sk_xds_stats(struct sk_buf *out, bool prometheus);
+/* Appends `, "xds_status": {...}` to /config_dump (nothing without ADS). */
+void sk_xds_config_dump(struct sk_buf *out);
 
 #endif

@@ -24,6 +24,7 @@
 #include "skiff/stats.h"
 #include "skiff/tls.h"
 #include "skiff/worker.h"
+#include "skiff/xds.h"
 
 #define ADMIN_IN_MAX 16384
 #define LIT(b, s) sk_buf_append((b), s, sizeof(s) - 1)
@@ -464,6 +465,7 @@ static void counters_plain(struct sk_buf *b, const struct cl_list *cls)
     sk_tls_stats(b, false);
     sk_filters_stats(b, false);
     sk_scopes_plain(b);
+    sk_xds_stats(b, false);
 }
 
 static void hist_plain(struct sk_buf *b, const char *prefix, const char *name,
@@ -848,6 +850,7 @@ static void stats_prom(struct sk_buf *b)
     sk_buf_init(&tmp, ADMIN_OUT_MAX);
     sk_tls_stats(&tmp, true);
     sk_filters_stats(&tmp, true);
+    sk_xds_stats(&tmp, true);
     prom_rewrite(b, sk_buf_rptr(&tmp), sk_buf_used(&tmp));
     sk_buf_free(&tmp);
 
@@ -1227,7 +1230,9 @@ static void config_dump(struct sk_buf *b)
         }
         LIT(b, "]}");
     }
-    LIT(b, "\n]}\n");
+    LIT(b, "\n]");
+    sk_xds_config_dump(b); /* xDS resources: versions, update times, NACKs */
+    LIT(b, "}\n");
 }
 
 /* ---- /memory ---------------------------------------------------------------------------- */

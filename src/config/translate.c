@@ -22,6 +22,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/un.h>
 
 #include "skiff/err.h"
 #include "skiff/fault.h"
@@ -387,7 +388,7 @@ static bool parse_ip(const char *host, uint16_t port, struct sk_sockaddr *out)
     return false;
 }
 
-enum { ADDR_NEED_IP = 1, ADDR_PORT0_OK = 2 };
+enum { ADDR_NEED_IP = 1, ADDR_PORT0_OK = 2, ADDR_PIPE_OK = 4 };
 
 /* Address field at the current path (e.g. "...address"). Fills host/port, and
  * out (when the host is an IP literal). Returns false on error (reported). */
@@ -399,8 +400,27 @@ static bool address(struct tr *t, const PbAddress *a, int flags, char **host, ui
         return false;
     }
     if (a->address_case == ENVOY__CONFIG__CORE__V3__ADDRESS__ADDRESS_PIPE) {
-        err(t, "pipe", "pipe (unix socket) addresses are not supported yet");
-        return false;
+        /* Unix socket: only where the caller can connect to one (the xDS cluster,
+         * checked once the ADS cluster is known) */
+        if (!(flags & ADDR_PIPE_OK) || !a->pipe) {
+            err(t, "pipe", "pipe (unix socket) addresses are not supported yet");
+            return false;
+        }
+        struct sockaddr_un *un = (struct sockaddr_un *)&out->ss;
+        size_t pl = a->pipe->path ? strlen(a->pipe->path) : 0;
+        if (pl == 0 || pl >= sizeof(un->sun_path)) {
+            err(t, "pipe.path", "pipe.path must be 1-%zu bytes", sizeof(un->sun_path) - 1);
+            return false;
+        }
+        memset(out, 0, sizeof(*out));
+        un->sun_family = AF_UNIX;
+        memcpy(un->sun_path, a->pipe->path, pl);
+        out->len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + pl + 1);
+        if (host)
+            *host = dup(t, a->pipe->path);
+        if (port)
+            *port = 0;
+        return true;
     }
     if (a->address_case != ENVOY__CONFIG__CORE__V3__ADDRESS__ADDRESS_SOCKET_ADDRESS ||
         !a->socket_address) {
@@ -3813,6 +3833,8 @@ static void endpoints(struct tr *t, const PbCla *la, struct sk_cluster *c)
             size_t oa = pushf(t, "address");
             int flags =
                 c->type == SK_CLUSTER_STATIC || c->type == SK_CLUSTER_EDS ? ADDR_NEED_IP : 0;
+            if (c->type == SK_CLUSTER_STATIC)
+                flags |= ADDR_PIPE_OK; /* allowed for the xDS cluster only (checked later) */
             bool ok = address(t, lb->endpoint->address, flags, &ep->host, &ep->port, &ep->addr);
             pop(t, oa);
             pop(t, oe);
@@ -4184,6 +4206,18 @@ int sk_snapshot_build(const struct Envoy__Config__Bootstrap__V3__Bootstrap *bs,
         else if (s->xds.cluster->type == SK_CLUSTER_EDS)
             err(t, NULL, "the ADS cluster '%s' cannot be an EDS cluster", s->xds.ads_cluster);
         pop(t, o);
+    }
+    /* Unix socket endpoints: only the xDS cluster connects to them */
+    for (size_t i = 0; i < s->nclusters; i++) {
+        const struct sk_cluster *c = &s->clusters[i];
+        for (size_t e = 0; e < c->nendpoints; e++)
+            if (c->endpoints[e].addr.ss.ss_family == AF_UNIX && c != s->xds.cluster) {
+                size_t o = push(t, "static_resources.clusters[%zu]", c->index);
+                err(t, "load_assignment",
+                    "pipe (unix socket) endpoints are only supported for the xDS (ADS) cluster");
+                pop(t, o);
+                break;
+            }
     }
 
     s->listeners = alarr(t, nlisteners, sizeof(*s->listeners));

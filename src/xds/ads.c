@@ -1,7 +1,8 @@
 /* SotW ADS client on the main thread (include/skiff/xds.h).
  *
- * One TCP connection to the ADS cluster's first endpoint, one nghttp2 client
- * session (h2c, prior knowledge) and on it one long-lived gRPC bidi stream
+ * One connection to the ADS cluster's first endpoint (TCP or a Unix socket;
+ * TLS with ALPN h2 when the cluster has an UpstreamTlsContext, else h2c with
+ * prior knowledge), one nghttp2 client session and on it one long-lived gRPC bidi stream
  * (StreamAggregatedResources). Our DiscoveryRequests are queued as gRPC frames
  * in `out` and read by a deferred data provider that never ends the stream;
  * DiscoveryResponses are reassembled by the gRPC decoder and handed to the
@@ -24,12 +25,16 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/un.h>
+#include <time.h>
 #include <unistd.h>
 
+#include "skiff/buf.h"
 #include "skiff/config.h"
 #include "skiff/err.h"
 #include "skiff/log.h"
 #include "skiff/net.h"
+#include "skiff/tls.h"
 #include "skiff/xds.h"
 #include "skiff/yaml_pb.h"
 
@@ -44,6 +49,11 @@
 #define BACKOFF_MAX 30.0
 #define MAX_CONFIG_BYTES (64u * 1024 * 1024)
 #define OUT_MAX (64u * 1024 * 1024) /* queued requests; far above anything sane */
+/* NACKs of resent, already rejected resources: a token bucket (burst, then a
+ * steady rate). A server that resends at once on every NACK (go-control-plane)
+ * is slowed to this rate instead of spinning both processes. */
+#define NACK_BURST 5.0
+#define NACK_RATE 2.0 /* per second */
 
 typedef Envoy__Config__Bootstrap__V3__Bootstrap PbBootstrap;
 
@@ -56,7 +66,13 @@ struct sk_ads {
     bool node_first_only;
 
     struct sk_sockaddr server;
-    char server_str[80];
+    char server_str[128]; /* "ip:port" or "unix:PATH" (JSON-safe) */
+    /* TLS (UpstreamTlsContext on the xDS cluster): the cfg lives in tls_snap */
+    struct sk_snapshot *tls_snap;
+    const struct sk_tls_cfg *tls;
+    SSL *ssl;
+    bool handshaking;
+    bool rd_wants_write; /* a TLS read needs the socket writable */
     char *authority;
     double connect_timeout_s;
 
@@ -80,7 +96,24 @@ struct sk_ads {
     uint64_t rng; /* jitter (own state: the process-wide random() is not ours to reseed) */
     uint64_t ready_version;
     uint64_t acks, nacks, streams;
+
+    ev_timer fetch_timer; /* the store's earliest initial-fetch deadline */
+    /* NACK damping */
+    ev_timer rl_timer;
+    double tokens, tokens_at;
+    char *pending_nonce[SK_XDS_NTYPES]; /* a damped NACK waiting for a token */
+    char *pending_error[SK_XDS_NTYPES];
+
+    /* admin */
+    bool connected;
+    uint64_t rate_limit_enforced;
+    struct {
+        uint64_t attempt, success, rejected, failure, damped;
+        uint64_t update_time_ms, version_hash;
+    } ts[SK_XDS_NTYPES];
 };
+
+static struct sk_ads *g_ads; /* the running client, for the admin */
 
 static void ads_connect(struct sk_ads *a);
 static void flush(struct sk_ads *a);
@@ -267,7 +300,7 @@ static void sync_subscriptions(struct sk_ads *a)
     if (!a->ng || a->dead)
         return;
     for (int t = 0; t < SK_XDS_NTYPES; t++) {
-        bool named = t == SK_XDS_RDS || t == SK_XDS_EDS;
+        bool named = t == SK_XDS_RDS || t == SK_XDS_EDS || t == SK_XDS_SDS;
         if (!a->subscribed[t]) {
             if (sk_xds_store_wants(a->st, t))
                 send_request(a, t, sk_xds_type_url(t), "", NULL);
@@ -275,6 +308,105 @@ static void sync_subscriptions(struct sk_ads *a)
             send_request(a, t, sk_xds_type_url(t), a->nonce[t], NULL);
         }
     }
+}
+
+/* ---- admin state, timers, NACK damping --------------------------------------------------- */
+
+static uint64_t wall_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+/* Envoy's `version` gauge is a hash of version_info; 53 bits so that JSON and
+ * Prometheus (doubles) show it exactly. FNV-1a 64. */
+static uint64_t version_hash(const char *v)
+{
+    uint64_t h = 1469598103934665603ull;
+    for (const unsigned char *p = (const unsigned char *)(v ? v : ""); *p; p++) {
+        h ^= *p;
+        h *= 1099511628211ull;
+    }
+    return h & ((1ull << 53) - 1);
+}
+
+/* Runs the initial-fetch timers of what this stream subscribed (A57: only
+ * once connected) and schedules the earliest. */
+static void arm_fetch_timers(struct sk_ads *a)
+{
+    if (!a->ng || a->dead || a->connecting)
+        return;
+    sk_xds_store_arm(a->st, ev_now(a->loop));
+    double d = sk_xds_store_next_deadline(a->st);
+    ev_timer_stop(a->loop, &a->fetch_timer);
+    if (d > 0) {
+        double in = d - ev_now(a->loop);
+        ev_timer_set(&a->fetch_timer, in > 0.001 ? in : 0.001, 0.);
+        ev_timer_start(a->loop, &a->fetch_timer);
+    }
+}
+
+static void fetch_timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    struct sk_ads *a = w->data;
+    struct sk_xds_result res;
+    size_t n = sk_xds_store_expire(a->st, ev_now(loop), &res);
+    if (n)
+        sk_info("xds: %zu initial fetch timeout(s)%s", n,
+                sk_xds_store_warm(a->st) ? "" : " (still warming)");
+    sk_xds_result_free(&res);
+    sync_subscriptions(a);
+    arm_fetch_timers(a);
+    flush(a);
+}
+
+static bool take_token(struct sk_ads *a)
+{
+    double now = ev_now(a->loop);
+    a->tokens += (now - a->tokens_at) * NACK_RATE;
+    if (a->tokens > NACK_BURST)
+        a->tokens = NACK_BURST;
+    a->tokens_at = now;
+    if (a->tokens < 1.0)
+        return false;
+    a->tokens -= 1.0;
+    return true;
+}
+
+static void clear_pending(struct sk_ads *a, int t)
+{
+    free(a->pending_nonce[t]);
+    free(a->pending_error[t]);
+    a->pending_nonce[t] = a->pending_error[t] = NULL;
+}
+
+static void schedule_rl(struct sk_ads *a)
+{
+    if (ev_is_active(&a->rl_timer))
+        return;
+    double in = (1.0 - a->tokens) / NACK_RATE;
+    ev_timer_set(&a->rl_timer, in > 0.01 ? in : 0.01, 0.);
+    ev_timer_start(a->loop, &a->rl_timer);
+}
+
+static void rl_timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    struct sk_ads *a = w->data;
+    if (!a->ng || a->dead)
+        return;
+    for (int t = 0; t < SK_XDS_NTYPES; t++) {
+        if (!a->pending_nonce[t])
+            continue;
+        if (!take_token(a)) {
+            schedule_rl(a);
+            break;
+        }
+        send_request(a, t, sk_xds_type_url(t), a->pending_nonce[t],
+                     a->pending_error[t] ? a->pending_error[t] : "rejected");
+        clear_pending(a, t);
+    }
+    flush(a);
 }
 
 /* ---- responses ---------------------------------------------------------------------- */
@@ -302,6 +434,32 @@ static int on_message(void *arg, const uint8_t *p, size_t n)
              r->version_info, r->nonce, r->n_resources);
     struct sk_xds_result res;
     sk_xds_store_handle(a->st, r, &res);
+    if (t >= 0) {
+        a->ts[t].attempt++;
+        clear_pending(a, t); /* this response supersedes a NACK still waiting */
+        if (res.ack) {
+            a->ts[t].success++;
+            a->ts[t].update_time_ms = wall_ms();
+            a->ts[t].version_hash = version_hash(sk_xds_store_version(a->st, t));
+        } else {
+            a->ts[t].rejected++;
+            if (res.damped)
+                a->ts[t].damped++;
+        }
+    }
+    if (t >= 0 && res.damped && !take_token(a)) {
+        /* answered later (only the latest nonce counts) */
+        a->nacks++;
+        a->rate_limit_enforced++;
+        a->pending_nonce[t] = strdup(r->nonce ? r->nonce : "");
+        a->pending_error[t] = strdup(res.error ? res.error : "rejected");
+        sk_debug("xds: %s version '%s' rejected again (same resources); NACK delayed",
+                 sk_xds_type_short(t), r->version_info);
+        schedule_rl(a);
+        sk_xds_result_free(&res);
+        envoy__service__discovery__v3__discovery_response__free_unpacked(r, NULL);
+        return 0;
+    }
     if (res.ack) {
         a->acks++;
         if (!res.unchanged)
@@ -310,6 +468,10 @@ static int on_message(void *arg, const uint8_t *p, size_t n)
                     sk_xds_store_warm(a->st) ? "" : " (warming)");
         else
             sk_debug("xds: %s version '%s' unchanged", sk_xds_type_short(t), r->version_info);
+    } else if (res.damped) {
+        a->nacks++;
+        sk_debug("xds: NACK %s version '%s' nonce '%s' (same resources as before)",
+                 sk_xds_type_short(t), r->version_info, r->nonce);
     } else {
         a->nacks++;
         sk_warn("xds: NACK %s version '%s' nonce '%s': %s",
@@ -321,6 +483,7 @@ static int on_message(void *arg, const uint8_t *p, size_t n)
     sk_xds_result_free(&res);
     envoy__service__discovery__v3__discovery_response__free_unpacked(r, NULL);
     sync_subscriptions(a);
+    arm_fetch_timers(a);
     return 0;
 }
 
@@ -329,6 +492,13 @@ static int on_message(void *arg, const uint8_t *p, size_t n)
 static ssize_t send_cb(nghttp2_session *s, const uint8_t *data, size_t len, int flags, void *ud)
 {
     struct sk_ads *a = ud;
+    if (a->ssl) {
+        int want = 0;
+        ssize_t w = sk_tls_write(a->ssl, data, len, &want);
+        if (w == SK_ERR_AGAIN)
+            return NGHTTP2_ERR_WOULDBLOCK;
+        return w < 0 ? NGHTTP2_ERR_CALLBACK_FAILURE : w;
+    }
     ssize_t w = send(a->fd, data, len, MSG_NOSIGNAL);
     if (w < 0) {
         if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
@@ -424,14 +594,31 @@ static void teardown(struct sk_ads *a, const char *why)
 {
     if (a->connecting)
         sk_warn("xds: cannot connect to %s (%s)", a->server_str, why ? why : "failed");
+    else if (a->ssl && !a->ng)
+        sk_warn("xds: TLS handshake with %s failed (%s)", a->server_str, why ? why : "failed");
     else if (a->ng)
         sk_warn("xds: connection to %s lost (%s); keeping the last good config", a->server_str,
                 why ? why : "closed");
+    for (int t = 0; t < SK_XDS_NTYPES; t++) {
+        if (sk_xds_store_wants(a->st, t))
+            a->ts[t].failure++; /* Envoy: fetches that failed because of network errors */
+        clear_pending(a, t);
+    }
+    a->connected = false;
+    sk_xds_store_disarm(a->st);
+    ev_timer_stop(a->loop, &a->fetch_timer);
+    ev_timer_stop(a->loop, &a->rl_timer);
     ev_io_stop(a->loop, &a->io);
     ev_timer_stop(a->loop, &a->timer);
     if (a->ng)
         nghttp2_session_del(a->ng);
     a->ng = NULL;
+    if (a->ssl) {
+        sk_tls_close_notify(a->ssl);
+        SSL_free(a->ssl);
+    }
+    a->ssl = NULL;
+    a->handshaking = a->rd_wants_write = false;
     if (a->fd >= 0)
         close(a->fd);
     a->fd = -1;
@@ -482,7 +669,7 @@ static void flush(struct sk_ads *a)
         teardown(a, "session ended");
         return;
     }
-    set_io(a, EV_READ | (nghttp2_session_want_write(a->ng) ? EV_WRITE : 0));
+    set_io(a, EV_READ | (nghttp2_session_want_write(a->ng) || a->rd_wants_write ? EV_WRITE : 0));
 }
 
 static int start_session(struct sk_ads *a)
@@ -505,7 +692,7 @@ static int start_session(struct sk_ads *a)
 #define NV(n, v) {(uint8_t *)(n), (uint8_t *)(v), sizeof(n) - 1, strlen(v), NGHTTP2_NV_FLAG_NONE}
     nghttp2_nv nva[] = {
         NV(":method", "POST"),
-        NV(":scheme", "http"),
+        NV(":scheme", a->tls ? "https" : "http"),
         NV(":path", ADS_PATH),
         NV(":authority", a->authority),
         NV("content-type", "application/grpc"),
@@ -534,21 +721,71 @@ static void io_cb(struct ev_loop *loop, ev_io *w, int revents)
             return;
         }
         a->connecting = false;
+        if (a->tls) {
+            a->ssl = sk_tls_ssl_new(a->tls);
+            if (!a->ssl || SSL_set_fd(a->ssl, a->fd) != 1) {
+                teardown(a, "cannot create the TLS session");
+                return;
+            }
+            if (!a->tls->nalpn) /* gRPC servers require h2 */
+                SSL_set_alpn_protos(a->ssl, (const unsigned char *)"\x02h2", 3);
+            sk_tls_ssl_set_session_key(a->ssl, a->server_str);
+            a->handshaking = true;
+        }
+    }
+    if (a->handshaking) {
+        int want = 0;
+        const char *why = NULL;
+        int r = sk_tls_handshake(a->ssl, &want, &why);
+        if (r < 0) {
+            teardown(a, why ? why : "TLS handshake failed");
+            return;
+        }
+        if (r == 0) {
+            set_io(a, want == SK_TLS_WANT_WRITE ? EV_WRITE : EV_READ);
+            return;
+        }
+        a->handshaking = false;
+        const char *alpn = sk_tls_alpn(a->ssl);
+        if (alpn && *alpn && strcmp(alpn, "h2") != 0) {
+            teardown(a, "the server did not select ALPN h2");
+            return;
+        }
+    }
+    if (!a->ng) {
         ev_timer_stop(a->loop, &a->timer);
         if (start_session(a) < 0) {
             teardown(a, "cannot start the HTTP/2 session");
             return;
         }
-        sk_info("xds: connected to %s (stream %llu)", a->server_str,
+        sk_info("xds: connected to %s%s (stream %llu)", a->server_str, a->ssl ? " (TLS)" : "",
                 (unsigned long long)a->streams);
+        a->connected = true;
         sync_subscriptions(a);
+        arm_fetch_timers(a);
         flush(a);
         return;
     }
-    if (revents & EV_READ) {
+    if ((revents & EV_READ) || a->rd_wants_write) {
         uint8_t buf[16384];
+        a->rd_wants_write = false;
         for (;;) {
-            ssize_t n = recv(a->fd, buf, sizeof(buf), 0);
+            ssize_t n;
+            if (a->ssl) {
+                int want = 0;
+                n = sk_tls_read(a->ssl, buf, sizeof(buf), &want);
+                if (n == SK_ERR_AGAIN) {
+                    a->rd_wants_write = want == SK_TLS_WANT_WRITE;
+                    break;
+                }
+                if (n < 0) {
+                    const char *why = sk_tls_why(a->ssl);
+                    teardown(a, why && *why ? why : "TLS read failed");
+                    return;
+                }
+            } else {
+                n = recv(a->fd, buf, sizeof(buf), 0);
+            }
             if (n < 0) {
                 if (errno == EINTR)
                     continue;
@@ -576,8 +813,8 @@ static void io_cb(struct ev_loop *loop, ev_io *w, int revents)
 static void timer_cb(struct ev_loop *loop, ev_timer *t, int revents)
 {
     struct sk_ads *a = t->data;
-    if (a->connecting) {
-        teardown(a, "connect timeout");
+    if (a->connecting || a->handshaking) {
+        teardown(a, a->connecting ? "connect timeout" : "TLS handshake timeout");
         return;
     }
     if (!a->ng)
@@ -593,7 +830,8 @@ static void ads_connect(struct sk_ads *a)
         return;
     }
     int one = 1;
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    if (a->server.ss.ss_family != AF_UNIX)
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     a->fd = fd;
     a->connecting = true;
     if (connect(fd, (const struct sockaddr *)&a->server.ss, a->server.len) != 0 &&
@@ -639,8 +877,8 @@ struct sk_ads *sk_ads_start(const struct sk_ads_opts *o, const struct sk_snapsho
         sk_error("xds: the ADS cluster '%s' needs a STATIC endpoint (IP address)", c->name);
         return NULL;
     }
-    if (c->tls) {
-        sk_error("xds: TLS to the ADS cluster '%s' is not supported yet", c->name);
+    if (c->tls && !c->tls->rt) {
+        sk_error("xds: the TLS context of the ADS cluster '%s' is not prepared", c->name);
         return NULL;
     }
     struct sk_ads *a = calloc(1, sizeof(*a));
@@ -654,7 +892,21 @@ struct sk_ads *sk_ads_start(const struct sk_ads_opts *o, const struct sk_snapsho
     a->publish = o->publish;
     a->authority = strdup(c->name);
     a->server = c->endpoints[0].addr;
-    sk_addr_str(&a->server, a->server_str, sizeof(a->server_str));
+    if (a->server.ss.ss_family == AF_UNIX) {
+        const struct sockaddr_un *un = (const struct sockaddr_un *)&a->server.ss;
+        snprintf(a->server_str, sizeof(a->server_str), "unix:%s", un->sun_path);
+    } else {
+        sk_addr_str(&a->server, a->server_str, sizeof(a->server_str));
+    }
+    for (char *p = a->server_str; *p; p++) /* shown in JSON and logs as is */
+        if (*p == '"' || *p == '\\' || (unsigned char)*p < 0x20)
+            *p = '_';
+    if (c->tls) {
+        /* the cfg (and its prepared context) must outlive every SSL made from it:
+         * keep this snapshot (a reload does not change the xDS transport) */
+        a->tls_snap = sk_snapshot_ref((struct sk_snapshot *)cur);
+        a->tls = c->tls;
+    }
     a->connect_timeout_s =
         c->connect_timeout_ms == SK_DUR_NONE ? 5.0 : (double)c->connect_timeout_ms / 1000.0;
     if (a->connect_timeout_s <= 0)
@@ -668,6 +920,12 @@ struct sk_ads *sk_ads_start(const struct sk_ads_opts *o, const struct sk_snapsho
     a->io.data = a;
     ev_init(&a->timer, timer_cb);
     a->timer.data = a;
+    ev_init(&a->fetch_timer, fetch_timer_cb);
+    a->fetch_timer.data = a;
+    ev_init(&a->rl_timer, rl_timer_cb);
+    a->rl_timer.data = a;
+    a->tokens = NACK_BURST;
+    a->tokens_at = ev_now(a->loop);
     a->rng = ((uint64_t)getpid() << 32) ^ (uint64_t)(ev_time() * 1e6) ^ 0x9e3779b97f4a7c15ull;
     PbBootstrap *bs = a->config_path && *a->config_path ? load_bootstrap(a) : NULL;
     struct sk_xds_hooks h = {a->prepare, publish_hook, a};
@@ -682,6 +940,7 @@ struct sk_ads *sk_ads_start(const struct sk_ads_opts *o, const struct sk_snapsho
     if (!any) /* nothing to wait for: the file's config is complete */
         a->ready_version = cur->version;
     sk_info("xds: ADS client for cluster '%s' at %s", c->name, a->server_str);
+    g_ads = a;
     ads_connect(a);
     return a;
 }
@@ -702,6 +961,7 @@ int sk_ads_reload(struct sk_ads *a)
     } else {
         sk_info("reloaded %s (with the xDS resources)", a->config_path);
         sync_subscriptions(a);
+        arm_fetch_timers(a);
         flush(a);
     }
     sk_cfgerrs_free(&errs);
@@ -717,16 +977,25 @@ void sk_ads_stop(struct sk_ads *a)
 {
     if (!a)
         return;
+    if (g_ads == a)
+        g_ads = NULL;
     ev_io_stop(a->loop, &a->io);
     ev_timer_stop(a->loop, &a->timer);
+    ev_timer_stop(a->loop, &a->fetch_timer);
+    ev_timer_stop(a->loop, &a->rl_timer);
     if (a->ng)
         nghttp2_session_del(a->ng);
+    if (a->ssl)
+        SSL_free(a->ssl);
     if (a->fd >= 0)
         close(a->fd);
+    if (a->tls_snap)
+        sk_snapshot_unref(a->tls_snap);
     sk_grpc_dec_free(&a->dec);
     for (int t = 0; t < SK_XDS_NTYPES; t++) {
         free(a->nonce[t]);
         save_sent(a, t, NULL, 0);
+        clear_pending(a, t);
     }
     sk_xds_store_free(a->st);
     free(a->out);
@@ -735,4 +1004,67 @@ void sk_ads_stop(struct sk_ads *a)
     free(a->service_cluster);
     free(a->authority);
     free(a);
+}
+
+/* ---- admin ---------------------------------------------------------------------------------- */
+
+static const char *const stat_prefix[SK_XDS_NTYPES] = {
+    [SK_XDS_CDS] = "cluster_manager.cds",
+    [SK_XDS_EDS] = "eds",
+    [SK_XDS_LDS] = "listener_manager.lds",
+    [SK_XDS_RDS] = "rds",
+    [SK_XDS_SDS] = "sds",
+};
+
+static void xstat(struct sk_buf *out, bool prom, const char *prefix, const char *name, bool gauge,
+                  uint64_t v)
+{
+    if (!prom) {
+        sk_buf_appendf(out, "%s.%s: %llu\n", prefix, name, (unsigned long long)v);
+        return;
+    }
+    char fam[160];
+    snprintf(fam, sizeof(fam), "skiff_%s_%s", prefix, name);
+    for (char *p = fam; *p; p++)
+        if (*p == '.')
+            *p = '_';
+    sk_buf_appendf(out, "# TYPE %s %s\n%s %llu\n", fam, gauge ? "gauge" : "counter", fam,
+                   (unsigned long long)v);
+}
+
+void sk_xds_stats(struct sk_buf *out, bool prom)
+{
+    struct sk_ads *a = g_ads;
+    if (!a)
+        return;
+    xstat(out, prom, "control_plane", "connected_state", true, a->connected ? 1 : 0);
+    xstat(out, prom, "control_plane", "rate_limit_enforced", false, a->rate_limit_enforced);
+    for (int t = 0; t < SK_XDS_NTYPES; t++) {
+        const char *p = stat_prefix[t];
+        xstat(out, prom, p, "update_attempt", false, a->ts[t].attempt);
+        xstat(out, prom, p, "update_success", false, a->ts[t].success);
+        xstat(out, prom, p, "update_rejected", false, a->ts[t].rejected);
+        xstat(out, prom, p, "update_failure", false, a->ts[t].failure);
+        xstat(out, prom, p, "update_damped", false, a->ts[t].damped);
+        xstat(out, prom, p, "init_fetch_timeout", false,
+              sk_xds_store_init_fetch_timeouts(a->st, t));
+        xstat(out, prom, p, "update_time", true, a->ts[t].update_time_ms);
+        xstat(out, prom, p, "version", true, a->ts[t].version_hash);
+    }
+}
+
+void sk_xds_config_dump(struct sk_buf *out)
+{
+    struct sk_ads *a = g_ads;
+    if (!a)
+        return;
+    sk_buf_appendf(out,
+                   ",\n\"xds_status\": {\"server\": \"%s\", \"connected\": %s, "
+                   "\"streams\": %llu, \"acks\": %llu, \"nacks\": %llu, \"warm\": %s, "
+                   "\"types\": ",
+                   a->server_str, a->connected ? "true" : "false", (unsigned long long)a->streams,
+                   (unsigned long long)a->acks, (unsigned long long)a->nacks,
+                   sk_xds_store_warm(a->st) ? "true" : "false");
+    sk_xds_store_dump(a->st, out);
+    sk_buf_appendf(out, "}");
 }

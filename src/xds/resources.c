@@ -18,15 +18,31 @@
  * hash and to make modifiable copies) and its unpacked message (borrowed by
  * the assembly when no change is needed).
  *
+ * SDS: a TLS context (listener filter chain / cluster transport_socket) whose
+ * certificate or validation context names an SdsSecretConfig gets the Secret's
+ * TlsCertificate / CertificateValidationContext inlined, so translate and
+ * sk_tls_prepare see ordinary inline material (a new Secret version makes a
+ * new SSL_CTX for new connections; open ones keep theirs). A listener or
+ * cluster whose Secret has not arrived is left out of the assembly.
+ *
  * Warming: a listener whose RDS config has not arrived and an EDS cluster
  * whose ClusterLoadAssignment has not arrived are left out of the assembly;
  * the first snapshot is published only once nothing is missing and every
- * subscribed wildcard type (CDS, LDS) has been answered. */
+ * subscribed wildcard type (CDS, LDS) has been answered. initial_fetch_timeout
+ * bounds that wait per resource: a name that never came is then treated as
+ * does-not-exist (RDS: empty route config, EDS: no endpoints, SDS: its
+ * listener/cluster stays out), a CDS/LDS type as answered empty.
+ *
+ * NACK damping: a response whose raw resources hash like the last rejected
+ * one of its type is rejected again before any decoding (ads.c rate-limits
+ * the NACKs that answer such resends). */
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
+#include "skiff/buf.h"
 #include "skiff/err.h"
 #include "skiff/log.h"
 #include "skiff/translate.h"
@@ -38,6 +54,7 @@
 #include "envoy.config.listener.v3.pb-c.h"
 #include "envoy.config.route.v3.pb-c.h"
 #include "envoy.extensions.filters.network.http_connection_manager.v3.pb-c.h"
+#include "envoy.extensions.transport_sockets.tls.v3.pb-c.h"
 #include "envoy.service.discovery.v3.pb-c.h"
 
 typedef Envoy__Config__Bootstrap__V3__Bootstrap PbBootstrap;
@@ -50,6 +67,11 @@ typedef Envoy__Config__Route__V3__RouteConfiguration PbRouteConfig;
 typedef Envoy__Extensions__Filters__Network__HttpConnectionManager__V3__HttpConnectionManager PbHcm;
 typedef Envoy__Service__Discovery__V3__DiscoveryResponse PbResponse;
 typedef Google__Protobuf__Any PbAny;
+typedef Envoy__Extensions__TransportSockets__Tls__V3__Secret PbSecret;
+typedef Envoy__Extensions__TransportSockets__Tls__V3__CommonTlsContext PbCommonTls;
+typedef Envoy__Extensions__TransportSockets__Tls__V3__CertificateValidationContext PbCvc;
+typedef Envoy__Extensions__TransportSockets__Tls__V3__TlsCertificate PbTlsCert;
+typedef Envoy__Config__Core__V3__TransportSocket PbTransportSocket;
 
 #define TYPE_PREFIX "type.googleapis.com/"
 
@@ -67,7 +89,15 @@ static const struct {
     [SK_XDS_RDS] = {TYPE_PREFIX "envoy.config.route.v3.RouteConfiguration", "RDS",
                     "RouteConfiguration",
                     &envoy__config__route__v3__route_configuration__descriptor},
+    [SK_XDS_SDS] = {TYPE_PREFIX "envoy.extensions.transport_sockets.tls.v3.Secret", "SDS", "Secret",
+                    &envoy__extensions__transport_sockets__tls__v3__secret__descriptor},
 };
+
+/* Named (not wildcard) subscriptions: names learnt from the parents. */
+static bool is_named(int t)
+{
+    return t == SK_XDS_RDS || t == SK_XDS_EDS || t == SK_XDS_SDS;
+}
 
 const char *sk_xds_type_url(int t)
 {
@@ -153,13 +183,11 @@ static char *sb_take(struct sbuf *b)
 
 struct strv {
     char **v;
+    int64_t *ms; /* per name: initial_fetch_timeout in ms (0 = wait forever) */
     size_t n, cap;
 };
 
-static int cmp_str(const void *a, const void *b)
-{
-    return strcmp(*(char *const *)a, *(char *const *)b);
-}
+#define DEFAULT_FETCH_TIMEOUT_MS 15000
 
 static bool strv_has(const struct strv *s, const char *x)
 {
@@ -169,8 +197,9 @@ static bool strv_has(const struct strv *s, const char *x)
     return false;
 }
 
-/* Adds a copy unless present; false on allocation failure. */
-static bool strv_add(struct strv *s, const char *x)
+/* Adds a copy unless present (the first timeout given for a name wins); false
+ * on allocation failure. */
+static bool strv_add_ms(struct strv *s, const char *x, int64_t ms)
 {
     if (strv_has(s, x))
         return true;
@@ -180,11 +209,16 @@ static bool strv_add(struct strv *s, const char *x)
         if (!p)
             return false;
         s->v = p;
+        int64_t *q = realloc(s->ms, nc * sizeof(*q));
+        if (!q)
+            return false;
+        s->ms = q;
         s->cap = nc;
     }
     char *d = strdup(x);
     if (!d)
         return false;
+    s->ms[s->n] = ms;
     s->v[s->n++] = d;
     return true;
 }
@@ -194,7 +228,75 @@ static void strv_free(struct strv *s)
     for (size_t i = 0; i < s->n; i++)
         free(s->v[i]);
     free(s->v);
+    free(s->ms);
     memset(s, 0, sizeof(*s));
+}
+
+struct name_ms {
+    char *s;
+    int64_t ms;
+};
+
+static int cmp_name_ms(const void *a, const void *b)
+{
+    return strcmp(((const struct name_ms *)a)->s, ((const struct name_ms *)b)->s);
+}
+
+/* Sorts names (keeping each one's timeout); false on allocation failure. */
+static bool strv_sort(struct strv *s)
+{
+    if (s->n < 2)
+        return true;
+    struct name_ms *t = malloc(s->n * sizeof(*t));
+    if (!t)
+        return false;
+    for (size_t i = 0; i < s->n; i++)
+        t[i] = (struct name_ms){s->v[i], s->ms[i]};
+    qsort(t, s->n, sizeof(*t), cmp_name_ms);
+    for (size_t i = 0; i < s->n; i++) {
+        s->v[i] = t[i].s;
+        s->ms[i] = t[i].ms;
+    }
+    free(t);
+    return true;
+}
+
+/* Index of x in a sorted strv, or -1. */
+static long strv_find_sorted(const struct strv *s, const char *x)
+{
+    size_t lo = 0, hi = s->n;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        int c = strcmp(s->v[mid], x);
+        if (c == 0)
+            return (long)mid;
+        if (c < 0)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return -1;
+}
+
+/* ConfigSource.initial_fetch_timeout in ms: unset = 15 s (Envoy's default),
+ * 0 (or negative) = wait forever (Istio sets 0s). */
+static int64_t fetch_timeout_ms(const Envoy__Config__Core__V3__ConfigSource *cs)
+{
+    if (!cs || !cs->initial_fetch_timeout)
+        return DEFAULT_FETCH_TIMEOUT_MS;
+    const Google__Protobuf__Duration *d = cs->initial_fetch_timeout;
+    if (d->seconds < 0 || d->nanos < 0)
+        return 0;
+    if (d->seconds > 100000000)
+        return (int64_t)100000000 * 1000;
+    return d->seconds * 1000 + (d->nanos + 999999) / 1000000;
+}
+
+static double wall_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec / 1e9;
 }
 
 static bool strv_eq(const struct strv *a, const struct strv *b)
@@ -212,7 +314,9 @@ static bool strv_eq(const struct strv *a, const struct strv *b)
 struct res {
     int refs;
     char *name;
-    uint64_t hash; /* FNV-1a over bytes */
+    char *version;  /* version_info of the response that brought these bytes */
+    double updated; /* wall time they were accepted */
+    uint64_t hash;  /* FNV-1a over bytes */
     uint8_t *bytes;
     size_t len;
     ProtobufCMessage *msg; /* unpacked bytes (default allocator) */
@@ -240,6 +344,7 @@ static void res_unref(struct res *r)
     if (r->msg)
         protobuf_c_message_free_unpacked(r->msg, NULL);
     free(r->name);
+    free(r->version);
     free(r->bytes);
     free(r);
 }
@@ -255,6 +360,8 @@ static const char *res_msg_name(int type, const ProtobufCMessage *m)
         return ((const PbListener *)m)->name;
     case SK_XDS_RDS:
         return ((const PbRouteConfig *)m)->name;
+    case SK_XDS_SDS:
+        return ((const PbSecret *)m)->name;
     }
     return NULL;
 }
@@ -318,6 +425,30 @@ static bool rset_eq(const struct rset *a, const struct rset *b)
 
 /* ---- the store ------------------------------------------------------------------------ */
 
+/* Last rejection of one resource (config_dump's error_state). */
+struct rerr {
+    char *name, *version, *details;
+    double time;
+    bool fresh; /* set by the update being handled */
+};
+
+/* Per type: admin state and the does-not-exist timers. */
+struct tstate {
+    double updated; /* wall time of the last accepted change */
+    char *nack_version, *nack_nonce, *nack_details;
+    double nack_time;
+    struct rerr *errs;
+    size_t nerrs;
+    uint64_t init_fetch_timeouts;
+    /* RDS/EDS: parallel to names[t] (deadline: 0 = not armed, > 0 = armed (ev
+     * time), < 0 = nothing to wait for) */
+    double *deadline;
+    bool *dne; /* treated as does-not-exist (timed out, never received) */
+    /* CDS/LDS (wildcard): the first response */
+    double wild_deadline;
+    bool wild_timed_out;
+};
+
 struct sk_xds_store {
     PbBootstrap *bs;
     struct sk_xds_hooks hooks;
@@ -328,12 +459,24 @@ struct sk_xds_store {
     struct rset active;               /* the listeners of the last published snapshot */
     bool warm;
     uint64_t builds;
-    /* NACK damping: a re-sent rejected response is rejected again without a build */
+    /* NACK damping: a re-sent rejected response (same raw resource bytes) is
+     * rejected again without decoding or building */
     uint64_t nack_hash[SK_XDS_NTYPES];
     char *nack_msg[SK_XDS_NTYPES];
+    struct tstate ts[SK_XDS_NTYPES];
 };
 
 /* ---- assembly ------------------------------------------------------------------------- */
+
+/* A subscribed RDS/EDS name whose initial fetch timed out: built as an empty
+ * resource (no routes -> 404 NR; no endpoints -> 503 UH) until it arrives. */
+static bool is_dne(const struct sk_xds_store *st, int type, const char *name)
+{
+    if (!st->ts[type].dne)
+        return false;
+    long i = strv_find_sorted(&st->names[type], name);
+    return i >= 0 && st->ts[type].dne[i];
+}
 
 struct lmap {
     bool dynamic;
@@ -349,6 +492,7 @@ struct cmap {
 };
 
 struct asmb {
+    const struct sk_xds_store *st;
     PbBootstrap bs;
     PbStatic sr;
     PbListener **ls;
@@ -358,7 +502,7 @@ struct asmb {
     size_t nl, nc;
     ProtobufCMessage **owned; /* modified copies, freed with the assembly */
     size_t nowned, cowned;
-    struct strv rds_names, eds_names;
+    struct strv rds_names, eds_names, sds_names;
     size_t missing;       /* listeners / clusters whose RDS / EDS has not arrived */
     size_t held;          /* listeners among them, included with an empty route config */
     bool validate;        /* include warming listeners (validation-only assembly) */
@@ -379,6 +523,7 @@ static void asm_free(struct asmb *a)
     free(a->cm);
     strv_free(&a->rds_names);
     strv_free(&a->eds_names);
+    strv_free(&a->sds_names);
     rset_free(&a->used_lds);
     memset(a, 0, sizeof(*a));
 }
@@ -467,10 +612,12 @@ struct rds_scan {
 static bool scan_rds(void *arg, PbAny *any, PbHcm *h)
 {
     struct rds_scan *s = arg;
-    if (!strv_add(&s->a->rds_names, h->rds->route_config_name))
+    if (!strv_add_ms(&s->a->rds_names, h->rds->route_config_name,
+                     fetch_timeout_ms(h->rds->config_source)))
         s->a->oom = true;
     s->n++;
-    if (rset_find(s->rds, h->rds->route_config_name) < 0)
+    if (rset_find(s->rds, h->rds->route_config_name) < 0 &&
+        !is_dne(s->a->st, SK_XDS_RDS, h->rds->route_config_name))
         s->missing++;
     return true;
 }
@@ -530,12 +677,192 @@ static const char *cluster_eds_name(const PbCluster *c)
     return c->name ? c->name : "";
 }
 
+/* ---- SDS: Secrets inlined into the TLS contexts ----------------------------------------- */
+
+static const ProtobufCMessageDescriptor *dtc_desc(void)
+{
+    return &envoy__extensions__transport_sockets__tls__v3__downstream_tls_context__descriptor;
+}
+
+static const ProtobufCMessageDescriptor *utc_desc(void)
+{
+    return &envoy__extensions__transport_sockets__tls__v3__upstream_tls_context__descriptor;
+}
+
+/* What a TransportSocket's TLS context needs from SDS. */
+struct sds_need {
+    size_t n;           /* secrets referenced */
+    size_t unavailable; /* not delivered (missing or does-not-exist) */
+    size_t missing;     /* not delivered, still waited for */
+};
+
+static const PbSecret *sds_lookup(const struct asmb *a, const struct rset *sds, const char *name,
+                                  bool want_cert, struct sds_need *need)
+{
+    need->n++;
+    long j = rset_find(sds, name);
+    const PbSecret *sec = j >= 0 ? (const PbSecret *)sds->v[j]->msg : NULL;
+    /* a Secret of the wrong kind is left unresolved: translate reports it */
+    if (sec && want_cert &&
+        sec->type_case !=
+            ENVOY__EXTENSIONS__TRANSPORT_SOCKETS__TLS__V3__SECRET__TYPE_TLS_CERTIFICATE)
+        return NULL;
+    if (sec && !want_cert &&
+        sec->type_case !=
+            ENVOY__EXTENSIONS__TRANSPORT_SOCKETS__TLS__V3__SECRET__TYPE_VALIDATION_CONTEXT)
+        return NULL;
+    if (!sec) {
+        need->unavailable++;
+        if (!is_dne(a->st, SK_XDS_SDS, name))
+            need->missing++;
+    }
+    return sec;
+}
+
+/* Scans (and with `rewrite`, inlines) the SDS references of a TLS transport
+ * socket: tls_certificate_sds_secret_configs[0] -> tls_certificates[0];
+ * validation_context_sds_secret_config -> validation_context; combined ->
+ * validation_context = default_validation_context with the secret's trusted_ca
+ * (and its SAN matchers when the default has none). Names are added to
+ * a->sds_names. Rewriting only happens when every secret is there. */
+static void tls_sds(struct asmb *a, PbTransportSocket *ts, const struct rset *sds, bool rewrite,
+                    struct sds_need *need)
+{
+    if (!ts ||
+        ts->config_type_case !=
+            ENVOY__CONFIG__CORE__V3__TRANSPORT_SOCKET__CONFIG_TYPE_TYPED_CONFIG ||
+        !ts->typed_config)
+        return;
+    PbAny *any = ts->typed_config;
+    bool down = strcmp(any_type(any), dtc_desc()->name) == 0;
+    if (!down && strcmp(any_type(any), utc_desc()->name) != 0)
+        return;
+    ProtobufCMessage *m = protobuf_c_message_unpack(down ? dtc_desc() : utc_desc(), NULL,
+                                                    any->value.len, any->value.data);
+    if (!m)
+        return; /* translate reports it */
+    PbCommonTls *c = down
+                         ? ((Envoy__Extensions__TransportSockets__Tls__V3__DownstreamTlsContext *)m)
+                               ->common_tls_context
+                         : ((Envoy__Extensions__TransportSockets__Tls__V3__UpstreamTlsContext *)m)
+                               ->common_tls_context;
+    if (!c) {
+        protobuf_c_message_free_unpacked(m, NULL);
+        return;
+    }
+    const PbSecret *cert = NULL, *val = NULL;
+    const Envoy__Extensions__TransportSockets__Tls__V3__SdsSecretConfig *vs = NULL;
+    bool combined = false;
+    if (c->n_tls_certificate_sds_secret_configs >= 1 && c->n_tls_certificates == 0 &&
+        !empty(c->tls_certificate_sds_secret_configs[0]->name)) {
+        const Envoy__Extensions__TransportSockets__Tls__V3__SdsSecretConfig *cs =
+            c->tls_certificate_sds_secret_configs[0];
+        if (!strv_add_ms(&a->sds_names, cs->name, fetch_timeout_ms(cs->sds_config)))
+            a->oom = true;
+        cert = sds_lookup(a, sds, cs->name, true, need);
+    }
+    if (c->validation_context_type_case ==
+        ENVOY__EXTENSIONS__TRANSPORT_SOCKETS__TLS__V3__COMMON_TLS_CONTEXT__VALIDATION_CONTEXT_TYPE_VALIDATION_CONTEXT_SDS_SECRET_CONFIG) {
+        vs = c->validation_context_sds_secret_config;
+    } else if (
+        c->validation_context_type_case ==
+            ENVOY__EXTENSIONS__TRANSPORT_SOCKETS__TLS__V3__COMMON_TLS_CONTEXT__VALIDATION_CONTEXT_TYPE_COMBINED_VALIDATION_CONTEXT &&
+        c->combined_validation_context) {
+        vs = c->combined_validation_context->validation_context_sds_secret_config;
+        combined = true;
+    }
+    if (vs && !empty(vs->name)) {
+        if (!strv_add_ms(&a->sds_names, vs->name, fetch_timeout_ms(vs->sds_config)))
+            a->oom = true;
+        val = sds_lookup(a, sds, vs->name, false, need);
+    } else {
+        vs = NULL;
+    }
+    if (!rewrite || need->unavailable || (!cert && !val)) {
+        protobuf_c_message_free_unpacked(m, NULL);
+        return;
+    }
+    /* borrow the secrets' submessages for packing, then hand them back */
+    size_t n_cs = c->n_tls_certificate_sds_secret_configs, n_tc = c->n_tls_certificates;
+    Envoy__Extensions__TransportSockets__Tls__V3__SdsSecretConfig **cs =
+        c->tls_certificate_sds_secret_configs;
+    PbTlsCert **tc = c->tls_certificates;
+    PbTlsCert *one[1] = {cert ? cert->tls_certificate : NULL};
+    int vcase = c->validation_context_type_case;
+    void *vptr = c->validation_context; /* the oneof's pointer (any member) */
+    PbCvc merged;
+    if (cert) {
+        c->n_tls_certificate_sds_secret_configs = 0;
+        c->tls_certificate_sds_secret_configs = NULL;
+        c->n_tls_certificates = 1;
+        c->tls_certificates = one;
+    }
+    if (val) {
+        const PbCvc *sv = val->validation_context;
+        const PbCvc *dv =
+            combined ? c->combined_validation_context->default_validation_context : NULL;
+        if (dv) {
+            merged = *dv;
+            if (!merged.trusted_ca)
+                merged.trusted_ca = sv->trusted_ca;
+            if (!merged.n_match_typed_subject_alt_names && !merged.n_match_subject_alt_names) {
+                merged.n_match_typed_subject_alt_names = sv->n_match_typed_subject_alt_names;
+                merged.match_typed_subject_alt_names = sv->match_typed_subject_alt_names;
+                merged.n_match_subject_alt_names = sv->n_match_subject_alt_names;
+                merged.match_subject_alt_names = sv->match_subject_alt_names;
+            }
+        } else {
+            merged = *sv;
+        }
+        c->validation_context_type_case =
+            ENVOY__EXTENSIONS__TRANSPORT_SOCKETS__TLS__V3__COMMON_TLS_CONTEXT__VALIDATION_CONTEXT_TYPE_VALIDATION_CONTEXT;
+        c->validation_context = &merged;
+    }
+    size_t n = protobuf_c_message_get_packed_size(m);
+    uint8_t *b = malloc(n ? n : 1);
+    if (b)
+        protobuf_c_message_pack(m, b);
+    c->n_tls_certificate_sds_secret_configs = n_cs;
+    c->tls_certificate_sds_secret_configs = cs;
+    c->n_tls_certificates = n_tc;
+    c->tls_certificates = tc;
+    c->validation_context_type_case = vcase;
+    c->validation_context = vptr;
+    protobuf_c_message_free_unpacked(m, NULL);
+    if (!b) {
+        a->oom = true;
+        return;
+    }
+    free(any->value.data);
+    any->value.data = b;
+    any->value.len = n;
+}
+
+static void listener_sds(struct asmb *a, PbListener *l, const struct rset *sds, bool rewrite,
+                         struct sds_need *need)
+{
+    for (size_t i = 0; i < l->n_filter_chains; i++)
+        if (l->filter_chains[i])
+            tls_sds(a, l->filter_chains[i]->transport_socket, sds, rewrite, need);
+    if (l->default_filter_chain)
+        tls_sds(a, l->default_filter_chain->transport_socket, sds, rewrite, need);
+}
+
 /* Adds one listener (static: lres NULL) to the assembly. */
 static void asm_listener(struct asmb *a, PbListener *l, const struct res *lres, size_t idx,
-                         const struct rset *rds)
+                         const struct rset *rds, const struct rset *sds)
 {
     struct rds_scan sc = {a, rds, 0, 0};
     listener_each_rds(l, scan_rds, &sc);
+    struct sds_need need = {0};
+    listener_sds(a, l, sds, false, &need);
+    if (need.unavailable) {
+        /* no TLS material yet: left out (cannot even be validated); waited
+         * for unless its secret was given up on (does-not-exist) */
+        if (need.missing)
+            a->missing++;
+        return;
+    }
     if (sc.missing) {
         a->missing++; /* warming: wait for its RouteConfiguration(s) */
         if (!a->validate)
@@ -547,7 +874,7 @@ static void asm_listener(struct asmb *a, PbListener *l, const struct res *lres, 
     m->dynamic = lres != NULL;
     m->idx = idx;
     PbListener *use = l;
-    if (sc.n) {
+    if (sc.n || need.n) {
         ProtobufCMessage *c =
             lres ? clone_bytes(l->base.descriptor, lres->bytes, lres->len) : clone_msg(&l->base);
         if (!c || !asm_own(a, c)) {
@@ -563,6 +890,9 @@ static void asm_listener(struct asmb *a, PbListener *l, const struct res *lres, 
             free(m->rds);
             return;
         }
+        struct sds_need n2 = {0};
+        if (need.n)
+            listener_sds(a, use, sds, true, &n2);
     }
     if (lres && !rset_push(&a->used_lds, (struct res *)lres))
         a->oom = true;
@@ -570,6 +900,7 @@ static void asm_listener(struct asmb *a, PbListener *l, const struct res *lres, 
 }
 
 struct rds_ready {
+    const struct sk_xds_store *st;
     const struct rset *rds;
     size_t missing;
     struct strv *names;
@@ -579,54 +910,82 @@ struct rds_ready {
 static bool ready_rds(void *arg, PbAny *any, PbHcm *h)
 {
     struct rds_ready *s = arg;
-    if (rset_find(s->rds, h->rds->route_config_name) < 0)
+    if (rset_find(s->rds, h->rds->route_config_name) < 0 &&
+        !is_dne(s->st, SK_XDS_RDS, h->rds->route_config_name))
         s->missing++;
-    if (s->names && !strv_add(s->names, h->rds->route_config_name))
+    if (s->names &&
+        !strv_add_ms(s->names, h->rds->route_config_name, fetch_timeout_ms(h->rds->config_source)))
         s->oom = true;
     return true;
 }
 
 /* RDS configs the listener still waits for; their names are added to `names`. */
-static size_t listener_missing(PbListener *l, const struct rset *rds, struct strv *names, bool *oom)
+static size_t listener_missing(struct asmb *a, PbListener *l, const struct rset *rds,
+                               const struct rset *sds, struct strv *names, bool *oom)
 {
-    struct rds_ready s = {rds, 0, names, false};
+    struct rds_ready s = {a->st, rds, 0, names, false};
     listener_each_rds(l, ready_rds, &s);
     if (s.oom)
         *oom = true;
-    return s.missing;
+    /* its secrets (their names are collected either way) */
+    struct sds_need need = {0};
+    listener_sds(a, l, sds, false, &need);
+    return s.missing + need.missing;
 }
 
 static void asm_cluster(struct asmb *a, PbCluster *c, const struct res *cres, size_t idx,
-                        const struct rset *eds)
+                        const struct rset *eds, const struct rset *sds)
 {
     struct cmap *m = &a->cm[a->nc];
     m->dynamic = cres != NULL;
     m->idx = idx;
     m->eds = -1;
-    PbCluster *use = c;
-    if (cluster_is_eds(c)) {
+    bool is_eds = cluster_is_eds(c);
+    long j = -1;
+    if (is_eds) {
         const char *sn = cluster_eds_name(c);
-        if (!strv_add(&a->eds_names, sn))
+        if (!strv_add_ms(
+                &a->eds_names, sn,
+                fetch_timeout_ms(c->eds_cluster_config ? c->eds_cluster_config->eds_config : NULL)))
             a->oom = true;
         /* warming (no ClusterLoadAssignment yet): no endpoints, so requests
-         * routed to it get a 503 until EDS delivers them */
-        long j = rset_find(eds, sn);
-        if (j < 0)
+         * routed to it get a 503 until EDS delivers them (or, once its initial
+         * fetch timed out, it is used as it is: no endpoints, 503 UH) */
+        j = rset_find(eds, sn);
+        if (j < 0 && !is_dne(a->st, SK_XDS_EDS, sn))
             a->missing++;
+    }
+    struct sds_need need = {0};
+    tls_sds(a, c->transport_socket, sds, false, &need);
+    if (need.unavailable) {
+        /* no TLS material yet: left out until its Secret arrives (routes to it
+         * answer 503 NC meanwhile) */
+        if (need.missing)
+            a->missing++;
+        return;
+    }
+    PbCluster *use = c;
+    if (is_eds || need.n) {
         ProtobufCMessage *cp =
             cres ? clone_bytes(c->base.descriptor, cres->bytes, cres->len) : clone_msg(&c->base);
-        ProtobufCMessage *la =
-            j >= 0 ? clone_bytes(eds->v[j]->msg->descriptor, eds->v[j]->bytes, eds->v[j]->len)
-                   : NULL;
-        if (!cp || (j >= 0 && !la) || !asm_own(a, cp)) {
+        if (!cp || !asm_own(a, cp)) {
             if (cp)
                 protobuf_c_message_free_unpacked(cp, NULL);
-            if (la)
-                protobuf_c_message_free_unpacked(la, NULL);
             a->oom = true;
             return;
         }
         use = (PbCluster *)cp;
+        if (need.n)
+            tls_sds(a, use->transport_socket, sds, true, &(struct sds_need){0});
+    }
+    if (is_eds) {
+        ProtobufCMessage *la =
+            j >= 0 ? clone_bytes(eds->v[j]->msg->descriptor, eds->v[j]->bytes, eds->v[j]->len)
+                   : NULL;
+        if (j >= 0 && !la) {
+            a->oom = true;
+            return;
+        }
         if (use->load_assignment)
             protobuf_c_message_free_unpacked(&use->load_assignment->base, NULL);
         use->load_assignment = (PbCla *)la;
@@ -645,6 +1004,7 @@ static bool assemble(const struct sk_xds_store *st, const struct rset *const set
                      bool validate, struct asmb *a)
 {
     memset(a, 0, sizeof(*a));
+    a->st = st;
     a->validate = validate;
     const PbBootstrap *bs = st->bs;
     a->bs = *bs; /* shallow: node, admin, dynamic_resources borrowed */
@@ -664,37 +1024,37 @@ static bool assemble(const struct sk_xds_store *st, const struct rset *const set
         return false;
     }
     for (size_t i = 0; i < nsc; i++)
-        asm_cluster(a, sr0->clusters[i], NULL, 0, sets[SK_XDS_EDS]);
+        asm_cluster(a, sr0->clusters[i], NULL, 0, sets[SK_XDS_EDS], sets[SK_XDS_SDS]);
     for (size_t i = 0; i < sets[SK_XDS_CDS]->n; i++) {
         struct res *r = sets[SK_XDS_CDS]->v[i];
-        asm_cluster(a, (PbCluster *)r->msg, r, i, sets[SK_XDS_EDS]);
+        asm_cluster(a, (PbCluster *)r->msg, r, i, sets[SK_XDS_EDS], sets[SK_XDS_SDS]);
     }
     for (size_t i = 0; i < nsl; i++)
-        asm_listener(a, sr0->listeners[i], NULL, 0, sets[SK_XDS_RDS]);
+        asm_listener(a, sr0->listeners[i], NULL, 0, sets[SK_XDS_RDS], sets[SK_XDS_SDS]);
     for (size_t i = 0; i < sets[SK_XDS_LDS]->n; i++) {
         struct res *r = sets[SK_XDS_LDS]->v[i];
         /* a changed listener waiting for new RDS configs: the version in service
          * keeps serving meanwhile (its routes stay subscribed) */
         long k = rset_find(&st->active, r->name);
         struct res *prev = k >= 0 && !res_same(st->active.v[k], r) ? st->active.v[k] : NULL;
-        if (prev && listener_missing((PbListener *)r->msg, sets[SK_XDS_RDS], NULL, &a->oom) &&
-            listener_missing((PbListener *)prev->msg, sets[SK_XDS_RDS], &a->rds_names, &a->oom) ==
-                0 &&
+        if (prev &&
+            listener_missing(a, (PbListener *)r->msg, sets[SK_XDS_RDS], sets[SK_XDS_SDS], NULL,
+                             &a->oom) &&
+            listener_missing(a, (PbListener *)prev->msg, sets[SK_XDS_RDS], sets[SK_XDS_SDS],
+                             &a->rds_names, &a->oom) == 0 &&
             !a->validate) {
             a->missing++; /* the new version is still incomplete */
-            asm_listener(a, (PbListener *)prev->msg, prev, i, sets[SK_XDS_RDS]);
+            asm_listener(a, (PbListener *)prev->msg, prev, i, sets[SK_XDS_RDS], sets[SK_XDS_SDS]);
             continue;
         }
-        asm_listener(a, (PbListener *)r->msg, r, i, sets[SK_XDS_RDS]);
+        asm_listener(a, (PbListener *)r->msg, r, i, sets[SK_XDS_RDS], sets[SK_XDS_SDS]);
     }
     a->sr.listeners = a->ls;
     a->sr.n_listeners = a->nl;
     a->sr.clusters = a->cs;
     a->sr.n_clusters = a->nc;
-    if (a->rds_names.n)
-        qsort(a->rds_names.v, a->rds_names.n, sizeof(char *), cmp_str);
-    if (a->eds_names.n)
-        qsort(a->eds_names.v, a->eds_names.n, sizeof(char *), cmp_str);
+    if (!strv_sort(&a->rds_names) || !strv_sort(&a->eds_names) || !strv_sort(&a->sds_names))
+        a->oom = true;
     return !a->oom;
 }
 
@@ -888,6 +1248,31 @@ static char *describe(const struct build *b, int type, const struct rset *cand)
     return sb_take(&sb);
 }
 
+/* The errors blamed on candidate resource `idx` (its error_state details). */
+static char *describe_one(const struct build *b, int type, const struct rset *cand, size_t idx)
+{
+    struct sbuf sb = {0};
+    for (size_t i = 0; i < b->errs.n; i++) {
+        const struct sk_cfgerr *e = &b->errs.v[i];
+        const char *rest;
+        const struct lmap *lm;
+        long j = blame(&b->a, type, e, &rest, &lm);
+        bool mine = j >= 0 && (size_t)j == idx;
+        for (size_t k = 0; lm && k < lm->nrds && !mine; k++)
+            mine = lm->rds[k] == idx;
+        if (!mine)
+            continue;
+        if (sb.len)
+            sb_add(&sb, "; ");
+        if (*rest == '.')
+            rest++;
+        if (*rest)
+            sb_add(&sb, "%s: ", rest);
+        sb_add(&sb, "%s", e->msg ? e->msg : "");
+    }
+    return sb_take(&sb);
+}
+
 /* ---- store API -------------------------------------------------------------------------- */
 
 static void current_sets(const struct sk_xds_store *st, const struct rset *sets[SK_XDS_NTYPES])
@@ -914,6 +1299,7 @@ bool sk_xds_store_wants(const struct sk_xds_store *st, int type)
         return d && d->ads_config && source_is_ads(d->lds_config);
     case SK_XDS_EDS:
     case SK_XDS_RDS:
+    case SK_XDS_SDS:
         return st->names[type].n > 0;
     }
     return false;
@@ -923,12 +1309,38 @@ bool sk_xds_store_wants(const struct sk_xds_store *st, int type)
  * resources nobody references any more. */
 static void take_names(struct sk_xds_store *st, struct asmb *a, struct sk_xds_result *res)
 {
-    struct strv *nn[SK_XDS_NTYPES] = {[SK_XDS_RDS] = &a->rds_names, [SK_XDS_EDS] = &a->eds_names};
+    struct strv *nn[SK_XDS_NTYPES] = {
+        [SK_XDS_RDS] = &a->rds_names, [SK_XDS_EDS] = &a->eds_names, [SK_XDS_SDS] = &a->sds_names};
     for (int t = 0; t < SK_XDS_NTYPES; t++) {
         if (!nn[t])
             continue;
         if (!strv_eq(&st->names[t], nn[t]) && res)
             res->names_changed[t] = true;
+        /* carry each kept name's timer state over to the new name list */
+        struct tstate *ts = &st->ts[t];
+        size_t n = nn[t]->n;
+        double *dl = calloc(n + 1, sizeof(*dl));
+        bool *dne = calloc(n + 1, sizeof(*dne));
+        if (dl && dne) {
+            for (size_t i = 0; i < n; i++) {
+                long o = ts->deadline ? strv_find_sorted(&st->names[t], nn[t]->v[i]) : -1;
+                if (o >= 0) {
+                    dl[i] = ts->deadline[o];
+                    dne[i] = ts->dne[o];
+                }
+            }
+            free(ts->deadline);
+            free(ts->dne);
+            ts->deadline = dl;
+            ts->dne = dne;
+        } else { /* out of memory: timers restart (nothing is lost but time) */
+            free(dl);
+            free(dne);
+            free(ts->deadline);
+            free(ts->dne);
+            ts->deadline = NULL;
+            ts->dne = NULL;
+        }
         strv_free(&st->names[t]);
         st->names[t] = *nn[t];
         memset(nn[t], 0, sizeof(*nn[t]));
@@ -953,6 +1365,8 @@ static bool is_complete(const struct sk_xds_store *st, const struct asmb *a)
             return false;
     return true;
 }
+
+static void tstate_free(struct tstate *ts);
 
 struct sk_xds_store *sk_xds_store_new(PbBootstrap *bs, const struct sk_xds_hooks *hooks)
 {
@@ -986,6 +1400,7 @@ void sk_xds_store_free(struct sk_xds_store *st)
         free(st->version[t]);
         free(st->nack_msg[t]);
         strv_free(&st->names[t]);
+        tstate_free(&st->ts[t]);
     }
     rset_free(&st->active);
     if (st->bs)
@@ -1005,7 +1420,7 @@ const char *sk_xds_store_version(const struct sk_xds_store *st, int type)
 
 size_t sk_xds_store_names(const struct sk_xds_store *st, int type, const char *const **names)
 {
-    if (type != SK_XDS_RDS && type != SK_XDS_EDS) {
+    if (!is_named(type)) {
         *names = NULL;
         return 0;
     }
@@ -1063,6 +1478,121 @@ static int maybe_publish(struct sk_xds_store *st, struct build *b, struct sk_xds
     return 0;
 }
 
+static void rerr_free(struct rerr *e)
+{
+    free(e->name);
+    free(e->version);
+    free(e->details);
+}
+
+static void tstate_free(struct tstate *ts)
+{
+    free(ts->nack_version);
+    free(ts->nack_nonce);
+    free(ts->nack_details);
+    for (size_t i = 0; i < ts->nerrs; i++)
+        rerr_free(&ts->errs[i]);
+    free(ts->errs);
+    free(ts->deadline);
+    free(ts->dne);
+    memset(ts, 0, sizeof(*ts));
+}
+
+/* The last rejection of a type, for /config_dump. */
+static void record_nack(struct sk_xds_store *st, int type, const PbResponse *r, const char *why)
+{
+    struct tstate *ts = &st->ts[type];
+    set_str(&ts->nack_version, r->version_info);
+    set_str(&ts->nack_nonce, r->nonce);
+    set_str(&ts->nack_details, why ? why : "rejected");
+    ts->nack_time = wall_now();
+}
+
+/* Records (replaces) the error state of one resource; takes `details`. */
+static void set_rerr(struct sk_xds_store *st, int type, const char *name, const char *version,
+                     char *details)
+{
+    struct tstate *ts = &st->ts[type];
+    struct rerr *e = NULL;
+    for (size_t i = 0; i < ts->nerrs && !e; i++)
+        if (strcmp(ts->errs[i].name, name) == 0)
+            e = &ts->errs[i];
+    if (!e) {
+        struct rerr *p = realloc(ts->errs, (ts->nerrs + 1) * sizeof(*p));
+        if (!p) {
+            free(details);
+            return;
+        }
+        ts->errs = p;
+        e = &ts->errs[ts->nerrs];
+        memset(e, 0, sizeof(*e));
+        e->name = strdup(name);
+        if (!e->name) {
+            free(details);
+            return;
+        }
+        ts->nerrs++;
+    }
+    set_str(&e->version, version);
+    free(e->details);
+    e->details = details;
+    e->time = wall_now();
+    e->fresh = true;
+}
+
+/* Drops error states that no longer apply: the resource was accepted since
+ * (updated at `now`), or is gone (CDS/LDS: not in the latest response `resp`;
+ * RDS/EDS: not subscribed any more). */
+static void prune_rerrs(struct sk_xds_store *st, int type, const struct rset *resp, double now)
+{
+    struct tstate *ts = &st->ts[type];
+    size_t k = 0;
+    for (size_t i = 0; i < ts->nerrs; i++) {
+        struct rerr *e = &ts->errs[i];
+        bool keep = e->fresh;
+        if (!keep) {
+            long j = rset_find(&st->cur[type], e->name);
+            bool accepted = j >= 0 && st->cur[type].v[j]->updated == now;
+            bool gone = (type == SK_XDS_CDS || type == SK_XDS_LDS)
+                            ? rset_find(resp, e->name) < 0
+                            : !strv_has(&st->names[type], e->name);
+            keep = !accepted && !gone;
+        }
+        e->fresh = false;
+        if (keep)
+            ts->errs[k++] = *e;
+        else
+            rerr_free(e);
+    }
+    ts->nerrs = k;
+}
+
+/* Every type's cached rejection may depend on the others (a listener naming a
+ * cluster, ...): once anything was accepted, a resent response is judged anew. */
+static void forget_nacks(struct sk_xds_store *st)
+{
+    for (int t = 0; t < SK_XDS_NTYPES; t++) {
+        free(st->nack_msg[t]);
+        st->nack_msg[t] = NULL;
+    }
+}
+
+/* Hash of the raw resources of a response (type URLs and bytes, in order): a
+ * response identical to one rejected before is recognised before decoding. */
+static uint64_t raw_hash(int type, const PbResponse *r)
+{
+    uint64_t h = 1469598103934665603ull ^ (uint64_t)type;
+    for (size_t i = 0; i < r->n_resources; i++) {
+        const PbAny *a = r->resources[i];
+        uint64_t x = a ? fnv1a(a->value.data, a->value.len) : 0;
+        uint64_t u =
+            a && a->type_url ? fnv1a((const uint8_t *)a->type_url, strlen(a->type_url)) : 0;
+        h = (h ^ x) * 1099511628211ull;
+        h = (h ^ u ^ (a ? a->value.len : 0)) * 1099511628211ull;
+    }
+    return (h ^ r->n_resources) * 1099511628211ull;
+}
+
 static void nack(struct sk_xds_result *res, char *msg)
 {
     res->ack = false;
@@ -1083,10 +1613,20 @@ void sk_xds_store_handle(struct sk_xds_store *st, const PbResponse *r, struct sk
     }
     const ProtobufCMessageDescriptor *d = types[type].desc;
 
+    /* 0. the same rejected resources again (servers that ignore NACKs resend
+     * them at once): rejected again without decoding or building */
+    uint64_t rhash = raw_hash(type, r);
+    if (st->nack_msg[type] && st->nack_hash[type] == rhash) {
+        nack(res, strdup(st->nack_msg[type]));
+        record_nack(st, type, r, st->nack_msg[type]);
+        res->unchanged = true;
+        res->damped = true;
+        return;
+    }
+
     /* 1. decode every resource; a malformed response is rejected whole */
     struct rset in = {0};
     struct sbuf perr = {0};
-    uint64_t rhash = 1469598103934665603ull ^ (uint64_t)type;
     for (size_t i = 0; i < r->n_resources; i++) {
         const PbAny *a = r->resources[i];
         Envoy__Service__Discovery__V3__Resource *wrap = NULL;
@@ -1108,7 +1648,6 @@ void sk_xds_store_handle(struct sk_xds_store *st, const PbResponse *r, struct sk
             sb_add(&perr, "%sresources[%zu]: type '%.200s' does not match type_url",
                    perr.len ? "; " : "", i, a && a->type_url ? a->type_url : "");
         } else {
-            rhash = (rhash ^ fnv1a(a->value.data, a->value.len)) * 1099511628211ull;
             ProtobufCMessage *m = protobuf_c_message_unpack(d, NULL, a->value.len, a->value.data);
             const char *name = m ? res_msg_name(type, m) : NULL;
             if (!m) {
@@ -1120,8 +1659,7 @@ void sk_xds_store_handle(struct sk_xds_store *st, const PbResponse *r, struct sk
             } else if (rset_find(&in, name) >= 0) {
                 sb_add(&perr, "%s%s '%.200s': duplicate name in one response", perr.len ? "; " : "",
                        types[type].label, name);
-            } else if ((type == SK_XDS_RDS || type == SK_XDS_EDS) &&
-                       !strv_has(&st->names[type], name)) {
+            } else if (is_named(type) && !strv_has(&st->names[type], name)) {
                 /* not subscribed (any more): ignore */
             } else {
                 struct res *x = calloc(1, sizeof(*x));
@@ -1155,6 +1693,11 @@ void sk_xds_store_handle(struct sk_xds_store *st, const PbResponse *r, struct sk
     if (perr.len || perr.oom) {
         rset_free(&in);
         nack(res, sb_take(&perr));
+        if (!perr.oom) {
+            st->nack_hash[type] = rhash;
+            set_str(&st->nack_msg[type], res->error);
+        }
+        record_nack(st, type, r, res->error);
         return;
     }
     free(perr.s);
@@ -1186,23 +1729,19 @@ void sk_xds_store_handle(struct sk_xds_store *st, const PbResponse *r, struct sk
 
     /* 3. identical to what we have: nothing to build */
     if (st->got[type] && rset_eq(&cand, &st->cur[type])) {
+        prune_rerrs(st, type, &cand, -1); /* e.g. a rejected resource was withdrawn */
         rset_free(&cand);
         set_str(&st->version[type], r->version_info);
         res->unchanged = true;
         return;
     }
-    /* the same rejected response again (servers that ignore NACKs resend it) */
-    if (st->nack_msg[type] && st->nack_hash[type] == rhash) {
-        rset_free(&cand);
-        nack(res, strdup(st->nack_msg[type]));
-        res->unchanged = true;
-        return;
-    }
-
     /* 4. build with the candidate */
     const struct rset *sets[SK_XDS_NTYPES];
     current_sets(st, sets);
     sets[type] = &cand;
+    struct rset resp; /* the resources of this response (for pruning error states) */
+    if (!rset_copy(&resp, &cand))
+        memset(&resp, 0, sizeof(resp));
     struct build b;
     try_build(st, sets, &b);
     res->rebuilt = true;
@@ -1211,6 +1750,10 @@ void sk_xds_store_handle(struct sk_xds_store *st, const PbResponse *r, struct sk
         bool *bad = calloc(cand.n + 1, sizeof(*bad));
         bool mapped = bad && map_errors(&b, type, &cand, &st->cur[type], bad);
         char *why = describe(&b, type, &cand);
+        for (size_t i = 0; mapped && i < cand.n; i++)
+            if (bad[i])
+                set_rerr(st, type, cand.v[i]->name, r->version_info,
+                         describe_one(&b, type, &cand, i));
         if (mapped) {
             /* per resource: revert the blamed ones to their previous version (or
              * drop them) and apply the rest */
@@ -1252,7 +1795,10 @@ void sk_xds_store_handle(struct sk_xds_store *st, const PbResponse *r, struct sk
                     r->version_info ? r->version_info : "", why ? why : "");
             st->nack_hash[type] = rhash;
             set_str(&st->nack_msg[type], why ? why : "rejected");
+            record_nack(st, type, r, why);
             nack(res, why);
+            prune_rerrs(st, type, &resp, -1);
+            rset_free(&resp);
             build_free(&b);
             rset_free(&cand);
             return;
@@ -1272,17 +1818,41 @@ void sk_xds_store_handle(struct sk_xds_store *st, const PbResponse *r, struct sk
         free(partial);
         char *m = strdup("the resulting config could not be applied (a listener could not be "
                          "bound, or shutting down; see the skiff log)");
-        st->nack_hash[type] = rhash;
-        set_str(&st->nack_msg[type], m ? m : "rejected");
+        /* not cached for damping: the same resources may apply once the port is free */
+        record_nack(st, type, r, m);
         nack(res, m);
+        rset_free(&resp);
         return;
     }
+    /* per resource: the version and time its current bytes were accepted */
+    double now = wall_now();
+    bool changed = !old_got || cand.n != old.n;
+    for (size_t i = 0; i < cand.n; i++) {
+        struct res *x = cand.v[i];
+        long o = rset_find(&old, x->name);
+        if (o >= 0 && res_same(old.v[o], x)) {
+            if (old.v[o] != x) {
+                set_str(&x->version, old.v[o]->version);
+                x->updated = old.v[o]->updated;
+            }
+        } else {
+            set_str(&x->version, r->version_info);
+            x->updated = now;
+            changed = true;
+        }
+    }
+    st->ts[type].updated = now;
     rset_free(&old);
     take_names(st, &b.a, res);
     build_free(&b);
+    if (changed)
+        forget_nacks(st);
     free(st->nack_msg[type]);
     st->nack_msg[type] = NULL;
+    prune_rerrs(st, type, &resp, now);
+    rset_free(&resp);
     if (partial) {
+        record_nack(st, type, r, partial);
         sk_warn("xds: %s update (version '%s'): %zu resource(s) rejected, the rest applied: %s",
                 types[type].shortname, r->version_info ? r->version_info : "", res->rejected,
                 partial);
@@ -1320,5 +1890,278 @@ int sk_xds_store_set_bootstrap(struct sk_xds_store *st, PbBootstrap *bs, struct 
     take_names(st, &b.a, NULL);
     build_free(&b);
     protobuf_c_message_free_unpacked(&old->base, NULL);
+    forget_nacks(st);
     return 0;
+}
+
+/* ---- initial fetch timeouts / does-not-exist ------------------------------------------- */
+
+static int64_t wild_timeout_ms(const struct sk_xds_store *st, int type)
+{
+    const Envoy__Config__Bootstrap__V3__Bootstrap__DynamicResources *d = st->bs->dynamic_resources;
+    if (!d)
+        return DEFAULT_FETCH_TIMEOUT_MS;
+    return fetch_timeout_ms(type == SK_XDS_CDS ? d->cds_config : d->lds_config);
+}
+
+void sk_xds_store_arm(struct sk_xds_store *st, double now)
+{
+    for (int t = 0; t < SK_XDS_NTYPES; t++) {
+        struct tstate *ts = &st->ts[t];
+        if (t == SK_XDS_CDS || t == SK_XDS_LDS) {
+            if (ts->wild_deadline != 0 || st->got[t] || !sk_xds_store_wants(st, t))
+                continue;
+            int64_t ms = wild_timeout_ms(st, t);
+            ts->wild_deadline = ms > 0 ? now + (double)ms / 1000.0 : -1;
+            continue;
+        }
+        if (!ts->deadline)
+            continue;
+        for (size_t i = 0; i < st->names[t].n; i++) {
+            if (ts->deadline[i] != 0 || ts->dne[i])
+                continue;
+            int64_t ms = st->names[t].ms[i];
+            if (rset_find(&st->cur[t], st->names[t].v[i]) >= 0 || ms <= 0)
+                ts->deadline[i] = -1; /* nothing to wait for */
+            else
+                ts->deadline[i] = now + (double)ms / 1000.0;
+        }
+    }
+}
+
+void sk_xds_store_disarm(struct sk_xds_store *st)
+{
+    for (int t = 0; t < SK_XDS_NTYPES; t++) {
+        struct tstate *ts = &st->ts[t];
+        if (ts->wild_deadline > 0)
+            ts->wild_deadline = 0;
+        for (size_t i = 0; ts->deadline && i < st->names[t].n; i++)
+            if (ts->deadline[i] > 0)
+                ts->deadline[i] = 0;
+    }
+}
+
+double sk_xds_store_next_deadline(const struct sk_xds_store *st)
+{
+    double best = 0;
+    for (int t = 0; t < SK_XDS_NTYPES; t++) {
+        const struct tstate *ts = &st->ts[t];
+        if (ts->wild_deadline > 0 && (best == 0 || ts->wild_deadline < best))
+            best = ts->wild_deadline;
+        for (size_t i = 0; ts->deadline && i < st->names[t].n; i++)
+            if (ts->deadline[i] > 0 && (best == 0 || ts->deadline[i] < best))
+                best = ts->deadline[i];
+    }
+    return best;
+}
+
+size_t sk_xds_store_expire(struct sk_xds_store *st, double now, struct sk_xds_result *res)
+{
+    memset(res, 0, sizeof(*res));
+    res->ack = true;
+    size_t expired = 0;
+    for (int t = 0; t < SK_XDS_NTYPES; t++) {
+        struct tstate *ts = &st->ts[t];
+        if (ts->wild_deadline > 0 && now >= ts->wild_deadline) {
+            ts->wild_deadline = -1;
+            if (!st->got[t]) {
+                st->got[t] = true; /* proceed as if the answer were empty */
+                ts->wild_timed_out = true;
+                ts->init_fetch_timeouts++;
+                expired++;
+                sk_warn("xds: no %s response within initial_fetch_timeout (%.1fs): proceeding "
+                        "without %s resources",
+                        types[t].shortname, (double)wild_timeout_ms(st, t) / 1000.0,
+                        types[t].label);
+            }
+        }
+        for (size_t i = 0; ts->deadline && i < st->names[t].n; i++) {
+            if (ts->deadline[i] <= 0 || now < ts->deadline[i])
+                continue;
+            ts->deadline[i] = -1;
+            if (rset_find(&st->cur[t], st->names[t].v[i]) >= 0)
+                continue;
+            ts->dne[i] = true;
+            ts->init_fetch_timeouts++;
+            expired++;
+            sk_warn("xds: %s '%s' not received within initial_fetch_timeout (%.1fs): treated as "
+                    "does-not-exist (%s)",
+                    types[t].label, st->names[t].v[i], (double)st->names[t].ms[i] / 1000.0,
+                    t == SK_XDS_RDS   ? "no routes: 404 NR"
+                    : t == SK_XDS_EDS ? "no endpoints: 503 UH"
+                                      : "its listeners/clusters stay inactive");
+        }
+    }
+    if (!expired)
+        return 0;
+    forget_nacks(st);
+    const struct rset *sets[SK_XDS_NTYPES];
+    current_sets(st, sets);
+    struct build b;
+    if (try_build(st, sets, &b) != 0) {
+        /* cannot happen with accepted resources; keep serving what we have */
+        sk_error("xds: rebuild after an initial fetch timeout failed: %s",
+                 b.errs.n ? b.errs.v[0].msg : "?");
+        build_free(&b);
+        return expired;
+    }
+    res->rebuilt = true;
+    if (maybe_publish(st, &b, res) < 0)
+        sk_error("xds: the config after an initial fetch timeout could not be applied");
+    else
+        take_names(st, &b.a, res);
+    build_free(&b);
+    return expired;
+}
+
+uint64_t sk_xds_store_init_fetch_timeouts(const struct sk_xds_store *st, int type)
+{
+    return type >= 0 && type < SK_XDS_NTYPES ? st->ts[type].init_fetch_timeouts : 0;
+}
+
+bool sk_xds_store_does_not_exist(const struct sk_xds_store *st, int type, const char *name)
+{
+    if (type < 0 || type >= SK_XDS_NTYPES)
+        return false;
+    return is_dne(st, type, name) && rset_find(&st->cur[type], name) < 0;
+}
+
+/* ---- /config_dump ---------------------------------------------------------------------- */
+
+static void j_str(struct sk_buf *b, const char *s)
+{
+    sk_buf_append(b, "\"", 1);
+    for (const unsigned char *p = (const unsigned char *)(s ? s : ""); *p; p++) {
+        if (*p == '"' || *p == '\\')
+            sk_buf_appendf(b, "\\%c", *p);
+        else if (*p < 0x20)
+            sk_buf_appendf(b, "\\u%04x", *p);
+        else
+            sk_buf_append(b, p, 1);
+    }
+    sk_buf_append(b, "\"", 1);
+}
+
+/* RFC 3339 UTC with milliseconds (Envoy's Timestamp JSON), or null. */
+static void j_time(struct sk_buf *b, double t)
+{
+    if (t <= 0) {
+        sk_buf_appendf(b, "null");
+        return;
+    }
+    time_t s = (time_t)t;
+    struct tm tm;
+    gmtime_r(&s, &tm);
+    sk_buf_appendf(b, "\"%04d-%02d-%02dT%02d:%02d:%02d.%03dZ\"", tm.tm_year + 1900, tm.tm_mon + 1,
+                   tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, (int)((t - (double)s) * 1000));
+}
+
+static const struct rerr *find_rerr(const struct tstate *ts, const char *name)
+{
+    for (size_t i = 0; i < ts->nerrs; i++)
+        if (strcmp(ts->errs[i].name, name) == 0)
+            return &ts->errs[i];
+    return NULL;
+}
+
+static void j_rerr(struct sk_buf *b, const struct rerr *e)
+{
+    sk_buf_appendf(b, "{\"failed_configuration_version\": ");
+    j_str(b, e->version);
+    sk_buf_appendf(b, ", \"last_update_attempt\": ");
+    j_time(b, e->time);
+    sk_buf_appendf(b, ", \"details\": ");
+    j_str(b, e->details);
+    sk_buf_appendf(b, "}");
+}
+
+void sk_xds_store_dump(const struct sk_xds_store *st, struct sk_buf *b)
+{
+    sk_buf_appendf(b, "[");
+    for (int t = 0; t < SK_XDS_NTYPES; t++) {
+        const struct tstate *ts = &st->ts[t];
+        bool wild = t == SK_XDS_CDS || t == SK_XDS_LDS;
+        sk_buf_appendf(b, "%s\n  {\"type\": \"%s\", \"type_url\": ", t ? "," : "",
+                       types[t].shortname);
+        j_str(b, types[t].url);
+        sk_buf_appendf(b, ", \"subscribed\": %s, \"version_info\": ",
+                       sk_xds_store_wants(st, t) ? "true" : "false");
+        j_str(b, st->version[t]);
+        sk_buf_appendf(b, ", \"last_updated\": ");
+        j_time(b, ts->updated);
+        sk_buf_appendf(b, ", \"init_fetch_timeouts\": %llu",
+                       (unsigned long long)ts->init_fetch_timeouts);
+        if (wild)
+            sk_buf_appendf(b, ", \"initial_fetch_timed_out\": %s",
+                           ts->wild_timed_out ? "true" : "false");
+        sk_buf_appendf(b, ", \"last_nack\": ");
+        if (ts->nack_details) {
+            sk_buf_appendf(b, "{\"version_info\": ");
+            j_str(b, ts->nack_version);
+            sk_buf_appendf(b, ", \"nonce\": ");
+            j_str(b, ts->nack_nonce);
+            sk_buf_appendf(b, ", \"time\": ");
+            j_time(b, ts->nack_time);
+            sk_buf_appendf(b, ", \"details\": ");
+            j_str(b, ts->nack_details);
+            sk_buf_appendf(b, "}");
+        } else {
+            sk_buf_appendf(b, "null");
+        }
+        sk_buf_appendf(b, ",\n   \"resources\": [");
+        for (size_t i = 0; i < st->cur[t].n; i++) {
+            const struct res *x = st->cur[t].v[i];
+            sk_buf_appendf(b, "%s\n    {\"name\": ", i ? "," : "");
+            j_str(b, x->name);
+            sk_buf_appendf(b, ", \"version_info\": ");
+            j_str(b, x->version);
+            sk_buf_appendf(b, ", \"last_updated\": ");
+            j_time(b, x->updated);
+            const struct rerr *e = find_rerr(ts, x->name);
+            if (e) {
+                sk_buf_appendf(b, ", \"error_state\": ");
+                j_rerr(b, e);
+            }
+            sk_buf_appendf(b, "}");
+        }
+        sk_buf_appendf(b, "],\n   \"rejected\": [");
+        bool first = true;
+        for (size_t i = 0; i < ts->nerrs; i++) {
+            if (rset_find(&st->cur[t], ts->errs[i].name) >= 0)
+                continue;
+            sk_buf_appendf(b, "%s{\"name\": ", first ? "" : ", ");
+            j_str(b, ts->errs[i].name);
+            sk_buf_appendf(b, ", \"error_state\": ");
+            j_rerr(b, &ts->errs[i]);
+            sk_buf_appendf(b, "}");
+            first = false;
+        }
+        sk_buf_appendf(b, "]");
+        if (!wild) {
+            /* names subscribed but not (yet) received */
+            sk_buf_appendf(b, ", \"waiting\": [");
+            first = true;
+            for (size_t i = 0; i < st->names[t].n; i++) {
+                const char *n = st->names[t].v[i];
+                if (rset_find(&st->cur[t], n) >= 0 || (ts->dne && ts->dne[i]))
+                    continue;
+                sk_buf_appendf(b, "%s", first ? "" : ", ");
+                j_str(b, n);
+                first = false;
+            }
+            sk_buf_appendf(b, "], \"does_not_exist\": [");
+            first = true;
+            for (size_t i = 0; i < st->names[t].n; i++) {
+                const char *n = st->names[t].v[i];
+                if (rset_find(&st->cur[t], n) >= 0 || !ts->dne || !ts->dne[i])
+                    continue;
+                sk_buf_appendf(b, "%s", first ? "" : ", ");
+                j_str(b, n);
+                first = false;
+            }
+            sk_buf_appendf(b, "]");
+        }
+        sk_buf_appendf(b, "}");
+    }
+    sk_buf_appendf(b, "]");
 }

@@ -22,6 +22,7 @@
 #include "skiff/config.h"
 #include "skiff/err.h"
 #include "skiff/log.h"
+#include "skiff/buf.h"
 #include "skiff/xds.h"
 #include "skiff/yaml_pb.h"
 
@@ -143,6 +144,16 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             sk_xds_result_free(&res);
         }
     resp->type_url = orig;
+    /* every timer fires (does-not-exist rebuild), then the admin dump */
+    sk_xds_store_arm(st, 1.0);
+    struct sk_xds_result res;
+    sk_xds_store_expire(st, 1e12, &res);
+    check(&res);
+    sk_xds_result_free(&res);
+    struct sk_buf b;
+    sk_buf_init(&b, 64u << 20);
+    sk_xds_store_dump(st, &b);
+    sk_buf_free(&b);
     sk_xds_store_free(st);
     envoy__service__discovery__v3__discovery_response__free_unpacked(resp, NULL);
     return 0;

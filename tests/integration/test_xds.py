@@ -27,8 +27,8 @@ def proto_dir(tmp_path_factory):
 def xds(proto_dir):
     servers = []
 
-    def make(port=None):
-        s = xds_server.XdsServer(port or free_port(), proto_dir).start()
+    def make(port=None, **kw):
+        s = xds_server.XdsServer(port or free_port(), proto_dir, **kw).start()
         servers.append(s)
         return s
 
@@ -40,7 +40,7 @@ def xds(proto_dir):
 
 # ---- resources ---------------------------------------------------------------------------
 
-def bootstrap(xds_port, admin_port):
+def bootstrap(xds_port, admin_port, xds_cluster=None):
     return {
         "node": {"id": "sidecar~127.0.0.1~t.default~default.svc.cluster.local", "cluster": "t.default"},
         "admin": {"address": sockaddr(admin_port)},
@@ -50,7 +50,7 @@ def bootstrap(xds_port, admin_port):
             "lds_config": {"ads": {}, "resource_api_version": "V3"},
             "cds_config": {"ads": {}, "resource_api_version": "V3"},
         },
-        "static_resources": {"clusters": [helpers.cluster("xds_cluster", [xds_port])]},
+        "static_resources": {"clusters": [xds_cluster or helpers.cluster("xds_cluster", [xds_port])]},
     }
 
 
@@ -98,11 +98,11 @@ def config_version(s):
 class Env:
     """One control plane + skiff + two upstreams, config pushed over ADS."""
 
-    def __init__(self, xds, skiff_factory, upstreams):
-        self.srv = xds()
+    def __init__(self, xds, skiff_factory, upstreams, srv_kw=None, xds_cluster=None):
+        self.srv = xds(**(srv_kw or {}))
         self.u1, self.u2 = upstreams("u1"), upstreams("u2")
         self.lp, self.ap = free_port(), free_port()
-        self.skiff = skiff_factory(bootstrap(self.srv.port, self.ap), port=self.lp,
+        self.skiff = skiff_factory(bootstrap(self.srv.port, self.ap, xds_cluster), port=self.lp,
                                    admin_port=self.ap, wait=False, args=["-l", "debug"])
 
     def push_all(self, route_cluster="web1"):
@@ -269,3 +269,523 @@ def test_identical_repush_costs_nothing(env):
                                 for t in (CDS, EDS, LDS, RDS)), timeout=10)
     assert config_version(env.skiff) == v
     assert served_by(env.lp) == "u1"
+
+
+# ---- xDS stats and /config_dump --------------------------------------------------------------
+
+def fnv53(s):
+    """The `version` gauge: FNV-1a 64 of version_info, low 53 bits."""
+    h = 1469598103934665603
+    for c in s.encode():
+        h ^= c
+        h = (h * 1099511628211) & 0xFFFFFFFFFFFFFFFF
+    return h & ((1 << 53) - 1)
+
+
+def stats(s):
+    st, body = admin_get(s.admin_port, "/stats")
+    assert st == 200
+    out = {}
+    for line in body.splitlines():
+        k, _, v = line.partition(": ")
+        out[k] = v
+    return out
+
+
+def xstat(s, name):
+    return int(stats(s)[name])
+
+
+def prom(s):
+    st, body = admin_get(s.admin_port, "/stats/prometheus")
+    assert st == 200
+    out = {}
+    for line in body.splitlines():
+        if line and not line.startswith("#"):
+            k, _, v = line.rpartition(" ")
+            out[k] = v
+    return out
+
+
+def xds_status(s):
+    import json
+    st, body = admin_get(s.admin_port, "/config_dump")
+    assert st == 200
+    d = json.loads(body)
+    return {t["type"]: t for t in d["xds_status"]["types"]}, d["xds_status"]
+
+
+PREFIX = {"CDS": "cluster_manager.cds", "EDS": "eds", "LDS": "listener_manager.lds", "RDS": "rds"}
+
+
+def test_stats_and_config_dump_after_pushes_and_nacks(env):
+    env.push_all("web1")
+    env.wait_ready()
+    s = env.skiff
+    st = stats(s)
+    assert st["control_plane.connected_state"] == "1"
+    # exactly one response per type so far, each accepted
+    for t, p in PREFIX.items():
+        assert st[p + ".update_attempt"] == "1", (t, st)
+        assert st[p + ".update_success"] == "1", t
+        assert st[p + ".update_rejected"] == "0", t
+        assert st[p + ".update_damped"] == "0", t
+        assert st[p + ".init_fetch_timeout"] == "0", t
+        assert int(st[p + ".version"]) == fnv53("1"), t
+        assert int(st[p + ".update_time"]) > 1600000000000, t
+
+    types, top = xds_status(s)
+    assert top["connected"] is True and top["warm"] is True
+    cds = types["CDS"]
+    assert cds["version_info"] == "1" and cds["last_nack"] is None
+    assert sorted(r["name"] for r in cds["resources"]) == ["web1", "web2"]
+    assert all(r["version_info"] == "1" and r["last_updated"].endswith("Z") for r in cds["resources"])
+    assert types["RDS"]["resources"][0]["name"] == "r1"
+    assert types["RDS"]["waiting"] == [] and types["RDS"]["does_not_exist"] == []
+
+    # partly bad CDS (version 2): web3 applied, 'bad' rejected
+    bad = eds_cluster("bad", lb_policy=42)
+    env.srv.set(CDS, [eds_cluster("web1"), eds_cluster("web2"), eds_cluster("web3"), bad])
+    assert wait_for(lambda: env.srv.nacks(CDS), timeout=10), s.log()
+    assert wait_for(lambda: xstat(s, "cluster_manager.cds.update_rejected") == 1)
+    st = stats(s)
+    assert st["cluster_manager.cds.update_attempt"] == "2"
+    assert st["cluster_manager.cds.update_success"] == "1"
+    assert int(st["cluster_manager.cds.version"]) == fnv53("1")  # NACK keeps the accepted version
+    types, _ = xds_status(s)
+    cds = types["CDS"]
+    assert cds["version_info"] == "1"
+    assert cds["last_nack"]["version_info"] == "2"
+    assert "Cluster 'bad'" in cds["last_nack"]["details"] and "lb_policy" in cds["last_nack"]["details"]
+    assert cds["last_nack"]["nonce"] == env.srv.last_response(CDS)["nonce"]
+    vers = {r["name"]: r["version_info"] for r in cds["resources"]}
+    assert vers == {"web1": "1", "web2": "1", "web3": "2"}, vers
+    assert [r["name"] for r in cds["rejected"]] == ["bad"]
+    err = cds["rejected"][0]["error_state"]
+    assert err["failed_configuration_version"] == "2" and "lb_policy" in err["details"]
+
+    # Prometheus: the same numbers
+    p = prom(s)
+    assert p["skiff_cluster_manager_cds_update_rejected_total"] == "1"
+    assert p["skiff_cluster_manager_cds_update_attempt_total"] == "2"
+    assert p["skiff_control_plane_connected_state"] == "1"
+    assert int(p["skiff_listener_manager_lds_version"]) == fnv53("1")
+    import shutil
+    import subprocess
+    promtool = shutil.which("promtool")
+    if promtool:  # the whole exposition, xDS families included, is valid
+        text = admin_get(s.admin_port, "/stats/prometheus")[1]
+        assert "# HELP skiff_cluster_manager_cds_update_rejected_total " in text
+        r = subprocess.run([promtool, "check", "metrics"], input=text.encode(), capture_output=True,
+                           timeout=30)
+        assert r.returncode == 0, (r.stdout + r.stderr).decode()
+
+    # a fixed CDS (version 3) is accepted; the error state of 'bad' goes away
+    env.srv.set(CDS, [eds_cluster("web1"), eds_cluster("web2"), eds_cluster("web3")])
+    assert env.acked(CDS, 3)
+    assert wait_for(lambda: xstat(s, "cluster_manager.cds.update_success") == 2)
+    types, _ = xds_status(s)
+    assert types["CDS"]["version_info"] == "3" and types["CDS"]["rejected"] == []
+    assert int(stats(s)["cluster_manager.cds.version"]) == fnv53("3")
+
+    # control plane gone: disconnected, a network failure counted per subscribed type
+    env.srv.stop()
+    assert wait_for(lambda: stats(s)["control_plane.connected_state"] == "0", timeout=10)
+    st = stats(s)
+    for p_ in PREFIX.values():
+        assert int(st[p_ + ".update_failure"]) >= 1, p_
+    assert xds_status(s)[1]["connected"] is False
+
+
+# ---- initial_fetch_timeout / does-not-exist -------------------------------------------------
+
+def test_missing_route_config_times_out_to_404(env):
+    """A listener whose RouteConfiguration never arrives: after the RDS
+    config_source's initial_fetch_timeout it serves with no routes (404 NR)."""
+    s = env.skiff
+    env.srv.set(CDS, [eds_cluster("web1")])
+    env.srv.set(EDS, [cla("web1", [env.u1.port])])
+    l = rds_listener("ingress", env.lp, "r1")
+    l["filter_chains"][0]["filters"][0]["typed_config"]["rds"]["config_source"]["initial_fetch_timeout"] = "1s"
+    env.srv.set(LDS, [l])
+    assert env.acked(LDS, 1)
+    t0 = time.monotonic()
+    assert s.ready_status() == 503
+    types, _ = xds_status(s)
+    assert types["RDS"]["waiting"] == ["r1"]
+    env.wait_ready()
+    assert time.monotonic() - t0 >= 0.5  # not before the timeout (1 s from the subscription)
+    assert xstat(s, "rds.init_fetch_timeout") == 1
+    types, _ = xds_status(s)
+    assert types["RDS"]["does_not_exist"] == ["r1"] and types["RDS"]["waiting"] == []
+    assert "RouteConfiguration 'r1' not received within initial_fetch_timeout" in s.log()
+    r = curl("-s", "-o", "/dev/null", "-w", "%{http_code}", "-D", "-", "http://127.0.0.1:%d/" % env.lp)
+    out = r.stdout.decode()
+    assert out.endswith("404") and "x-skiff-flags: nr" in out.lower(), out
+    # it arrives late: served from then on, without touching the listener
+    env.srv.set(RDS, [route_config("r1", "web1")])
+    assert env.acked(RDS, 1)
+    assert wait_for(lambda: served_by(env.lp) == "u1", timeout=5)
+    assert xds_status(s)[0]["RDS"]["does_not_exist"] == []
+
+
+def test_missing_endpoints_time_out_to_503_uh(env):
+    s = env.skiff
+    c = eds_cluster("web1")
+    c["eds_cluster_config"]["eds_config"]["initial_fetch_timeout"] = "1s"
+    env.srv.set(CDS, [c])
+    env.srv.set(LDS, [rds_listener("ingress", env.lp, "r1")])
+    env.srv.set(RDS, [route_config("r1", "web1")])
+    # the EDS subscription is answered with nothing (no such assignment)
+    env.srv.set(EDS, [cla("other", [env.u2.port])])
+    assert env.acked(RDS, 1)
+    assert s.ready_status() == 503
+    env.wait_ready()
+    assert xstat(s, "eds.init_fetch_timeout") == 1
+    assert xds_status(s)[0]["EDS"]["does_not_exist"] == ["web1-svc"]
+    r = curl("-s", "-D", "-", "http://127.0.0.1:%d/" % env.lp)
+    out = r.stdout.decode(errors="replace")
+    assert out.startswith("HTTP/1.1 503") and "UH" in out, out
+    env.srv.update(EDS, [cla("web1", [env.u1.port])])
+    assert wait_for(lambda: served_by(env.lp) == "u1", timeout=5)
+
+
+def test_no_cds_lds_answer_times_out(xds, skiff_factory):
+    """A control plane that never answers CDS/LDS: after initial_fetch_timeout
+    the config is complete without them (/ready 200), as Envoy does."""
+    srv = xds()
+    lp, ap = free_port(), free_port()
+    bs = bootstrap(srv.port, ap)
+    bs["dynamic_resources"]["lds_config"]["initial_fetch_timeout"] = "1s"
+    bs["dynamic_resources"]["cds_config"]["initial_fetch_timeout"] = "1s"
+    s = skiff_factory(bs, port=lp, admin_port=ap, wait=False)
+    assert wait_for(lambda: len(srv.requests) >= 2, timeout=10), s.log()
+    assert s.ready_status() == 503
+    s.wait_ready()
+    assert xstat(s, "cluster_manager.cds.init_fetch_timeout") == 1
+    assert xstat(s, "listener_manager.lds.init_fetch_timeout") == 1
+    types, _ = xds_status(s)
+    assert types["CDS"]["initial_fetch_timed_out"] is True
+    assert types["LDS"]["initial_fetch_timed_out"] is True
+
+
+def test_zero_initial_fetch_timeout_waits_forever(env):
+    s = env.skiff
+    env.srv.set(CDS, [eds_cluster("web1")])
+    env.srv.set(EDS, [cla("web1", [env.u1.port])])
+    l = rds_listener("ingress", env.lp, "r1")
+    l["filter_chains"][0]["filters"][0]["typed_config"]["rds"]["config_source"]["initial_fetch_timeout"] = "0s"
+    env.srv.set(LDS, [l])
+    assert env.acked(LDS, 1)
+    time.sleep(2.0)
+    assert s.ready_status() == 503
+    assert xstat(s, "rds.init_fetch_timeout") == 0
+    env.srv.set(RDS, [route_config("r1", "web1")])
+    env.wait_ready()
+
+
+def test_removed_cluster_is_removed(env):
+    env.push_all("web2")
+    env.wait_ready()
+    assert served_by(env.lp) == "u2"
+    env.srv.set(CDS, [eds_cluster("web1")])
+    assert env.acked(CDS, 2)
+    assert wait_for(lambda: "web2" not in [c["name"] for c in __import__("json").loads(
+        admin_get(env.skiff.admin_port, "/config_dump")[1])["clusters"]], timeout=5)
+    r = curl("-s", "-D", "-", "http://127.0.0.1:%d/" % env.lp)
+    out = r.stdout.decode(errors="replace")
+    assert out.startswith("HTTP/1.1 503") and "NC" in out, out
+    # EDS for it is unsubscribed
+    assert wait_for(lambda: any(r["type"] == EDS and r["names"] == ["web1-svc"] for r in env.srv.requests))
+
+
+def test_removed_listener_drains_in_flight_request(env, upstreams):
+    slow = upstreams("slow")
+    env.srv.set(CDS, [eds_cluster("web1"), eds_cluster("slow")])
+    env.srv.set(EDS, [cla("web1", [env.u1.port]), cla("slow", [slow.port])])
+    env.srv.set(LDS, [rds_listener("ingress", env.lp, "r1")])
+    env.srv.set(RDS, [route_config("r1", "slow")])
+    env.wait_ready()
+    import threading
+    result = {}
+
+    def req():
+        r = curl("-s", "-o", "/dev/null", "-w", "%{http_code}",
+                 "http://127.0.0.1:%d/x?sleep=1.5" % env.lp)
+        result["code"] = r.stdout.decode()
+
+    th = threading.Thread(target=req)
+    th.start()
+    assert wait_for(lambda: slow.counters().get("inflight", 0) >= 1, timeout=5)
+    time.sleep(0.3)
+    env.srv.set(LDS, [])
+    assert env.acked(LDS, 2)
+    assert wait_for(lambda: not helpers.wait_port(env.lp, 0.05), timeout=10)
+    th.join(10)
+    assert result.get("code") == "200", result
+
+
+# ---- NACK damping ----------------------------------------------------------------------------
+
+def cpu_seconds(pid):
+    """utime + stime of a process, from /proc/PID/stat."""
+    import os
+    with open("/proc/%d/stat" % pid) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_nack_loop_is_damped(env):
+    """A server that resends a rejected config at once on every NACK (like
+    go-control-plane): skiff answers the same bytes without re-translating
+    them, at a bounded rate, and keeps serving the good config."""
+    env.push_all("web1")
+    env.wait_ready()
+    s = env.skiff
+    builds_before = config_version(s)
+    cpu0 = cpu_seconds(s.proc.pid)
+    env.srv.resend_on_nack(CDS, 5000)  # bounded loop
+    env.srv.set(CDS, [eds_cluster("web1"), eds_cluster("web2"), eds_cluster("bad", lb_policy=42)])
+    t0 = time.monotonic()
+    served = 0
+    while time.monotonic() - t0 < 4.0:
+        assert served_by(env.lp) == "u1"
+        served += 1
+        time.sleep(0.2)
+    elapsed = time.monotonic() - t0
+    nacks = len(env.srv.nacks(CDS))
+    cpu = cpu_seconds(s.proc.pid) - cpu0
+    # burst of 5, then 2 per second (plus slack for scheduling)
+    assert 5 <= nacks <= 5 + 2 * elapsed + 4, nacks
+    assert cpu < 1.0, cpu
+    st = stats(s)
+    rejected = int(st["cluster_manager.cds.update_rejected"])
+    damped = int(st["cluster_manager.cds.update_damped"])
+    # every resend was recognised without a rebuild: only the first was translated
+    assert damped == rejected - 1 and rejected >= nacks, (damped, rejected, nacks)
+    assert int(st["control_plane.rate_limit_enforced"]) >= 1
+    assert config_version(s) == builds_before  # nothing was rebuilt or published
+    # every NACK carries the reason and the last accepted version
+    assert all("Cluster 'bad'" in n["error"] and n["version"] == "1" for n in env.srv.nacks(CDS))
+    # a good version ends the loop
+    env.srv.set(CDS, [eds_cluster("web1"), eds_cluster("web2")])
+    assert env.acked(CDS, env.srv.versions[CDS])
+    assert served_by(env.lp) == "u1"
+
+
+# ---- control plane over a Unix socket and over TLS ----------------------------------------------
+
+def pipe_cluster(path, **extra):
+    c = {"name": "xds_cluster", "type": "STATIC", "connect_timeout": "1s",
+         "load_assignment": {"cluster_name": "xds_cluster", "endpoints": [
+             {"lb_endpoints": [{"endpoint": {"address": {"pipe": {"path": str(path)}}}}]}]}}
+    c.update(extra)
+    return c
+
+
+def test_ads_over_unix_socket(xds, skiff_factory, upstreams, tmp_path):
+    sock = tmp_path / "xds.sock"
+    env = Env(xds, skiff_factory, upstreams, srv_kw={"uds": str(sock)},
+              xds_cluster=pipe_cluster(sock))
+    env.push_all("web1")
+    env.wait_ready()
+    assert served_by(env.lp) == "u1"
+    _, top = xds_status(env.skiff)
+    assert top["server"] == "unix:%s" % sock and top["connected"] is True
+    # a route change over the same stream
+    env.srv.set(RDS, [route_config("r1", "web2")])
+    assert wait_for(lambda: served_by(env.lp) == "u2", timeout=5)
+
+
+def test_unix_socket_only_for_the_xds_cluster(skiff_bin, tmp_path):
+    """Data-plane clusters cannot point at a Unix socket (skiff does not connect
+    upstreams to one): rejected at load, naming the cluster."""
+    import subprocess
+    bs = bootstrap(1, free_port(), pipe_cluster(tmp_path / "x.sock"))
+    bs["static_resources"]["clusters"].append(dict(pipe_cluster(tmp_path / "y.sock"), name="data"))
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text(helpers.dump(bs))
+    r = subprocess.run([skiff_bin, "--validate", "-c", str(cfg)], capture_output=True, timeout=20)
+    out = (r.stdout + r.stderr).decode()
+    assert r.returncode != 0, out
+    assert "static_resources.clusters[1]" in out and "only supported for the xDS (ADS) cluster" in out, out
+    # the same file without the data cluster is valid
+    bs["static_resources"]["clusters"].pop()
+    cfg.write_text(helpers.dump(bs))
+    r = subprocess.run([skiff_bin, "--validate", "-c", str(cfg)], capture_output=True, timeout=20)
+    assert r.returncode == 0, (r.stdout + r.stderr).decode()
+
+
+@pytest.fixture(scope="module")
+def xds_pki(tmp_path_factory):
+    import tls_helpers
+    base = tmp_path_factory.mktemp("xds-pki")
+    ca = tls_helpers.CA(base, "ca", "xds test CA")
+    other = tls_helpers.CA(base, "other", "other CA")
+    return {
+        "ca": ca,
+        "server": ca.issue("cp", ["DNS:localhost", "IP:127.0.0.1"]),
+        "client": ca.issue("sidecar", ["URI:spiffe://skiff.local/ns/default/sa/sidecar"]),
+        "server_other": other.issue("cp_other", ["DNS:localhost", "IP:127.0.0.1"]),
+    }
+
+
+def tls_cluster(port, ca, client=None, sans=None):
+    import tls_helpers
+    c = helpers.cluster("xds_cluster", [port])
+    c["transport_socket"] = tls_helpers.upstream_tls(ca=ca.pem, cert=client, sans=sans, sni="localhost")
+    return c
+
+
+def test_ads_over_mutual_tls(xds, skiff_factory, upstreams, xds_pki):
+    p = xds_pki
+    port = free_port()
+    creds = (p["server"].cert.read_bytes(), p["server"].key.read_bytes(), p["ca"].pem.read_bytes())
+    env = Env(xds, skiff_factory, upstreams, srv_kw={"port": port, "tls": creds},
+              xds_cluster=tls_cluster(port, p["ca"], p["client"], sans=[("DNS", "localhost")]))
+    env.push_all("web1")
+    env.wait_ready()
+    assert served_by(env.lp) == "u1"
+    assert "(TLS)" in env.skiff.log()
+    st = stats(env.skiff)
+    assert int(st["tls_handshake_client_ok"]) >= 1
+    assert st["control_plane.connected_state"] == "1"
+    env.srv.set(RDS, [route_config("r1", "web2")])
+    assert wait_for(lambda: served_by(env.lp) == "u2", timeout=5)
+
+
+def test_ads_tls_untrusted_server_is_refused(xds, skiff_factory, upstreams, xds_pki):
+    p = xds_pki
+    port = free_port()
+    creds = (p["server_other"].cert.read_bytes(), p["server_other"].key.read_bytes())
+    env = Env(xds, skiff_factory, upstreams, srv_kw={"port": port, "tls": creds},
+              xds_cluster=tls_cluster(port, p["ca"], p["client"]))
+    env.push_all("web1")
+    assert wait_for(lambda: "TLS handshake with 127.0.0.1:%d failed" % port in env.skiff.log(),
+                    timeout=10), env.skiff.log()
+    assert env.srv.requests == []
+    assert env.skiff.ready_status() == 503
+    assert stats(env.skiff)["control_plane.connected_state"] == "0"
+
+
+# ---- SDS ----------------------------------------------------------------------------------------
+
+SDS = xds_server.SECRET
+
+
+def cert_secret(name, cert):
+    return {"name": name, "tls_certificate": {
+        "certificate_chain": {"inline_string": cert.cert.read_text()},
+        "private_key": {"inline_string": cert.key.read_text()}}}
+
+
+def ca_secret(name, ca_pem):
+    return {"name": name, "validation_context": {"trusted_ca": {"inline_string": ca_pem.read_text()}}}
+
+
+def sds_ref(name):
+    return {"name": name, "sds_config": {"ads": {}, "resource_api_version": "V3"}}
+
+
+def test_sds_listener_certificate_and_rotation(env, xds_pki):
+    """A listener whose certificate comes from SDS: not served before the
+    Secret arrives, then served with it; a new Secret version rotates the
+    certificate for new connections while an open one keeps working."""
+    import tls_helpers
+    p = xds_pki
+    s = env.skiff
+    l = rds_listener("ingress", env.lp, "r1")
+    l["filter_chains"][0]["transport_socket"] = {
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": {"@type": tls_helpers.DTC_TYPE,
+                         "common_tls_context": {"tls_certificate_sds_secret_configs": [sds_ref("server-cert")]}}}
+    env.srv.set(CDS, [eds_cluster("web1")])
+    env.srv.set(EDS, [cla("web1", [env.u1.port])])
+    env.srv.set(LDS, [l])
+    env.srv.set(RDS, [route_config("r1", "web1")])
+    assert env.acked(RDS, 1)
+    assert wait_for(lambda: any(r["type"] == SDS and r["names"] == ["server-cert"] for r in env.srv.requests))
+    time.sleep(0.3)
+    assert s.ready_status() == 503  # warming: waits for its Secret
+    assert not helpers.wait_port(env.lp, 0.05)
+
+    env.srv.set(SDS, [cert_secret("server-cert", p["server"])])
+    env.wait_ready()
+    url = "https://localhost:%d/" % env.lp
+    code, _, _ = tls_helpers.curl_parse(tls_helpers.curl_tls(url, ca=p["ca"].pem))
+    assert code == 200
+    assert tls_helpers.peer_serial(env.lp, "localhost") == p["server"].serial()
+
+    # an open TLS connection, then a new Secret version
+    ctx = tls_helpers.ssl_context(p["ca"].pem)
+    conn = tls_helpers.TlsConn(env.lp, ctx, server_hostname="localhost")
+    assert conn.request("GET", "/a").status == 200
+    new = p["ca"].issue("cp2", ["DNS:localhost", "IP:127.0.0.1"])
+    env.srv.set(SDS, [cert_secret("server-cert", new)])
+    assert env.acked(SDS, 2)
+    assert wait_for(lambda: tls_helpers.peer_serial(env.lp, "localhost") == new.serial(), timeout=5)
+    assert conn.request("GET", "/b").status == 200  # not closed by the rotation
+    conn.close()
+
+    st = stats(s)
+    assert st["sds.update_success"] == "2" and st["sds.update_rejected"] == "0"
+    types, _ = xds_status(s)
+    assert [(r["name"], r["version_info"]) for r in types["SDS"]["resources"]] == [("server-cert", "2")]
+    body = admin_get(s.admin_port, "/config_dump")[1]
+    assert "BEGIN" not in body and "PRIVATE KEY" not in body  # secrets are never dumped
+
+    # a broken Secret is NACKed; the served certificate stays
+    env.srv.set(SDS, [{"name": "server-cert", "tls_certificate": {
+        "certificate_chain": {"inline_string": "not a certificate"},
+        "private_key": {"inline_string": new.key.read_text()}}}])
+    assert wait_for(lambda: env.srv.nacks(SDS), timeout=10), s.log()
+    assert tls_helpers.peer_serial(env.lp, "localhost") == new.serial()
+    assert xds_status(s)[0]["SDS"]["last_nack"]["version_info"] == "3"
+
+
+def test_sds_upstream_client_certificate_and_ca(env, xds_pki, skiff_factory):
+    """A cluster whose client certificate and trusted CA come from SDS (two
+    Secrets; combined validation context: SAN matcher inline, CA from SDS),
+    in front of a STRICT mTLS origin (a static skiff that forwards the client
+    identity in x-forwarded-client-cert)."""
+    import json
+    import tls_helpers
+    p = xds_pki
+    # the origin: STRICT mTLS -> u2, XFCC with the client's URI SAN
+    op, oap = free_port(), free_port()
+    ol = helpers.http_listener("origin", op, [helpers.vhost("v", ["*"], [helpers.route("/", "up")])],
+                               {"forward_client_cert_details": "SANITIZE_SET",
+                                "set_current_client_cert_details": {"uri": True}})
+    tls_helpers.with_tls(ol, tls_helpers.downstream_tls(p["server"], p["ca"].pem, require_client=True))
+    skiff_factory(helpers.bootstrap(oap, [ol], [helpers.cluster("up", [env.u2.port])]),
+                  port=op, admin_port=oap)
+
+    secure = helpers.cluster("secure", [op])
+    secure["transport_socket"] = {"name": "envoy.transport_sockets.tls", "typed_config": {
+        "@type": tls_helpers.UTC_TYPE, "sni": "localhost",
+        "common_tls_context": {
+            "tls_certificate_sds_secret_configs": [sds_ref("default")],
+            "combined_validation_context": {
+                "default_validation_context": {"match_typed_subject_alt_names": [
+                    {"san_type": "DNS", "matcher": {"exact": "localhost"}}]},
+                "validation_context_sds_secret_config": sds_ref("ROOTCA")}}}}
+    env.srv.set(CDS, [secure])
+    env.srv.set(LDS, [rds_listener("ingress", env.lp, "r1")])
+    env.srv.set(RDS, [route_config("r1", "secure")])
+    assert wait_for(lambda: any(r["type"] == SDS and r["names"] == ["ROOTCA", "default"]
+                                for r in env.srv.requests), timeout=10), env.srv.requests
+    time.sleep(0.3)
+    assert env.skiff.ready_status() == 503  # the cluster waits for its secrets
+    env.srv.set(SDS, [cert_secret("default", p["client"]), ca_secret("ROOTCA", p["ca"].pem)])
+    env.wait_ready()
+    r = curl("-s", "http://127.0.0.1:%d/hello" % env.lp)
+    echo = json.loads(r.stdout)
+    xfcc = {k.lower(): v for k, v in echo["headers"].items()}.get("x-forwarded-client-cert", "") \
+        if isinstance(echo.get("headers"), dict) else str(echo)
+    assert "spiffe://skiff.local/ns/default/sa/sidecar" in str(xfcc), echo
+    # a CA secret that does not match the origin: handshakes fail (503), config still valid
+    other = p["server_other"]
+    env.srv.update(SDS, [ca_secret("ROOTCA", other.cert)])  # not a CA of the origin's chain
+    assert env.acked(SDS, 2)
+    assert wait_for(lambda: curl("-s", "-o", "/dev/null", "-w", "%{http_code}",
+                                 "http://127.0.0.1:%d/x" % env.lp).stdout == b"503", timeout=5)

@@ -18,10 +18,16 @@ Server behaviour (like go-control-plane / istiod):
     state to every open stream; push() re-sends it unchanged.
   * Every request is recorded (type, version_info, nonce, names, error_detail)
     so tests can check ACKs and NACKs.
+  * resend_on_nack(type, n): behave like go-control-plane (no NACK detection):
+    answer each of the next n NACKs of that type at once with the same state
+    and a fresh nonce (a NACK loop, bounded by n).
+  * Listens on 127.0.0.1:port, or on a Unix socket (uds=PATH), plaintext or
+    TLS (tls=(cert_pem, key_pem[, client_ca_pem]): grpcio ssl credentials; with
+    a client CA the client certificate is required).
 
 Usable in-process (XdsServer) or standalone:
     xds_server.py --port 18000 --resources FILE.json
-where FILE.json maps type ("clusters", "endpoints", "listeners", "routes") to a
+where FILE.json maps type ("clusters", "endpoints", "listeners", "routes", "secrets") to a
 list of proto-JSON resources.
 """
 import argparse
@@ -47,7 +53,9 @@ CLUSTER = PREFIX + "envoy.config.cluster.v3.Cluster"
 ENDPOINT = PREFIX + "envoy.config.endpoint.v3.ClusterLoadAssignment"
 LISTENER = PREFIX + "envoy.config.listener.v3.Listener"
 ROUTE = PREFIX + "envoy.config.route.v3.RouteConfiguration"
-TYPES = {"clusters": CLUSTER, "endpoints": ENDPOINT, "listeners": LISTENER, "routes": ROUTE}
+SECRET = PREFIX + "envoy.extensions.transport_sockets.tls.v3.Secret"
+TYPES = {"clusters": CLUSTER, "endpoints": ENDPOINT, "listeners": LISTENER, "routes": ROUTE,
+         "secrets": SECRET}
 WILDCARD = (CLUSTER, LISTENER)
 
 PB = None  # namespace of the generated modules, set by load_protos()
@@ -79,11 +87,13 @@ def load_protos(out_dir):
     m.endpoint = importlib.import_module("envoy.config.endpoint.v3_pb2")
     m.listener = importlib.import_module("envoy.config.listener.v3_pb2")
     m.route = importlib.import_module("envoy.config.route.v3_pb2")
+    m.tls = importlib.import_module("envoy.extensions.transport_sockets.tls.v3_pb2")
     m.any = importlib.import_module("google.protobuf_pb2")
     from google.protobuf import json_format
     m.json_format = json_format
     m.cls = {CLUSTER: m.cluster.Cluster, ENDPOINT: m.endpoint.ClusterLoadAssignment,
-             LISTENER: m.listener.Listener, ROUTE: m.route.RouteConfiguration}
+             LISTENER: m.listener.Listener, ROUTE: m.route.RouteConfiguration,
+             SECRET: m.tls.Secret}
     PB = m
     return m
 
@@ -130,9 +140,13 @@ class _Stream:
 
 
 class XdsServer:
-    def __init__(self, port, proto_dir):
+    def __init__(self, port, proto_dir, uds=None, tls=None):
         load_protos(proto_dir)
         self.port = port
+        self.uds = uds
+        self.tls = tls
+        self.nack_resend = {}   # type -> NACKs still to be answered by a resend
+        self.resends = 0
         self.lock = threading.Lock()
         self.resources = {t: {} for t in TYPES.values()}   # type -> name -> (name, Any)
         self.versions = {t: 0 for t in TYPES.values()}
@@ -169,6 +183,11 @@ class XdsServer:
                 for s in self.streams:
                     if type_url in s.names:
                         s.send(type_url)
+
+    def resend_on_nack(self, type_url, n):
+        """Answer the next n NACKs of type_url at once with the same state."""
+        with self.lock:
+            self.nack_resend[type_url] = n
 
     def push(self, type_url):
         """Re-send the current state (same version, same bytes) with a fresh nonce."""
@@ -216,6 +235,11 @@ class XdsServer:
                             if rq.HasField("node") else None,
                             "stream": seq})
                         names = list(rq.resource_names)
+                        if (rq.HasField("error_detail")
+                                and self.nack_resend.get(rq.type_url, 0) > 0):
+                            self.nack_resend[rq.type_url] -= 1
+                            self.resends += 1
+                            s.send(rq.type_url)
                         first = rq.type_url not in s.names
                         changed = not first and sorted(names) != sorted(s.names[rq.type_url])
                         s.names[rq.type_url] = names
@@ -248,9 +272,17 @@ class XdsServer:
             METHOD: grpc.stream_stream_rpc_method_handler(self._handle)})
         self.grpc = grpc.server(futures.ThreadPoolExecutor(max_workers=16))
         self.grpc.add_generic_rpc_handlers((handler,))
-        bound = self.grpc.add_insecure_port("127.0.0.1:%d" % self.port)
-        if bound != self.port:
-            raise RuntimeError("cannot bind 127.0.0.1:%d" % self.port)
+        addr = ("unix:" + self.uds) if self.uds else "127.0.0.1:%d" % self.port
+        if self.tls:
+            cert, key = self.tls[0], self.tls[1]
+            ca = self.tls[2] if len(self.tls) > 2 else None
+            creds = grpc.ssl_server_credentials([(key, cert)], root_certificates=ca,
+                                                require_client_auth=ca is not None)
+            bound = self.grpc.add_secure_port(addr, creds)
+        else:
+            bound = self.grpc.add_insecure_port(addr)
+        if (self.uds and bound != 1) or (not self.uds and bound != self.port):
+            raise RuntimeError("cannot bind %s" % addr)
         self.grpc.start()
         return self
 
@@ -268,15 +300,25 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--port", type=int, default=18000)
     ap.add_argument("--resources", help="JSON file: {clusters|endpoints|listeners|routes: [...]}")
+    ap.add_argument("--uds", help="listen on this Unix socket instead of 127.0.0.1:PORT")
+    ap.add_argument("--tls-cert", help="serve TLS with this certificate (PEM)")
+    ap.add_argument("--tls-key", help="... and this key (PEM)")
+    ap.add_argument("--tls-ca", help="require client certificates signed by this CA (PEM)")
     ap.add_argument("--proto-out", default=os.path.join("/tmp", "skiff-xds-py-%d" % os.getpid()))
     a = ap.parse_args()
-    srv = XdsServer(a.port, a.proto_out).start()
+    tls = None
+    if a.tls_cert:
+        tls = (Path(a.tls_cert).read_bytes(), Path(a.tls_key).read_bytes())
+        if a.tls_ca:
+            tls += (Path(a.tls_ca).read_bytes(),)
+    srv = XdsServer(a.port, a.proto_out, uds=a.uds, tls=tls).start()
     if a.resources:
         spec = json.loads(Path(a.resources).read_text())
         for k, t in TYPES.items():
             if k in spec:
                 srv.set(t, spec[k])
-    print("xds server on 127.0.0.1:%d" % a.port, flush=True)
+    print("xds server on %s%s" % (("unix:" + a.uds) if a.uds else "127.0.0.1:%d" % a.port,
+                                  " (TLS)" if tls else ""), flush=True)
     try:
         while True:
             time.sleep(3600)

@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "skiff/buf.h"
 #include "skiff/config.h"
 #include "skiff/err.h"
 #include "skiff/model.h"
@@ -18,6 +19,7 @@
 #include "envoy.config.endpoint.v3.pb-c.h"
 #include "envoy.config.listener.v3.pb-c.h"
 #include "envoy.config.route.v3.pb-c.h"
+#include "envoy.extensions.transport_sockets.tls.v3.pb-c.h"
 #include "envoy.service.discovery.v3.pb-c.h"
 
 static int failures;
@@ -186,6 +188,8 @@ static const ProtobufCMessageDescriptor *desc_of(int type)
         return &envoy__config__endpoint__v3__cluster_load_assignment__descriptor;
     case SK_XDS_LDS:
         return &envoy__config__listener__v3__listener__descriptor;
+    case SK_XDS_SDS:
+        return &envoy__extensions__transport_sockets__tls__v3__secret__descriptor;
     default:
         return &envoy__config__route__v3__route_configuration__descriptor;
     }
@@ -440,10 +444,225 @@ static void test_store(void)
     published = NULL;
 }
 
+/* initial_fetch_timeout: RDS/EDS names become does-not-exist, CDS/LDS count as
+ * answered; a resent rejected response is damped; /config_dump JSON. */
+static void test_timeouts_and_damping(void)
+{
+    Envoy__Config__Bootstrap__V3__Bootstrap *bs = (Envoy__Config__Bootstrap__V3__Bootstrap *)parse(
+        &envoy__config__bootstrap__v3__bootstrap__descriptor, bootstrap_yaml);
+    CHECK(bs != NULL);
+    if (!bs)
+        return;
+    struct sk_xds_hooks hooks = {NULL, publish, NULL};
+    struct sk_xds_store *st = sk_xds_store_new(bs, &hooks);
+    struct sk_xds_result r;
+    npublished = 0;
+
+    /* nothing armed before arm(); CDS/LDS wait 15 s by default */
+    CHECK(sk_xds_store_next_deadline(st) == 0);
+    sk_xds_store_arm(st, 100.0);
+    CHECK(sk_xds_store_next_deadline(st) == 115.0);
+    CHECK(sk_xds_store_expire(st, 114.9, &r) == 0);
+    sk_xds_result_free(&r);
+
+    /* CDS arrives; LDS never does: at 115 LDS counts as answered (empty) */
+    CHECK(handle_one(st, SK_XDS_CDS, "c1", EDS_CLUSTER("web", ""), &r));
+    sk_xds_result_free(&r);
+    /* the EDS name was learnt; its timer starts on arm (1 s configured? no: 15 s) */
+    sk_xds_store_arm(st, 101.0);
+    CHECK(sk_xds_store_next_deadline(st) == 115.0); /* LDS first */
+    CHECK(sk_xds_store_expire(st, 115.0, &r) == 1);
+    CHECK(!r.published && !sk_xds_store_warm(st)); /* EDS still missing */
+    sk_xds_result_free(&r);
+    CHECK(sk_xds_store_init_fetch_timeouts(st, SK_XDS_LDS) == 1);
+    CHECK(sk_xds_store_next_deadline(st) == 116.0);
+    CHECK(!sk_xds_store_does_not_exist(st, SK_XDS_EDS, "web-svc"));
+    /* the stream drops: running timers restart on the next stream */
+    sk_xds_store_disarm(st);
+    CHECK(sk_xds_store_next_deadline(st) == 0);
+    sk_xds_store_arm(st, 200.0);
+    CHECK(sk_xds_store_next_deadline(st) == 215.0);
+    CHECK(sk_xds_store_expire(st, 215.0, &r) == 1);
+    CHECK(r.published && sk_xds_store_warm(st)); /* complete: web without endpoints */
+    sk_xds_result_free(&r);
+    CHECK(sk_xds_store_does_not_exist(st, SK_XDS_EDS, "web-svc"));
+    CHECK(sk_xds_store_init_fetch_timeouts(st, SK_XDS_EDS) == 1);
+    CHECK(published && published->nclusters == 2);
+    for (size_t i = 0; published && i < published->nclusters; i++)
+        if (strcmp(published->clusters[i].name, "web") == 0)
+            CHECK(published->clusters[i].nendpoints == 0);
+    /* it arrives late: applied */
+    CHECK(handle_one(st, SK_XDS_EDS, "e1", CLA("web", "9001"), &r));
+    CHECK(r.published);
+    sk_xds_result_free(&r);
+    CHECK(!sk_xds_store_does_not_exist(st, SK_XDS_EDS, "web-svc"));
+
+    /* a listener with an RDS config_source timeout of 0.5 s */
+    CHECK(handle_one(st, SK_XDS_LDS, "l1",
+                     "name: ing\n"
+                     "address: {socket_address: {address: 127.0.0.1, port_value: 1}}\n"
+                     "filter_chains:\n"
+                     "- filters:\n"
+                     "  - name: hcm\n"
+                     "    typed_config:\n"
+                     "      \"@type\": " HCM_TYPE "\n"
+                     "      stat_prefix: ing\n"
+                     "      rds: {route_config_name: r1, config_source: {ads: {}, "
+                     "initial_fetch_timeout: 0.5s}}\n"
+                     "      http_filters: [{name: router, typed_config: {\"@type\": " ROUTER_TYPE
+                     "}}]\n",
+                     &r));
+    CHECK(r.names_changed[SK_XDS_RDS]);
+    sk_xds_result_free(&r);
+    size_t nl = published ? published->nlisteners : 99;
+    CHECK(nl == 0); /* warming: not published yet */
+    sk_xds_store_arm(st, 300.0);
+    CHECK(sk_xds_store_next_deadline(st) == 300.5);
+    CHECK(sk_xds_store_expire(st, 300.5, &r) == 1);
+    CHECK(r.published);
+    sk_xds_result_free(&r);
+    CHECK(published && published->nlisteners == 1);
+    CHECK(sk_xds_store_does_not_exist(st, SK_XDS_RDS, "r1"));
+
+    /* damping: the same rejected CDS again is NACKed without a build */
+    uint64_t b0 = sk_xds_store_builds(st);
+    CHECK(!handle_one(st, SK_XDS_CDS, "c2", EDS_CLUSTER("web", "lb_policy: 42\n"), &r));
+    CHECK(!r.damped && r.rebuilt && r.error && strstr(r.error, "lb_policy"));
+    sk_xds_result_free(&r);
+    uint64_t b1 = sk_xds_store_builds(st);
+    for (int i = 0; i < 3; i++) {
+        CHECK(!handle_one(st, SK_XDS_CDS, "c2", EDS_CLUSTER("web", "lb_policy: 42\n"), &r));
+        CHECK(r.damped && !r.rebuilt && r.error && strstr(r.error, "lb_policy"));
+        sk_xds_result_free(&r);
+    }
+    CHECK(sk_xds_store_builds(st) == b1);
+    (void)b0;
+    /* dump: versions, last NACK, does-not-exist */
+    struct sk_buf b;
+    sk_buf_init(&b, 1 << 20);
+    sk_xds_store_dump(st, &b);
+    sk_buf_append(&b, "", 1);
+    const char *j = (const char *)sk_buf_rptr(&b);
+    CHECK(strstr(j, "\"does_not_exist\": [\"r1\"]") != NULL);
+    CHECK(strstr(j, "\"last_nack\": {\"version_info\": \"c2\"") != NULL);
+    CHECK(strstr(j, "{\"name\": \"web\", \"version_info\": \"c1\"") != NULL);
+    sk_buf_free(&b);
+
+    sk_xds_store_free(st);
+    if (published)
+        sk_snapshot_unref(published);
+    published = NULL;
+}
+
+/* Like sk_tls_prepare for SDS: a TLS context still naming a Secret has no
+ * material. */
+static int prepare_sds(struct sk_snapshot *s, struct sk_cfgerrs *errs)
+{
+    for (size_t i = 0; i < s->nlisteners; i++)
+        for (size_t c = 0; c < s->listeners[i].nchains; c++) {
+            const struct sk_tls_cfg *t = s->listeners[i].chains[c].tls;
+            if (t && t->sds_cert_name && t->cert_chain.kind == SK_DS_NONE) {
+                sk_cfgerrs_add(errs, "", "SDS secret '%s' is not available", t->sds_cert_name);
+                return -1;
+            }
+        }
+    return 0;
+}
+
+/* SDS: a TLS listener waits for its Secret, gets it inlined, or stays out once
+ * the Secret's initial fetch timed out. */
+static void test_sds(void)
+{
+    Envoy__Config__Bootstrap__V3__Bootstrap *bs = (Envoy__Config__Bootstrap__V3__Bootstrap *)parse(
+        &envoy__config__bootstrap__v3__bootstrap__descriptor, bootstrap_yaml);
+    CHECK(bs != NULL);
+    if (!bs)
+        return;
+    struct sk_xds_hooks hooks = {prepare_sds, publish, NULL};
+    struct sk_xds_store *st = sk_xds_store_new(bs, &hooks);
+    struct sk_xds_result r;
+    const char *const *names;
+    CHECK(handle_one(st, SK_XDS_CDS, "c1", NULL, &r));
+    sk_xds_result_free(&r);
+#define TLS_LISTENER(name, port)                                                                   \
+    "name: " name "\n"                                                                             \
+    "address: {socket_address: {address: 127.0.0.1, port_value: " port "}}\n"                      \
+    "filter_chains:\n"                                                                             \
+    "- filters:\n"                                                                                 \
+    "  - name: tcp\n"                                                                              \
+    "    typed_config:\n"                                                                          \
+    "      \"@type\": "                                                                            \
+    "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy\n"                 \
+    "      stat_prefix: t\n"                                                                       \
+    "      cluster: xds\n"                                                                         \
+    "  transport_socket:\n"                                                                        \
+    "    name: tls\n"                                                                              \
+    "    typed_config:\n"                                                                          \
+    "      \"@type\": type.googleapis.com/"                                                        \
+    "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext\n"                             \
+    "      common_tls_context:\n"                                                                  \
+    "        tls_certificate_sds_secret_configs:\n"                                                \
+    "        - {name: cert, sds_config: {ads: {}, initial_fetch_timeout: 2s}}\n"
+    CHECK(handle_one(st, SK_XDS_LDS, "l1", TLS_LISTENER("tls", "1"), &r));
+    CHECK(r.names_changed[SK_XDS_SDS] && !r.published);
+    sk_xds_result_free(&r);
+    CHECK(sk_xds_store_wants(st, SK_XDS_SDS));
+    CHECK(sk_xds_store_names(st, SK_XDS_SDS, &names) == 1 && strcmp(names[0], "cert") == 0);
+    CHECK(!sk_xds_store_warm(st));
+    /* the Secret arrives: published with the certificate inlined */
+    CHECK(handle_one(st, SK_XDS_SDS, "s1",
+                     "name: cert\n"
+                     "tls_certificate:\n"
+                     "  certificate_chain: {inline_string: CERT-PEM}\n"
+                     "  private_key: {inline_string: KEY-PEM}\n",
+                     &r));
+    CHECK(r.published && sk_xds_store_warm(st));
+    sk_xds_result_free(&r);
+    const struct sk_tls_cfg *tls =
+        published && published->nlisteners == 1 && published->listeners[0].nchains == 1
+            ? published->listeners[0].chains[0].tls
+            : NULL;
+    CHECK(tls && !tls->sds_cert_name && tls->cert_chain.kind == SK_DS_INLINE &&
+          tls->cert_chain.len == 8 && memcmp(tls->cert_chain.data, "CERT-PEM", 8) == 0);
+    /* a Secret of the wrong kind is rejected (translate: not available) */
+    int np = npublished;
+    CHECK(!handle_one(st, SK_XDS_SDS, "s2", "name: cert\nvalidation_context: {}\n", &r));
+    CHECK(r.error && strstr(r.error, "SDS secret 'cert' is not available"));
+    sk_xds_result_free(&r);
+    CHECK(npublished == np && strcmp(sk_xds_store_version(st, SK_XDS_SDS), "s1") == 0);
+    sk_xds_store_free(st);
+    if (published)
+        sk_snapshot_unref(published);
+    published = NULL;
+
+    /* does-not-exist: a fresh store, the Secret never arrives */
+    bs = (Envoy__Config__Bootstrap__V3__Bootstrap *)parse(
+        &envoy__config__bootstrap__v3__bootstrap__descriptor, bootstrap_yaml);
+    st = sk_xds_store_new(bs, &hooks);
+    CHECK(handle_one(st, SK_XDS_CDS, "c1", NULL, &r));
+    sk_xds_result_free(&r);
+    CHECK(handle_one(st, SK_XDS_LDS, "l1", TLS_LISTENER("tls", "1"), &r));
+    sk_xds_result_free(&r);
+    sk_xds_store_arm(st, 10.0);
+    CHECK(sk_xds_store_next_deadline(st) == 12.0);
+    CHECK(sk_xds_store_expire(st, 12.0, &r) == 1);
+    CHECK(r.published); /* complete: without the listener */
+    sk_xds_result_free(&r);
+    CHECK(published && published->nlisteners == 0);
+    CHECK(sk_xds_store_does_not_exist(st, SK_XDS_SDS, "cert"));
+    sk_xds_store_free(st);
+    if (published)
+        sk_snapshot_unref(published);
+    published = NULL;
+#undef TLS_LISTENER
+}
+
 int main(void)
 {
     test_framing();
     test_store();
+    test_timeouts_and_damping();
+    test_sds();
     printf("%d checks, %d failures\n", checks, failures);
     return failures ? 1 : 0;
 }
