@@ -42,6 +42,7 @@
 #ifndef SKIFF_YAML_PB_H
 #define SKIFF_YAML_PB_H
 
+#include <stdbool.h>
 #include <protobuf-c/protobuf-c.h>
 #include <stddef.h>
 
@@ -56,6 +57,8 @@ struct sk_yaml_pb_opts {
     unsigned max_depth;  /* nesting of mappings/lists/messages; default 64, at most 256 */
     size_t max_nodes;    /* YAML nodes walked, aliases counted each time; default 1000000 */
     unsigned max_errors; /* stop after this many errors; default 100 */
+    bool keep_partial;   /* on errors, still hand back what parsed (*out set, rc < 0),
+                            so the caller can look for more errors in it */
 };
 
 /* Returns 0 and sets *out (free with protobuf_c_message_free_unpacked(*out, NULL))

@@ -26,6 +26,46 @@ void sk_config_set_prepare_hook(sk_config_prepare_fn fn)
     prepare_hook = fn;
 }
 
+/* p is path q itself or one of its ancestors ("a.b" for "a.b.c" / "a.b[0]") */
+static bool path_within(const char *p, const char *q)
+{
+    size_t n = strlen(p);
+    return strncmp(p, q, n) == 0 && (q[n] == 0 || q[n] == '.' || q[n] == '[');
+}
+
+/* The YAML had errors, but what did parse may hold more (dangling cluster
+ * names, bad values the translator checks): report them in the same run
+ * rather than after the first ones are fixed. An error at or under a field
+ * the YAML step already flagged is dropped: that field is missing from the
+ * partial message, so anything said about it there is a consequence. */
+static void more_errors(const Envoy__Config__Bootstrap__V3__Bootstrap *bs, struct sk_cfgerrs *errs)
+{
+    size_t n0 = errs->n;
+    struct sk_snapshot *snap = NULL;
+    if (sk_snapshot_build(bs, &snap, errs) == 0 && snap)
+        sk_snapshot_unref(snap);
+    size_t o = n0;
+    for (size_t i = n0; i < errs->n; i++) {
+        struct sk_cfgerr *e = &errs->v[i];
+        bool dup = !e->path || !e->path[0];
+        for (size_t k = 0; k < n0 && !dup; k++) {
+            const struct sk_cfgerr *y = &errs->v[k];
+            if (!y->path || !y->path[0])
+                continue;
+            /* an unknown field is reported at its message, which parsed otherwise */
+            bool whole = !y->msg || strncmp(y->msg, "unknown field", 13) != 0;
+            dup = (whole && path_within(y->path, e->path)) || path_within(e->path, y->path);
+        }
+        if (dup) {
+            free(e->path);
+            free(e->msg);
+        } else {
+            errs->v[o++] = *e;
+        }
+    }
+    errs->n = o;
+}
+
 int sk_config_load_buf(const char *name, const char *buf, size_t len, struct sk_snapshot **out,
                        struct sk_cfgerrs *errs)
 {
@@ -38,11 +78,14 @@ int sk_config_load_buf(const char *name, const char *buf, size_t len, struct sk_
         }
     }
     ProtobufCMessage *msg = NULL;
-    int rc = sk_yaml_pb_parse(buf, len, &envoy__config__bootstrap__v3__bootstrap__descriptor,
-                              sk_pb_lookup_type, &msg, errs);
+    struct sk_yaml_pb_opts yo = {.keep_partial = true};
+    int rc = sk_yaml_pb_parse_opts(buf, len, &envoy__config__bootstrap__v3__bootstrap__descriptor,
+                                   sk_pb_lookup_type, &yo, &msg, errs);
     if (rc != 0 || !msg) {
-        if (msg)
+        if (msg) {
+            more_errors((const Envoy__Config__Bootstrap__V3__Bootstrap *)msg, errs);
             protobuf_c_message_free_unpacked(msg, NULL);
+        }
         if (errs->n == 0)
             sk_cfgerrs_add(errs, "", "cannot parse configuration");
         return SK_ERR_CONFIG;

@@ -1866,6 +1866,10 @@ done:
     if (have_doc)
         yaml_document_delete(&doc);
     free(c.path);
+    if (c.nerr && m && !c.oom && opts && opts->keep_partial) {
+        *out = m; /* the caller validates the rest and frees it */
+        return SK_ERR_CONFIG;
+    }
     if (c.nerr || !m) {
         if (m)
             protobuf_c_message_free_unpacked(m, NULL);

@@ -319,3 +319,30 @@ def test_repeated_reloads(skiff_factory, upstreams):
             s.reload(two_cluster_cfg(lp, ap, a, b, target))
             assert c.request("GET", "/r%d" % i).json()["server"] == target
     assert s.stat("config_reload_ok") == 10
+
+
+def test_validate_reports_yaml_and_reference_errors_together(skiff_bin, tmp_path):
+    # a YAML-level error (unknown field) and a reference error (dangling cluster) in one
+    # file: both in one run, not the second only after the first is fixed
+    text = render(listener_extra="    bogus_field: 1\n", route_cluster="nosuch")
+    p = tmp_path / "bad-two-kinds.yaml"
+    p.write_text(text)
+    r = validate(skiff_bin, p)
+    out = r.stdout + r.stderr
+    assert r.returncode == 1, out
+    errs = errors(out, p)
+    assert len(errs) == 2, out
+    by_line = {int(e["line"]): e for e in errs}
+    assert locate(text, "bogus_field")[0] in by_line, out
+    e = by_line[locate(text, "cluster: nosuch")[0]]
+    assert "nosuch" in e["msg"] and e["path"].endswith("routes[0].route.cluster"), out
+
+
+def test_validate_no_consequential_errors(skiff_bin, tmp_path):
+    # a bad @type leaves the filter empty in the partial config: only the @type error shows
+    text = render(hcm_type="type.googleapis.com/envoy.extensions.filters.network.nope.v3.Nope")
+    p = tmp_path / "bad-type.yaml"
+    p.write_text(text)
+    r = validate(skiff_bin, p)
+    out = r.stdout + r.stderr
+    assert r.returncode == 1 and len(errors(out, p)) == 1, out
