@@ -69,9 +69,7 @@ struct hc_cluster;
 struct hc_host {
     struct hc_host *next;
     struct hc_cluster *cl;
-    struct sk_sockaddr addr;
-    char addr_str[64];
-    struct sk_host_state *hs;
+    struct sk_host_state *hs; /* process lifetime; holds the address (and its text) */
     struct hc_check *checks;
     size_t nchecks;
     bool seen;
@@ -245,7 +243,7 @@ static void set_state(struct hc_check *ck, int to)
               (ck->state == HC_S_SENDING && to == HC_S_READING);
     if (!ok) {
         sk_error("health: illegal state change %s -> %s (host %s of cluster %s)",
-                 hc_state_name[ck->state], hc_state_name[to], ck->h->addr_str, ck->h->cl->name);
+                 hc_state_name[ck->state], hc_state_name[to], ck->h->hs->addr_str, ck->h->cl->name);
         return;
     }
     ck->state = to;
@@ -630,7 +628,7 @@ static void check_start(struct hc_check *ck)
             return;
         }
     }
-    int fd = sk_connect_socket(&h->addr);
+    int fd = sk_connect_socket(&h->hs->addr);
     set_state(ck, HC_S_CONNECTING);
     if (fd < 0) {
         char b[96];
@@ -682,7 +680,7 @@ static void host_update(struct hc_host *h, const char *detail)
     int want = agg == V_HEALTHY ? SK_HC_HEALTHY : SK_HC_UNHEALTHY;
     int old = atomic_exchange_explicit(&h->hs->hc_status, want, memory_order_acq_rel);
     if (old != want)
-        sk_info("health: host %s of cluster %s is now %s (%s)", h->addr_str, h->cl->name,
+        sk_info("health: host %s of cluster %s is now %s (%s)", h->hs->addr_str, h->cl->name,
                 verdict_name(agg), detail);
 }
 
@@ -705,7 +703,7 @@ static void check_finish(struct hc_check *ck, int result, const char *why)
             ck->verdict = V_HEALTHY;
             snprintf(detail, sizeof(detail), "%u consecutive passes", ck->passes);
         }
-        sk_debug("health: host %s of cluster %s: check passed", h->addr_str, h->cl->name);
+        sk_debug("health: host %s of cluster %s: check passed", h->hs->addr_str, h->cl->name);
     } else {
         atomic_fetch_add_explicit(&h->cl->cs->health_check_failure, 1, memory_order_relaxed);
         atomic_fetch_add_explicit(&h->hs->hc_failures, 1, memory_order_relaxed);
@@ -724,7 +722,7 @@ static void check_finish(struct hc_check *ck, int result, const char *why)
                     snprintf(detail, sizeof(detail), "%u consecutive failures: %s", ck->fails, why);
             }
         }
-        sk_debug("health: host %s of cluster %s: check failed: %s", h->addr_str, h->cl->name, why);
+        sk_debug("health: host %s of cluster %s: check failed: %s", h->hs->addr_str, h->cl->name, why);
     }
     if (ck->verdict != before)
         host_update(h, detail);
@@ -767,7 +765,7 @@ static void host_start_checks(struct hc_host *h)
     const struct sk_health_checks *hcs = h->cl->cfg->health_checks;
     h->checks = calloc(hcs->n, sizeof(*h->checks));
     if (!h->checks) {
-        sk_error("health: out of memory starting checks for host %s of cluster %s", h->addr_str,
+        sk_error("health: out of memory starting checks for host %s of cluster %s", h->hs->addr_str,
                  h->cl->name);
         return;
     }
@@ -794,7 +792,7 @@ static void sync_hosts(struct hc_cluster *cl, const struct sk_sockaddr *addrs, s
             continue;
         struct hc_host *h;
         for (h = cl->hosts; h; h = h->next)
-            if (addr_eq(&h->addr, &addrs[i]))
+            if (addr_eq(&h->hs->addr, &addrs[i]))
                 break;
         if (h) {
             h->seen = true;
@@ -808,14 +806,12 @@ static void sync_hosts(struct hc_cluster *cl, const struct sk_sockaddr *addrs, s
             continue;
         }
         h->cl = cl;
-        h->addr = addrs[i];
         h->hs = hs;
-        sk_addr_str(&addrs[i], h->addr_str, sizeof(h->addr_str));
         h->seen = true;
         h->next = cl->hosts;
         cl->hosts = h;
         host_start_checks(h);
-        sk_debug("health: checking host %s of cluster %s", h->addr_str, cl->name);
+        sk_debug("health: checking host %s of cluster %s", h->hs->addr_str, cl->name);
     }
     for (struct hc_host **pp = &cl->hosts; *pp;) {
         struct hc_host *h = *pp;
@@ -824,7 +820,7 @@ static void sync_hosts(struct hc_cluster *cl, const struct sk_sockaddr *addrs, s
             continue;
         }
         *pp = h->next;
-        sk_debug("health: host %s left cluster %s", h->addr_str, cl->name);
+        sk_debug("health: host %s left cluster %s", h->hs->addr_str, cl->name);
         host_free(h, true);
     }
 }
