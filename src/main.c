@@ -11,6 +11,7 @@
 
 #include "skiff/admin.h"
 #include "skiff/cfgerr.h"
+#include "skiff/chaos.h"
 #include "skiff/config.h"
 #include "skiff/dns.h"
 #include "skiff/err.h"
@@ -589,6 +590,7 @@ static void usage(FILE *f)
             "usage: skiff -c FILE [options]\n"
             "       skiff --listen IP:PORT --upstream IP:PORT [--admin IP:PORT] [options]\n"
             "       skiff --validate -c FILE\n"
+            "       skiff chaos add|list|del|clear --admin IP:PORT ...  (skiff chaos --help)\n"
             "\n"
             "  -c, --config FILE      Envoy v3 bootstrap YAML\n"
             "      --validate         check the config, print every error, exit 0/1\n"
@@ -680,6 +682,8 @@ static int parse_args(int argc, char **argv)
 
 int main(int argc, char **argv)
 {
+    if (argc > 1 && strcmp(argv[1], "chaos") == 0)
+        return sk_chaos_cli(argc - 1, argv + 1); /* admin API client, no proxy */
     if (parse_args(argc, argv) < 0)
         return 2;
     signal(SIGPIPE, SIG_IGN);
@@ -738,6 +742,8 @@ int main(int argc, char **argv)
     struct sk_admin_hooks hooks = {is_ready, state_name, start_drain, config_version,
                                    current_snapshot, drain_listeners};
     const char *why = "";
+    sk_chaos_init(main_loop, current_snapshot);
+    sk_admin_add_handler("/chaos", sk_chaos_admin);
     int ar = sk_admin_start(main_loop, &aaddr, &hooks, &why);
     if (ar < 0) {
         fprintf(stderr, "skiff: admin listener %s: %s: %s\n", astr, why, strerror(-ar));
@@ -775,6 +781,7 @@ int main(int argc, char **argv)
     sk_ads_stop(ads);
     ads = NULL;
     sk_workers_join();
+    sk_chaos_shutdown();
     sk_admin_stop();
     sk_health_stop_all();
     if (cur)

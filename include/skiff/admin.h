@@ -23,6 +23,8 @@
  *   POST /quitquitquit     start a graceful drain and exit (like SIGTERM)
  *   POST /drain_listeners  stop accepting on every listener, keep running
  *   POST /healthcheck/fail | /healthcheck/ok  force /ready to 503 / clear it
+ *   /chaos/faults          runtime chaos rules (src/filters/chaos.c, include/skiff/chaos.h),
+ *                          registered by main through sk_admin_add_handler
  */
 #ifndef SKIFF_ADMIN_H
 #define SKIFF_ADMIN_H
@@ -41,6 +43,22 @@ struct sk_admin_hooks {
     const struct sk_snapshot *(*snapshot)(void); /* main thread's current snapshot */
     void (*drain_listeners)(void); /* stop accepting on every listener; keep running */
 };
+
+/* Request bodies: Content-Length only (chunked -> 411), at most
+ * SK_ADMIN_BODY_MAX bytes (more -> 413 before any handler runs). */
+#define SK_ADMIN_BODY_MAX 8192
+
+struct sk_buf;
+/* Endpoints of another module under a path prefix (main thread), e.g. the
+ * runtime chaos API under "/chaos": gets method, path (without the query),
+ * query, and the request body; writes the response body into out, may set
+ * *ctype (default application/json), returns the HTTP status. */
+typedef int (*sk_admin_handler_fn)(const char *method, size_t mlen, const char *path, size_t plen,
+                                   const char *query, size_t qlen, const char *body, size_t blen,
+                                   struct sk_buf *out, const char **ctype);
+/* Register `prefix` (a static string; matches itself and prefix/...). Up
+ * to 4 handlers; 0, or -1 when full. Call before or after sk_admin_start. */
+int sk_admin_add_handler(const char *prefix, sk_admin_handler_fn fn);
 
 /* Returns 0, or a negative errno with *why set. */
 int sk_admin_start(struct ev_loop *loop, const struct sk_sockaddr *addr,

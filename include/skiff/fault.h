@@ -9,6 +9,7 @@
 #ifndef SKIFF_FAULT_H
 #define SKIFF_FAULT_H
 
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -32,6 +33,22 @@ enum sk_fault_abort_kind {
     SK_FAULT_ABORT_HEADER, /* header_abort */
 };
 enum sk_fault_rl_kind { SK_FAULT_RL_NONE = 0, SK_FAULT_RL_FIXED, SK_FAULT_RL_HEADER };
+/* Mid-stream faults (our own; runtime chaos rules): once mid_after_bytes of
+ * the response body went downstream, cut the rest. HTTP/1 downstream: the
+ * connection is closed (short body). HTTP/2: RESET sends RST_STREAM,
+ * TRUNCATE ends the stream early (END_STREAM), GRPC ends it with trailers
+ * grpc-status mid_grpc_status. The upstream request is aborted. */
+enum sk_fault_mid_kind {
+    SK_FAULT_MID_NONE = 0,
+    SK_FAULT_MID_RESET,
+    SK_FAULT_MID_TRUNCATE,
+    SK_FAULT_MID_GRPC,
+};
+
+/* Injected-fault counters of a runtime chaos rule (src/filters/chaos.c). */
+struct sk_fault_counters {
+    _Atomic uint64_t delays, aborts, rl, mid;
+};
 
 struct sk_fault_cfg {
     uint32_t magic; /* SK_FAULT_CFG_MAGIC */
@@ -52,12 +69,26 @@ struct sk_fault_cfg {
     int rl_kind; /* enum sk_fault_rl_kind */
     uint64_t rl_kbps;
     struct sk_fraction rl_pct;
+    int mid_kind; /* enum sk_fault_mid_kind */
+    uint64_t mid_after_bytes;
+    uint32_t mid_grpc_status;
+    struct sk_fraction mid_pct;
+    /* Runtime chaos rules only (all NULL for config faults): count injected
+     * faults here instead of fault.*, stay out of active_faults, and say
+     * abort_detail in an abort's local reply. */
+    struct sk_fault_counters *ctr_rule, *ctr_kind;
+    const char *abort_detail;
 };
 
 extern const struct sk_http_filter_vt sk_fault_filter;
 
+struct sk_stream;
+/* One roll of the stream's worker PRNG (SKIFF_FAULT_SEED): true with
+ * probability f. Shared with the runtime chaos rules. */
+bool sk_fault_roll(const struct sk_stream *st, struct sk_fraction f);
+
 struct sk_buf;
-/* fault.* counters and the active_faults gauge (process-wide) */
+/* fault.* counters (and the runtime chaos ones: chaos.*) and the active_faults gauge (process-wide) */
 void sk_fault_stats(struct sk_buf *out, bool prometheus);
 
 #endif

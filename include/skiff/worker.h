@@ -41,7 +41,10 @@ enum sk_msg_kind {
     SK_MSG_DRAIN = 2,  /* stop accepting, close idle, finish in-flight */
     SK_MSG_STOP = 3,   /* leave the loop now */
     SK_MSG_HOSTS = 4,  /* DNS result for a cluster */
+    SK_MSG_CALL = 5,   /* run fn(worker, arg) on the worker's thread (e.g. chaos rules) */
 };
+
+struct sk_worker;
 
 struct sk_msg {
     struct sk_msg *next;
@@ -52,6 +55,8 @@ struct sk_msg {
     char *cluster;               /* HOSTS */
     struct sk_sockaddr *addrs;   /* HOSTS: malloc'd */
     size_t naddrs;
+    void (*fn)(struct sk_worker *w, void *arg); /* CALL: fn owns arg */
+    void *arg;
 };
 
 struct sk_listener_rt;

@@ -41,6 +41,9 @@ struct admin_conn {
     struct sk_buf in, out;
     bool replied;
     bool head; /* HEAD: headers only */
+    bool sent_continue;  /* 100 Continue sent for an Expect: 100-continue body */
+    const char *body;    /* request body (Content-Length, at most SK_ADMIN_BODY_MAX) */
+    size_t body_len;
 };
 
 static struct {
@@ -50,10 +53,25 @@ static struct {
     struct sk_admin_hooks hooks;
     bool forced_fail;
     uint64_t reload_ok, reload_rejected;
+    struct {
+        const char *prefix;
+        sk_admin_handler_fn fn;
+    } handlers[4]; /* other modules' endpoints (sk_admin_add_handler) */
+    size_t nhandlers;
     time_t started;
     double started_wall; /* unix seconds, for process_start_time_seconds */
     double started_mono;
 } A = {.fd = -1};
+
+int sk_admin_add_handler(const char *prefix, sk_admin_handler_fn fn)
+{
+    if (A.nhandlers >= sizeof(A.handlers) / sizeof(A.handlers[0]))
+        return -1;
+    A.handlers[A.nhandlers].prefix = prefix;
+    A.handlers[A.nhandlers].fn = fn;
+    A.nhandlers++;
+    return 0;
+}
 
 void sk_admin_count_reload(bool ok)
 {
@@ -86,6 +104,9 @@ static void reply(struct admin_conn *c, int status, const char *ctype, const cha
     const char *reason = status == 200   ? "OK"
                          : status == 404 ? "Not Found"
                          : status == 405 ? "Method Not Allowed"
+                         : status == 409 ? "Conflict"
+                         : status == 411 ? "Length Required"
+                         : status == 413 ? "Content Too Large"
                          : status == 500 ? "Internal Server Error"
                          : status == 503 ? "Service Unavailable"
                                          : "Bad Request";
@@ -1292,6 +1313,19 @@ static void handle(struct admin_conn *c, const struct sk_h1_msg *m)
             return;                                                                                \
         }                                                                                          \
     } while (0)
+    /* endpoints of other modules (e.g. /chaos/...), by path prefix */
+    for (size_t i = 0; i < A.nhandlers; i++) {
+        size_t hl = strlen(A.handlers[i].prefix);
+        if (pl >= hl && memcmp(path, A.handlers[i].prefix, hl) == 0 &&
+            (pl == hl || path[hl] == '/')) {
+            const char *ct = "application/json";
+            sk_buf_init(&b, ADMIN_OUT_MAX);
+            int st = A.handlers[i].fn(m->method, m->method_len, path, pl, q, ql, c->body,
+                                      c->body_len, &b, &ct);
+            reply_buf(c, st, ct, &b);
+            return;
+        }
+    }
     if (IS("/ready")) {
         READ_ONLY();
         bool ok = A.hooks.ready() && !A.forced_fail;
@@ -1404,7 +1438,8 @@ static void handle(struct admin_conn *c, const struct sk_h1_msg *m)
             "  GET  /ui                 live dashboard\n"
             "  POST /drain_listeners    stop accepting, keep running\n"
             "  POST /quitquitquit       drain and exit\n"
-            "  POST /healthcheck/fail | /healthcheck/ok\n";
+            "  POST /healthcheck/fail | /healthcheck/ok\n"
+            "  GET|POST|DELETE /chaos/faults[/ID]  runtime chaos rules (JSON; kill switch: DELETE)\n";
         sk_buf_append(&b, idx, sizeof(idx) - 1);
         reply_buf(c, 200, "text/plain", &b);
     } else {
@@ -1434,10 +1469,32 @@ static void ac_io(struct ev_loop *loop, ev_io *io, int revents)
         ssize_t pr = sk_h1_parse_request(sk_buf_rptr(&c->in), sk_buf_used(&c->in), &m, &lim);
         if (pr == SK_ERR_AGAIN && r != SK_ERR_TOO_LARGE)
             return;
-        if (pr < 0)
+        size_t have = pr > 0 ? sk_buf_used(&c->in) - (size_t)pr : 0;
+        if (pr < 0) {
             reply(c, 400, "text/plain", "bad request\n", 12);
-        else
+        } else if (m.body_kind == SK_H1_BODY_CHUNKED) {
+            reply(c, 411, "text/plain", "send the body with content-length\n", 34);
+        } else if (m.body_kind == SK_H1_BODY_LENGTH && m.content_length > SK_ADMIN_BODY_MAX) {
+            reply(c, 413, "text/plain", "request body too large (max 8192 bytes)\n", 40);
+        } else if (m.body_kind == SK_H1_BODY_LENGTH && have < m.content_length) {
+            if (r == SK_ERR_TOO_LARGE) {
+                reply(c, 413, "text/plain", "request too large\n", 18);
+            } else {
+                if ((m.flags & SK_H1_F_EXPECT_CONTINUE) && !c->sent_continue) {
+                    static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
+                    c->sent_continue = true;
+                    if (send(c->fd, cont, sizeof(cont) - 1, MSG_NOSIGNAL) < 0)
+                        sk_debug("admin: 100 Continue not sent");
+                }
+                return; /* wait for the rest of the body */
+            }
+        } else {
+            if (m.body_kind == SK_H1_BODY_LENGTH) {
+                c->body = sk_buf_rptr(&c->in) + pr;
+                c->body_len = (size_t)m.content_length;
+            }
             handle(c, &m);
+        }
         ev_io_stop(loop, &c->io);
         ev_io_set(&c->io, c->fd, EV_WRITE);
         ev_io_start(loop, &c->io);
@@ -1468,7 +1525,7 @@ static void accept_cb(struct ev_loop *loop, ev_io *io, int revents)
             continue;
         }
         c->fd = fd;
-        sk_buf_init(&c->in, ADMIN_IN_MAX);
+        sk_buf_init(&c->in, ADMIN_IN_MAX + SK_ADMIN_BODY_MAX);
         sk_buf_init(&c->out, ADMIN_OUT_MAX);
         ev_io_init(&c->io, ac_io, fd, EV_READ);
         c->io.data = c;

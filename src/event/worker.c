@@ -164,6 +164,9 @@ static void wake_cb(struct ev_loop *loop, ev_async *a, int revents)
         case SK_MSG_HOSTS:
             sk_clusters_set_hosts(w, m->cluster, m->addrs, m->naddrs);
             break;
+        case SK_MSG_CALL:
+            m->fn(w, m->arg);
+            break;
         }
         msg_free(m);
     }

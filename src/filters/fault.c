@@ -14,7 +14,12 @@
  *
  * Faults are downstream-side: an abort answers before the router picks a
  * host, so it is never retried; a delay holds the request before the first
- * attempt (retries and timeouts start after it). */
+ * attempt (retries and timeouts start after it).
+ *
+ * The runtime chaos rules (src/filters/chaos.c) run this same code with a
+ * config of their own: they count into the rule's counters (not fault.*),
+ * stay out of active_faults, and may add a mid-stream fault (cut the response
+ * after N body bytes, from on_response_data + a zero timer). */
 #include "skiff/fault.h"
 
 #include <pthread.h>
@@ -26,8 +31,10 @@
 #include <unistd.h>
 
 #include "skiff/buf.h"
+#include "skiff/chaos.h"
 #include "skiff/log.h"
 #include "skiff/stream.h"
+#include "skiff/upstream.h"
 #include "skiff/worker.h"
 
 /* ---- counters ------------------------------------------------------------------ */
@@ -55,6 +62,32 @@ void sk_fault_stats(struct sk_buf *out, bool prom)
         else
             sk_buf_appendf(out, "fault.%s: %lld\n", v[i].name, v[i].v);
     }
+    sk_chaos_stats(out, prom);
+}
+
+enum { K_DELAY, K_ABORT, K_RL, K_MID };
+
+/* One injected fault: into the chaos rule's and kind counters for runtime
+ * rules, else into fault.* */
+static void count(const struct sk_fault_cfg *c, int kind)
+{
+    if (c->ctr_rule || c->ctr_kind) {
+        struct sk_fault_counters *v[2] = {c->ctr_rule, c->ctr_kind};
+        for (int i = 0; i < 2; i++) {
+            if (!v[i])
+                continue;
+            _Atomic uint64_t *x = kind == K_DELAY   ? &v[i]->delays
+                                  : kind == K_ABORT ? &v[i]->aborts
+                                  : kind == K_RL    ? &v[i]->rl
+                                                    : &v[i]->mid;
+            atomic_fetch_add_explicit(x, 1, memory_order_relaxed);
+        }
+        return;
+    }
+    if (kind == K_MID)
+        return; /* config faults have no mid-stream kinds */
+    atomic_fetch_add_explicit(kind == K_DELAY ? &c_delays : kind == K_ABORT ? &c_aborts : &c_rl, 1,
+                              memory_order_relaxed);
 }
 
 /* ---- random numbers: one generator per worker thread ---------------------------- */
@@ -106,6 +139,11 @@ static bool fraction_hit(const struct sk_stream *st, struct sk_fraction f)
     return roll(st) % f.denominator < f.numerator;
 }
 
+bool sk_fault_roll(const struct sk_stream *st, struct sk_fraction f)
+{
+    return fraction_hit(st, f);
+}
+
 /* ---- request headers ------------------------------------------------------------- */
 
 static bool hdr_u64(const struct sk_stream *st, const char *name, uint64_t *out)
@@ -148,14 +186,20 @@ struct fault_state {
     uint64_t slice_bytes;
     double tokens, last;
     bool saw_data;
+    /* mid-stream fault: body bytes still allowed, then mid_t cuts the stream */
+    bool mid, mid_fired;
+    uint64_t mid_left;
+    ev_timer mid_t;
 };
 
 #define RL_SLICES 16
 
+static size_t rl_allow(struct fault_state *fs, struct sk_stream *st, size_t n);
+
 static bool try_active(struct fault_state *fs)
 {
-    if (fs->active)
-        return true;
+    if (fs->active || fs->cfg->ctr_rule || fs->cfg->ctr_kind)
+        return true; /* runtime chaos rules stay out of active_faults */
     if (fs->cfg->has_max_active &&
         atomic_load_explicit(&g_active, memory_order_relaxed) >= (int64_t)fs->cfg->max_active_faults) {
         atomic_fetch_add_explicit(&c_overflow, 1, memory_order_relaxed);
@@ -200,7 +244,7 @@ static void setup_rate_limit(struct fault_state *fs)
         return;
     if (!try_active(fs))
         return;
-    atomic_fetch_add_explicit(&c_rl, 1, memory_order_relaxed);
+    count(c, K_RL);
     st->fault_injected = true;
     fs->rl = true;
     fs->slice_bytes = kbps * 1024 / RL_SLICES;
@@ -250,11 +294,12 @@ static int maybe_abort(struct fault_state *fs)
     if (!abort_status(fs, &http, &grpc) || !try_active(fs))
         return SK_FILTER_CONTINUE;
     struct sk_stream *st = fs->st;
-    atomic_fetch_add_explicit(&c_aborts, 1, memory_order_relaxed);
+    count(fs->cfg, K_ABORT);
     st->fault_injected = true;
     if (grpc >= 0)
         st->local_grpc_code = (uint8_t)(grpc + 1);
-    sk_stream_local_reply(st, SK_TERM_FAULT_ABORT, http, "fault filter abort");
+    sk_stream_local_reply(st, SK_TERM_FAULT_ABORT, http,
+                          fs->cfg->abort_detail ? fs->cfg->abort_detail : "fault filter abort");
     return SK_FILTER_STOP;
 }
 
@@ -283,13 +328,18 @@ static int fault_on_request(struct sk_stream *st, struct sk_filter_slot *slot)
     fs->cfg = c;
     slot->state = fs;
     setup_rate_limit(fs);
+    if (c->mid_kind != SK_FAULT_MID_NONE && fraction_hit(st, c->mid_pct) && try_active(fs)) {
+        fs->mid = true;
+        fs->mid_left = c->mid_after_bytes;
+        st->fault_injected = true;
+    }
     if (c->delay_kind != SK_FAULT_DELAY_NONE) {
         bool hdr = c->delay_kind == SK_FAULT_DELAY_HEADER;
         uint64_t ms = c->delay_ms;
         if (fraction_hit(st, pct(st, c->delay_pct, hdr, "x-envoy-fault-delay-request-percentage")) &&
             (!hdr || hdr_u64(st, "x-envoy-fault-delay-request", &ms)) && ms > 0 &&
             try_active(fs)) {
-            atomic_fetch_add_explicit(&c_delays, 1, memory_order_relaxed);
+            count(c, K_DELAY);
             st->fault_injected = true;
             st->fault_delayed = true;
             ev_timer_init(&fs->delay, delay_done, (double)ms / 1000.0, 0.);
@@ -309,17 +359,82 @@ static void fault_on_destroy(struct sk_stream *st, struct sk_filter_slot *slot)
     if (!fs)
         return;
     ev_timer_stop(st->w->loop, &fs->delay);
+    ev_timer_stop(st->w->loop, &fs->mid_t);
     if (fs->active)
         atomic_fetch_sub_explicit(&g_active, 1, memory_order_relaxed);
     fs->active = false;
     slot->state = NULL;
 }
 
+/* The mid-stream cut, from a timer: outside the router's call stack, and
+ * after the allowed bytes went out. Nothing of fs / st is touched after the
+ * codec's reset / send_end (they may end the stream). */
+static void mid_cut(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    struct fault_state *fs = t->data;
+    struct sk_stream *st = fs->st;
+    ev_timer_stop(loop, t);
+    if (fs->mid_fired || st->state == SK_ST_S_DONE)
+        return;
+    fs->mid_fired = true;
+    count(fs->cfg, K_MID);
+    int kind = fs->cfg->mid_kind;
+    sk_debug("conn %llu stream %u: mid-stream fault (%d) after %llu body bytes",
+             (unsigned long long)st->conn_id, st->stream_id, kind,
+             (unsigned long long)fs->cfg->mid_after_bytes);
+    if (st->up) {
+        sk_up_abort(st->up);
+        st->up = NULL;
+    }
+    ev_timer_stop(loop, &st->timeout);
+    ev_timer_stop(loop, &st->try_timer);
+    ev_timer_stop(loop, &st->pace_timer);
+    sk_buf_consume(&st->resp_hold, sk_buf_used(&st->resp_hold));
+    st->pace_trailers = st->pace_end = false;
+    if (st->cause == SK_TERM_NONE)
+        st->cause = SK_TERM_FAULT_ABORT;
+    if (!st->downstream_h2 || kind == SK_FAULT_MID_RESET) {
+        st->ops->reset(st); /* h1: close the connection; h2: RST_STREAM */
+        return;
+    }
+    if (kind == SK_FAULT_MID_GRPC) {
+        struct sk_hdrs tr = {0};
+        char code[12];
+        int cl = snprintf(code, sizeof(code), "%u", fs->cfg->mid_grpc_status);
+        sk_hdrs_add(&tr, &st->arena, "grpc-status", 11, code, (size_t)cl);
+        sk_hdrs_add(&tr, &st->arena, "grpc-message", 12, "fault injected mid-stream", 25);
+        st->ops->send_trailers(st, &tr);
+    }
+    st->state = SK_ST_S_DONE;
+    st->ops->send_end(st);
+}
+
 static size_t fault_on_response_data(struct sk_stream *st, struct sk_filter_slot *slot, size_t n)
 {
     struct fault_state *fs = slot->state;
-    if (!fs || !fs->rl)
+    if (!fs || (!fs->rl && !fs->mid))
         return n;
+    size_t allow = fs->rl ? rl_allow(fs, st, n) : n;
+    if (!fs->mid)
+        return allow;
+    if (fs->mid_fired)
+        return 0;
+    if (allow > fs->mid_left) {
+        allow = (size_t)fs->mid_left;
+        if (!ev_is_active(&fs->mid_t)) {
+            ev_timer_init(&fs->mid_t, mid_cut, 0., 0.);
+            fs->mid_t.data = fs;
+            ev_timer_start(st->w->loop, &fs->mid_t);
+        }
+        st->pace_wait_ms = 1000; /* the cut comes first */
+    }
+    fs->mid_left -= allow;
+    return allow;
+}
+
+/* Response rate limit: how many of n bytes the token bucket allows now. */
+static size_t rl_allow(struct fault_state *fs, struct sk_stream *st, size_t n)
+{
     double now = ev_now(st->w->loop);
     if (!fs->saw_data) {
         /* start with one slice, not a whole second's burst (Envoy) */

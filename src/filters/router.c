@@ -5,6 +5,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "skiff/chaos.h"
 #include "skiff/err.h"
 #include "skiff/hoststate.h"
 #include "skiff/http1.h"
@@ -663,6 +664,17 @@ static bool dispatch(struct sk_stream *st)
         atomic_fetch_add_explicit(&h->hs->active_rq, 1, memory_order_relaxed);
     st->host = h;
     st->try_start_ms = (cfg && cfg->lb_policy == SK_LB_PEAK_EWMA) ? sk_now_ms() : 0;
+    /* runtime chaos, upstream leg: this attempt fails as if the host answered 5xx or reset */
+    int chaos = sk_chaos_upstream_attempt(st);
+    if (chaos) {
+        record_outcome(st, chaos < 0 ? SK_OUT_LOCAL : chaos >= 502 && chaos <= 504 ? SK_OUT_GATEWAY
+                                                                                  : SK_OUT_5XX);
+        release_host(st);
+        if (!maybe_retry(st, SK_TERM_UPSTREAM_RESET, chaos > 0 ? chaos : 0, -1))
+            sk_stream_local_reply(st, chaos > 0 ? SK_TERM_FAULT_ABORT : SK_TERM_UPSTREAM_RESET,
+                                  chaos > 0 ? chaos : 0, "chaos: upstream-leg fault injected");
+        return false;
+    }
     /* a new connection is needed: connection and pending-request breakers */
     bool cx_reserved = false;
     /* h2 multiplexes onto open connections: the h2 client applies the
@@ -890,6 +902,7 @@ static void setup_filters(struct sk_stream *st)
             continue;
         st->filters[st->nfilters++] = (struct sk_filter_slot){vt, cfg, NULL};
     }
+    sk_chaos_attach(st); /* runtime chaos rules (filters/chaos.c), at the head of the chain */
 }
 
 static void run_filters(struct sk_stream *st)
