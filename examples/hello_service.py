@@ -7,6 +7,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 class Hello(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # keep-alive replies go out at once (no 40 ms delayed-ACK stall)
 
     def _reply(self):
         n = int(self.headers.get("content-length") or 0)
