@@ -173,7 +173,7 @@ ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
 HZ=$(getconf CLK_TCK)
 
-VARIANTS="bare policies accesslog"
+VARIANTS=${VARIANTS:-"bare policies accesslog"}
 for v in $VARIANTS; do config "$v" 1 "$TMP/$v.yaml"; done
 declare -A RPS CPU
 for r in $(seq "$ROUNDS"); do

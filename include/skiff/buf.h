@@ -5,6 +5,7 @@
 #define SKIFF_BUF_H
 
 #include <stddef.h>
+#include <string.h>
 #include <sys/types.h>
 
 struct sk_buf {
@@ -33,7 +34,19 @@ char *sk_buf_wptr(struct sk_buf *b, size_t want, size_t *avail);
 void sk_buf_commit(struct sk_buf *b, size_t n); /* n bytes written at wptr */
 void sk_buf_consume(struct sk_buf *b, size_t n);
 /* Append bytes; returns 0 or SK_ERR_TOO_LARGE / SK_ERR_NOMEM (nothing appended). */
-int sk_buf_append(struct sk_buf *b, const void *p, size_t n);
+int sk_buf_append_slow(struct sk_buf *b, const void *p, size_t n);
+/* Append n bytes; 0, SK_ERR_TOO_LARGE (over cap) or SK_ERR_NOMEM. Inline fast
+ * path when the bytes fit behind the data (size <= cap always holds). */
+static inline int sk_buf_append(struct sk_buf *b, const void *p, size_t n)
+{
+    if (b->size - b->len >= n) {
+        if (n)
+            memcpy(b->data + b->len, p, n);
+        b->len += n;
+        return 0;
+    }
+    return sk_buf_append_slow(b, p, n);
+}
 int sk_buf_appendf(struct sk_buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* Decimal / lower-case hex of v into out (no NUL); returns length (<= 20). */
 size_t sk_fmt_u64(char *out, unsigned long long v);

@@ -302,7 +302,7 @@ struct sk_al_format {
     bool json;               /* json_format: one object per line */
     struct sk_al_piece *pieces; /* text: the whole line */
     size_t npieces;
-    char **json_keys;        /* json: key -> format (values are formats too) */
+    char **json_keys;        /* json: key (already escaped for a JSON string) -> format */
     struct sk_al_format *json_vals;
     size_t njson;
     bool omit_empty;

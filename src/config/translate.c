@@ -2050,6 +2050,37 @@ static void al_text(struct tr *t, const char *field, const char *fmt, size_t len
         err(t, field, "%s", e);
 }
 
+/* A json_format key as it goes between the quotes of the log line (escaped
+ * once here, not for every request). */
+static char *json_key_escaped(struct tr *t, const char *k)
+{
+    size_t n = 0;
+    for (const unsigned char *p = (const unsigned char *)k; *p; p++)
+        n += (*p == '"' || *p == '\\') ? 2 : (*p < 0x20 || *p == 0x7f) ? 6 : 1;
+    char *out = sk_arena_alloc(t->a, n + 1);
+    if (!out) {
+        t->oom = true;
+        return NULL;
+    }
+    static const char hx[] = "0123456789abcdef";
+    char *o = out;
+    for (const unsigned char *p = (const unsigned char *)k; *p; p++) {
+        if (*p == '"' || *p == '\\') {
+            *o++ = '\\';
+            *o++ = (char)*p;
+        } else if (*p < 0x20 || *p == 0x7f) {
+            memcpy(o, "\\u00", 4);
+            o[4] = hx[*p >> 4];
+            o[5] = hx[*p & 15];
+            o += 6;
+        } else {
+            *o++ = (char)*p;
+        }
+    }
+    *o = 0;
+    return out;
+}
+
 static void al_json(struct tr *t, const char *field, const Google__Protobuf__Struct *js,
                     struct sk_al_format *out)
 {
@@ -2060,7 +2091,7 @@ static void al_json(struct tr *t, const char *field, const Google__Protobuf__Str
     out->json_vals = alarr(t, js->n_fields, sizeof(struct sk_al_format));
     for (size_t i = 0; i < js->n_fields && out->json_keys && out->json_vals; i++) {
         const Google__Protobuf__Struct__FieldsEntry *f = js->fields[i];
-        out->json_keys[i] = dup(t, f->key);
+        out->json_keys[i] = json_key_escaped(t, f->key);
         const Google__Protobuf__Value *v = f->value;
         char num[64];
         const char *txt = NULL;

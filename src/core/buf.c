@@ -137,7 +137,7 @@ void sk_buf_consume(struct sk_buf *b, size_t n)
         b->off = b->len = 0;
 }
 
-int sk_buf_append(struct sk_buf *b, const void *p, size_t n)
+int sk_buf_append_slow(struct sk_buf *b, const void *p, size_t n)
 {
     if (n == 0)
         return 0;

@@ -3,6 +3,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,6 +20,11 @@
 
 #define AL_BUF_MAX (1 << 20) /* per sink per worker; beyond it lines are dropped */
 #define AL_FLUSH_AT (64 * 1024)
+#define AL_LINE_MAX (64 * 1024) /* a rendered line never exceeds this */
+/* Lines are written in batches: when 64 KiB are pending, else at most this
+ * long after the first pending line (Envoy flushes file logs every 1 s).
+ * One write() per batch instead of one per loop iteration. */
+#define AL_FLUSH_INTERVAL_S 0.1
 
 struct al_writer {
     struct al_writer *next;
@@ -28,8 +34,7 @@ struct al_writer {
     bool own_fd;
     bool failed;
     struct sk_buf buf;
-    struct sk_reap flush;
-    bool queued;
+    ev_timer timer; /* flushes pending lines AL_FLUSH_INTERVAL_S after the first */
     struct sk_worker *w;
 };
 
@@ -103,12 +108,25 @@ static void piece(const struct sk_al_piece *p, const struct sk_stream *st, doubl
         put(o, p->text, p->text_len, 0);
         return;
     case SK_AL_START_TIME: {
+        /* the date part changes once a second: keep it per thread */
+        static __thread time_t last_sec = -1;
+        static __thread char last_date[32];
+        static __thread size_t last_len;
         time_t sec = (time_t)st->t_start;
         int ms = (int)((st->t_start - (double)sec) * 1000);
-        struct tm tm;
-        gmtime_r(&sec, &tm);
-        size_t n = strftime(tmp, sizeof(tmp), "%Y-%m-%dT%H:%M:%S", &tm);
-        n += (size_t)snprintf(tmp + n, sizeof(tmp) - n, ".%03dZ", ms);
+        if (sec != last_sec) {
+            struct tm tm;
+            gmtime_r(&sec, &tm);
+            last_len = strftime(last_date, sizeof(last_date), "%Y-%m-%dT%H:%M:%S", &tm);
+            last_sec = sec;
+        }
+        memcpy(tmp, last_date, last_len);
+        size_t n = last_len;
+        tmp[n++] = '.';
+        tmp[n++] = (char)('0' + ms / 100 % 10);
+        tmp[n++] = (char)('0' + ms / 10 % 10);
+        tmp[n++] = (char)('0' + ms % 10);
+        tmp[n++] = 'Z';
         put(o, tmp, n, p->max_len);
         return;
     }
@@ -253,21 +271,110 @@ static void piece(const struct sk_al_piece *p, const struct sk_stream *st, doubl
     put(o, v, vl, p->max_len);
 }
 
+/* Length of the valid UTF-8 sequence at p (RFC 3629: no overlongs, no
+ * surrogates, at most U+10FFFF), or 0. */
+static size_t utf8_len(const unsigned char *p, size_t n)
+{
+    unsigned char c = p[0];
+    size_t len = c >= 0xf0 ? 4 : c >= 0xe0 ? 3 : 2;
+    if (c < 0xc2 || c > 0xf4 || n < len)
+        return 0;
+    for (size_t k = 1; k < len; k++)
+        if ((p[k] & 0xc0) != 0x80)
+            return 0;
+    if ((c == 0xe0 && p[1] < 0xa0) || (c == 0xed && p[1] > 0x9f) || (c == 0xf0 && p[1] < 0x90) ||
+        (c == 0xf4 && p[1] > 0x8f))
+        return 0;
+    return len;
+}
+
+/* JSON string content: '"' and '\' escaped, control bytes and DEL as \u00XX,
+ * valid UTF-8 kept, any other byte (not UTF-8: header values may be Latin-1)
+ * as \u00XX so every line stays valid JSON. */
 static void json_escape(struct sk_buf *o, const char *p, size_t n)
 {
     static const char hx[] = "0123456789abcdef";
-    for (size_t i = 0; i < n; i++) {
-        unsigned char c = (unsigned char)p[i];
+    const unsigned char *u = (const unsigned char *)p;
+    size_t run = 0; /* start of the pending run of bytes that go out as they are */
+    for (size_t i = 0; i < n;) {
+        /* skip 8 plain ASCII bytes at a time (SWAR: no byte < 0x20, '"', '\\',
+         * 0x7f, or with the high bit set) */
+        while (i + 8 <= n) {
+            uint64_t v;
+            memcpy(&v, p + i, 8);
+            const uint64_t ones = 0x0101010101010101ull, highs = 0x8080808080808080ull;
+            uint64_t q = v ^ (ones * '"'), b = v ^ (ones * '\\'), d = v ^ (ones * 0x7f);
+            uint64_t hit = (v - ones * 0x20) | ((q - ones) & ~q) | ((b - ones) & ~b) |
+                           ((d - ones) & ~d) | v;
+            if (hit & highs)
+                break;
+            i += 8;
+        }
+        if (i >= n)
+            break;
+        unsigned char c = u[i];
+        if (c >= 0x20 && c < 0x7f && c != '"' && c != '\\') {
+            i++;
+            continue;
+        }
+        if (c >= 0x80) {
+            size_t l = utf8_len(u + i, n - i);
+            if (l) {
+                i += l;
+                continue;
+            }
+        }
+        if (i > run)
+            sk_buf_append(o, p + run, i - run);
         if (c == '"' || c == '\\') {
             char e[2] = {'\\', (char)c};
             sk_buf_append(o, e, 2);
-        } else if (c < 0x20 || c == 0x7f) {
+        } else {
             char e[6] = {'\\', 'u', '0', '0', hx[c >> 4], hx[c & 15]};
             sk_buf_append(o, e, 6);
-        } else {
-            sk_buf_append(o, &p[i], 1);
         }
+        i++;
+        run = i;
     }
+    if (n > run)
+        sk_buf_append(o, p + run, n - run);
+}
+
+/* Operators whose output never needs a JSON escape (digits, addresses, fixed
+ * words, flags, the request method: a token, checked by both codecs). */
+static bool json_safe_op(const struct sk_al_piece *p)
+{
+    switch (p->op) {
+    case SK_AL_START_TIME:
+    case SK_AL_PROTOCOL:
+    case SK_AL_RESPONSE_CODE:
+    case SK_AL_RESPONSE_FLAGS:
+    case SK_AL_BYTES_RECEIVED:
+    case SK_AL_BYTES_SENT:
+    case SK_AL_DURATION:
+    case SK_AL_RESPONSE_DURATION:
+    case SK_AL_UPSTREAM_HOST:
+    case SK_AL_UPSTREAM_REQUEST_ATTEMPT_COUNT:
+    case SK_AL_DOWNSTREAM_REMOTE_ADDRESS:
+    case SK_AL_DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT:
+    case SK_AL_DOWNSTREAM_LOCAL_ADDRESS:
+    case SK_AL_DOWNSTREAM_TLS_VERSION:
+    case SK_AL_CONNECTION_ID:
+    case SK_AL_STREAM_ID:
+    case SK_AL_TRACE_ID:
+        return true;
+    case SK_AL_REQ:
+        return !p->alt && p->text && strcmp(p->text, ":method") == 0;
+    }
+    return false;
+}
+
+/* "key": (translate escaped the key once) */
+static void json_key(struct sk_buf *out, const char *key)
+{
+    sk_buf_append(out, "\"", 1);
+    sk_buf_append(out, key, strlen(key));
+    sk_buf_append(out, "\":", 2);
 }
 
 void sk_access_log_render(const struct sk_al_format *f, const struct sk_stream *st, double now,
@@ -288,13 +395,40 @@ void sk_access_log_render(const struct sk_al_format *f, const struct sk_stream *
     bool first = true;
     for (size_t k = 0; k < f->njson; k++) {
         const struct sk_al_format *vf = &f->json_vals[k];
-        bool all_empty = vf->npieces > 0;
         bool single_num = vf->npieces == 1 &&
                           (vf->pieces[0].op == SK_AL_RESPONSE_CODE ||
                            vf->pieces[0].op == SK_AL_BYTES_RECEIVED ||
                            vf->pieces[0].op == SK_AL_BYTES_SENT ||
                            vf->pieces[0].op == SK_AL_DURATION ||
                            vf->pieces[0].op == SK_AL_UPSTREAM_REQUEST_ATTEMPT_COUNT);
+        bool safe = vf->npieces > 0;
+        for (size_t i = 0; i < vf->npieces && safe; i++)
+            safe = json_safe_op(&vf->pieces[i]);
+        if (safe && !f->omit_empty) {
+            /* no character of these values needs an escape: write them in place */
+            if (!first)
+                sk_buf_append(out, ",", 1);
+            first = false;
+            json_key(out, f->json_keys[k]);
+            size_t at = sk_buf_used(out);
+            if (!single_num)
+                sk_buf_append(out, "\"", 1);
+            bool all_empty = true;
+            for (size_t i = 0; i < vf->npieces; i++) {
+                bool empty = false;
+                piece(&vf->pieces[i], st, now, out, &empty);
+                if (!empty || vf->pieces[i].op == SK_AL_LITERAL)
+                    all_empty = false;
+            }
+            if (all_empty) {
+                out->len = out->off + at; /* take the value back: null */
+                sk_buf_append(out, "null", 4);
+            } else if (!single_num) {
+                sk_buf_append(out, "\"", 1);
+            }
+            continue;
+        }
+        bool all_empty = vf->npieces > 0;
         sk_buf_consume(&tmp, sk_buf_used(&tmp));
         for (size_t i = 0; i < vf->npieces; i++) {
             bool empty = false;
@@ -309,9 +443,7 @@ void sk_access_log_render(const struct sk_al_format *f, const struct sk_stream *
         if (!first)
             sk_buf_append(out, ",", 1);
         first = false;
-        sk_buf_append(out, "\"", 1);
-        json_escape(out, f->json_keys[k], strlen(f->json_keys[k]));
-        sk_buf_append(out, "\":", 2);
+        json_key(out, f->json_keys[k]);
         if (all_empty) {
             sk_buf_append(out, "null", 4);
         } else if (single_num) {
@@ -426,11 +558,11 @@ static void writer_flush(struct al_writer *wr)
         sk_buf_shrink(&wr->buf);
 }
 
-static void flush_cb(struct sk_reap *r)
+static void flush_timer_cb(struct ev_loop *loop, ev_timer *t, int revents)
 {
-    struct al_writer *wr = SK_CONTAINER_OF(r, struct al_writer, flush);
-    wr->queued = false;
-    writer_flush(wr);
+    (void)loop;
+    (void)revents;
+    writer_flush(t->data);
 }
 
 static struct al_writer *writer_get(struct sk_worker *w, const struct sk_access_log *l)
@@ -444,7 +576,8 @@ static struct al_writer *writer_get(struct sk_worker *w, const struct sk_access_
         return NULL;
     wr->sink = l->sink;
     wr->w = w;
-    wr->flush.free_fn = flush_cb;
+    ev_init(&wr->timer, flush_timer_cb);
+    wr->timer.data = wr;
     sk_buf_init(&wr->buf, AL_BUF_MAX);
     if (l->sink == SK_AL_SINK_FILE) {
         wr->path = strdup(l->path);
@@ -479,21 +612,35 @@ void sk_access_log_stream(struct sk_stream *st)
             continue;
         }
         size_t before = sk_buf_used(&wr->buf);
-        struct sk_buf line;
-        sk_buf_init(&line, 64 * 1024);
-        sk_access_log_render(&l->fmt, st, now, &line);
-        if (sk_buf_append(&wr->buf, sk_buf_rptr(&line), sk_buf_used(&line)) < 0) {
-            sk_stat_add(&st->w->stats, SK_ST_access_log_dropped, 1);
+        if (AL_BUF_MAX - before >= 2 * AL_LINE_MAX) {
+            /* room for a normal line: render in place (no copy); a line that
+             * did not fit whole (it always ends in '\n') is taken back */
+            sk_access_log_render(&l->fmt, st, now, &wr->buf);
+            size_t after = sk_buf_used(&wr->buf);
+            if (after > before && after - before <= 2 * AL_LINE_MAX &&
+                sk_buf_rptr(&wr->buf)[after - 1] == '\n') {
+                sk_stat_add(&st->w->stats, SK_ST_access_log_written, 1);
+            } else {
+                wr->buf.len = wr->buf.off + before; /* compaction keeps used bytes first */
+                sk_stat_add(&st->w->stats, SK_ST_access_log_dropped, 1);
+            }
         } else {
-            sk_stat_add(&st->w->stats, SK_ST_access_log_written, 1);
+            /* nearly full (slow sink): the line goes in whole or not at all */
+            struct sk_buf line;
+            sk_buf_init(&line, AL_LINE_MAX);
+            sk_access_log_render(&l->fmt, st, now, &line);
+            if (sk_buf_append(&wr->buf, sk_buf_rptr(&line), sk_buf_used(&line)) < 0)
+                sk_stat_add(&st->w->stats, SK_ST_access_log_dropped, 1);
+            else
+                sk_stat_add(&st->w->stats, SK_ST_access_log_written, 1);
+            sk_buf_free(&line);
         }
-        sk_buf_free(&line);
-        (void)before;
-        if (sk_buf_used(&wr->buf) > AL_FLUSH_AT)
+        if (sk_buf_used(&wr->buf) > AL_FLUSH_AT) {
+            ev_timer_stop(st->w->loop, &wr->timer);
             writer_flush(wr);
-        else if (!wr->queued) {
-            wr->queued = true;
-            sk_worker_defer(st->w, &wr->flush);
+        } else if (!ev_is_active(&wr->timer)) {
+            ev_timer_set(&wr->timer, AL_FLUSH_INTERVAL_S, 0.);
+            ev_timer_start(st->w->loop, &wr->timer);
         }
     }
 }
@@ -504,6 +651,7 @@ void sk_access_log_worker_close(struct sk_worker *w)
     w->al_writers = NULL;
     while (wr) {
         struct al_writer *n = wr->next;
+        ev_timer_stop(w->loop, &wr->timer);
         writer_flush(wr);
         if (wr->own_fd && wr->fd >= 0)
             close(wr->fd);

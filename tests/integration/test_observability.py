@@ -628,3 +628,24 @@ def test_scoped_stats_per_listener_hcm_and_vhost(skiff_factory, upstream):
     s.reload(cfg)
     assert get(lp1, "/a", host="api.test").status == 200
     assert wait_for(lambda: s.stat("vhost.api.downstream_rq_2xx") == 6)
+
+
+def test_access_log_json_escaping(skiff_factory, upstream, tmp_path):
+    """Header-derived values with quotes, backslashes and control bytes at every
+    offset (the escaper skips clean 8-byte words) come back exactly from the JSON."""
+    log = tmp_path / "esc.log"
+    lp, ap = free_port(), free_port()
+    al = file_log(log, json_fmt={"ua": "%REQ(USER-AGENT)%", "path": "%REQ(:PATH)%",
+                                 "code": "%RESPONSE_CODE%", "m": "%REQ(:METHOD)%"})
+    cfg = helpers.simple_http(lp, ap, [upstream.port], hcm_extra={"access_log": [al]})
+    skiff_factory(cfg, port=lp, admin_port=ap)
+    sent = []
+    for off in range(0, 20):
+        for bad in ('"', "\\", "\t", "é"):  # DEL is refused by the parser (400)
+            ua = "x" + "a" * off + bad + "b" * (19 - off) + bad + "z"  # no edge OWS to trim
+            sent.append(ua)
+            assert get(lp, "/e?x=%d" % off, headers=[("User-Agent", ua)]).status == 200
+    assert wait_for(lambda: len(read_lines(log)) == len(sent), timeout=5)
+    got = [json.loads(ln) for ln in log.read_text(encoding="utf-8").splitlines()]
+    assert sorted(g["ua"] for g in got) == sorted(sent)  # workers flush separately
+    assert all(g["code"] == 200 and g["m"] == "GET" for g in got)
