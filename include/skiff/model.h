@@ -27,6 +27,7 @@
 #define SK_DUR_NONE UINT64_MAX /* timeout disabled */
 
 struct sk_cluster;
+struct sk_toxics_cfg; /* toxics.h */
 
 /* ---- small shared types ---------------------------------------------- */
 
@@ -429,6 +430,7 @@ struct sk_filter_chain {
     struct sk_hcm *hcm;
     struct sk_tcp_proxy *tcp;
     struct sk_tls_cfg *tls; /* DownstreamTlsContext; NULL = plaintext */
+    struct sk_toxics_cfg *toxics; /* skiff.toxics.v1.Toxics network filter (toxics.h); NULL */
 };
 
 struct sk_listener {
@@ -606,6 +608,7 @@ struct sk_cluster {
     uint64_t maglev_table_size;              /* maglev_lb_config.table_size, default 65537 */
     uint64_t peak_ewma_decay_ms;             /* skiff.lb.v1.PeakEwma decay_time, default 10000 */
     struct sk_tls_cfg *tls; /* UpstreamTlsContext; NULL = plaintext */
+    struct sk_toxics_cfg *toxics; /* Cluster.filters skiff.toxics.v1.Toxics; NULL = none */
 };
 
 /* ---- bootstrap-level ----------------------------------------------------- */

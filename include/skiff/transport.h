@@ -12,11 +12,14 @@
 
 #include "skiff/buf.h"
 
+struct sk_toxics;
+
 struct sk_transport {
     int fd;
     SSL *ssl;          /* NULL = plaintext */
     uint8_t want_rd;   /* after a read's AGAIN: SK_TLS_WANT_* needed */
     uint8_t want_wr;   /* after a write's AGAIN */
+    struct sk_toxics *tox; /* L4 toxic stage (toxics.h), NULL = none; zero-init */
 };
 
 /* Read into b (up to max, 0 = 16 KiB): bytes (> 0), 0 on EOF, SK_ERR_AGAIN,
@@ -37,5 +40,16 @@ bool sk_tp_has_buffered(const struct sk_transport *t);
  * bits); plaintext read -> EV_READ, write -> EV_WRITE. */
 int sk_tp_events_for_read(const struct sk_transport *t);
 int sk_tp_events_for_write(const struct sk_transport *t);
+
+/* The same operations without the toxic stage: the socket (+ TLS) itself.
+ * For toxics.c; owners use the sk_tp_* functions above. */
+ssize_t sk_tp_raw_read(struct sk_transport *t, struct sk_buf *b, size_t max);
+/* Write up to n bytes from p: bytes written, SK_ERR_AGAIN, SK_ERR_IO. */
+ssize_t sk_tp_raw_send(struct sk_transport *t, const char *p, size_t n);
+void sk_tp_raw_shutdown_write(struct sk_transport *t);
+void sk_tp_raw_close(struct sk_transport *t);
+bool sk_tp_raw_has_buffered(const struct sk_transport *t);
+int sk_tp_raw_events_for_read(const struct sk_transport *t);
+int sk_tp_raw_events_for_write(const struct sk_transport *t);
 
 #endif

@@ -23,6 +23,7 @@
 #include "skiff/scope.h"
 #include "skiff/stats.h"
 #include "skiff/tls.h"
+#include "skiff/toxics.h"
 #include "skiff/worker.h"
 #include "skiff/xds.h"
 
@@ -485,6 +486,7 @@ static void counters_plain(struct sk_buf *b, const struct cl_list *cls)
     }
     sk_tls_stats(b, false);
     sk_filters_stats(b, false);
+    sk_toxics_stats(b, false);
     sk_scopes_plain(b);
     sk_xds_stats(b, false);
 }
@@ -871,6 +873,7 @@ static void stats_prom(struct sk_buf *b)
     sk_buf_init(&tmp, ADMIN_OUT_MAX);
     sk_tls_stats(&tmp, true);
     sk_filters_stats(&tmp, true);
+    sk_toxics_stats(&tmp, true);
     sk_xds_stats(&tmp, true);
     prom_rewrite(b, sk_buf_rptr(&tmp), sk_buf_used(&tmp));
     sk_buf_free(&tmp);

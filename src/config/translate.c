@@ -28,6 +28,7 @@
 #include "skiff/fault.h"
 #include "skiff/log.h"
 #include "skiff/rbac.h"
+#include "skiff/toxics.h"
 
 #include "envoy.config.accesslog.v3.pb-c.h"
 #include "envoy.extensions.access_loggers.file.v3.pb-c.h"
@@ -58,6 +59,7 @@
 #include "envoy.extensions.upstreams.http.v3.pb-c.h"
 #include "google.protobuf.pb-c.h"
 #include "skiff.lb.v1.pb-c.h"
+#include "skiff.toxics.v1.pb-c.h"
 #include "udpa.type.v1.pb-c.h"
 #include "xds.type.v3.pb-c.h"
 
@@ -3062,6 +3064,93 @@ static void chain_match(struct tr *t, const PbFilterChainMatch *fm, struct sk_ch
     pop(t, o);
 }
 
+/* skiff.toxics.v1.Toxics (L4 toxics, toxics.h): listener network filter in front
+ * of tcp_proxy, or Cluster.filters. The current path is the typed_config. */
+static struct sk_toxics_cfg *toxics_cfg(struct tr *t, const PbAny *a)
+{
+    Skiff__Toxics__V1__Toxics *p = unpack(t, a, &skiff__toxics__v1__toxics__descriptor);
+    if (!p)
+        return NULL;
+    struct sk_toxics_cfg *m = al(t, sizeof(*m));
+    if (p->n_toxics == 0)
+        err(t, "toxics", "at least one toxic is required");
+    else if (p->n_toxics > SK_TOXICS_MAX)
+        err(t, "toxics", "at most %d toxics per filter (got %zu)", SK_TOXICS_MAX, p->n_toxics);
+    if (m && p->n_toxics && p->n_toxics <= SK_TOXICS_MAX)
+        m->v = alarr(t, p->n_toxics, sizeof(*m->v));
+    unsigned seen[2] = {0, 0}; /* kinds per stream */
+    for (size_t i = 0; m && m->v && i < p->n_toxics; i++) {
+        const Skiff__Toxics__V1__Toxic *x = p->toxics[i];
+        struct sk_toxic *o = &m->v[m->n++];
+        size_t oi = push(t, ".toxics[%zu]", i);
+        o->name = dup(t, x->name);
+        for (size_t j = 0; j < i && !empty(x->name); j++)
+            if (strcmp(p->toxics[j]->name ? p->toxics[j]->name : "", x->name) == 0)
+                err(t, "name", "duplicate toxic name '%s'", x->name);
+        o->stream = x->stream == SKIFF__TOXICS__V1__TOXIC__STREAM__DOWNSTREAM ? SK_TOXIC_DOWNSTREAM
+                                                                               : SK_TOXIC_UPSTREAM;
+        o->toxicity = x->toxicity ? x->toxicity->value : 1.0;
+        if (!(o->toxicity >= 0.0 && o->toxicity <= 1.0))
+            err(t, "toxicity", "toxicity must be between 0 and 1 (got %g)", o->toxicity);
+        switch (x->type_case) {
+        case SKIFF__TOXICS__V1__TOXIC__TYPE_LATENCY:
+            o->kind = SK_TOXIC_LATENCY;
+            o->latency_ms = x->latency->latency_ms;
+            o->jitter_ms = x->latency->jitter_ms;
+            break;
+        case SKIFF__TOXICS__V1__TOXIC__TYPE_BANDWIDTH:
+            o->kind = SK_TOXIC_BANDWIDTH;
+            o->rate_kbps = x->bandwidth->rate_kbps;
+            if (o->rate_kbps == 0)
+                err(t, "bandwidth.rate_kbps", "rate_kbps must be greater than 0");
+            break;
+        case SKIFF__TOXICS__V1__TOXIC__TYPE_SLOW_CLOSE:
+            o->kind = SK_TOXIC_SLOW_CLOSE;
+            o->delay_ms = x->slow_close->delay_ms;
+            break;
+        case SKIFF__TOXICS__V1__TOXIC__TYPE_TIMEOUT:
+            o->kind = SK_TOXIC_TIMEOUT;
+            o->timeout_ms = x->timeout->timeout_ms;
+            break;
+        case SKIFF__TOXICS__V1__TOXIC__TYPE_RESET_PEER:
+            o->kind = SK_TOXIC_RESET_PEER;
+            o->timeout_ms = x->reset_peer->timeout_ms;
+            break;
+        case SKIFF__TOXICS__V1__TOXIC__TYPE_SLICER:
+            o->kind = SK_TOXIC_SLICER;
+            o->average_size = x->slicer->average_size;
+            o->size_variation = x->slicer->size_variation;
+            o->delay_us = x->slicer->delay_us;
+            if (o->average_size == 0)
+                err(t, "slicer.average_size", "average_size must be greater than 0");
+            else if (o->size_variation >= o->average_size)
+                err(t, "slicer.size_variation", "size_variation must be less than average_size");
+            break;
+        case SKIFF__TOXICS__V1__TOXIC__TYPE_LIMIT_DATA:
+            o->kind = SK_TOXIC_LIMIT_DATA;
+            o->bytes = x->limit_data->bytes;
+            break;
+        default:
+            o->kind = -1;
+            err(t, NULL,
+                "a toxic needs a type: one of latency, bandwidth, slow_close, timeout, "
+                "reset_peer, slicer, limit_data");
+            break;
+        }
+        if (o->kind >= 0) {
+            unsigned bit = 1u << o->kind;
+            if (seen[o->stream] & bit)
+                err(t, NULL, "two %s toxics on the %s stream (one per kind and stream)",
+                    sk_toxic_kind_name(o->kind),
+                    o->stream == SK_TOXIC_UPSTREAM ? "upstream" : "downstream");
+            seen[o->stream] |= bit;
+        }
+        pop(t, oi);
+    }
+    unpacked_free(p);
+    return m;
+}
+
 /* Network filters: exactly one terminal (HCM or tcp_proxy), last. */
 static void chain_filters(struct tr *t, const PbFilterChain *fc, struct sk_filter_chain *c)
 {
@@ -3111,6 +3200,22 @@ static void chain_filters(struct tr *t, const PbFilterChain *fc, struct sk_filte
                 }
                 unpacked_free(p);
             }
+        } else if (is_type(a, &skiff__toxics__v1__toxics__descriptor)) {
+            /* L4 toxics on the client's connection: only tcp_proxy chains
+             * (HTTP: put them on the cluster's filters) */
+            const PbFilter *lf = fc->filters[fc->n_filters - 1];
+            const PbAny *la =
+                lf->config_type_case == ENVOY__CONFIG__LISTENER__V3__FILTER__CONFIG_TYPE_TYPED_CONFIG
+                    ? lf->typed_config
+                    : NULL;
+            if (last || !la || !is_type(la, td))
+                err(t, NULL,
+                    "skiff.toxics.v1.Toxics goes in front of "
+                    "envoy.filters.network.tcp_proxy (for HTTP use the cluster's filters)");
+            else if (c->toxics)
+                err(t, NULL, "only one skiff.toxics.v1.Toxics filter per filter chain");
+            else
+                c->toxics = toxics_cfg(t, a);
         } else {
             err(t, NULL, "unsupported network filter '%s'", any_type(a));
         }
@@ -4057,8 +4162,19 @@ static void cluster(struct tr *t, const PbCluster *pc, struct sk_cluster *c)
     if (pc->outlier_detection)
         c->outlier = outlier(t, pc->outlier_detection);
     health_checks(t, pc, c);
+    for (size_t i = 0; i < pc->n_filters; i++) {
+        const PbAny *a = pc->filters[i]->typed_config;
+        if (!a || !is_type(a, &skiff__toxics__v1__toxics__descriptor))
+            continue; /* other upstream network filters: ignored (below) */
+        size_t o = push(t, ".filters[%zu].typed_config", i);
+        if (c->toxics)
+            err(t, NULL, "only one skiff.toxics.v1.Toxics filter per cluster");
+        else
+            c->toxics = toxics_cfg(t, a);
+        pop(t, o);
+    }
     /* Accepted and ignored: alt_stat_name,
-     * metadata, filters (upstream network filters such as Istio's metadata
+     * metadata, other filters (upstream network filters such as Istio's metadata
      * exchange), upstream_connection_options, upstream_http_protocol_options,
      * cleanup_interval, close_connections_on_host_health_failure,
      * ignore_health_on_host_removal. */

@@ -13,6 +13,7 @@
 #include "skiff/net.h"
 #include "skiff/scope.h"
 #include "skiff/tls.h"
+#include "skiff/toxics.h"
 #include "skiff/transport.h"
 #include "skiff/upstream.h"
 #include "skiff/worker.h"
@@ -42,6 +43,7 @@ struct tcpp {
     const struct sk_tcp_proxy *cfg;
     struct sk_scope *lscope; /* the listener's stats scope (lives for the process) */
     const struct sk_tls_cfg *up_tls; /* cluster's UpstreamTlsContext, or NULL */
+    const struct sk_toxics_cfg *up_toxics; /* cluster's L4 toxics (Cluster.filters), or NULL */
     struct sk_host *host;
     uint64_t id;
     uint32_t attempts;
@@ -198,6 +200,8 @@ static void io_cb(struct ev_loop *loop, ev_io *io, int revents)
             sk_tls_ssl_set_session_key(t->u.tp.ssl, t->host->addr_str);
             t->handshaking = true;
         } else {
+            sk_tp_set_toxics(&t->u.tp, loop, &t->u.io, t->up_toxics, SK_TOX_SIDE_UPSTREAM,
+                             (unsigned)t->base.w->id, "tcp upstream", (unsigned long long)t->id);
             flush_side(t, &t->u, &t->d);
             if (t->closed)
                 return;
@@ -222,6 +226,8 @@ static void io_cb(struct ev_loop *loop, ev_io *io, int revents)
         }
         t->handshaking = false;
         t->u.tp.want_rd = 0;
+        sk_tp_set_toxics(&t->u.tp, loop, &t->u.io, t->up_toxics, SK_TOX_SIDE_UPSTREAM,
+                         (unsigned)t->base.w->id, "tcp upstream", (unsigned long long)t->id);
         flush_side(t, &t->u, &t->d);
         if (t->closed)
             return;
@@ -316,6 +322,7 @@ static bool try_connect(struct tcpp *t)
         t->u.tp.ssl = NULL;
         t->connecting = true;
         t->up_tls = cl->tls;
+        t->up_toxics = cl->toxics;
         ev_io_init(&t->u.io, io_cb, fd, EV_WRITE);
         t->u.io.data = t;
         ev_io_start(w->loop, &t->u.io);
@@ -370,6 +377,9 @@ void sk_tcp_proxy_accept(struct sk_worker *w, const struct sk_listener *l,
     sk_stat_add(&w->stats, SK_ST_downstream_cx_tcp_total, 1);
     t->lscope = l->scope;
     sk_scope_add(t->lscope, w->id, SK_SC_downstream_cx_active, 1);
+    /* L4 toxics of the filter chain act on the client's connection */
+    sk_tp_set_toxics(&t->d.tp, w->loop, &t->d.io, fc->toxics, SK_TOX_SIDE_DOWNSTREAM,
+                     (unsigned)w->id, "tcp downstream", (unsigned long long)t->id);
     if (!try_connect(t)) {
         tp_close(t, "no upstream");
         return;

@@ -49,6 +49,7 @@
 #include "skiff/net.h"
 #include "skiff/stream.h"
 #include "skiff/tls.h"
+#include "skiff/toxics.h"
 #include "skiff/transport.h"
 #include "skiff/upstream.h"
 #include "skiff/worker.h"
@@ -978,6 +979,10 @@ static void connected(struct h2uc *c)
     struct sk_worker *w = c->w;
     ev_timer_stop(w->loop, &c->timer);
     c->state = C_OPEN;
+    const struct sk_cluster *tcfg = cfg_of(c->host);
+    if (tcfg && tcfg->toxics) /* L4 toxics of the cluster (Cluster.filters) */
+        sk_tp_set_toxics(&c->tp, w->loop, &c->io, tcfg->toxics, SK_TOX_SIDE_UPSTREAM,
+                         (unsigned)w->id, "upstream h2", (unsigned long long)c->id);
     update_io(c);
     /* tell the users queued while connecting (the router releases its
      * pending-request slot); callbacks may abort their stream */
