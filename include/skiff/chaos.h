@@ -85,6 +85,7 @@ struct sk_chaos_spec {
     int mid_kind; /* enum sk_chaos_mid */
     uint64_t mid_after_bytes;
     uint32_t mid_grpc_status;
+    int32_t mid_rst_code; /* action reset on HTTP/2: RST_STREAM error code; -1 = INTERNAL_ERROR */
     uint32_t mid_ppm;
     double ttl_s;
     char description[128];

@@ -72,6 +72,7 @@ struct sk_fault_cfg {
     int mid_kind; /* enum sk_fault_mid_kind */
     uint64_t mid_after_bytes;
     uint32_t mid_grpc_status;
+    int32_t mid_rst_code; /* reset on HTTP/2: the RST_STREAM code; < 0 = INTERNAL_ERROR */
     struct sk_fraction mid_pct;
     /* Runtime chaos rules only (all NULL for config faults): count injected
      * faults here instead of fault.*, stay out of active_faults, and say

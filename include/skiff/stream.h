@@ -47,6 +47,8 @@ enum sk_term {
     SK_TERM_RBAC_DENIED,      /* RBAC 403 denied by the RBAC filter */
     SK_TERM_REQUEST_TIMEOUT,  /* RQT 408 request not fully received within request_timeout */
     SK_TERM_DURATION_TIMEOUT, /* DT  408 max_stream_duration reached */
+    SK_TERM_FAULT_MIDSTREAM,  /* MF  --  a mid-stream fault cut the response (reset, truncate,
+                                 gRPC error after N bytes) */
     SK_TERM__COUNT
 };
 
@@ -173,6 +175,8 @@ struct sk_stream {
     bool fault_injected; /* a fault filter acted on this stream (flags DI/FI) */
     bool fault_delayed;  /* a fault delay was injected (DI); the request then went on */
     uint8_t local_grpc_code; /* > 0: a gRPC local reply carries grpc-status (this - 1) */
+    bool reset_code_set;     /* ops->reset on HTTP/2 uses reset_code (else INTERNAL_ERROR) */
+    uint32_t reset_code;
 
     /* response */
     int status;

@@ -690,7 +690,8 @@ static void op_reset(struct sk_stream *st)
     struct h2s *s = S(st);
     struct h2c *c = s->c;
     if (!s->rst && !s->ng_closed && !c->closed) {
-        nghttp2_submit_rst_stream(c->ng, NGHTTP2_FLAG_NONE, s->id, NGHTTP2_INTERNAL_ERROR);
+        nghttp2_submit_rst_stream(c->ng, NGHTTP2_FLAG_NONE, s->id,
+                                  st->reset_code_set ? st->reset_code : NGHTTP2_INTERNAL_ERROR);
         queue_flush(c);
     }
     s->rst = true;

@@ -322,6 +322,7 @@ static struct chaos_rule *rule_new(const struct sk_chaos_spec *spec)
         c->mid_kind = spec->mid_kind; /* same values as enum sk_fault_mid_kind */
         c->mid_after_bytes = spec->mid_after_bytes;
         c->mid_grpc_status = spec->mid_grpc_status;
+        c->mid_rst_code = spec->mid_rst_code;
         c->mid_pct = (struct sk_fraction){spec->mid_ppm, 1000000};
     }
     c->ctr_rule = &r->ctr;
@@ -442,6 +443,8 @@ static void rule_json(struct sk_buf *b, const struct chaos_rule *r)
                        (unsigned long long)s->mid_after_bytes);
         if (s->mid_kind == SK_CHAOS_MID_GRPC)
             sk_buf_appendf(b, ", \"grpc_status\": %u", s->mid_grpc_status);
+        if (s->mid_kind == SK_CHAOS_MID_RESET && s->mid_rst_code >= 0)
+            sk_buf_appendf(b, ", \"rst_code\": %d", (int)s->mid_rst_code);
         sk_buf_appendf(b, ", \"percent\": %g}", pct_of(s->mid_ppm));
     }
     double left = r->expires - ev_now(M.loop);

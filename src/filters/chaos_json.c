@@ -565,11 +565,12 @@ static int parse_fault(struct ctx *c, int f, struct sk_chaos_spec *s)
     if (d < 0 && a < 0 && r < 0 && ms < 0)
         return bad(c, "fault: needs at least one of delay, abort, rate_limit, midstream");
     if (ms >= 0) {
-        static const char *const mk[] = {"action", "after_bytes", "grpc_status", "percent", NULL};
+        static const char *const mk[] = {"action",  "after_bytes", "grpc_status",
+                                         "rst_code", "percent",     NULL};
         if (want(c, ms, J_OBJ, "fault.midstream") < 0 || only(c, ms, "fault.midstream", mk) < 0)
             return -1;
         int ac = member(c, ms, "action"), ab = member(c, ms, "after_bytes"),
-            gs = member(c, ms, "grpc_status");
+            gs = member(c, ms, "grpc_status"), rc = member(c, ms, "rst_code");
         if (ac < 0)
             return bad(c, "fault.midstream.action: required (reset, truncate, grpc_error)");
         if (want(c, ac, J_STR, "fault.midstream.action") < 0)
@@ -596,6 +597,16 @@ static int parse_fault(struct ctx *c, int f, struct sk_chaos_spec *s)
             if (int_in(c, gs, "fault.midstream.grpc_status", 1, 16, &g) < 0)
                 return -1;
             s->mid_grpc_status = (uint32_t)g;
+        }
+        s->mid_rst_code = -1;
+        if (rc >= 0) {
+            /* HTTP/2 error code of the RST_STREAM (RFC 9113 section 7): 0-13 */
+            if (s->mid_kind != SK_CHAOS_MID_RESET)
+                return bad(c, "fault.midstream.rst_code: only with action reset");
+            uint64_t code;
+            if (int_in(c, rc, "fault.midstream.rst_code", 0, 13, &code) < 0)
+                return -1;
+            s->mid_rst_code = (int32_t)code;
         }
         if (percent(c, ms, "fault.midstream", &s->mid_ppm) < 0)
             return -1;

@@ -392,7 +392,11 @@ static void mid_cut(struct ev_loop *loop, ev_timer *t, int revents)
     sk_buf_consume(&st->resp_hold, sk_buf_used(&st->resp_hold));
     st->pace_trailers = st->pace_end = false;
     if (st->cause == SK_TERM_NONE)
-        st->cause = SK_TERM_FAULT_ABORT;
+        st->cause = SK_TERM_FAULT_MIDSTREAM;
+    if (kind == SK_FAULT_MID_RESET && fs->cfg->mid_rst_code >= 0) {
+        st->reset_code_set = true;
+        st->reset_code = (uint32_t)fs->cfg->mid_rst_code;
+    }
     if (!st->downstream_h2 || kind == SK_FAULT_MID_RESET) {
         st->ops->reset(st); /* h1: close the connection; h2: RST_STREAM */
         return;

@@ -39,6 +39,7 @@ static const struct {
     [SK_TERM_RBAC_DENIED] = {"RBAC", 403, "RBAC: access denied"},
     [SK_TERM_REQUEST_TIMEOUT] = {"RQT", 408, "request timeout"},
     [SK_TERM_DURATION_TIMEOUT] = {"DT", 408, "max stream duration reached"},
+    [SK_TERM_FAULT_MIDSTREAM] = {"MF", 200, "mid-stream fault injected"},
 };
 
 const char *sk_term_flag(int c)
