@@ -755,7 +755,12 @@ int main(int argc, char **argv)
         return 1;
     }
     initial_version = cur->version;
-    if (cur->xds.ads && opt.config_path) {
+    for (size_t i = 0; i < cur->nlisteners; i++)
+        sk_info("listener %s on %s", cur->listeners[i].name, cur->listeners[i].addr_str);
+    sk_info("skiff %s started: %d worker(s), admin on %s", SKIFF_VERSION, sk_nworkers, astr);
+    /* after the lines above: astr may live in `s`, which a file-based xDS source
+     * replaces (and frees) synchronously */
+    if ((cur->xds.ads || cur->xds.files || cur->xds.sds_cluster) && opt.config_path) {
         struct sk_ads_opts xo = {main_loop, opt.config_path, opt.service_node,
                                  opt.service_cluster, sk_tls_prepare, sk_main_publish};
         ads = sk_ads_start(&xo, cur);
@@ -764,9 +769,6 @@ int main(int argc, char **argv)
             return 1;
         }
     }
-    for (size_t i = 0; i < cur->nlisteners; i++)
-        sk_info("listener %s on %s", cur->listeners[i].name, cur->listeners[i].addr_str);
-    sk_info("skiff %s started: %d worker(s), admin on %s", SKIFF_VERSION, sk_nworkers, astr);
 
     sk_tls_watch_start(main_loop);
     ev_signal_init(&sig_hup, sig_cb, SIGHUP);

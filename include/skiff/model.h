@@ -629,6 +629,8 @@ struct sk_xds_cfg { /* dynamic_resources (issue 7) */
                                   with cluster == NULL (the data plane answers 503
                                   "cluster not found" until CDS delivers it). */
     bool set_node_on_first_message_only;
+    bool files;         /* lds_config / cds_config from a path_config_source (watched file) */
+    char *sds_cluster;  /* SDS over its own SecretDiscoveryService stream to this cluster */
 };
 
 /* Cleanup run by the last sk_snapshot_unref (on whatever thread that is), before

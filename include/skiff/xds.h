@@ -18,6 +18,10 @@
  *     session carrying the StreamAggregatedResources bidi stream,
  *     subscriptions, initial-fetch timers, NACK rate limiting, reconnect with
  *     jittered exponential backoff (0.5 s .. 30 s), admin stats/config_dump.
+ *     Also: a second stream for SDS (SecretDiscoveryService/StreamSecrets) when
+ *     secrets name an api_config_source GRPC cluster (same store, stats and
+ *     timers), and lds_config/cds_config files (path_config_source) watched
+ *     and fed to the store like pushed responses.
  *
  * Everything here runs on the main thread. */
 #ifndef SKIFF_XDS_H
@@ -138,6 +142,11 @@ const char *sk_xds_store_version(const struct sk_xds_store *st, int type);
 /* Current subscription names of a named type (RDS/EDS): sorted, unique; valid
  * until the next store call. For CDS/LDS returns 0 (wildcard). */
 size_t sk_xds_store_names(const struct sk_xds_store *st, int type, const char *const **names);
+/* The cluster of the SecretDiscoveryService stream the secrets come from (an
+ * SdsSecretConfig whose sds_config is api_config_source GRPC envoy_grpc), or
+ * NULL: secrets come over ADS. The first one seen is kept; then every
+ * subscribed Secret is requested on that stream. */
+const char *sk_xds_store_sds_cluster(const struct sk_xds_store *st);
 /* First complete config (every subscribed type answered, every RDS/EDS name
  * delivered) was built (and published when a publish hook is set). */
 bool sk_xds_store_warm(const struct sk_xds_store *st);

@@ -2722,8 +2722,35 @@ static char *sds_name(struct tr *t, const char *field, const PbSdsSecret *s)
         err(t, "name", "name is required");
     else
         name = dup(t, s->name); /* kept on error too: no follow-on errors */
-    if (!t->snap->xds.ads)
-        err(t, NULL, "SDS requires xDS (dynamic_resources.ads_config)");
+    /* sds_config: ads, or its own SecretDiscoveryService stream (api_config_source
+     * GRPC to a static cluster, as istio-agent serves it) */
+    const PbConfigSource *cs = s->sds_config;
+    const Envoy__Config__Core__V3__ApiConfigSource *api =
+        cs && cs->config_source_specifier_case ==
+                  ENVOY__CONFIG__CORE__V3__CONFIG_SOURCE__CONFIG_SOURCE_SPECIFIER_API_CONFIG_SOURCE
+            ? cs->api_config_source
+            : NULL;
+    if (api) {
+        const Envoy__Config__Core__V3__GrpcService *g =
+            api->n_grpc_services == 1 ? api->grpc_services[0] : NULL;
+        if (api->api_type != ENVOY__CONFIG__CORE__V3__API_CONFIG_SOURCE__API_TYPE__GRPC)
+            err(t, "sds_config.api_config_source.api_type",
+                "only api_type GRPC (state of the world) is supported");
+        else if (!g || g->target_specifier_case !=
+                           ENVOY__CONFIG__CORE__V3__GRPC_SERVICE__TARGET_SPECIFIER_ENVOY_GRPC ||
+                 !g->envoy_grpc || empty(g->envoy_grpc->cluster_name))
+            err(t, "sds_config.api_config_source.grpc_services",
+                "exactly one grpc_services entry with envoy_grpc.cluster_name is required");
+        else if (t->snap->xds.sds_cluster &&
+                 strcmp(t->snap->xds.sds_cluster, g->envoy_grpc->cluster_name) != 0)
+            err(t, "sds_config", "all SDS secrets must come from one SDS cluster ('%s')",
+                t->snap->xds.sds_cluster);
+        else if (!t->snap->xds.sds_cluster)
+            t->snap->xds.sds_cluster = dup(t, g->envoy_grpc->cluster_name);
+    } else if (!t->snap->xds.ads) {
+        err(t, NULL, "SDS requires xDS (dynamic_resources.ads_config, or sds_config with "
+                     "api_config_source GRPC)");
+    }
     pop(t, o);
     return name;
 }
@@ -4190,6 +4217,28 @@ static bool config_source_ads(const PbConfigSource *cs)
                       ENVOY__CONFIG__CORE__V3__CONFIG_SOURCE__CONFIG_SOURCE_SPECIFIER_SELF);
 }
 
+/* A file of resources (path_config_source, or the deprecated `path`): true when
+ * cs is one; a missing path is an error. */
+static bool config_source_path(struct tr *t, const char *field, const PbConfigSource *cs)
+{
+    const char *path = NULL;
+    if (cs->config_source_specifier_case ==
+        ENVOY__CONFIG__CORE__V3__CONFIG_SOURCE__CONFIG_SOURCE_SPECIFIER_PATH_CONFIG_SOURCE) {
+        path = cs->path_config_source ? cs->path_config_source->path : NULL;
+        if (cs->path_config_source && cs->path_config_source->watched_directory &&
+            empty(cs->path_config_source->watched_directory->path))
+            err(t, field, "path_config_source.watched_directory.path is required");
+    } else if (cs->config_source_specifier_case ==
+               ENVOY__CONFIG__CORE__V3__CONFIG_SOURCE__CONFIG_SOURCE_SPECIFIER_PATH) {
+        path = cs->path;
+    } else {
+        return false;
+    }
+    if (empty(path))
+        err(t, field, "path_config_source.path is required");
+    return true;
+}
+
 static void dynamic_resources(struct tr *t,
                               const Envoy__Config__Bootstrap__V3__Bootstrap__DynamicResources *d)
 {
@@ -4226,15 +4275,19 @@ static void dynamic_resources(struct tr *t,
         pop(t, oa);
     }
     if (d->lds_config) {
-        if (!config_source_ads(d->lds_config))
-            err(t, "lds_config", "only ads config sources are supported");
+        if (config_source_path(t, "lds_config", d->lds_config))
+            x->files = true;
+        else if (!config_source_ads(d->lds_config))
+            err(t, "lds_config", "only ads and path_config_source config sources are supported");
         else if (!x->ads)
             err(t, "lds_config", "lds_config: ads requires ads_config");
         x->lds = true;
     }
     if (d->cds_config) {
-        if (!config_source_ads(d->cds_config))
-            err(t, "cds_config", "only ads config sources are supported");
+        if (config_source_path(t, "cds_config", d->cds_config))
+            x->files = true;
+        else if (!config_source_ads(d->cds_config))
+            err(t, "cds_config", "only ads and path_config_source config sources are supported");
         else if (!x->ads)
             err(t, "cds_config", "cds_config: ads requires ads_config");
         x->cds = true;

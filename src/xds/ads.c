@@ -25,6 +25,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
@@ -43,6 +44,7 @@
 #include "google.rpc.pb-c.h"
 
 #define ADS_PATH "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources"
+#define SDS_PATH "/envoy.service.secret.v3.SecretDiscoveryService/StreamSecrets"
 #define ADS_USER_AGENT "skiff"
 #define ADS_VERSION "0.1.0"
 #define BACKOFF_MIN 0.5
@@ -58,6 +60,13 @@
 typedef Envoy__Config__Bootstrap__V3__Bootstrap PbBootstrap;
 
 struct sk_ads {
+    /* The SDS stream (sds_config api_config_source GRPC) is a second sk_ads
+     * with its own connection and nghttp2 session, sharing the owner's store,
+     * stats and initial-fetch timers: owner != NULL, only Secrets on it. */
+    struct sk_ads *owner, *sds;
+    const char *path;             /* gRPC method */
+    struct sk_snapshot *boot;     /* the start-up snapshot: static clusters (SDS cluster) */
+    bool sds_failed;              /* the SDS cluster is unusable (logged once) */
     struct ev_loop *loop;
     char *config_path, *service_node, *service_cluster;
     int (*prepare)(struct sk_snapshot *, struct sk_cfgerrs *);
@@ -67,8 +76,7 @@ struct sk_ads {
 
     struct sk_sockaddr server;
     char server_str[128]; /* "ip:port" or "unix:PATH" (JSON-safe) */
-    /* TLS (UpstreamTlsContext on the xDS cluster): the cfg lives in tls_snap */
-    struct sk_snapshot *tls_snap;
+    /* TLS (UpstreamTlsContext on the xDS cluster): the cfg lives in boot */
     const struct sk_tls_cfg *tls;
     SSL *ssl;
     bool handshaking;
@@ -104,6 +112,18 @@ struct sk_ads {
     char *pending_nonce[SK_XDS_NTYPES]; /* a damped NACK waiting for a token */
     char *pending_error[SK_XDS_NTYPES];
 
+    /* lds_config / cds_config from files (path_config_source) */
+    struct fsrc {
+        struct sk_ads *a;
+        int type; /* SK_XDS_LDS / SK_XDS_CDS; -1 = unused */
+        char *path, *dir;
+        ev_stat wf, wd; /* the file; the watched_directory (optional) */
+        ev_timer poll;  /* stat() through symlinks every second, ns precision */
+        struct stat last;
+        uint64_t hash;  /* of the last bytes handled */
+        bool seen;
+    } fs[2];
+
     /* admin */
     bool connected;
     uint64_t rate_limit_enforced;
@@ -114,6 +134,22 @@ struct sk_ads {
 };
 
 static struct sk_ads *g_ads; /* the running client, for the admin */
+
+static struct sk_ads *O(struct sk_ads *a)
+{
+    return a->owner ? a->owner : a;
+}
+
+/* Which types this stream carries: the SDS stream only Secrets; ADS the rest,
+ * and Secrets too unless they have their own stream. */
+static bool carries(struct sk_ads *a, int t)
+{
+    if (a->owner)
+        return t == SK_XDS_SDS;
+    return t != SK_XDS_SDS || !sk_xds_store_sds_cluster(a->st);
+}
+
+static void maybe_start_sds(struct sk_ads *o);
 
 static void ads_connect(struct sk_ads *a);
 static void flush(struct sk_ads *a);
@@ -301,6 +337,8 @@ static void sync_subscriptions(struct sk_ads *a)
         return;
     for (int t = 0; t < SK_XDS_NTYPES; t++) {
         bool named = t == SK_XDS_RDS || t == SK_XDS_EDS || t == SK_XDS_SDS;
+        if (!carries(a, t))
+            continue;
         if (!a->subscribed[t]) {
             if (sk_xds_store_wants(a->st, t))
                 send_request(a, t, sk_xds_type_url(t), "", NULL);
@@ -333,9 +371,15 @@ static uint64_t version_hash(const char *v)
 
 /* Runs the initial-fetch timers of what this stream subscribed (A57: only
  * once connected) and schedules the earliest. */
+static bool stream_up(const struct sk_ads *a)
+{
+    return a && a->ng && !a->dead && !a->connecting;
+}
+
 static void arm_fetch_timers(struct sk_ads *a)
 {
-    if (!a->ng || a->dead || a->connecting)
+    a = O(a);
+    if (!stream_up(a) && !stream_up(a->sds))
         return;
     sk_xds_store_arm(a->st, ev_now(a->loop));
     double d = sk_xds_store_next_deadline(a->st);
@@ -359,6 +403,10 @@ static void fetch_timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
     sync_subscriptions(a);
     arm_fetch_timers(a);
     flush(a);
+    if (a->sds) {
+        sync_subscriptions(a->sds);
+        flush(a->sds);
+    }
 }
 
 static bool take_token(struct sk_ads *a)
@@ -435,16 +483,16 @@ static int on_message(void *arg, const uint8_t *p, size_t n)
     struct sk_xds_result res;
     sk_xds_store_handle(a->st, r, &res);
     if (t >= 0) {
-        a->ts[t].attempt++;
+        O(a)->ts[t].attempt++;
         clear_pending(a, t); /* this response supersedes a NACK still waiting */
         if (res.ack) {
-            a->ts[t].success++;
-            a->ts[t].update_time_ms = wall_ms();
-            a->ts[t].version_hash = version_hash(sk_xds_store_version(a->st, t));
+            O(a)->ts[t].success++;
+            O(a)->ts[t].update_time_ms = wall_ms();
+            O(a)->ts[t].version_hash = version_hash(sk_xds_store_version(a->st, t));
         } else {
-            a->ts[t].rejected++;
+            O(a)->ts[t].rejected++;
             if (res.damped)
-                a->ts[t].damped++;
+                O(a)->ts[t].damped++;
         }
     }
     if (t >= 0 && res.damped && !take_token(a)) {
@@ -483,6 +531,15 @@ static int on_message(void *arg, const uint8_t *p, size_t n)
     sk_xds_result_free(&res);
     envoy__service__discovery__v3__discovery_response__free_unpacked(r, NULL);
     sync_subscriptions(a);
+    /* the other stream: new Secret names from listeners/clusters, or a new SDS stream
+     * (its own nghttp2 session: sending on it from here is no re-entry) */
+    struct sk_ads *o = O(a);
+    maybe_start_sds(o);
+    struct sk_ads *other = a == o ? o->sds : o;
+    if (other && other != a) {
+        sync_subscriptions(other);
+        flush(other);
+    }
     arm_fetch_timers(a);
     return 0;
 }
@@ -600,13 +657,16 @@ static void teardown(struct sk_ads *a, const char *why)
         sk_warn("xds: connection to %s lost (%s); keeping the last good config", a->server_str,
                 why ? why : "closed");
     for (int t = 0; t < SK_XDS_NTYPES; t++) {
-        if (sk_xds_store_wants(a->st, t))
-            a->ts[t].failure++; /* Envoy: fetches that failed because of network errors */
+        if (sk_xds_store_wants(a->st, t) && carries(a, t))
+            O(a)->ts[t].failure++; /* Envoy: fetches that failed because of network errors */
         clear_pending(a, t);
     }
     a->connected = false;
-    sk_xds_store_disarm(a->st);
-    ev_timer_stop(a->loop, &a->fetch_timer);
+    struct sk_ads *other = a->owner ? a->owner : a->sds;
+    if (!stream_up(other)) {
+        sk_xds_store_disarm(a->st);
+        ev_timer_stop(a->loop, &O(a)->fetch_timer);
+    }
     ev_timer_stop(a->loop, &a->rl_timer);
     ev_io_stop(a->loop, &a->io);
     ev_timer_stop(a->loop, &a->timer);
@@ -693,7 +753,7 @@ static int start_session(struct sk_ads *a)
     nghttp2_nv nva[] = {
         NV(":method", "POST"),
         NV(":scheme", a->tls ? "https" : "http"),
-        NV(":path", ADS_PATH),
+        NV(":path", a->path),
         NV(":authority", a->authority),
         NV("content-type", "application/grpc"),
         NV("te", "trailers"),
@@ -846,6 +906,232 @@ static void ads_connect(struct sk_ads *a)
     ev_timer_start(a->loop, &a->timer);
 }
 
+/* ---- file-based LDS / CDS (path_config_source) ----------------------------------------------- */
+
+/* Replaces a string field of an unpacked message (default allocator). */
+static bool set_pb_str(char **field, const char *v)
+{
+    char *d = strdup(v);
+    if (!d)
+        return false;
+    if (*field && *field != protobuf_c_empty_string)
+        free(*field);
+    *field = d;
+    return true;
+}
+
+static uint64_t bytes_hash(const uint8_t *p, size_t n)
+{
+    uint64_t h = 1469598103934665603ull;
+    for (size_t i = 0; i < n; i++) {
+        h ^= p[i];
+        h *= 1099511628211ull;
+    }
+    return h;
+}
+
+/* Reads the file of a source as a DiscoveryResponse (YAML or JSON, proto3 JSON
+ * mapping, "@type" in each resource, like Envoy's filesystem subscription) and
+ * hands it to the store: the same rules as a pushed update (a bad file is
+ * rejected and the previous resources keep serving). `force`: handle even if the
+ * bytes did not change (SIGHUP). */
+static void file_load(struct fsrc *f, bool force)
+{
+    struct sk_ads *a = f->a;
+    int t = f->type;
+    const char *what = sk_xds_type_short(t);
+    FILE *fp = fopen(f->path, "rb");
+    char *buf = NULL;
+    size_t len = 0;
+    if (fp) {
+        buf = malloc(MAX_CONFIG_BYTES + 1);
+        len = buf ? fread(buf, 1, MAX_CONFIG_BYTES + 1, fp) : 0;
+        fclose(fp);
+    }
+    if (!buf || len > MAX_CONFIG_BYTES) {
+        free(buf);
+        if (f->seen || force) { /* a missing file at start-up is not an update */
+            O(a)->ts[t].attempt++;
+            O(a)->ts[t].rejected++;
+        }
+        sk_warn("xds: %s file %s: %s; the previous config keeps serving", what, f->path,
+                !fp ? strerror(errno) : "too large or unreadable");
+        return;
+    }
+    uint64_t h = bytes_hash((const uint8_t *)buf, len);
+    if (f->seen && h == f->hash && !force) {
+        free(buf);
+        return;
+    }
+    f->seen = true;
+    f->hash = h;
+    O(a)->ts[t].attempt++;
+    struct sk_cfgerrs errs;
+    sk_cfgerrs_init(&errs, f->path);
+    ProtobufCMessage *m = NULL;
+    int rc = sk_yaml_pb_parse(buf, len, &envoy__service__discovery__v3__discovery_response__descriptor,
+                              sk_pb_lookup_type, &m, &errs);
+    free(buf);
+    if (rc != 0 || !m) {
+        O(a)->ts[t].rejected++;
+        sk_warn("xds: %s file %s rejected (%zu error%s); the previous config keeps serving:", what,
+                f->path, errs.n, errs.n == 1 ? "" : "s");
+        for (size_t i = 0; i < errs.n; i++)
+            sk_warn("  %s:%d:%d: %s: %s", f->path, errs.v[i].line, errs.v[i].col, errs.v[i].path,
+                    errs.v[i].msg);
+        sk_cfgerrs_free(&errs);
+        if (m)
+            protobuf_c_message_free_unpacked(m, NULL);
+        return;
+    }
+    sk_cfgerrs_free(&errs);
+    Envoy__Service__Discovery__V3__DiscoveryResponse *r =
+        (Envoy__Service__Discovery__V3__DiscoveryResponse *)m;
+    char ver[40];
+    snprintf(ver, sizeof(ver), "file-%016llx", (unsigned long long)h);
+    bool ok = true;
+    if (!r->type_url || !*r->type_url)
+        ok = set_pb_str(&r->type_url, sk_xds_type_url(t));
+    if (ok && (!r->version_info || !*r->version_info))
+        ok = set_pb_str(&r->version_info, ver);
+    if (ok && strcmp(r->type_url, sk_xds_type_url(t)) != 0) {
+        O(a)->ts[t].rejected++;
+        sk_warn("xds: %s file %s rejected: type_url '%.200s' is not %s; the previous config keeps "
+                "serving",
+                what, f->path, r->type_url, sk_xds_type_url(t));
+        protobuf_c_message_free_unpacked(m, NULL);
+        return;
+    }
+    if (!ok) {
+        O(a)->ts[t].rejected++;
+        sk_error("xds: %s file %s: out of memory", what, f->path);
+        protobuf_c_message_free_unpacked(m, NULL);
+        return;
+    }
+    struct sk_xds_result res;
+    sk_xds_store_handle(a->st, r, &res);
+    if (res.ack) {
+        O(a)->ts[t].success++;
+        O(a)->ts[t].update_time_ms = wall_ms();
+        O(a)->ts[t].version_hash = version_hash(sk_xds_store_version(a->st, t));
+        if (!res.unchanged)
+            sk_info("xds: %s file %s (version '%s') applied (%zu resource(s))", what, f->path,
+                    r->version_info, sk_xds_store_count(a->st, t));
+    } else {
+        O(a)->ts[t].rejected++;
+        sk_warn("xds: %s file %s (version '%s') %s: %s", what, f->path, r->version_info,
+                res.rejected ? "partly rejected, the valid resources applied"
+                             : "rejected; the previous config keeps serving",
+                res.error ? res.error : "");
+    }
+    sk_xds_result_free(&res);
+    protobuf_c_message_free_unpacked(m, NULL);
+    /* its listeners/clusters may name RDS/EDS/SDS resources of the streams */
+    maybe_start_sds(a);
+    sync_subscriptions(a);
+    arm_fetch_timers(a);
+    flush(a);
+    if (a->sds) {
+        sync_subscriptions(a->sds);
+        flush(a->sds);
+    }
+}
+
+static void fsrc_cb(struct ev_loop *loop, ev_stat *w, int revents)
+{
+    file_load(w->data, false);
+}
+
+/* libev's stat watcher compares whole seconds and, with inotify, watches the
+ * symlink target of the moment: a Kubernetes-style swap (..data renamed in the
+ * watched directory) within the same second as an earlier change can go
+ * unseen. This poll follows symlinks and compares inode, size and ns times. */
+static void fsrc_poll_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    struct fsrc *f = w->data;
+    struct stat st;
+    if (stat(f->path, &st) != 0)
+        memset(&st, 0, sizeof(st));
+    if (st.st_ino != f->last.st_ino || st.st_dev != f->last.st_dev ||
+        st.st_size != f->last.st_size || st.st_mtim.tv_sec != f->last.st_mtim.tv_sec ||
+        st.st_mtim.tv_nsec != f->last.st_mtim.tv_nsec ||
+        st.st_ctim.tv_nsec != f->last.st_ctim.tv_nsec) {
+        f->last = st;
+        file_load(f, false); /* unchanged bytes cost nothing */
+    }
+}
+
+static void files_start(struct sk_ads *a)
+{
+    const PbBootstrap *bs = sk_xds_store_bootstrap(a->st);
+    const Envoy__Config__Bootstrap__V3__Bootstrap__DynamicResources *d = bs->dynamic_resources;
+    const Envoy__Config__Core__V3__ConfigSource *cs[2] = {d ? d->cds_config : NULL,
+                                                         d ? d->lds_config : NULL};
+    const int types[2] = {SK_XDS_CDS, SK_XDS_LDS}; /* clusters first, as Envoy */
+    for (int i = 0; i < 2; i++) {
+        struct fsrc *f = &a->fs[i];
+        f->a = a;
+        f->type = -1;
+        const char *path = NULL, *dir = NULL;
+        if (!cs[i])
+            continue;
+        if (cs[i]->config_source_specifier_case ==
+                ENVOY__CONFIG__CORE__V3__CONFIG_SOURCE__CONFIG_SOURCE_SPECIFIER_PATH_CONFIG_SOURCE &&
+            cs[i]->path_config_source) {
+            path = cs[i]->path_config_source->path;
+            if (cs[i]->path_config_source->watched_directory)
+                dir = cs[i]->path_config_source->watched_directory->path;
+        } else if (cs[i]->config_source_specifier_case ==
+                   ENVOY__CONFIG__CORE__V3__CONFIG_SOURCE__CONFIG_SOURCE_SPECIFIER_PATH) {
+            path = cs[i]->path;
+        }
+        if (!path || !*path)
+            continue;
+        f->type = types[i];
+        f->path = strdup(path);
+        f->dir = dir && *dir ? strdup(dir) : NULL;
+        if (!f->path) {
+            f->type = -1;
+            continue;
+        }
+        /* libev watches with inotify where it can, and polls stat() every 0.5 s
+         * otherwise (and for paths that do not exist yet) */
+        ev_stat_init(&f->wf, fsrc_cb, f->path, 0.5);
+        f->wf.data = f;
+        ev_stat_start(a->loop, &f->wf);
+        if (f->dir) {
+            ev_stat_init(&f->wd, fsrc_cb, f->dir, 0.5);
+            f->wd.data = f;
+            ev_stat_start(a->loop, &f->wd);
+        }
+        if (stat(f->path, &f->last) != 0)
+            memset(&f->last, 0, sizeof(f->last));
+        ev_timer_init(&f->poll, fsrc_poll_cb, 1.0, 1.0);
+        f->poll.data = f;
+        ev_timer_start(a->loop, &f->poll);
+        sk_info("xds: %s from file %s%s%s%s", sk_xds_type_short(f->type), f->path,
+                f->dir ? " (watched directory " : "", f->dir ? f->dir : "", f->dir ? ")" : "");
+        file_load(f, false);
+    }
+}
+
+static void files_stop(struct sk_ads *a)
+{
+    for (int i = 0; i < 2; i++) {
+        struct fsrc *f = &a->fs[i];
+        if (f->type >= 0) {
+            ev_stat_stop(a->loop, &f->wf);
+            ev_timer_stop(a->loop, &f->poll);
+            if (f->dir)
+                ev_stat_stop(a->loop, &f->wd);
+        }
+        free(f->path);
+        free(f->dir);
+        f->path = f->dir = NULL;
+        f->type = -1;
+    }
+}
+
 /* ---- store hooks ------------------------------------------------------------------------ */
 
 static int publish_hook(void *arg, struct sk_snapshot *s)
@@ -866,31 +1152,24 @@ static int publish_hook(void *arg, struct sk_snapshot *s)
 
 /* ---- API ------------------------------------------------------------------------------- */
 
-struct sk_ads *sk_ads_start(const struct sk_ads_opts *o, const struct sk_snapshot *cur)
+/* Connection state of a stream to cluster `c` (a static cluster of `snap`,
+ * which the caller keeps alive as long as the stream). Returns false (logged)
+ * when the cluster cannot carry it. */
+static bool conn_init(struct sk_ads *a, const struct sk_cluster *c, const struct sk_snapshot *snap,
+                      const char *what)
 {
-    const struct sk_cluster *c = cur->xds.cluster;
-    if (!cur->xds.ads || !c) {
-        sk_error("xds: no ADS cluster configured");
-        return NULL;
-    }
     if (c->nendpoints == 0 || c->endpoints[0].addr.len == 0) {
-        sk_error("xds: the ADS cluster '%s' needs a STATIC endpoint (IP address)", c->name);
-        return NULL;
+        sk_error("xds: the %s cluster '%s' needs a STATIC endpoint (IP address or pipe)", what,
+                 c->name);
+        return false;
     }
     if (c->tls && !c->tls->rt) {
-        sk_error("xds: the TLS context of the ADS cluster '%s' is not prepared", c->name);
-        return NULL;
+        sk_error("xds: the TLS context of the %s cluster '%s' is not prepared", what, c->name);
+        return false;
     }
-    struct sk_ads *a = calloc(1, sizeof(*a));
-    if (!a)
-        return NULL;
-    a->loop = o->loop;
-    a->config_path = strdup(o->config_path ? o->config_path : "");
-    a->service_node = o->service_node ? strdup(o->service_node) : NULL;
-    a->service_cluster = o->service_cluster ? strdup(o->service_cluster) : NULL;
-    a->prepare = o->prepare;
-    a->publish = o->publish;
     a->authority = strdup(c->name);
+    if (!a->authority)
+        return false;
     a->server = c->endpoints[0].addr;
     if (a->server.ss.ss_family == AF_UNIX) {
         const struct sockaddr_un *un = (const struct sockaddr_un *)&a->server.ss;
@@ -901,20 +1180,26 @@ struct sk_ads *sk_ads_start(const struct sk_ads_opts *o, const struct sk_snapsho
     for (char *p = a->server_str; *p; p++) /* shown in JSON and logs as is */
         if (*p == '"' || *p == '\\' || (unsigned char)*p < 0x20)
             *p = '_';
-    if (c->tls) {
-        /* the cfg (and its prepared context) must outlive every SSL made from it:
-         * keep this snapshot (a reload does not change the xDS transport) */
-        a->tls_snap = sk_snapshot_ref((struct sk_snapshot *)cur);
-        a->tls = c->tls;
-    }
+    /* the cfg (and its prepared context) must outlive every SSL made from it: it
+     * lives in `snap` (a reload does not change the xDS transport) */
+    a->tls = c->tls;
     a->connect_timeout_s =
         c->connect_timeout_ms == SK_DUR_NONE ? 5.0 : (double)c->connect_timeout_ms / 1000.0;
     if (a->connect_timeout_s <= 0)
         a->connect_timeout_s = 5.0;
-    a->node_first_only = cur->xds.set_node_on_first_message_only;
+    a->node_first_only = snap->xds.set_node_on_first_message_only;
+    a->backoff = BACKOFF_MIN;
+    a->tokens = NACK_BURST;
+    a->tokens_at = ev_now(a->loop);
+    a->rng = ((uint64_t)getpid() << 32) ^ (uint64_t)(ev_time() * 1e6) ^ 0x9e3779b97f4a7c15ull ^
+             (uint64_t)(uintptr_t)a;
+    return true;
+}
+
+static void watchers_init(struct sk_ads *a)
+{
     a->fd = -1;
     a->sid = -1;
-    a->backoff = BACKOFF_MIN;
     sk_grpc_dec_init(&a->dec);
     ev_init(&a->io, io_cb);
     a->io.data = a;
@@ -924,24 +1209,99 @@ struct sk_ads *sk_ads_start(const struct sk_ads_opts *o, const struct sk_snapsho
     a->fetch_timer.data = a;
     ev_init(&a->rl_timer, rl_timer_cb);
     a->rl_timer.data = a;
-    a->tokens = NACK_BURST;
-    a->tokens_at = ev_now(a->loop);
-    a->rng = ((uint64_t)getpid() << 32) ^ (uint64_t)(ev_time() * 1e6) ^ 0x9e3779b97f4a7c15ull;
+}
+
+static const struct sk_cluster *find_static_cluster(const struct sk_snapshot *s, const char *name)
+{
+    for (size_t i = 0; s && i < s->nclusters; i++)
+        if (strcmp(s->clusters[i].name, name) == 0)
+            return &s->clusters[i];
+    return NULL;
+}
+
+/* Opens the SecretDiscoveryService stream once a Secret names one (sds_config
+ * api_config_source GRPC): to a static cluster of the start-up config. */
+static void maybe_start_sds(struct sk_ads *o)
+{
+    const char *name = sk_xds_store_sds_cluster(o->st);
+    if (o->sds || o->sds_failed || !name)
+        return;
+    const struct sk_cluster *c = find_static_cluster(o->boot, name);
+    struct sk_ads *x = c && c->type == SK_CLUSTER_STATIC ? calloc(1, sizeof(*x)) : NULL;
+    if (x) {
+        x->owner = o;
+        x->loop = o->loop;
+        x->st = o->st;
+        x->path = SDS_PATH;
+        x->fs[0].type = x->fs[1].type = -1;
+        watchers_init(x);
+        if (!conn_init(x, c, o->boot, "SDS")) {
+            sk_ads_stop(x);
+            x = NULL;
+        }
+    }
+    if (!x) {
+        o->sds_failed = true;
+        sk_error("xds: SDS cluster '%s' is not a usable static cluster of the bootstrap; "
+                 "secrets cannot be fetched",
+                 name);
+        return;
+    }
+    o->sds = x;
+    sk_info("xds: SDS client (SecretDiscoveryService) for cluster '%s' at %s", c->name,
+            x->server_str);
+    ads_connect(x);
+}
+
+struct sk_ads *sk_ads_start(const struct sk_ads_opts *o, const struct sk_snapshot *cur)
+{
+    const struct sk_cluster *c = cur->xds.cluster;
+    if (cur->xds.ads && !c) {
+        sk_error("xds: no ADS cluster configured");
+        return NULL;
+    }
+    if (!cur->xds.ads && !cur->xds.files && !cur->xds.sds_cluster) {
+        sk_error("xds: no dynamic resources configured");
+        return NULL;
+    }
+    struct sk_ads *a = calloc(1, sizeof(*a));
+    if (!a)
+        return NULL;
+    a->loop = o->loop;
+    a->path = ADS_PATH;
+    a->config_path = strdup(o->config_path ? o->config_path : "");
+    a->service_node = o->service_node ? strdup(o->service_node) : NULL;
+    a->service_cluster = o->service_cluster ? strdup(o->service_cluster) : NULL;
+    a->prepare = o->prepare;
+    a->publish = o->publish;
+    a->fs[0].type = a->fs[1].type = -1;
+    a->boot = sk_snapshot_ref((struct sk_snapshot *)cur);
+    watchers_init(a);
+    if (c && !conn_init(a, c, cur, "ADS")) {
+        sk_ads_stop(a);
+        return NULL;
+    }
+    if (!c)
+        snprintf(a->server_str, sizeof(a->server_str), "(none)");
     PbBootstrap *bs = a->config_path && *a->config_path ? load_bootstrap(a) : NULL;
     struct sk_xds_hooks h = {a->prepare, publish_hook, a};
     a->st = bs ? sk_xds_store_new(bs, &h) : NULL;
-    if (!a->authority || !a->st) {
+    if (!a->st) {
         sk_ads_stop(a);
         return NULL;
     }
     bool any = false;
     for (int t = 0; t < SK_XDS_NTYPES; t++)
         any = any || sk_xds_store_wants(a->st, t);
-    if (!any) /* nothing to wait for: the file's config is complete */
+    if (!any) /* nothing to wait for: the file's config is complete (files are read now) */
         a->ready_version = cur->version;
-    sk_info("xds: ADS client for cluster '%s' at %s", c->name, a->server_str);
+    if (c)
+        sk_info("xds: ADS client for cluster '%s' at %s", c->name, a->server_str);
     g_ads = a;
-    ads_connect(a);
+    files_start(a);
+    maybe_start_sds(a);
+    if (c)
+        ads_connect(a);
     return a;
 }
 
@@ -960,9 +1320,17 @@ int sk_ads_reload(struct sk_ads *a)
             sk_error("  %s: %s", errs.v[i].path, errs.v[i].msg);
     } else {
         sk_info("reloaded %s (with the xDS resources)", a->config_path);
+        for (int i = 0; i < 2; i++)
+            if (a->fs[i].type >= 0)
+                file_load(&a->fs[i], true);
+        maybe_start_sds(a);
         sync_subscriptions(a);
         arm_fetch_timers(a);
         flush(a);
+        if (a->sds) {
+            sync_subscriptions(a->sds);
+            flush(a->sds);
+        }
     }
     sk_cfgerrs_free(&errs);
     return r;
@@ -979,6 +1347,10 @@ void sk_ads_stop(struct sk_ads *a)
         return;
     if (g_ads == a)
         g_ads = NULL;
+    if (a->sds)
+        sk_ads_stop(a->sds);
+    a->sds = NULL;
+    files_stop(a);
     ev_io_stop(a->loop, &a->io);
     ev_timer_stop(a->loop, &a->timer);
     ev_timer_stop(a->loop, &a->fetch_timer);
@@ -989,15 +1361,16 @@ void sk_ads_stop(struct sk_ads *a)
         SSL_free(a->ssl);
     if (a->fd >= 0)
         close(a->fd);
-    if (a->tls_snap)
-        sk_snapshot_unref(a->tls_snap);
+    if (a->boot)
+        sk_snapshot_unref(a->boot);
     sk_grpc_dec_free(&a->dec);
     for (int t = 0; t < SK_XDS_NTYPES; t++) {
         free(a->nonce[t]);
         save_sent(a, t, NULL, 0);
         clear_pending(a, t);
     }
-    sk_xds_store_free(a->st);
+    if (!a->owner) /* the SDS stream borrows its owner's store */
+        sk_xds_store_free(a->st);
     free(a->out);
     free(a->config_path);
     free(a->service_node);
@@ -1041,15 +1414,15 @@ void sk_xds_stats(struct sk_buf *out, bool prom)
     xstat(out, prom, "control_plane", "rate_limit_enforced", false, a->rate_limit_enforced);
     for (int t = 0; t < SK_XDS_NTYPES; t++) {
         const char *p = stat_prefix[t];
-        xstat(out, prom, p, "update_attempt", false, a->ts[t].attempt);
-        xstat(out, prom, p, "update_success", false, a->ts[t].success);
-        xstat(out, prom, p, "update_rejected", false, a->ts[t].rejected);
-        xstat(out, prom, p, "update_failure", false, a->ts[t].failure);
-        xstat(out, prom, p, "update_damped", false, a->ts[t].damped);
+        xstat(out, prom, p, "update_attempt", false, O(a)->ts[t].attempt);
+        xstat(out, prom, p, "update_success", false, O(a)->ts[t].success);
+        xstat(out, prom, p, "update_rejected", false, O(a)->ts[t].rejected);
+        xstat(out, prom, p, "update_failure", false, O(a)->ts[t].failure);
+        xstat(out, prom, p, "update_damped", false, O(a)->ts[t].damped);
         xstat(out, prom, p, "init_fetch_timeout", false,
               sk_xds_store_init_fetch_timeouts(a->st, t));
-        xstat(out, prom, p, "update_time", true, a->ts[t].update_time_ms);
-        xstat(out, prom, p, "version", true, a->ts[t].version_hash);
+        xstat(out, prom, p, "update_time", true, O(a)->ts[t].update_time_ms);
+        xstat(out, prom, p, "version", true, O(a)->ts[t].version_hash);
     }
 }
 
@@ -1066,5 +1439,12 @@ void sk_xds_config_dump(struct sk_buf *out)
                    (unsigned long long)a->acks, (unsigned long long)a->nacks,
                    sk_xds_store_warm(a->st) ? "true" : "false");
     sk_xds_store_dump(a->st, out);
+    if (a->sds)
+        sk_buf_appendf(out,
+                       ",\n\"sds_stream\": {\"server\": \"%s\", \"connected\": %s, "
+                       "\"streams\": %llu, \"acks\": %llu, \"nacks\": %llu}",
+                       a->sds->server_str, a->sds->connected ? "true" : "false",
+                       (unsigned long long)a->sds->streams, (unsigned long long)a->sds->acks,
+                       (unsigned long long)a->sds->nacks);
     sk_buf_appendf(out, "}");
 }

@@ -36,6 +36,7 @@
  * NACK damping: a response whose raw resources hash like the last rejected
  * one of its type is rejected again before any decoding (ads.c rate-limits
  * the NACKs that answer such resends). */
+#include <malloc.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -189,20 +190,10 @@ struct strv {
 
 #define DEFAULT_FETCH_TIMEOUT_MS 15000
 
-static bool strv_has(const struct strv *s, const char *x)
-{
-    for (size_t i = 0; i < s->n; i++)
-        if (strcmp(s->v[i], x) == 0)
-            return true;
-    return false;
-}
-
-/* Adds a copy unless present (the first timeout given for a name wins); false
- * on allocation failure. */
+/* Adds a copy (duplicates are removed by strv_sort, the first timeout given for
+ * a name wins); false on allocation failure. */
 static bool strv_add_ms(struct strv *s, const char *x, int64_t ms)
 {
-    if (strv_has(s, x))
-        return true;
     if (s->n == s->cap) {
         size_t nc = s->cap ? s->cap * 2 : 8;
         char **p = realloc(s->v, nc * sizeof(*p));
@@ -235,14 +226,18 @@ static void strv_free(struct strv *s)
 struct name_ms {
     char *s;
     int64_t ms;
+    size_t seq; /* insertion order: the first of equal names is kept */
 };
 
 static int cmp_name_ms(const void *a, const void *b)
 {
-    return strcmp(((const struct name_ms *)a)->s, ((const struct name_ms *)b)->s);
+    const struct name_ms *x = a, *y = b;
+    int c = strcmp(x->s, y->s);
+    return c ? c : (x->seq < y->seq ? -1 : x->seq > y->seq);
 }
 
-/* Sorts names (keeping each one's timeout); false on allocation failure. */
+/* Sorts names (keeping each one's timeout) and drops duplicates; false on
+ * allocation failure. */
 static bool strv_sort(struct strv *s)
 {
     if (s->n < 2)
@@ -251,12 +246,18 @@ static bool strv_sort(struct strv *s)
     if (!t)
         return false;
     for (size_t i = 0; i < s->n; i++)
-        t[i] = (struct name_ms){s->v[i], s->ms[i]};
+        t[i] = (struct name_ms){s->v[i], s->ms[i], i};
     qsort(t, s->n, sizeof(*t), cmp_name_ms);
+    size_t k = 0;
     for (size_t i = 0; i < s->n; i++) {
-        s->v[i] = t[i].s;
-        s->ms[i] = t[i].ms;
+        if (k && strcmp(s->v[k - 1], t[i].s) == 0) {
+            free(t[i].s);
+            continue;
+        }
+        s->v[k] = t[i].s;
+        s->ms[k++] = t[i].ms;
     }
+    s->n = k;
     free(t);
     return true;
 }
@@ -319,12 +320,22 @@ struct res {
     uint64_t hash;  /* FNV-1a over bytes */
     uint8_t *bytes;
     size_t len;
-    ProtobufCMessage *msg; /* unpacked bytes (default allocator) */
+    ProtobufCMessage *msg; /* unpacked bytes (default allocator); NULL for EDS resources
+                              and EDS clusters (unpacked from bytes when assembled) */
+    uint64_t nh;           /* FNV-1a over name (rset index) */
 };
 
+/* A set of resources by name. Lookups go through an open-addressing index
+ * (slots hold position + 1) built on first use and dropped whenever the array
+ * changes shape (push, compaction): with 10k clusters every per-name lookup
+ * being linear made an update quadratic. Replacing v[i] by a resource of the
+ * same name keeps the index valid. */
 struct rset {
     struct res **v;
-    size_t n;
+    size_t n, cap;
+    uint32_t *ix;
+    size_t ixmask; /* slots - 1 */
+    bool ixok;
 };
 
 static uint64_t fnv1a(const uint8_t *p, size_t n)
@@ -376,32 +387,93 @@ static void rset_free(struct rset *s)
     for (size_t i = 0; i < s->n; i++)
         res_unref(s->v[i]);
     free(s->v);
-    s->v = NULL;
-    s->n = 0;
+    free(s->ix);
+    memset(s, 0, sizeof(*s));
+}
+
+static uint64_t name_hash(const char *name)
+{
+    return fnv1a((const uint8_t *)name, strlen(name));
+}
+
+/* (Re)builds the index; false on allocation failure (lookups then scan). */
+static bool rset_index(struct rset *s)
+{
+    size_t slots = 16;
+    while (slots < s->n * 2)
+        slots *= 2;
+    if (slots - 1 != s->ixmask || !s->ix) {
+        uint32_t *ix = malloc(slots * sizeof(*ix));
+        if (!ix)
+            return false;
+        free(s->ix);
+        s->ix = ix;
+        s->ixmask = slots - 1;
+    }
+    memset(s->ix, 0, slots * sizeof(*s->ix));
+    for (size_t i = 0; i < s->n; i++) {
+        size_t k = (size_t)s->v[i]->nh & s->ixmask;
+        while (s->ix[k])
+            k = (k + 1) & s->ixmask;
+        s->ix[k] = (uint32_t)(i + 1);
+    }
+    s->ixok = true;
+    return true;
+}
+
+static long rset_find_h(const struct rset *cs, const char *name, uint64_t h)
+{
+    /* the index is a cache: building it does not change the set's contents */
+    struct rset *s = (struct rset *)cs;
+    if (s->n < 8 || (!s->ixok && !rset_index(s))) {
+        for (size_t i = 0; i < s->n; i++)
+            if (strcmp(s->v[i]->name, name) == 0)
+                return (long)i;
+        return -1;
+    }
+    for (size_t k = (size_t)h & s->ixmask; s->ix[k]; k = (k + 1) & s->ixmask) {
+        const struct res *r = s->v[s->ix[k] - 1];
+        if (r->nh == h && strcmp(r->name, name) == 0)
+            return (long)(s->ix[k] - 1);
+    }
+    return -1;
 }
 
 static long rset_find(const struct rset *s, const char *name)
 {
-    for (size_t i = 0; i < s->n; i++)
-        if (strcmp(s->v[i]->name, name) == 0)
-            return (long)i;
-    return -1;
+    return rset_find_h(s, name, s->n < 8 ? 0 : name_hash(name));
+}
+
+static bool rset_reserve(struct rset *s, size_t n)
+{
+    if (n <= s->cap)
+        return true;
+    size_t nc = s->cap ? s->cap * 2 : 8;
+    while (nc < n)
+        nc *= 2;
+    struct res **p = realloc(s->v, nc * sizeof(*p));
+    if (!p)
+        return false;
+    s->v = p;
+    s->cap = nc;
+    return true;
 }
 
 static bool rset_push(struct rset *s, struct res *r)
 {
-    struct res **p = realloc(s->v, (s->n + 1) * sizeof(*p));
-    if (!p)
+    if (!rset_reserve(s, s->n + 1))
         return false;
-    s->v = p;
     s->v[s->n++] = r;
     r->refs++;
+    s->ixok = false;
     return true;
 }
 
 static bool rset_copy(struct rset *dst, const struct rset *src)
 {
     memset(dst, 0, sizeof(*dst));
+    if (!rset_reserve(dst, src->n))
+        return false;
     for (size_t i = 0; i < src->n; i++)
         if (!rset_push(dst, src->v[i])) {
             rset_free(dst);
@@ -416,7 +488,7 @@ static bool rset_eq(const struct rset *a, const struct rset *b)
     if (a->n != b->n)
         return false;
     for (size_t i = 0; i < a->n; i++) {
-        long j = rset_find(b, a->v[i]->name);
+        long j = rset_find_h(b, a->v[i]->name, a->v[i]->nh);
         if (j < 0 || !res_same(a->v[i], b->v[j]))
             return false;
     }
@@ -457,6 +529,7 @@ struct sk_xds_store {
     bool got[SK_XDS_NTYPES];
     struct strv names[SK_XDS_NTYPES]; /* RDS/EDS subscriptions, sorted */
     struct rset active;               /* the listeners of the last published snapshot */
+    char *sds_cluster; /* secrets come over a SecretDiscoveryService stream to it */
     bool warm;
     uint64_t builds;
     /* NACK damping: a re-sent rejected response (same raw resource bytes) is
@@ -503,6 +576,7 @@ struct asmb {
     ProtobufCMessage **owned; /* modified copies, freed with the assembly */
     size_t nowned, cowned;
     struct strv rds_names, eds_names, sds_names;
+    char *sds_cluster; /* first SdsSecretConfig with its own SDS stream (malloc'd) */
     size_t missing;       /* listeners / clusters whose RDS / EDS has not arrived */
     size_t held;          /* listeners among them, included with an empty route config */
     bool validate;        /* include warming listeners (validation-only assembly) */
@@ -524,6 +598,7 @@ static void asm_free(struct asmb *a)
     strv_free(&a->rds_names);
     strv_free(&a->eds_names);
     strv_free(&a->sds_names);
+    free(a->sds_cluster);
     rset_free(&a->used_lds);
     memset(a, 0, sizeof(*a));
 }
@@ -689,6 +764,23 @@ static const ProtobufCMessageDescriptor *utc_desc(void)
     return &envoy__extensions__transport_sockets__tls__v3__upstream_tls_context__descriptor;
 }
 
+/* The cluster of an SDS config source with its own SecretDiscoveryService stream
+ * (api_config_source GRPC, envoy_grpc), or NULL (ADS). */
+static const char *sds_grpc_cluster(const Envoy__Config__Core__V3__ConfigSource *cs)
+{
+    if (!cs ||
+        cs->config_source_specifier_case !=
+            ENVOY__CONFIG__CORE__V3__CONFIG_SOURCE__CONFIG_SOURCE_SPECIFIER_API_CONFIG_SOURCE ||
+        !cs->api_config_source || cs->api_config_source->n_grpc_services != 1)
+        return NULL;
+    const Envoy__Config__Core__V3__GrpcService *g = cs->api_config_source->grpc_services[0];
+    if (g->target_specifier_case !=
+            ENVOY__CONFIG__CORE__V3__GRPC_SERVICE__TARGET_SPECIFIER_ENVOY_GRPC ||
+        !g->envoy_grpc || empty(g->envoy_grpc->cluster_name))
+        return NULL;
+    return g->envoy_grpc->cluster_name;
+}
+
 /* What a TransportSocket's TLS context needs from SDS. */
 struct sds_need {
     size_t n;           /* secrets referenced */
@@ -759,6 +851,8 @@ static void tls_sds(struct asmb *a, PbTransportSocket *ts, const struct rset *sd
             c->tls_certificate_sds_secret_configs[0];
         if (!strv_add_ms(&a->sds_names, cs->name, fetch_timeout_ms(cs->sds_config)))
             a->oom = true;
+        if (!a->sds_cluster && sds_grpc_cluster(cs->sds_config))
+            a->sds_cluster = strdup(sds_grpc_cluster(cs->sds_config));
         cert = sds_lookup(a, sds, cs->name, true, need);
     }
     if (c->validation_context_type_case ==
@@ -774,6 +868,8 @@ static void tls_sds(struct asmb *a, PbTransportSocket *ts, const struct rset *sd
     if (vs && !empty(vs->name)) {
         if (!strv_add_ms(&a->sds_names, vs->name, fetch_timeout_ms(vs->sds_config)))
             a->oom = true;
+        if (!a->sds_cluster && sds_grpc_cluster(vs->sds_config))
+            a->sds_cluster = strdup(sds_grpc_cluster(vs->sds_config));
         val = sds_lookup(a, sds, vs->name, false, need);
     } else {
         vs = NULL;
@@ -933,8 +1029,9 @@ static size_t listener_missing(struct asmb *a, PbListener *l, const struct rset 
     return s.missing + need.missing;
 }
 
+/* `owned`: c is already a modifiable copy owned by the assembly. */
 static void asm_cluster(struct asmb *a, PbCluster *c, const struct res *cres, size_t idx,
-                        const struct rset *eds, const struct rset *sds)
+                        const struct rset *eds, const struct rset *sds, bool owned)
 {
     struct cmap *m = &a->cm[a->nc];
     m->dynamic = cres != NULL;
@@ -965,7 +1062,7 @@ static void asm_cluster(struct asmb *a, PbCluster *c, const struct res *cres, si
         return;
     }
     PbCluster *use = c;
-    if (is_eds || need.n) {
+    if ((is_eds || need.n) && !owned) {
         ProtobufCMessage *cp =
             cres ? clone_bytes(c->base.descriptor, cres->bytes, cres->len) : clone_msg(&c->base);
         if (!cp || !asm_own(a, cp)) {
@@ -980,7 +1077,7 @@ static void asm_cluster(struct asmb *a, PbCluster *c, const struct res *cres, si
     }
     if (is_eds) {
         ProtobufCMessage *la =
-            j >= 0 ? clone_bytes(eds->v[j]->msg->descriptor, eds->v[j]->bytes, eds->v[j]->len)
+            j >= 0 ? clone_bytes(types[SK_XDS_EDS].desc, eds->v[j]->bytes, eds->v[j]->len)
                    : NULL;
         if (j >= 0 && !la) {
             a->oom = true;
@@ -1024,10 +1121,20 @@ static bool assemble(const struct sk_xds_store *st, const struct rset *const set
         return false;
     }
     for (size_t i = 0; i < nsc; i++)
-        asm_cluster(a, sr0->clusters[i], NULL, 0, sets[SK_XDS_EDS], sets[SK_XDS_SDS]);
+        asm_cluster(a, sr0->clusters[i], NULL, 0, sets[SK_XDS_EDS], sets[SK_XDS_SDS], false);
     for (size_t i = 0; i < sets[SK_XDS_CDS]->n; i++) {
         struct res *r = sets[SK_XDS_CDS]->v[i];
-        asm_cluster(a, (PbCluster *)r->msg, r, i, sets[SK_XDS_EDS], sets[SK_XDS_SDS]);
+        PbCluster *c = (PbCluster *)r->msg;
+        if (!c) { /* kept as bytes only (EDS clusters are always copied anyway) */
+            c = (PbCluster *)clone_bytes(types[SK_XDS_CDS].desc, r->bytes, r->len);
+            if (!c || !asm_own(a, &c->base)) {
+                if (c)
+                    protobuf_c_message_free_unpacked(&c->base, NULL);
+                a->oom = true;
+                continue;
+            }
+        }
+        asm_cluster(a, c, r, i, sets[SK_XDS_EDS], sets[SK_XDS_SDS], c != (PbCluster *)r->msg);
     }
     for (size_t i = 0; i < nsl; i++)
         asm_listener(a, sr0->listeners[i], NULL, 0, sets[SK_XDS_RDS], sets[SK_XDS_SDS]);
@@ -1070,12 +1177,17 @@ struct build {
 
 static void build_free(struct build *b)
 {
+    bool big = b->a.nc + b->a.nl > 256;
     asm_free(&b->a);
     rset_free(&b->used);
     sk_cfgerrs_free(&b->errs);
     if (b->snap)
         sk_snapshot_unref(b->snap);
     b->snap = NULL;
+    /* a large assembly leaves megabytes of freed clones in the heap: hand them
+     * back to the kernel (main thread, once per update) */
+    if (big)
+        malloc_trim(0);
 }
 
 static int try_build(struct sk_xds_store *st, const struct rset *const sets[SK_XDS_NTYPES],
@@ -1309,6 +1421,9 @@ bool sk_xds_store_wants(const struct sk_xds_store *st, int type)
  * resources nobody references any more. */
 static void take_names(struct sk_xds_store *st, struct asmb *a, struct sk_xds_result *res)
 {
+    /* the first SDS cluster seen stays (the ADS client opens one SDS stream) */
+    if (a->sds_cluster && !st->sds_cluster)
+        st->sds_cluster = strdup(a->sds_cluster);
     struct strv *nn[SK_XDS_NTYPES] = {
         [SK_XDS_RDS] = &a->rds_names, [SK_XDS_EDS] = &a->eds_names, [SK_XDS_SDS] = &a->sds_names};
     for (int t = 0; t < SK_XDS_NTYPES; t++) {
@@ -1347,11 +1462,13 @@ static void take_names(struct sk_xds_store *st, struct asmb *a, struct sk_xds_re
         struct rset *s = &st->cur[t];
         size_t k = 0;
         for (size_t i = 0; i < s->n; i++) {
-            if (strv_has(&st->names[t], s->v[i]->name))
+            if (strv_find_sorted(&st->names[t], s->v[i]->name) >= 0)
                 s->v[k++] = s->v[i];
             else
                 res_unref(s->v[i]);
         }
+        if (k != s->n)
+            s->ixok = false;
         s->n = k;
     }
 }
@@ -1403,6 +1520,7 @@ void sk_xds_store_free(struct sk_xds_store *st)
         tstate_free(&st->ts[t]);
     }
     rset_free(&st->active);
+    free(st->sds_cluster);
     if (st->bs)
         protobuf_c_message_free_unpacked(&st->bs->base, NULL);
     free(st);
@@ -1426,6 +1544,11 @@ size_t sk_xds_store_names(const struct sk_xds_store *st, int type, const char *c
     }
     *names = (const char *const *)st->names[type].v;
     return st->names[type].n;
+}
+
+const char *sk_xds_store_sds_cluster(const struct sk_xds_store *st)
+{
+    return st->sds_cluster;
 }
 
 bool sk_xds_store_warm(const struct sk_xds_store *st)
@@ -1555,7 +1678,7 @@ static void prune_rerrs(struct sk_xds_store *st, int type, const struct rset *re
             bool accepted = j >= 0 && st->cur[type].v[j]->updated == now;
             bool gone = (type == SK_XDS_CDS || type == SK_XDS_LDS)
                             ? rset_find(resp, e->name) < 0
-                            : !strv_has(&st->names[type], e->name);
+                            : strv_find_sorted(&st->names[type], e->name) < 0;
             keep = !accepted && !gone;
         }
         e->fresh = false;
@@ -1659,7 +1782,7 @@ void sk_xds_store_handle(struct sk_xds_store *st, const PbResponse *r, struct sk
             } else if (rset_find(&in, name) >= 0) {
                 sb_add(&perr, "%s%s '%.200s': duplicate name in one response", perr.len ? "; " : "",
                        types[type].label, name);
-            } else if (is_named(type) && !strv_has(&st->names[type], name)) {
+            } else if (is_named(type) && strv_find_sorted(&st->names[type], name) < 0) {
                 /* not subscribed (any more): ignore */
             } else {
                 struct res *x = calloc(1, sizeof(*x));
@@ -1679,8 +1802,15 @@ void sk_xds_store_handle(struct sk_xds_store *st, const PbResponse *r, struct sk
                         memcpy(x->bytes, a->value.data, a->value.len);
                     x->len = a->value.len;
                     x->hash = fnv1a(x->bytes, x->len);
-                    x->msg = m;
-                    m = NULL;
+                    x->nh = name_hash(x->name);
+                    /* ClusterLoadAssignments and EDS clusters are only ever used
+                     * as fresh copies (the assembly rewrites them): keep their
+                     * bytes only, not the unpacked tree (~2 KB per cluster) */
+                    if (type != SK_XDS_EDS &&
+                        !(type == SK_XDS_CDS && cluster_is_eds((const PbCluster *)m))) {
+                        x->msg = m;
+                        m = NULL;
+                    }
                     x->refs = 1; /* the set's */
                 }
             }
@@ -1829,7 +1959,7 @@ void sk_xds_store_handle(struct sk_xds_store *st, const PbResponse *r, struct sk
     bool changed = !old_got || cand.n != old.n;
     for (size_t i = 0; i < cand.n; i++) {
         struct res *x = cand.v[i];
-        long o = rset_find(&old, x->name);
+        long o = rset_find_h(&old, x->name, x->nh);
         if (o >= 0 && res_same(old.v[o], x)) {
             if (old.v[o] != x) {
                 set_str(&x->version, old.v[o]->version);

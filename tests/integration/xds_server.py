@@ -8,6 +8,11 @@ repository's own proto/ files (`protoc -Iproto --python_out=DIR proto/*.proto`;
 see load_protos). Resources are given as proto-JSON dicts (the same shape as the
 bootstrap YAML, "@type" for Any) or as messages.
 
+Two services on one server, same behaviour: ADS
+(/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources)
+and SDS (/envoy.service.secret.v3.SecretDiscoveryService/StreamSecrets, Secrets
+only, as istio-agent serves it); each request records which one ("service").
+
 Server behaviour (like go-control-plane / istiod):
   * LDS/CDS: every response carries the full set; RDS/EDS: the requested names
     that exist.
@@ -48,6 +53,8 @@ REPO = Path(__file__).resolve().parent.parent.parent
 
 SERVICE = "envoy.service.discovery.v3.AggregatedDiscoveryService"
 METHOD = "StreamAggregatedResources"
+SDS_SERVICE = "envoy.service.secret.v3.SecretDiscoveryService"
+SDS_METHOD = "StreamSecrets"
 PREFIX = "type.googleapis.com/"
 CLUSTER = PREFIX + "envoy.config.cluster.v3.Cluster"
 ENDPOINT = PREFIX + "envoy.config.endpoint.v3.ClusterLoadAssignment"
@@ -215,10 +222,14 @@ class XdsServer:
             return len([s for s in self.streams if not s.closed])
 
     # ---- gRPC --------------------------------------------------------------
-    def _handle(self, request_iterator, context):
+    def _handle_sds(self, request_iterator, context):
+        return self._handle(request_iterator, context, service="sds")
+
+    def _handle(self, request_iterator, context, service="ads"):
         with self.lock:
             self.stream_seq += 1
             s = _Stream(self, context.peer())
+            s.service = service
             seq = self.stream_seq
             self.streams.append(s)
 
@@ -233,7 +244,11 @@ class XdsServer:
                             "error": rq.error_detail.message if rq.HasField("error_detail") else None,
                             "node": (rq.node.id, rq.node.cluster, rq.node.user_agent_name)
                             if rq.HasField("node") else None,
-                            "stream": seq})
+                            "stream": seq, "service": service})
+                        if service == "sds" and rq.type_url != SECRET:
+                            # the SecretDiscoveryService carries Secrets only
+                            context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                          "SDS stream: unexpected type %s" % rq.type_url)
                         names = list(rq.resource_names)
                         if (rq.HasField("error_detail")
                                 and self.nack_resend.get(rq.type_url, 0) > 0):
@@ -270,8 +285,10 @@ class XdsServer:
     def start(self):
         handler = grpc.method_handlers_generic_handler(SERVICE, {
             METHOD: grpc.stream_stream_rpc_method_handler(self._handle)})
+        sds = grpc.method_handlers_generic_handler(SDS_SERVICE, {
+            SDS_METHOD: grpc.stream_stream_rpc_method_handler(self._handle_sds)})
         self.grpc = grpc.server(futures.ThreadPoolExecutor(max_workers=16))
-        self.grpc.add_generic_rpc_handlers((handler,))
+        self.grpc.add_generic_rpc_handlers((handler, sds))
         addr = ("unix:" + self.uds) if self.uds else "127.0.0.1:%d" % self.port
         if self.tls:
             cert, key = self.tls[0], self.tls[1]

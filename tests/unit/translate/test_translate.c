@@ -1092,9 +1092,9 @@ static void test_dynamic_errors(void)
                             "  ads_config:\n"
                             "    api_type: DELTA_GRPC\n"
                             "    grpc_services: [{envoy_grpc: {cluster_name: missing}}]\n"
-                            "  lds_config: {path: /etc/lds.yaml}\n";
+                            "  lds_config: {api_config_source: {api_type: GRPC}}\n";
     EXPECT_ERR(y, "dynamic_resources.ads_config.api_type", "only api_type GRPC");
-    EXPECT_ERR(y, "dynamic_resources.lds_config", "only ads config sources are supported");
+    EXPECT_ERR(y, "dynamic_resources.lds_config", "only ads and path_config_source config sources");
     EXPECT_ERR_AT(y, "dynamic_resources.ads_config.grpc_services[0].envoy_grpc.cluster_name",
                   "unknown cluster 'missing'", NULL, "cluster_name: missing");
 
