@@ -26,7 +26,8 @@ struct sk_host {
     struct sk_cluster_rt *cl;
     struct sk_host_state *hs; /* process-wide: health, ejection, accounting */
     struct sk_sockaddr addr;
-    char addr_str[64];
+    const char *addr_str; /* 64 bytes: the shared host state's text (or own_str) */
+    char *own_str;        /* only without a host state (allocation failure) */
     uint32_t weight;
     int cfg_health; /* enum sk_health_status from config */
     int refs;

@@ -19,6 +19,7 @@ void sk_host_unref(struct sk_host *h)
 {
     if (--h->refs > 0)
         return;
+    free(h->own_str);
     free(h);
 }
 
@@ -30,12 +31,22 @@ static struct sk_host *host_new(struct sk_cluster_rt *c, const struct sk_sockadd
         return NULL;
     h->cl = c;
     h->addr = *a;
-    sk_addr_str(a, h->addr_str, sizeof(h->addr_str));
     h->weight = weight ? weight : 1;
     h->cfg_health = health;
     h->refs = 1; /* the host list's */
     if (c->cs)
         h->hs = sk_hstate_get(c->cs, a);
+    if (h->hs) {
+        h->addr_str = h->hs->addr_str; /* process lifetime, same address */
+    } else {
+        h->own_str = calloc(1, 64);
+        if (!h->own_str) {
+            free(h);
+            return NULL;
+        }
+        sk_addr_str(a, h->own_str, 64);
+        h->addr_str = h->own_str;
+    }
     return h;
 }
 
@@ -90,8 +101,77 @@ static void set_hosts(struct sk_cluster_rt *c, const struct sk_sockaddr *addrs,
     sk_cluster_hash_rebuild(c);
 }
 
+/* Cluster runtimes by name, per worker (each worker writes only its own slot;
+ * runtimes live for the process, so entries are never removed). An open
+ * addressing table keeps config updates O(clusters), not O(clusters^2). */
+static struct rt_index {
+    struct sk_cluster_rt **v;
+    size_t cap, n;
+    bool partial; /* an allocation failed: a miss must also search the list */
+    const struct sk_worker *owner;
+} rt_idx[SK_MAX_WORKERS];
+
+static uint64_t name_hash(const char *s)
+{
+    uint64_t h = 1469598103934665603ull;
+    for (; *s; s++)
+        h = (h ^ (unsigned char)*s) * 1099511628211ull;
+    return h;
+}
+
+static void rt_index_put(struct rt_index *x, struct sk_cluster_rt *c);
+
+static struct rt_index *idx_of(struct sk_worker *w)
+{
+    if (w->id < 0 || w->id >= SK_MAX_WORKERS)
+        return NULL;
+    struct rt_index *x = &rt_idx[w->id];
+    if (x->owner != w) { /* a new worker with this id: start over from its list */
+        free(x->v);
+        *x = (struct rt_index){.owner = w};
+        for (struct sk_cluster_rt *c = w->clusters; c; c = c->next)
+            rt_index_put(x, c);
+    }
+    return x;
+}
+
+static void rt_index_put(struct rt_index *x, struct sk_cluster_rt *c)
+{
+    if ((x->n + 1) * 2 > x->cap) {
+        size_t ncap = x->cap ? x->cap * 2 : 64;
+        struct sk_cluster_rt **nv = calloc(ncap, sizeof(*nv));
+        if (!nv) {
+            x->partial = true; /* lookups fall back to the list */
+            return;
+        }
+        for (size_t i = 0; i < x->cap; i++)
+            if (x->v[i]) {
+                size_t k = name_hash(x->v[i]->name) & (ncap - 1);
+                while (nv[k])
+                    k = (k + 1) & (ncap - 1);
+                nv[k] = x->v[i];
+            }
+        free(x->v);
+        x->v = nv;
+        x->cap = ncap;
+    }
+    size_t k = name_hash(c->name) & (x->cap - 1);
+    while (x->v[k])
+        k = (k + 1) & (x->cap - 1);
+    x->v[k] = c;
+    x->n++;
+}
+
 static struct sk_cluster_rt *rt_find(struct sk_worker *w, const char *name)
 {
+    struct rt_index *x = idx_of(w);
+    if (x && x->cap) {
+        for (size_t k = name_hash(name) & (x->cap - 1); x->v[k]; k = (k + 1) & (x->cap - 1))
+            if (strcmp(x->v[k]->name, name) == 0)
+                return x->v[k];
+    }
+    if (x && !x->partial && (x->cap || !w->clusters))
+        return NULL; /* the table holds every runtime: a miss is a miss */
     for (struct sk_cluster_rt *c = w->clusters; c; c = c->next)
         if (strcmp(c->name, name) == 0)
             return c;
@@ -116,6 +196,8 @@ void sk_clusters_apply(struct sk_worker *w, struct sk_snapshot *snap)
             c->rr = sk_worker_rand(w);
             c->next = w->clusters;
             w->clusters = c;
+            if (idx_of(w))
+                rt_index_put(idx_of(w), c);
             fresh = true;
         }
         bool was_dns = c->cfg && (c->cfg->type == SK_CLUSTER_STRICT_DNS ||
