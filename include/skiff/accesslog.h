@@ -16,6 +16,9 @@ struct sk_worker;
 
 /* Log a finished stream to every access log of its HCM that passes its filter. */
 void sk_access_log_stream(struct sk_stream *st);
+/* The same for any list of access logs (tcp_proxy logs a connection through a
+ * stream record filled by tcp_proxy.c: no method, status 0). */
+void sk_access_log_write(struct sk_stream *st, const struct sk_access_log *logs, size_t n);
 /* Render one line (exposed for unit tests). */
 void sk_access_log_render(const struct sk_al_format *f, const struct sk_stream *st, double now,
                           struct sk_buf *out);

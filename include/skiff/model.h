@@ -410,6 +410,8 @@ struct sk_tcp_proxy {
     uint32_t total_weight;
     uint64_t idle_timeout_ms; /* default 1h; 0s -> SK_DUR_NONE */
     uint32_t max_connect_attempts; /* default 1 */
+    struct sk_access_log *access_logs; /* TcpProxy.access_log: one line per connection */
+    size_t naccess_logs;
 };
 
 enum sk_chain_kind { SK_CHAIN_HCM = 1, SK_CHAIN_TCP = 2 };

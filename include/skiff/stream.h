@@ -49,6 +49,7 @@ enum sk_term {
     SK_TERM_DURATION_TIMEOUT, /* DT  408 max_stream_duration reached */
     SK_TERM_FAULT_MIDSTREAM,  /* MF  --  a mid-stream fault cut the response (reset, truncate,
                                  gRPC error after N bytes) */
+    SK_TERM_IDLE_TIMEOUT,     /* IT  --  tcp_proxy idle_timeout closed the connection */
     SK_TERM__COUNT
 };
 
@@ -174,6 +175,7 @@ struct sk_stream {
     bool filters_done;
     bool fault_injected; /* a fault filter acted on this stream (flags DI/FI) */
     bool fault_delayed;  /* a fault delay was injected (DI); the request then went on */
+    bool toxic;          /* an L4 toxic acted on the connection (TX; tcp_proxy logs) */
     uint8_t local_grpc_code; /* > 0: a gRPC local reply carries grpc-status (this - 1) */
     bool reset_code_set;     /* ops->reset on HTTP/2 uses reset_code (else INTERNAL_ERROR) */
     uint32_t reset_code;

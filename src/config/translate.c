@@ -2224,17 +2224,18 @@ static struct sk_al_filter *al_filter(struct tr *t, const PbAlFilter *f)
     return m;
 }
 
-static void access_logs(struct tr *t, size_t n, PbAccessLog **v, struct sk_hcm *m)
+static void access_logs(struct tr *t, size_t n, PbAccessLog **v, struct sk_access_log **outv,
+                        size_t *outn)
 {
     if (!n)
         return;
-    m->access_logs = alarr(t, n, sizeof(*m->access_logs));
-    if (!m->access_logs)
+    *outv = alarr(t, n, sizeof(**outv));
+    if (!*outv)
         return;
     for (size_t i = 0; i < n; i++) {
         size_t o = pushf(t, "access_log");
         pushi(t, i);
-        struct sk_access_log *l = &m->access_logs[m->naccess_logs];
+        struct sk_access_log *l = &(*outv)[*outn];
         const PbAccessLog *pl = v[i];
         if (pl->filter) {
             size_t of = pushf(t, "filter");
@@ -2310,7 +2311,7 @@ static void access_logs(struct tr *t, size_t n, PbAccessLog **v, struct sk_hcm *
         }
         pop(t, ot);
         if (ok)
-            m->naccess_logs++;
+            (*outn)++;
         pop(t, o);
     }
 }
@@ -2418,7 +2419,7 @@ static struct sk_hcm *hcm(struct tr *t, const PbHcm *h)
         dur(t, "request_headers_timeout", h->request_headers_timeout, SK_DUR_NONE, SK_DUR_NONE);
     m->drain_timeout_ms = dur(t, "drain_timeout", h->drain_timeout, 5000, SK_DUR_NONE);
     (void)dur(t, "delayed_close_timeout", h->delayed_close_timeout, 0, 0); /* validated, ignored */
-    access_logs(t, h->n_access_log, h->access_log, m);
+    access_logs(t, h->n_access_log, h->access_log, &m->access_logs, &m->naccess_logs);
     m->use_remote_address = boolw(h->use_remote_address, false);
     m->xff_num_trusted_hops = h->xff_num_trusted_hops;
     if (h->skip_xff_append)
@@ -2554,7 +2555,8 @@ static struct sk_tcp_proxy *tcp_proxy(struct tr *t, const PbTcpProxy *p)
         err(t, "max_connect_attempts", "max_connect_attempts must be at least 1");
     if (p->max_downstream_connection_duration)
         unsupported(t, "max_downstream_connection_duration");
-    /* access_log, backoff_options: accepted and ignored */
+    access_logs(t, p->n_access_log, p->access_log, &m->access_logs, &m->naccess_logs);
+    /* backoff_options: accepted and ignored */
     return m;
 }
 

@@ -143,6 +143,8 @@ static void piece(const struct sk_al_piece *p, const struct sk_stream *st, doubl
     case SK_AL_TRAILER:
         break; /* response trailers are not kept */
     case SK_AL_PROTOCOL:
+        if (!st->method)
+            break; /* a TCP connection: "-" */
         v = st->downstream_h2 ? "HTTP/2" : "HTTP/1.1";
         vl = strlen(v);
         break;
@@ -153,10 +155,11 @@ static void piece(const struct sk_al_piece *p, const struct sk_stream *st, doubl
         const char *f = st->cause ? sk_term_flag(st->cause) : "-";
         if (st->cause == SK_TERM_DIRECT_RESPONSE)
             f = "-";
-        if (st->fault_delayed && (!st->cause || st->cause == SK_TERM_DIRECT_RESPONSE))
-            f = "DI";
-        else if (st->fault_delayed) {
-            size_t n = (size_t)snprintf(tmp, sizeof(tmp), "DI,%s", f);
+        const char *pre = st->fault_delayed ? "DI" : st->toxic ? "TX" : NULL;
+        if (pre && (!st->cause || st->cause == SK_TERM_DIRECT_RESPONSE))
+            f = pre;
+        else if (pre) {
+            size_t n = (size_t)snprintf(tmp, sizeof(tmp), "%s,%s", pre, f);
             put(o, tmp, n, p->max_len);
             return;
         }
@@ -599,11 +602,15 @@ static struct al_writer *writer_get(struct sk_worker *w, const struct sk_access_
 void sk_access_log_stream(struct sk_stream *st)
 {
     const struct sk_hcm *hcm = st->hcm;
-    if (!hcm || !hcm->naccess_logs)
-        return;
+    if (hcm && hcm->naccess_logs)
+        sk_access_log_write(st, hcm->access_logs, hcm->naccess_logs);
+}
+
+void sk_access_log_write(struct sk_stream *st, const struct sk_access_log *logs, size_t nlogs)
+{
     double now = ev_now(st->w->loop);
-    for (size_t i = 0; i < hcm->naccess_logs; i++) {
-        const struct sk_access_log *l = &hcm->access_logs[i];
+    for (size_t i = 0; i < nlogs; i++) {
+        const struct sk_access_log *l = &logs[i];
         if (l->filter && !filter_pass(l->filter, st, now))
             continue;
         struct al_writer *wr = writer_get(st->w, l);

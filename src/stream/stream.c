@@ -40,6 +40,7 @@ static const struct {
     [SK_TERM_REQUEST_TIMEOUT] = {"RQT", 408, "request timeout"},
     [SK_TERM_DURATION_TIMEOUT] = {"DT", 408, "max stream duration reached"},
     [SK_TERM_FAULT_MIDSTREAM] = {"MF", 200, "mid-stream fault injected"},
+    [SK_TERM_IDLE_TIMEOUT] = {"IT", 0, "connection idle timeout"},
 };
 
 const char *sk_term_flag(int c)

@@ -7,10 +7,12 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "skiff/accesslog.h"
 #include "skiff/err.h"
 #include "skiff/evio.h"
 #include "skiff/log.h"
 #include "skiff/net.h"
+#include "skiff/stream.h"
 #include "skiff/scope.h"
 #include "skiff/tls.h"
 #include "skiff/toxics.h"
@@ -47,6 +49,13 @@ struct tcpp {
     struct sk_host *host;
     uint64_t id;
     uint32_t attempts;
+    /* for the access log (TcpProxy.access_log) */
+    const struct sk_cluster *cl; /* last cluster tried */
+    double t_start;
+    uint64_t bytes_rx, bytes_tx; /* from / to the client */
+    int cause;                   /* enum sk_term, how the connection ended */
+    bool toxic;                  /* an L4 toxic acted on it (TX) */
+    struct sk_sockaddr peer;     /* the client (only read when access logs are on) */
 };
 
 static void io_cb(struct ev_loop *loop, ev_io *io, int revents);
@@ -64,11 +73,52 @@ static void tp_free(struct sk_reap *r)
     free(t);
 }
 
+/* One access log line per connection, through a stream record (no method:
+ * protocol "-", status 0; flags from the cause, TX when a toxic acted). */
+static void tp_log(struct tcpp *t)
+{
+    if (!t->cfg->naccess_logs)
+        return;
+    struct sk_stream *st = calloc(1, sizeof(*st));
+    if (!st)
+        return;
+    st->w = t->base.w;
+    st->snap = t->snap;
+    st->conn_id = t->id;
+    st->t_start = t->t_start;
+    st->cause = t->cause;
+    st->toxic = t->toxic;
+    st->bytes_rx = t->bytes_rx;
+    st->bytes_tx = t->bytes_tx;
+    st->cluster = t->cl;
+    st->attempt = t->attempts;
+    st->tls = t->d.tp.ssl;
+    if (t->host)
+        snprintf(st->upstream_host, sizeof(st->upstream_host), "%s", t->host->addr_str);
+    if (t->peer.len) {
+        char a[80];
+        sk_addr_str(&t->peer, a, sizeof(a));
+        char *colon = strrchr(a, ':');
+        if (colon) {
+            st->peer_port = (uint16_t)atoi(colon + 1);
+            *colon = 0;
+        }
+        const char *ip = a[0] == '[' ? a + 1 : a;
+        size_t il = strlen(ip);
+        if (il && ip[il - 1] == ']')
+            il--;
+        snprintf(st->peer_ip, sizeof(st->peer_ip), "%.*s", (int)il, ip);
+    }
+    sk_access_log_write(st, t->cfg->access_logs, t->cfg->naccess_logs);
+    free(st);
+}
+
 static void tp_close(struct tcpp *t, const char *why)
 {
     if (t->closed)
         return;
     struct sk_worker *w = t->base.w;
+    tp_log(t); /* before the sockets go: the client's address */
     t->closed = true;
     sk_debug("tcp %llu: closing: %s", (unsigned long long)t->id, why);
     ev_io_stop(w->loop, &t->d.io);
@@ -133,10 +183,14 @@ static void flush_side(struct tcpp *t, struct side *me, struct side *peer)
         if (r == SK_ERR_AGAIN)
             break;
         if (r < 0) {
+            if (!t->cause)
+                t->cause = me == &t->d ? SK_TERM_CLIENT_RESET : SK_TERM_UPSTREAM_RESET;
             tp_close(t, "write error");
             return;
         }
         sk_stat_add(&t->base.w->stats, SK_ST_tcp_bytes_tx, r);
+        if (me == &t->d)
+            t->bytes_tx += (uint64_t)r;
     }
     if (!sk_buf_used(&me->out)) {
         sk_buf_shrink(&me->out);
@@ -155,6 +209,8 @@ static void read_side(struct tcpp *t, struct side *me, struct side *peer)
     if (r > 0) {
         t->last_activity = ev_now(t->base.w->loop);
         sk_stat_add(&t->base.w->stats, SK_ST_tcp_bytes_rx, r);
+        if (me == &t->d)
+            t->bytes_rx += (uint64_t)r;
         if (sk_tp_has_buffered(&me->tp))
             ev_feed_event(t->base.w->loop, &me->io, EV_READ);
         return;
@@ -163,6 +219,8 @@ static void read_side(struct tcpp *t, struct side *me, struct side *peer)
         me->eof_in = true;
         return;
     }
+    if (!t->cause)
+        t->cause = me == &t->d ? SK_TERM_CLIENT_RESET : SK_TERM_UPSTREAM_RESET;
     tp_close(t, "read error");
 }
 
@@ -184,8 +242,11 @@ static void io_cb(struct ev_loop *loop, ev_io *io, int revents)
             sk_stat_add(&t->base.w->stats, SK_ST_upstream_cx_active, -1);
             if (t->host->active_cx)
                 t->host->active_cx--;
-            if (!try_connect(t))
+            if (!try_connect(t)) {
+                if (!t->cause)
+                    t->cause = SK_TERM_CONNECT_FAIL;
                 tp_close(t, "upstream connect failed");
+            }
             return;
         }
         t->connecting = false;
@@ -193,6 +254,7 @@ static void io_cb(struct ev_loop *loop, ev_io *io, int revents)
         if (t->up_tls) {
             t->u.tp.ssl = sk_tls_ssl_new(t->up_tls);
             if (!t->u.tp.ssl) {
+                t->cause = SK_TERM_CONNECT_FAIL;
                 tp_close(t, "cannot create upstream TLS session");
                 return;
             }
@@ -200,8 +262,10 @@ static void io_cb(struct ev_loop *loop, ev_io *io, int revents)
             sk_tls_ssl_set_session_key(t->u.tp.ssl, t->host->addr_str);
             t->handshaking = true;
         } else {
-            sk_tp_set_toxics(&t->u.tp, loop, &t->u.io, t->up_toxics, SK_TOX_SIDE_UPSTREAM,
-                             (unsigned)t->base.w->id, "tcp upstream", (unsigned long long)t->id);
+            if (sk_tp_set_toxics(&t->u.tp, loop, &t->u.io, t->up_toxics, SK_TOX_SIDE_UPSTREAM,
+                                 (unsigned)t->base.w->id, "tcp upstream",
+                                 (unsigned long long)t->id))
+                t->toxic = true;
             flush_side(t, &t->u, &t->d);
             if (t->closed)
                 return;
@@ -216,6 +280,7 @@ static void io_cb(struct ev_loop *loop, ev_io *io, int revents)
         if (hr < 0) {
             sk_warn("tcp %llu: upstream %s: TLS handshake failed: %s", (unsigned long long)t->id,
                     t->host->addr_str, why ? why : "?");
+            t->cause = SK_TERM_CONNECT_FAIL;
             tp_close(t, "upstream TLS handshake failed");
             return;
         }
@@ -226,8 +291,9 @@ static void io_cb(struct ev_loop *loop, ev_io *io, int revents)
         }
         t->handshaking = false;
         t->u.tp.want_rd = 0;
-        sk_tp_set_toxics(&t->u.tp, loop, &t->u.io, t->up_toxics, SK_TOX_SIDE_UPSTREAM,
-                         (unsigned)t->base.w->id, "tcp upstream", (unsigned long long)t->id);
+        if (sk_tp_set_toxics(&t->u.tp, loop, &t->u.io, t->up_toxics, SK_TOX_SIDE_UPSTREAM,
+                             (unsigned)t->base.w->id, "tcp upstream", (unsigned long long)t->id))
+            t->toxic = true;
         flush_side(t, &t->u, &t->d);
         if (t->closed)
             return;
@@ -261,6 +327,7 @@ static void timer_cb(struct ev_loop *loop, ev_timer *tm, int revents)
         sk_stat_add(&t->base.w->stats, SK_ST_upstream_cx_connect_timeout, 1);
         sk_warn("tcp %llu: upstream %s: connect timeout", (unsigned long long)t->id,
                 t->host ? t->host->addr_str : "?");
+        t->cause = SK_TERM_CONNECT_FAIL;
         tp_close(t, "connect timeout");
         return;
     }
@@ -270,6 +337,7 @@ static void timer_cb(struct ev_loop *loop, ev_timer *tm, int revents)
     double due = t->last_activity + t->idle_s;
     if (now >= due) {
         sk_stat_add(&t->base.w->stats, SK_ST_downstream_cx_idle_timeout, 1);
+        t->cause = SK_TERM_IDLE_TIMEOUT;
         tp_close(t, "idle timeout");
         return;
     }
@@ -296,14 +364,17 @@ static bool try_connect(struct tcpp *t)
         }
         if (!cl) {
             sk_warn("tcp %llu: cluster not found", (unsigned long long)t->id);
+            t->cause = SK_TERM_NO_CLUSTER;
             return false;
         }
+        t->cl = cl;
         struct sk_cluster_rt *crt = sk_worker_cluster_rt(w, t->snap, cl);
         struct sk_host *h = crt ? sk_lb_choose(crt) : NULL;
         if (!h) {
             sk_stat_add(&w->stats, SK_ST_rq_no_healthy_upstream, 1);
             sk_warn("tcp %llu: no healthy upstream in cluster %s (UH)", (unsigned long long)t->id,
                     cl->name);
+            t->cause = SK_TERM_NO_HEALTHY;
             return false;
         }
         if (t->host)
@@ -314,8 +385,10 @@ static bool try_connect(struct tcpp *t)
         sk_stat_add(&w->stats, SK_ST_upstream_cx_total, 1);
         if (fd < 0) {
             sk_stat_add(&w->stats, SK_ST_upstream_cx_connect_fail, 1);
+            t->cause = SK_TERM_CONNECT_FAIL;
             continue;
         }
+        t->cause = SK_TERM_NONE;
         sk_stat_add(&w->stats, SK_ST_upstream_cx_active, 1);
         h->active_cx++;
         t->u.tp.fd = fd;
@@ -340,8 +413,11 @@ static void tp_drain(struct sk_conn_base *b)
     struct tcpp *t = (struct tcpp *)b;
     /* an L4 stream has no request boundary: it may finish within the drain
      * time; at the deadline (stopping) it is closed */
-    if (b->w->stopping)
+    if (b->w->stopping) {
+        if (!t->cause)
+            t->cause = SK_TERM_DRAINING;
         tp_close(t, "shutdown");
+    }
 }
 
 void sk_tcp_proxy_accept(struct sk_worker *w, const struct sk_listener *l,
@@ -377,9 +453,16 @@ void sk_tcp_proxy_accept(struct sk_worker *w, const struct sk_listener *l,
     sk_stat_add(&w->stats, SK_ST_downstream_cx_tcp_total, 1);
     t->lscope = l->scope;
     sk_scope_add(t->lscope, w->id, SK_SC_downstream_cx_active, 1);
+    t->t_start = ev_now(w->loop);
+    if (t->cfg->naccess_logs) {
+        t->peer.len = sizeof(t->peer.ss);
+        if (getpeername(fd, (struct sockaddr *)&t->peer.ss, &t->peer.len) != 0)
+            t->peer.len = 0;
+    }
     /* L4 toxics of the filter chain act on the client's connection */
-    sk_tp_set_toxics(&t->d.tp, w->loop, &t->d.io, fc->toxics, SK_TOX_SIDE_DOWNSTREAM,
-                     (unsigned)w->id, "tcp downstream", (unsigned long long)t->id);
+    if (sk_tp_set_toxics(&t->d.tp, w->loop, &t->d.io, fc->toxics, SK_TOX_SIDE_DOWNSTREAM,
+                         (unsigned)w->id, "tcp downstream", (unsigned long long)t->id))
+        t->toxic = true;
     if (!try_connect(t)) {
         tp_close(t, "no upstream");
         return;
