@@ -1,5 +1,8 @@
 """A small local service for the quickstart: answers every request with a
-short JSON document describing what it received (method, path, headers)."""
+short JSON document describing what it received (method, path, headers).
+
+Usage: hello_service.py [HOST [PORT [NAME]]]; NAME (default "hello") is the
+"service" field of every answer, so two instances can be told apart."""
 import json
 import sys
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -8,12 +11,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 class Hello(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     disable_nagle_algorithm = True  # keep-alive replies go out at once (no 40 ms delayed-ACK stall)
+    name = "hello"
 
     def _reply(self):
         n = int(self.headers.get("content-length") or 0)
         body = self.rfile.read(n) if n else b""
         doc = {
-            "service": "hello",
+            "service": self.name,
             "method": self.command,
             "path": self.path,
             "headers": {k.lower(): v for k, v in self.headers.items()},
@@ -35,4 +39,6 @@ class Hello(BaseHTTPRequestHandler):
 if __name__ == "__main__":
     host = sys.argv[1] if len(sys.argv) > 1 else "127.0.0.1"
     port = int(sys.argv[2]) if len(sys.argv) > 2 else 8080
+    if len(sys.argv) > 3:
+        Hello.name = sys.argv[3]
     ThreadingHTTPServer((host, port), Hello).serve_forever()

@@ -5,7 +5,7 @@ set -euo pipefail
 PKGS=(meson ninja-build pkg-config gcc clang libclang-rt-14-dev
       libev-dev libssl-dev libnghttp2-dev libyaml-dev libprotobuf-c-dev protobuf-c-compiler
       libc-ares-dev
-      curl python3 python3-pytest python3-h2 python3-grpcio python3-protobuf protobuf-compiler
+      curl python3 python3-yaml python3-pytest python3-h2 python3-grpcio python3-protobuf protobuf-compiler
       nghttp2-client nghttp2-server openssl valgrind prometheus chromium)
 if [ "${1:-}" = "--bench" ]; then
   PKGS+=(nghttp2-proxy haproxy nginx wrk)
