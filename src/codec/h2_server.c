@@ -67,6 +67,7 @@
 #define H2_READ_CHUNK (64 * 1024)
 #define H2_GOAWAY_GRACE_S 1.0 /* shutdown notice -> final GOAWAY */
 #define H2_DYING_S 2.0        /* bound on flushing a final GOAWAY */
+#define H2_HIB_S 0.05         /* idle this long (no streams) -> hibernate the session */
 #define H2_RST_BURST 1000     /* rapid reset protection (token bucket) */
 #define H2_RST_RATE 33
 
@@ -133,6 +134,28 @@ struct h2c {
     bool goaway_sent;
     bool dying; /* fatal error: flush what nghttp2 queued (GOAWAY), then close */
     bool no_read;
+    /* hibernation (see try_hibernate): while idle the nghttp2 session is
+     * deleted and only what a new one needs to continue the connection is
+     * kept here */
+    bool hib;         /* no session now (c->ng == NULL) */
+    bool restoring;   /* feeding a new session its past: callbacks ignore it */
+    bool hib_wanted;  /* our SETTINGS got acked while idle: try again */
+    bool goaway_recv; /* the client sent GOAWAY */
+    bool hblock_open; /* input tracker: inside a header block (no END_HEADERS yet) */
+    uint8_t fh_n;     /* input tracker: bytes of the current frame header */
+    uint8_t fh[9];
+    uint8_t magic_left;     /* input tracker: client magic still to come */
+    uint32_t payload_left;  /* input tracker: payload bytes of the current frame */
+    uint32_t max_sid;       /* highest stream id the client opened */
+    uint32_t settings_inflight; /* our SETTINGS frames not acked yet */
+    uint32_t table_cfg;     /* configured SETTINGS_HEADER_TABLE_SIZE */
+    uint32_t table_sent;    /* the value the client was last told */
+    uint32_t max_streams, cwin, max_hdr_list;
+    int32_t rcv_win;        /* hibernated: what the client may still send */
+    int32_t snd_win;        /* hibernated: what we may still send */
+    uint32_t rset[6];       /* hibernated: the client's SETTINGS 1..6 */
+    bool client_no_prio;    /* the client sent SETTINGS_NO_RFC7540_PRIORITIES=1 */
+    ev_tstamp idle_since;
 };
 
 static void conn_close(struct h2c *c);
@@ -140,6 +163,9 @@ static void queue_flush(struct h2c *c);
 static void pump(struct h2c *c);
 static void final_goaway(struct h2c *c);
 static void start_graceful(struct h2c *c);
+static void try_hibernate(struct h2c *c);
+static bool wake(struct h2c *c);
+static void sessions_thread_cleanup(void);
 
 static const struct sk_downstream_ops h2_ops;
 
@@ -182,6 +208,7 @@ void sk_h2_thread_cleanup(void)
         free(s);
     }
     stream_pool_n = 0;
+    sessions_thread_cleanup();
 }
 
 static struct h2s *stream_alloc(void)
@@ -206,14 +233,20 @@ static struct h2s *S(struct sk_stream *st)
     return SK_CONTAINER_OF(st, struct h2s, st);
 }
 
+/* One timer serves the idle timeout and hibernation: it first fires after
+ * H2_HIB_S (hibernate), then at the idle timeout. */
 static void idle_start(struct h2c *c)
 {
     struct ev_loop *loop = c->base.w->loop;
     ev_timer_stop(loop, &c->idle);
-    uint64_t ms = c->fc->hcm->idle_timeout_ms;
-    if (ms == SK_DUR_NONE || ms == 0 || c->draining || c->closed)
+    if (c->draining || c->closed)
         return;
-    ev_timer_set(&c->idle, (double)ms / 1000.0, 0.);
+    uint64_t ms = c->fc->hcm->idle_timeout_ms;
+    double after = H2_HIB_S;
+    if (ms != SK_DUR_NONE && ms != 0 && (double)ms / 1000.0 < after)
+        after = (double)ms / 1000.0;
+    c->idle_since = ev_now(loop);
+    ev_timer_set(&c->idle, after, 0.);
     ev_timer_start(loop, &c->idle);
 }
 
@@ -323,7 +356,7 @@ static void update_io(struct h2c *c)
 
 static void final_goaway(struct h2c *c)
 {
-    if (c->goaway_sent || c->closed)
+    if (c->goaway_sent || c->closed || !wake(c))
         return;
     c->goaway_sent = true;
     c->draining = true;
@@ -339,7 +372,7 @@ static void final_goaway(struct h2c *c)
  * one; the connection closes once the remaining streams are done. */
 static void start_graceful(struct h2c *c)
 {
-    if (c->draining || c->closed)
+    if (c->draining || c->closed || !wake(c))
         return;
     c->draining = true;
     ev_timer_stop(c->base.w->loop, &c->idle);
@@ -400,7 +433,7 @@ static void notify_drained(struct h2c *c)
 
 static void pump(struct h2c *c)
 {
-    if (c->closed || c->in_pump)
+    if (c->closed || c->in_pump || c->hib)
         return;
     c->in_pump = true;
     for (;;) {
@@ -822,6 +855,8 @@ static bool refresh_config(struct h2c *c)
 static int on_begin_headers(nghttp2_session *ng, const nghttp2_frame *f, void *ud)
 {
     struct h2c *c = ud;
+    if (c->restoring)
+        return 0;
     if (f->hd.type != NGHTTP2_HEADERS || f->headers.cat != NGHTTP2_HCAT_REQUEST)
         return 0;
     struct sk_worker *w = c->base.w;
@@ -877,7 +912,7 @@ static bool name_is(const uint8_t *n, size_t nl, const char *lit)
 static int on_header(nghttp2_session *ng, const nghttp2_frame *f, const uint8_t *name, size_t nlen,
                      const uint8_t *value, size_t vlen, uint8_t flags, void *ud)
 {
-    if (f->hd.type != NGHTTP2_HEADERS)
+    if (f->hd.type != NGHTTP2_HEADERS || ((struct h2c *)ud)->restoring)
         return 0;
     struct h2s *s = nghttp2_session_get_stream_user_data(ng, f->hd.stream_id);
     if (!s || s->finished)
@@ -1064,12 +1099,35 @@ static void start_request(struct h2s *s, bool end_stream)
         sk_stream_end(st, NULL);
 }
 
+static void on_control_frame(struct h2c *c, const nghttp2_frame *f)
+{
+    switch (f->hd.type) {
+    case NGHTTP2_SETTINGS:
+        if (!(f->hd.flags & NGHTTP2_FLAG_ACK)) {
+            for (size_t i = 0; i < f->settings.niv; i++)
+                if (f->settings.iv[i].settings_id == NGHTTP2_SETTINGS_NO_RFC7540_PRIORITIES)
+                    c->client_no_prio = f->settings.iv[i].value == 1;
+        } else if (c->settings_inflight && --c->settings_inflight == 0 && c->nstreams == 0 &&
+                   ev_now(c->base.w->loop) - c->idle_since >= H2_HIB_S) {
+            c->hib_wanted = true; /* idle and waiting for this ACK (e.g. the HPACK step) */
+        }
+        break;
+    case NGHTTP2_GOAWAY:
+        c->goaway_recv = true;
+        break;
+    }
+}
+
 static int on_frame_recv(nghttp2_session *ng, const nghttp2_frame *f, void *ud)
 {
     struct h2c *c = ud;
-    ev_timer_stop(c->base.w->loop, &c->hdrt); /* any complete frame ends a header block */
-    if (f->hd.type != NGHTTP2_HEADERS && f->hd.type != NGHTTP2_DATA)
+    if (c->restoring)
         return 0;
+    ev_timer_stop(c->base.w->loop, &c->hdrt); /* any complete frame ends a header block */
+    if (f->hd.type != NGHTTP2_HEADERS && f->hd.type != NGHTTP2_DATA) {
+        on_control_frame(c, f);
+        return 0;
+    }
     struct h2s *s = nghttp2_session_get_stream_user_data(ng, f->hd.stream_id);
     if (!s || s->finished)
         return 0;
@@ -1116,6 +1174,8 @@ static int on_data_chunk_recv(nghttp2_session *ng, uint8_t flags, int32_t id, co
 
 static int on_stream_close(nghttp2_session *ng, int32_t id, uint32_t err, void *ud)
 {
+    if (((struct h2c *)ud)->restoring)
+        return 0;
     ev_timer_stop(((struct h2c *)ud)->base.w->loop, &((struct h2c *)ud)->hdrt);
     struct h2s *s = nghttp2_session_get_stream_user_data(ng, id);
     if (!s || s->finished)
@@ -1159,8 +1219,47 @@ static int on_invalid_frame_recv(nghttp2_session *ng, const nghttp2_frame *f, in
 
 /* ---- reading ------------------------------------------------------------------------ */
 
+/* Where the client's byte stream is: hibernation needs a frame boundary
+ * outside any header block, and the highest stream id the client opened. */
+static void track_input(struct h2c *c, const uint8_t *p, size_t n)
+{
+    while (n) {
+        size_t k;
+        if (c->magic_left) {
+            k = n < c->magic_left ? n : c->magic_left;
+            c->magic_left -= (uint8_t)k;
+        } else if (c->payload_left) {
+            k = n < c->payload_left ? n : c->payload_left;
+            c->payload_left -= (uint32_t)k;
+        } else {
+            k = 9u - c->fh_n;
+            if (k > n)
+                k = n;
+            memcpy(c->fh + c->fh_n, p, k);
+            c->fh_n = (uint8_t)(c->fh_n + k);
+            if (c->fh_n == 9) {
+                const uint8_t *h = c->fh;
+                uint8_t t = h[3];
+                c->fh_n = 0;
+                c->payload_left = ((uint32_t)h[0] << 16) | ((uint32_t)h[1] << 8) | h[2];
+                if (t == NGHTTP2_HEADERS || t == NGHTTP2_PUSH_PROMISE || t == NGHTTP2_CONTINUATION)
+                    c->hblock_open = !(h[4] & NGHTTP2_FLAG_END_HEADERS);
+                if (t == NGHTTP2_HEADERS) {
+                    uint32_t sid = ((uint32_t)(h[5] & 0x7f) << 24) | ((uint32_t)h[6] << 16) |
+                                   ((uint32_t)h[7] << 8) | h[8];
+                    if (sid > c->max_sid)
+                        c->max_sid = sid;
+                }
+            }
+        }
+        p += k;
+        n -= k;
+    }
+}
+
 static void feed(struct h2c *c, const char *p, size_t n)
 {
+    track_input(c, (const uint8_t *)p, n);
     ssize_t r = nghttp2_session_mem_recv(c->ng, (const uint8_t *)p, n);
     if (r < 0) {
         sk_stat_add(&c->base.w->stats, SK_ST_downstream_cx_protocol_error, 1);
@@ -1204,8 +1303,15 @@ static void on_readable(struct h2c *c)
         conn_close(c);
         return;
     }
+    if (!wake(c))
+        return;
     feed(c, buf, (size_t)r);
     pump(c);
+    if (c->hib_wanted && !c->closed) {
+        c->hib_wanted = false;
+        if (c->nstreams == 0)
+            try_hibernate(c);
+    }
     /* TLS may hold more decrypted bytes than one read took */
     if (c->tp.ssl && !c->closed && !c->no_read && SSL_pending(c->tp.ssl) > 0)
         ev_feed_event(c->base.w->loop, &c->io, EV_READ);
@@ -1229,10 +1335,21 @@ static void conn_io_cb(struct ev_loop *loop, ev_io *io, int revents)
 static void idle_cb(struct ev_loop *loop, ev_timer *t, int revents)
 {
     struct h2c *c = t->data;
-    if (c->nstreams)
+    if (c->nstreams || c->closed)
         return;
-    sk_stat_add(&c->base.w->stats, SK_ST_downstream_cx_idle_timeout, 1);
-    final_goaway(c);
+    uint64_t ms = c->fc->hcm->idle_timeout_ms;
+    bool has_to = ms != SK_DUR_NONE && ms != 0;
+    double left = has_to ? (double)ms / 1000.0 - (ev_now(loop) - c->idle_since) : 0;
+    if (has_to && left <= 0.001) {
+        sk_stat_add(&c->base.w->stats, SK_ST_downstream_cx_idle_timeout, 1);
+        final_goaway(c);
+        return;
+    }
+    try_hibernate(c);
+    if (has_to) {
+        ev_timer_set(&c->idle, left, 0.);
+        ev_timer_start(loop, &c->idle);
+    }
 }
 
 /* A header block did not complete within request_headers_timeout. No other
@@ -1261,6 +1378,243 @@ static void goaway_cb(struct ev_loop *loop, ev_timer *t, int revents)
         return;
     }
     final_goaway(c);
+}
+
+/* ---- sessions and hibernation ------------------------------------------------------- */
+
+/* Callbacks and options are the same for every connection of a thread. */
+static __thread nghttp2_session_callbacks *tl_cbs;
+static __thread nghttp2_option *tl_opt[2]; /* [1]: a resumed session (no client magic) */
+
+static int session_new(struct h2c *c, bool resumed, nghttp2_session **out)
+{
+    int k = resumed ? 1 : 0;
+    if (!tl_cbs) {
+        nghttp2_session_callbacks *cbs;
+        if (nghttp2_session_callbacks_new(&cbs) != 0)
+            return NGHTTP2_ERR_NOMEM;
+        nghttp2_session_callbacks_set_on_begin_headers_callback(cbs, on_begin_headers);
+        nghttp2_session_callbacks_set_on_header_callback(cbs, on_header);
+        nghttp2_session_callbacks_set_on_frame_recv_callback(cbs, on_frame_recv);
+        nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cbs, on_data_chunk_recv);
+        nghttp2_session_callbacks_set_on_stream_close_callback(cbs, on_stream_close);
+        nghttp2_session_callbacks_set_on_frame_send_callback(cbs, on_frame_send);
+        nghttp2_session_callbacks_set_on_invalid_frame_recv_callback(cbs, on_invalid_frame_recv);
+        tl_cbs = cbs;
+    }
+    if (!tl_opt[k]) {
+        nghttp2_option *opt;
+        if (nghttp2_option_new(&opt) != 0)
+            return NGHTTP2_ERR_NOMEM;
+        nghttp2_option_set_no_auto_window_update(opt, 1);
+        nghttp2_option_set_no_closed_streams(opt, 1);
+        nghttp2_option_set_max_deflate_dynamic_table_size(opt, 4096);
+        nghttp2_option_set_max_send_header_block_length(opt, 256 * 1024);
+        nghttp2_option_set_stream_reset_rate_limit(opt, H2_RST_BURST, H2_RST_RATE);
+        if (resumed)
+            nghttp2_option_set_no_recv_client_magic(opt, 1);
+        tl_opt[k] = opt;
+    }
+    nghttp2_mem mem;
+    sk_ngmem_init(&mem, &c->ngm);
+    return nghttp2_session_server_new3(out, tl_cbs, c, tl_opt[k], &mem);
+}
+
+static void sessions_thread_cleanup(void)
+{
+    if (tl_cbs)
+        nghttp2_session_callbacks_del(tl_cbs);
+    tl_cbs = NULL;
+    for (int k = 0; k < 2; k++) {
+        if (tl_opt[k])
+            nghttp2_option_del(tl_opt[k]);
+        tl_opt[k] = NULL;
+    }
+}
+
+/* Our SETTINGS; the header table size only where asked (see wake). */
+static size_t fill_settings(const struct h2c *c, nghttp2_settings_entry *iv, bool table)
+{
+    size_t n = 0;
+    iv[n++] = (nghttp2_settings_entry){NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, c->max_streams};
+    iv[n++] = (nghttp2_settings_entry){NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, c->swin};
+    if (table)
+        iv[n++] = (nghttp2_settings_entry){NGHTTP2_SETTINGS_HEADER_TABLE_SIZE, c->table_cfg};
+    iv[n++] = (nghttp2_settings_entry){NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE, c->max_hdr_list};
+    iv[n++] = (nghttp2_settings_entry){NGHTTP2_SETTINGS_NO_RFC7540_PRIORITIES, 1};
+    if (c->fc->hcm->allow_websocket) /* RFC 8441 extended CONNECT where the HCM upgrades */
+        iv[n++] = (nghttp2_settings_entry){NGHTTP2_SETTINGS_ENABLE_CONNECT_PROTOCOL, 1};
+    return n;
+}
+
+/* Hibernation. An nghttp2 session costs ~25 KB (its struct, HPACK rings,
+ * stream map, a 16 KB frame buffer) whether or not a stream is open. After
+ * H2_HIB_S without streams, with nothing to write and the client's byte
+ * stream at a frame boundary, the session is deleted; what the connection
+ * needs to continue is kept in struct h2c: the client's SETTINGS, both
+ * connection windows and the highest client stream id. The next read (or a
+ * drain) builds a new session and replays that state into it (wake): our
+ * SETTINGS and window are "sent" and the output dropped (the client has
+ * them), the client's SETTINGS, a SETTINGS ACK, a WINDOW_UPDATE and a
+ * HEADERS on the highest stream id (reset at once, so that old stream ids
+ * stay closed) are fed as input with callbacks ignoring them.
+ * HPACK: our encoder may start from an empty table (the client's decoder
+ * table is a superset and entries are evicted oldest first); the client's
+ * encoder table cannot be rebuilt, so a non-empty one is first emptied by
+ * SETTINGS_HEADER_TABLE_SIZE 0 (hibernation follows the client's ACK) and
+ * the configured size is announced again on wake.
+ * A connection window below the initial 65535 cannot be given to a new
+ * session (only increases can be fed), so such a connection keeps its
+ * session: e.g. a client with the default 65535 window that has not yet
+ * returned what it received. */
+static void try_hibernate(struct h2c *c)
+{
+    nghttp2_session *ng = c->ng;
+    if (!ng || c->closed || c->draining || c->dying || c->goaway_sent || c->goaway_recv ||
+        c->nstreams || c->in_pump || c->write_blocked || c->flush_queued ||
+        sk_buf_used(&c->out) || c->settings_inflight || c->magic_left || c->fh_n ||
+        c->payload_left || c->hblock_open || (c->max_sid && !(c->max_sid & 1)) ||
+        nghttp2_session_want_write(ng) || !nghttp2_session_want_read(ng))
+        return;
+    /* both connection windows must be at least the initial 65535: a new
+     * session starts there and can only be told of increases */
+    int32_t rw = nghttp2_session_get_local_window_size(ng);
+    int32_t sw = nghttp2_session_get_remote_window_size(ng);
+    if (rw < NGHTTP2_INITIAL_CONNECTION_WINDOW_SIZE || sw < NGHTTP2_INITIAL_CONNECTION_WINDOW_SIZE)
+        return;
+    if (c->table_sent != 0 && (c->table_sent != NGHTTP2_DEFAULT_HEADER_TABLE_SIZE ||
+                               nghttp2_session_get_hd_inflate_dynamic_table_size(ng) > 0)) {
+        nghttp2_settings_entry iv = {NGHTTP2_SETTINGS_HEADER_TABLE_SIZE, 0};
+        if (nghttp2_submit_settings(ng, NGHTTP2_FLAG_NONE, &iv, 1) == 0) {
+            c->table_sent = 0;
+            c->settings_inflight++;
+            queue_flush(c);
+        }
+        return;
+    }
+    for (int i = 0; i < 6; i++)
+        c->rset[i] = nghttp2_session_get_remote_settings(ng, (nghttp2_settings_id)(i + 1));
+    c->rcv_win = rw;
+    c->snd_win = sw;
+    nghttp2_session_del(ng);
+    c->ng = NULL;
+    c->hib = true;
+    if (c->tp.ssl)
+        SSL_free_buffers(c->tp.ssl); /* OpenSSL's record buffers, if empty */
+}
+
+static uint8_t *put_frame(uint8_t *p, uint32_t len, uint8_t type, uint8_t flags, uint32_t sid)
+{
+    p[0] = (uint8_t)(len >> 16);
+    p[1] = (uint8_t)(len >> 8);
+    p[2] = (uint8_t)len;
+    p[3] = type;
+    p[4] = flags;
+    p[5] = (uint8_t)((sid >> 24) & 0x7f);
+    p[6] = (uint8_t)(sid >> 16);
+    p[7] = (uint8_t)(sid >> 8);
+    p[8] = (uint8_t)sid;
+    return p + 9;
+}
+
+static uint8_t *put_u32(uint8_t *p, uint32_t v)
+{
+    p[0] = (uint8_t)(v >> 24);
+    p[1] = (uint8_t)(v >> 16);
+    p[2] = (uint8_t)(v >> 8);
+    p[3] = (uint8_t)v;
+    return p + 4;
+}
+
+static int drop_output(nghttp2_session *ng)
+{
+    const uint8_t *d;
+    ssize_t n;
+    while ((n = nghttp2_session_mem_send(ng, &d)) > 0)
+        ;
+    return (int)n;
+}
+
+/* Give a hibernated connection a session again (see try_hibernate). False
+ * if that failed and the connection was closed. */
+static bool wake(struct h2c *c)
+{
+    if (!c->hib)
+        return true;
+    if (c->closed)
+        return false;
+    nghttp2_session *ng = NULL;
+    nghttp2_settings_entry iv[8];
+    uint8_t in[128], *w = in;
+    int rv = session_new(c, true, &ng);
+    if (rv == 0)
+        rv = nghttp2_submit_settings(ng, NGHTTP2_FLAG_NONE, iv, fill_settings(c, iv, false));
+    if (rv == 0 && c->rcv_win != NGHTTP2_INITIAL_CONNECTION_WINDOW_SIZE)
+        rv = nghttp2_session_set_local_window_size(ng, NGHTTP2_FLAG_NONE, 0, c->rcv_win);
+    c->restoring = true;
+    if (rv == 0)
+        rv = drop_output(ng);
+    if (rv == 0) {
+        uint8_t *set = w;
+        w += 9;
+        for (int i = 0; i < 6; i++) {
+            *w++ = 0;
+            *w++ = (uint8_t)(i + 1);
+            w = put_u32(w, c->rset[i]);
+        }
+        if (c->client_no_prio) {
+            *w++ = 0;
+            *w++ = NGHTTP2_SETTINGS_NO_RFC7540_PRIORITIES;
+            w = put_u32(w, 1);
+        }
+        put_frame(set, (uint32_t)(w - set - 9), NGHTTP2_SETTINGS, 0, 0);
+        if (c->max_sid) {
+            /* GET http / :authority "x": static entries and a literal never indexed */
+            static const uint8_t get_root[] = {0x82, 0x86, 0x84, 0x01, 0x01, 'x'};
+            w = put_frame(w, sizeof(get_root), NGHTTP2_HEADERS,
+                          NGHTTP2_FLAG_END_STREAM | NGHTTP2_FLAG_END_HEADERS, c->max_sid);
+            memcpy(w, get_root, sizeof(get_root));
+            w += sizeof(get_root);
+        }
+        w = put_frame(w, 0, NGHTTP2_SETTINGS, NGHTTP2_FLAG_ACK, 0);
+        if (c->snd_win > NGHTTP2_INITIAL_CONNECTION_WINDOW_SIZE) {
+            w = put_frame(w, 4, NGHTTP2_WINDOW_UPDATE, 0, 0);
+            w = put_u32(w, (uint32_t)(c->snd_win - NGHTTP2_INITIAL_CONNECTION_WINDOW_SIZE));
+        }
+        ssize_t r = nghttp2_session_mem_recv(ng, in, (size_t)(w - in));
+        if (r != w - in)
+            rv = r < 0 ? (int)r : NGHTTP2_ERR_PROTO;
+    }
+    if (rv == 0 && c->max_sid)
+        rv = nghttp2_submit_rst_stream(ng, NGHTTP2_FLAG_NONE, (int32_t)c->max_sid,
+                                       NGHTTP2_NO_ERROR);
+    if (rv == 0)
+        rv = drop_output(ng);
+    c->restoring = false;
+    if (rv == 0 && (nghttp2_session_get_local_window_size(ng) != c->rcv_win ||
+                    !nghttp2_session_want_read(ng) || nghttp2_session_want_write(ng)))
+        rv = NGHTTP2_ERR_INVALID_STATE;
+    if (rv != 0) {
+        sk_warn("conn %llu: cannot resume the HTTP/2 session: %s", (unsigned long long)c->id,
+                nghttp2_strerror(rv));
+        if (ng)
+            nghttp2_session_del(ng);
+        conn_close(c);
+        return false;
+    }
+    c->ng = ng;
+    c->hib = false;
+    /* from here on what is submitted goes to the client */
+    if (c->rcv_win < (int32_t)c->cwin)
+        nghttp2_session_set_local_window_size(ng, NGHTTP2_FLAG_NONE, 0, (int32_t)c->cwin);
+    if (c->table_sent != c->table_cfg) {
+        nghttp2_settings_entry t = {NGHTTP2_SETTINGS_HEADER_TABLE_SIZE, c->table_cfg};
+        if (nghttp2_submit_settings(ng, NGHTTP2_FLAG_NONE, &t, 1) == 0) {
+            c->table_sent = c->table_cfg;
+            c->settings_inflight++;
+        }
+    }
+    return true;
 }
 
 /* ---- accept ----------------------------------------------------------------------------- */
@@ -1324,46 +1678,17 @@ void sk_h2_accept(struct sk_worker *w, const struct sk_listener *l,
         table = H2_CAP_HPACK_TABLE;
     uint32_t max_hdr_list = (hcm->max_request_headers_kb ? hcm->max_request_headers_kb : 60) * 1024;
 
-    nghttp2_session_callbacks *cbs = NULL;
-    nghttp2_option *opt = NULL;
-    int rv = nghttp2_session_callbacks_new(&cbs);
-    if (rv == 0)
-        rv = nghttp2_option_new(&opt);
+    c->max_streams = max_streams;
+    c->cwin = cwin;
+    c->table_cfg = c->table_sent = table;
+    c->max_hdr_list = max_hdr_list;
+    c->magic_left = SK_H2_PREFACE_LEN;
+    c->ngm.cap = H2_SESSION_MEM_CAP;
+    int rv = session_new(c, false, &c->ng);
     if (rv == 0) {
-        nghttp2_session_callbacks_set_on_begin_headers_callback(cbs, on_begin_headers);
-        nghttp2_session_callbacks_set_on_header_callback(cbs, on_header);
-        nghttp2_session_callbacks_set_on_frame_recv_callback(cbs, on_frame_recv);
-        nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cbs, on_data_chunk_recv);
-        nghttp2_session_callbacks_set_on_stream_close_callback(cbs, on_stream_close);
-        nghttp2_session_callbacks_set_on_frame_send_callback(cbs, on_frame_send);
-        nghttp2_session_callbacks_set_on_invalid_frame_recv_callback(cbs, on_invalid_frame_recv);
-        nghttp2_option_set_no_auto_window_update(opt, 1);
-        nghttp2_option_set_no_closed_streams(opt, 1);
-        nghttp2_option_set_max_deflate_dynamic_table_size(opt, 4096);
-        nghttp2_option_set_max_send_header_block_length(opt, 256 * 1024);
-        nghttp2_option_set_stream_reset_rate_limit(opt, H2_RST_BURST, H2_RST_RATE);
-        nghttp2_mem mem;
-        c->ngm.cap = H2_SESSION_MEM_CAP;
-        sk_ngmem_init(&mem, &c->ngm);
-        rv = nghttp2_session_server_new3(&c->ng, cbs, c, opt, &mem);
-    }
-    if (cbs)
-        nghttp2_session_callbacks_del(cbs);
-    if (opt)
-        nghttp2_option_del(opt);
-    if (rv == 0) {
-        nghttp2_settings_entry iv[] = {
-            {NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, max_streams},
-            {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, swin},
-            {NGHTTP2_SETTINGS_HEADER_TABLE_SIZE, table},
-            {NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE, max_hdr_list},
-            {NGHTTP2_SETTINGS_NO_RFC7540_PRIORITIES, 1},
-            {NGHTTP2_SETTINGS_ENABLE_CONNECT_PROTOCOL, 1}, /* RFC 8441, WebSocket over h2 */
-        };
-        size_t niv = sizeof(iv) / sizeof(iv[0]);
-        if (!fc->hcm->allow_websocket)
-            niv--; /* extended CONNECT only where the HCM upgrades to WebSocket */
-        rv = nghttp2_submit_settings(c->ng, NGHTTP2_FLAG_NONE, iv, niv);
+        nghttp2_settings_entry iv[8];
+        rv = nghttp2_submit_settings(c->ng, NGHTTP2_FLAG_NONE, iv, fill_settings(c, iv, true));
+        c->settings_inflight = 1;
         if (rv == 0 && cwin > 65535)
             rv = nghttp2_session_set_local_window_size(c->ng, NGHTTP2_FLAG_NONE, 0, (int32_t)cwin);
     }
