@@ -150,6 +150,7 @@ struct sk_up {
     bool reused;     /* the connection came from the pool */
     bool got_bytes;  /* any response byte seen for this request */
     bool connecting; /* transport not established yet */
+    bool toxic;      /* an L4 toxic (Cluster.filters) acts on this connection (flag TX) */
 };
 
 /* Get a request slot to host `h` speaking `proto` (enum sk_upstream_proto;

@@ -1430,6 +1430,8 @@ static void up_response(void *ctx, const struct sk_h1_msg *m)
 {
     struct sk_stream *st = ctx;
     touch(st);
+    if (st->up && st->up->toxic)
+        st->toxic = true; /* flag TX in the access log */
     count_status(st, m->status, true);
     if (m->status >= 100 && m->status < 200 && m->status != 101) {
         if (m->status == 100 && (st->req_flags & SK_H1_F_EXPECT_CONTINUE) && st->ops->send_1xx)
@@ -1663,6 +1665,8 @@ static void up_error(void *ctx, int cause, const char *detail)
 {
     struct sk_stream *st = ctx;
     struct sk_up *u = st->up;
+    if (u && u->toxic)
+        st->toxic = true; /* flag TX in the access log */
     st->up = NULL;
     bool reused = u && u->reused && !u->got_bytes;
     if (u)

@@ -128,6 +128,7 @@ struct h2us {
 };
 
 struct h2uc {
+    bool toxic; /* an L4 toxic acts on this connection (flag TX on its streams) */
     struct sk_reap reap;
     struct sk_reap flush;
     struct h2uc *prev_all, *next_all; /* the worker's connections */
@@ -981,8 +982,10 @@ static void connected(struct h2uc *c)
     c->state = C_OPEN;
     const struct sk_cluster *tcfg = cfg_of(c->host);
     if (tcfg && tcfg->toxics) /* L4 toxics of the cluster (Cluster.filters) */
-        sk_tp_set_toxics(&c->tp, w->loop, &c->io, tcfg->toxics, SK_TOX_SIDE_UPSTREAM,
-                         (unsigned)w->id, "upstream h2", (unsigned long long)c->id);
+        c->toxic = sk_tp_set_toxics(&c->tp, w->loop, &c->io, tcfg->toxics, SK_TOX_SIDE_UPSTREAM,
+                                    (unsigned)w->id, "upstream h2", (unsigned long long)c->id) != 0;
+    for (struct h2us *s = c->streams; s; s = s->next)
+        s->base.toxic = c->toxic;
     update_io(c);
     /* tell the users queued while connecting (the router releases its
      * pending-request slot); callbacks may abort their stream */
@@ -1555,6 +1558,7 @@ static struct sk_up *h2_acquire(struct sk_host *h, const struct sk_upconn_cbs *c
     stream_link(c, s);
     s->base.connecting = c->state == C_CONNECTING;
     s->base.reused = c->state == C_OPEN && c->nreq > 0;
+    s->base.toxic = c->toxic;
     return &s->base;
 }
 

@@ -567,8 +567,9 @@ static void up_io_cb(struct ev_loop *loop, ev_io *io, int revents)
         u->state = SK_UP_S_ACTIVE;
         u->base.connecting = false;
         if (cfg && cfg->toxics) /* L4 toxics of the cluster (Cluster.filters) */
-            sk_tp_set_toxics(&u->tp, loop, &u->io, cfg->toxics, SK_TOX_SIDE_UPSTREAM,
-                             (unsigned)u->w->id, "upstream h1", (unsigned long long)u->id);
+            u->base.toxic =
+                sk_tp_set_toxics(&u->tp, loop, &u->io, cfg->toxics, SK_TOX_SIDE_UPSTREAM,
+                                 (unsigned)u->w->id, "upstream h1", (unsigned long long)u->id) != 0;
         if (u->cbs && u->cbs->on_connected)
             u->cbs->on_connected(u->ctx);
         if (u->state != SK_UP_S_ACTIVE)

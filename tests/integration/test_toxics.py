@@ -513,3 +513,21 @@ def test_toxics_before_hcm_rejected(skiff_bin, tmp_path):
     r = validate(skiff_bin, tmp_path, cfg)
     assert r.returncode != 0
     assert "in front of envoy.filters.network.tcp_proxy" in r.stdout + r.stderr, r.stdout + r.stderr
+
+
+def test_http_access_log_flags_requests_on_toxic_connections(skiff_factory, upstream, tmp_path):
+    """HTTP requests whose upstream connection carries an L4 toxic are flagged TX."""
+    log = tmp_path / "al.log"
+    lp, ap = free_port(), free_port()
+    cfg = http_cfg(lp, ap, upstream.port, [toxic("latency", "DOWNSTREAM", latency_ms=5)])
+    hcm = cfg["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    hcm["access_log"] = [{"name": "envoy.access_loggers.file", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
+        "path": str(log), "log_format": {"text_format_source": {
+            "inline_string": "%RESPONSE_CODE% %RESPONSE_FLAGS%\n"}}}}]
+    s = skiff_factory(cfg, port=lp, admin_port=ap)
+    assert all(st == 200 for st, _ in timed_get(s.port, n=3))
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and (not log.exists() or len(log.read_text().splitlines()) < 3):
+        time.sleep(0.05)
+    assert log.read_text().splitlines() == ["200 TX"] * 3
