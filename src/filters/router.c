@@ -1003,19 +1003,24 @@ static inline void touch(struct sk_stream *st)
     st->idle_last = ev_now(st->w->loop);
 }
 
-static void stream_timed_out(struct sk_stream *st, int cause, const char *detail)
+/* Drop the upstream attempt and every timer of the stream (it is ending). */
+static void stream_stop_all(struct sk_stream *st)
 {
     if (st->up) {
         sk_up_abort(st->up);
         st->up = NULL;
     }
-    ev_timer_stop(st->w->loop, &st->timeout);
-    ev_timer_stop(st->w->loop, &st->retry_timer);
-    ev_timer_stop(st->w->loop, &st->try_timer);
-    ev_timer_stop(st->w->loop, &st->idle_timer);
-    ev_timer_stop(st->w->loop, &st->req_timer);
-    ev_timer_stop(st->w->loop, &st->dur_timer);
+    struct ev_loop *loop = st->w->loop;
+    ev_timer *tm[] = {&st->timeout,    &st->retry_timer, &st->try_timer, &st->pace_timer,
+                      &st->idle_timer, &st->req_timer,   &st->dur_timer};
+    for (size_t i = 0; i < sizeof(tm) / sizeof(tm[0]); i++)
+        ev_timer_stop(loop, tm[i]);
     st->retry_wait = false;
+}
+
+static void stream_timed_out(struct sk_stream *st, int cause, const char *detail)
+{
+    stream_stop_all(st);
     if (st->resp_started && st->cause == SK_TERM_NONE)
         st->cause = cause; /* the reset below carries this cause to the log */
     sk_stream_local_reply(st, cause, 0, detail);
@@ -1352,17 +1357,7 @@ void sk_stream_abort(struct sk_stream *st, int cause)
 {
     if (st->cause == SK_TERM_NONE)
         st->cause = cause;
-    if (st->up) {
-        sk_up_abort(st->up);
-        st->up = NULL;
-    }
-    ev_timer_stop(st->w->loop, &st->timeout);
-    ev_timer_stop(st->w->loop, &st->retry_timer);
-    ev_timer_stop(st->w->loop, &st->try_timer);
-    ev_timer_stop(st->w->loop, &st->pace_timer);
-    ev_timer_stop(st->w->loop, &st->idle_timer);
-    ev_timer_stop(st->w->loop, &st->req_timer);
-    ev_timer_stop(st->w->loop, &st->dur_timer);
+    stream_stop_all(st);
     st->state = SK_ST_S_DONE;
 }
 
