@@ -156,19 +156,41 @@ static void flush(struct sk_ads *a);
 
 /* ---- bootstrap ------------------------------------------------------------------ */
 
-static PbBootstrap *load_bootstrap(struct sk_ads *a)
+/* The whole file in a malloc'd buffer sized to it (NULL: *err = 0 when it is
+ * over MAX_CONFIG_BYTES or unreadable, else the errno of open). */
+static char *read_whole(const char *path, size_t *len, int *err)
 {
-    FILE *f = fopen(a->config_path, "rb");
+    *err = 0;
+    FILE *f = fopen(path, "rb");
     if (!f) {
-        sk_error("xds: cannot open %s: %s", a->config_path, strerror(errno));
+        *err = errno;
         return NULL;
     }
-    char *buf = malloc(MAX_CONFIG_BYTES + 1);
-    size_t len = buf ? fread(buf, 1, MAX_CONFIG_BYTES + 1, f) : 0;
+    struct stat sb;
+    char *buf = NULL;
+    if (fstat(fileno(f), &sb) == 0 && sb.st_size >= 0 &&
+        (unsigned long long)sb.st_size <= MAX_CONFIG_BYTES) {
+        buf = malloc((size_t)sb.st_size + 1);
+        *len = buf ? fread(buf, 1, (size_t)sb.st_size + 1, f) : 0;
+        if (buf && (*len > (size_t)sb.st_size || ferror(f))) { /* grew while read */
+            free(buf);
+            buf = NULL;
+        }
+    }
     fclose(f);
-    if (!buf || len > MAX_CONFIG_BYTES) {
-        free(buf);
-        sk_error("xds: cannot read %s", a->config_path);
+    return buf;
+}
+
+static PbBootstrap *load_bootstrap(struct sk_ads *a)
+{
+    size_t len = 0;
+    int oerr;
+    char *buf = read_whole(a->config_path, &len, &oerr);
+    if (!buf) {
+        if (oerr)
+            sk_error("xds: cannot open %s: %s", a->config_path, strerror(oerr));
+        else
+            sk_error("xds: cannot read %s", a->config_path);
         return NULL;
     }
     struct sk_cfgerrs errs;
@@ -940,22 +962,16 @@ static void file_load(struct fsrc *f, bool force)
     struct sk_ads *a = f->a;
     int t = f->type;
     const char *what = sk_xds_type_short(t);
-    FILE *fp = fopen(f->path, "rb");
-    char *buf = NULL;
     size_t len = 0;
-    if (fp) {
-        buf = malloc(MAX_CONFIG_BYTES + 1);
-        len = buf ? fread(buf, 1, MAX_CONFIG_BYTES + 1, fp) : 0;
-        fclose(fp);
-    }
-    if (!buf || len > MAX_CONFIG_BYTES) {
-        free(buf);
+    int oerr;
+    char *buf = read_whole(f->path, &len, &oerr);
+    if (!buf) {
         if (f->seen || force) { /* a missing file at start-up is not an update */
             O(a)->ts[t].attempt++;
             O(a)->ts[t].rejected++;
         }
         sk_warn("xds: %s file %s: %s; the previous config keeps serving", what, f->path,
-                !fp ? strerror(errno) : "too large or unreadable");
+                oerr ? strerror(oerr) : "too large or unreadable");
         return;
     }
     uint64_t h = bytes_hash((const uint8_t *)buf, len);
