@@ -175,6 +175,13 @@ def test_example_configs_validate(skiff_bin, tmp_path):
 
 # ---- the example control plane ------------------------------------------------------------
 
+def _atomic_write(path, text):
+    """Replace a file in one step (rename), so a poller never reads it half written."""
+    tmp = path.with_name("." + path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.rename(path)
+
+
 def test_control_plane_keeps_serving_over_a_broken_directory(tmp_path):
     """A file that does not parse, or a resource that does not fit its message, is reported
     and the previous snapshot keeps being served; a good change is pushed as a new version."""
@@ -199,19 +206,19 @@ def test_control_plane_keeps_serving_over_a_broken_directory(tmp_path):
 
         assert wait_log("serving "), logf.read_text()
         assert "RDS version 1: local_route (route.yaml)" in logf.read_text()
-        (res / "route.yaml").write_text("resources: [ {")
+        _atomic_write(res / "route.yaml", "resources: [ {")
         assert wait_log("rejected, the previous resources keep being served"), logf.read_text()
         assert "route.yaml: not valid YAML" in logf.read_text()
         bad = yaml.safe_load((EX / "changes" / "route-b.yaml").read_text())
         bad2 = copy.deepcopy(bad)
         bad2["resources"][0]["no_such_field"] = 1
-        (res / "route.yaml").write_text(dump(bad2))
+        _atomic_write(res / "route.yaml", dump(bad2))
         assert wait_log("no_such_field"), logf.read_text()
         # a second file with the same RouteConfiguration (written while route.yaml is
         # still broken, so no valid state is seen in between)
-        (res / "route2.yaml").write_text(dump(bad))
+        _atomic_write(res / "route2.yaml", dump(bad))
         time.sleep(0.2)
-        (res / "route.yaml").write_text(dump(bad))
+        _atomic_write(res / "route.yaml", dump(bad))
         assert wait_log("RouteConfiguration 'local_route' is also defined in route.yaml"), \
             logf.read_text()
         (res / "route2.yaml").unlink()
