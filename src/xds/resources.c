@@ -465,7 +465,18 @@ static bool rset_push(struct rset *s, struct res *r)
         return false;
     s->v[s->n++] = r;
     r->refs++;
-    s->ixok = false;
+    /* keep a valid index valid while it is at most half full (a lookup after
+     * each push -- duplicate checks, merging a response -- must not rebuild it:
+     * that made a 10k-resource response quadratic); past that the next lookup
+     * rebuilds it at twice the size */
+    if (s->ixok && s->ix && s->n * 2 <= s->ixmask + 1) {
+        size_t k = (size_t)r->nh & s->ixmask;
+        while (s->ix[k])
+            k = (k + 1) & s->ixmask;
+        s->ix[k] = (uint32_t)s->n;
+    } else {
+        s->ixok = false;
+    }
     return true;
 }
 
@@ -1789,6 +1800,8 @@ void sk_xds_store_handle(struct sk_xds_store *st, const PbResponse *r, struct sk
                 if (x) {
                     x->name = strdup(name);
                     x->bytes = malloc(a->value.len ? a->value.len : 1);
+                    if (x->name)
+                        x->nh = name_hash(x->name); /* before the push: it indexes it */
                 }
                 if (!x || !x->name || !x->bytes || !rset_push(&in, x)) {
                     if (x) {
@@ -1802,7 +1815,6 @@ void sk_xds_store_handle(struct sk_xds_store *st, const PbResponse *r, struct sk
                         memcpy(x->bytes, a->value.data, a->value.len);
                     x->len = a->value.len;
                     x->hash = fnv1a(x->bytes, x->len);
-                    x->nh = name_hash(x->name);
                     /* ClusterLoadAssignments and EDS clusters are only ever used
                      * as fresh copies (the assembly rewrites them): keep their
                      * bytes only, not the unpacked tree (~2 KB per cluster) */
