@@ -660,6 +660,16 @@ struct sk_snapshot {
                                   adds the 127.0.0.1:15000 default from argv */
     struct sk_xds_cfg xds;
     struct sk_snapshot_dtor *dtors; /* run on free; added before publish (main thread) */
+    /* A snapshot derived for an EDS-only update (sk_snapshot_derive): it shares
+     * everything with `base` (a full build, kept alive by a reference: listeners,
+     * routes, TLS contexts, every cluster's settings) and owns only a copy of the
+     * clusters array and the endpoint arrays of the clusters listed in own_eps.
+     * Routes keep pointing at the base's cluster records: nothing on the request
+     * path reads endpoints through them (workers take hosts from snap->clusters).
+     * NULL base: a full build. */
+    struct sk_snapshot *base;
+    uint32_t *own_eps;
+    size_t nown_eps, cap_own_eps;
 };
 
 /* Reference counting; safe from any thread. The last unref frees the arena. */

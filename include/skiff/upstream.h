@@ -45,6 +45,7 @@ struct sk_cluster_rt {
     struct sk_worker *w;
     struct sk_cluster_state *cs; /* process-wide: circuit breakers, counters */
     const struct sk_cluster *cfg; /* from the worker's current snapshot */
+    uint64_t cfg_version;         /* the version of that snapshot */
     struct sk_host **hosts;
     size_t nhosts;
     uint32_t rr;

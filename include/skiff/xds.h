@@ -122,6 +122,8 @@ struct sk_xds_result {
     bool rebuilt;                      /* a snapshot was built */
     bool published;                    /* ... and handed to hooks.publish */
     bool unchanged;                    /* identical resources: nothing was rebuilt */
+    bool incremental;                  /* EDS-only: applied by deriving the published
+                                          snapshot (no full build) */
     bool damped;                       /* the same rejected resources again: NACKed
                                           without decoding or building */
     size_t rejected;                   /* resources rejected individually (partial NACK) */
@@ -154,6 +156,8 @@ bool sk_xds_store_warm(const struct sk_xds_store *st);
 size_t sk_xds_store_count(const struct sk_xds_store *st, int type);
 /* Snapshots built so far (successful translate + prepare), for tests. */
 uint64_t sk_xds_store_builds(const struct sk_xds_store *st);
+/* EDS updates applied without a full build (derived snapshots). */
+uint64_t sk_xds_store_incremental(const struct sk_xds_store *st);
 
 /* Initial fetch timeouts (ConfigSource.initial_fetch_timeout: unset = 15 s,
  * 0s = wait forever). Times are the caller's clock (ev_now), in seconds.

@@ -94,6 +94,8 @@ static struct sk_scope *scope_get(int kind, const char *name)
 
 void sk_scopes_attach(struct sk_snapshot *snap)
 {
+    if (snap->base)
+        return; /* derived (EDS-only update): its listeners are the base's, attached */
     for (size_t i = 0; i < snap->nlisteners; i++) {
         struct sk_listener *l = &snap->listeners[i];
         l->scope = scope_get(SK_SCOPE_LISTENER, l->name);

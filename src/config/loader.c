@@ -271,8 +271,10 @@ void sk_snapshot_unref(struct sk_snapshot *s)
     for (struct sk_snapshot_dtor *d = s->dtors; d; d = d->next)
         d->fn(s, d->arg);
     /* the snapshot lives inside its own arena: copy the handle out first */
+    struct sk_snapshot *base = s->base;
     struct sk_arena a = s->arena;
     sk_arena_free(&a);
+    sk_snapshot_unref(base);
 }
 
 static int cmp_name_cluster(const void *key, const void *elem)

@@ -4456,3 +4456,105 @@ int sk_snapshot_build(const struct Envoy__Config__Bootstrap__V3__Bootstrap *bs,
     *out = s;
     return 0;
 }
+
+/* ---- derived snapshots (EDS-only updates) ---------------------------------------------- */
+
+/* Copies c's endpoint array (it lives in another snapshot's arena) into t's arena. */
+static void own_endpoints(struct tr *t, struct sk_cluster *c)
+{
+    struct sk_endpoint *v = alarr(t, c->nendpoints, sizeof(*v));
+    for (size_t i = 0; v && i < c->nendpoints; i++) {
+        v[i] = c->endpoints[i];
+        v[i].host = dup(t, c->endpoints[i].host);
+    }
+    c->endpoints = v;
+    if (!v)
+        c->nendpoints = 0;
+}
+
+struct sk_snapshot *sk_snapshot_derive(const struct sk_snapshot *cur, size_t max_changes)
+{
+    if (!cur)
+        return NULL;
+    struct sk_snapshot *root = cur->base ? cur->base : (struct sk_snapshot *)cur;
+    struct sk_arena arena;
+    sk_arena_init(&arena, 16384);
+    struct sk_snapshot *s = sk_arena_alloc(&arena, sizeof(*s));
+    if (!s) {
+        sk_arena_free(&arena);
+        return NULL;
+    }
+    /* shallow: listeners, routes, admin, xds settings and every cluster's
+     * contents are the root's (kept alive by the base reference) */
+    memcpy(s, cur, sizeof(*s));
+    s->arena = arena; /* from here on allocations go through s->arena */
+    struct tr tr = {.a = &s->arena, .snap = s};
+    struct tr *t = &tr;
+    s->version = 0;
+    s->dtors = NULL; /* TLS contexts etc. belong to the root */
+    s->base = root;
+    s->own_eps = NULL;
+    s->nown_eps = 0;
+    s->cap_own_eps = 0;
+    s->clusters = alarr(t, cur->nclusters, sizeof(*s->clusters));
+    s->clusters_by_name = alarr(t, cur->nclusters, sizeof(*s->clusters_by_name));
+    s->cap_own_eps = cur->nown_eps + max_changes;
+    s->own_eps = alarr(t, s->cap_own_eps + 1, sizeof(*s->own_eps));
+    if (!t->oom && cur->nclusters) {
+        memcpy(s->clusters, cur->clusters, cur->nclusters * sizeof(*s->clusters));
+        for (size_t i = 0; i < cur->nclusters; i++)
+            s->clusters_by_name[i] = &s->clusters[cur->clusters_by_name[i]->index];
+        if (cur->xds.cluster)
+            s->xds.cluster = &s->clusters[cur->xds.cluster->index];
+        /* endpoint arrays that live in cur's own arena (cur goes away, the root
+         * stays): copied forward */
+        for (size_t k = 0; k < cur->nown_eps; k++) {
+            own_endpoints(t, &s->clusters[cur->own_eps[k]]);
+            s->own_eps[s->nown_eps++] = cur->own_eps[k];
+        }
+    }
+    if (t->oom) {
+        struct sk_arena a = s->arena;
+        sk_arena_free(&a);
+        return NULL;
+    }
+    atomic_init(&s->refs, 1);
+    sk_snapshot_ref(root);
+    return s;
+}
+
+int sk_snapshot_derive_endpoints(struct sk_snapshot *s, size_t idx, const PbCla *la,
+                                 struct sk_cfgerrs *errs)
+{
+    if (!s || !s->base || idx >= s->nclusters || !la)
+        return SK_ERR_CONFIG;
+    bool listed = false;
+    for (size_t k = 0; k < s->nown_eps && !listed; k++)
+        listed = s->own_eps[k] == idx;
+    if (!listed && s->nown_eps >= s->cap_own_eps) {
+        sk_cfgerrs_add(errs, "", "more changed clusters than the derived snapshot was made for");
+        return SK_ERR_CONFIG;
+    }
+    struct tr tr = {.a = &s->arena, .snap = s, .errs = errs};
+    struct tr *t = &tr;
+    struct sk_cluster *c = &s->clusters[idx];
+    struct sk_cluster tmp = *c;
+    tmp.endpoints = NULL;
+    tmp.nendpoints = 0;
+    endpoints(t, la, &tmp);
+    for (size_t e = 0; e < tmp.nendpoints; e++)
+        if (tmp.endpoints[e].addr.ss.ss_family == AF_UNIX) {
+            err(t, "load_assignment",
+                "pipe (unix socket) endpoints are only supported for the xDS (ADS) cluster");
+            break;
+        }
+    if (t->oom)
+        sk_cfgerrs_add(errs, "", "out of memory");
+    if (t->oom || t->nerr)
+        return t->oom ? SK_ERR_NOMEM : SK_ERR_CONFIG;
+    c->endpoints = tmp.endpoints;
+    c->nendpoints = tmp.nendpoints;
+    if (!listed)
+        s->own_eps[s->nown_eps++] = (uint32_t)idx;
+    return 0;
+}

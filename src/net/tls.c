@@ -851,8 +851,8 @@ static void chain_item(struct item *it, struct sk_filter_chain *fc, const char *
 
 int sk_tls_prepare(struct sk_snapshot *snap, struct sk_cfgerrs *errs)
 {
-    if (!snap)
-        return 0;
+    if (!snap || snap->base)
+        return 0; /* a derived snapshot (EDS-only update) uses its base's contexts */
     pthread_once(&once, init_once);
     for (struct sk_snapshot_dtor *d = snap->dtors; d; d = d->next)
         if (d->fn == snapshot_dtor)

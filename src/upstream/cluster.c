@@ -180,6 +180,8 @@ static struct sk_cluster_rt *rt_find(struct sk_worker *w, const char *name)
 
 void sk_clusters_apply(struct sk_worker *w, struct sk_snapshot *snap)
 {
+    /* the version of the snapshot being replaced (set after this returns) */
+    uint64_t prev = atomic_load(&w->applied_version);
     free(w->rt_by_index);
     w->rt_by_index = calloc(snap->nclusters ? snap->nclusters : 1, sizeof(*w->rt_by_index));
     for (size_t i = 0; i < snap->nclusters; i++) {
@@ -200,15 +202,29 @@ void sk_clusters_apply(struct sk_worker *w, struct sk_snapshot *snap)
                 rt_index_put(idx_of(w), c);
             fresh = true;
         }
+        /* c->cfg is only valid when the cluster was in the previous snapshot
+         * (still alive here); a cluster removed earlier and now back points into
+         * a freed one */
+        if (!fresh && c->cfg_version != prev)
+            c->cfg = NULL;
         bool was_dns = c->cfg && (c->cfg->type == SK_CLUSTER_STRICT_DNS ||
                                   c->cfg->type == SK_CLUSTER_LOGICAL_DNS);
         int old_policy = c->cfg ? c->cfg->lb_policy : -1;
+        /* the previous snapshot is still alive here: an endpoint array it shares
+         * with this one (a snapshot derived for an EDS update of other
+         * clusters) means the same hosts */
+        bool same_eps = !fresh && c->cfg && c->cfg->type == cfg->type &&
+                        c->cfg->endpoints == cfg->endpoints &&
+                        c->cfg->nendpoints == cfg->nendpoints && snap->base;
         c->cfg = cfg;
+        c->cfg_version = snap->version;
         if (w->rt_by_index)
             w->rt_by_index[i] = c;
         if (old_policy != cfg->lb_policy)
             sk_cluster_hash_rebuild(c);
-        if (cfg->type == SK_CLUSTER_STATIC || cfg->type == SK_CLUSTER_EDS) {
+        if (same_eps) {
+            /* nothing to do for the hosts */
+        } else if (cfg->type == SK_CLUSTER_STATIC || cfg->type == SK_CLUSTER_EDS) {
             size_t n = cfg->nendpoints;
             struct sk_sockaddr *a = calloc(n ? n : 1, sizeof(*a));
             uint32_t *wt = calloc(n ? n : 1, sizeof(*wt));

@@ -1435,6 +1435,8 @@ void sk_xds_stats(struct sk_buf *out, bool prom)
         xstat(out, prom, p, "update_rejected", false, O(a)->ts[t].rejected);
         xstat(out, prom, p, "update_failure", false, O(a)->ts[t].failure);
         xstat(out, prom, p, "update_damped", false, O(a)->ts[t].damped);
+        if (t == SK_XDS_EDS) /* skiff's own: EDS updates applied without a full build */
+            xstat(out, prom, p, "update_incremental", false, sk_xds_store_incremental(a->st));
         xstat(out, prom, p, "init_fetch_timeout", false,
               sk_xds_store_init_fetch_timeouts(a->st, t));
         xstat(out, prom, p, "update_time", true, O(a)->ts[t].update_time_ms);

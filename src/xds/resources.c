@@ -515,6 +515,13 @@ struct rerr {
     bool fresh; /* set by the update being handled */
 };
 
+/* A published cluster and the ClusterLoadAssignment it inlined. */
+struct pub_eds {
+    uint64_t h;   /* name hash of the ClusterLoadAssignment */
+    uint32_t idx; /* cluster index in the published snapshot */
+    char *alt;    /* the ClusterLoadAssignment's name when it is not the cluster's */
+};
+
 /* Per type: admin state and the does-not-exist timers. */
 struct tstate {
     double updated; /* wall time of the last accepted change */
@@ -548,6 +555,14 @@ struct sk_xds_store {
     uint64_t nack_hash[SK_XDS_NTYPES];
     char *nack_msg[SK_XDS_NTYPES];
     struct tstate ts[SK_XDS_NTYPES];
+    /* EDS-only updates: the last published snapshot (a reference) and, when it
+     * came from a complete full build, which of its clusters inlined which
+     * ClusterLoadAssignment (sorted by name hash) */
+    struct sk_snapshot *pub;
+    struct pub_eds *pe;
+    size_t npe;
+    bool pe_ok;
+    uint64_t incremental; /* EDS updates applied by deriving a snapshot */
 };
 
 /* ---- assembly ------------------------------------------------------------------------- */
@@ -573,6 +588,7 @@ struct cmap {
     bool dynamic;
     size_t idx; /* index in the CDS set (dynamic) */
     long eds;   /* index in the EDS set that was inlined, or -1 */
+    const struct res *eres; /* that resource (held by the set the assembly used) */
 };
 
 struct asmb {
@@ -1102,6 +1118,7 @@ static void asm_cluster(struct asmb *a, PbCluster *c, const struct res *cres, si
         use->eds_cluster_config = NULL;
         use->type = ENVOY__CONFIG__CLUSTER__V3__CLUSTER__DISCOVERY_TYPE__STATIC;
         m->eds = j;
+        m->eres = j >= 0 ? eds->v[j] : NULL;
     }
     a->cs[a->nc++] = use;
 }
@@ -1532,6 +1549,10 @@ void sk_xds_store_free(struct sk_xds_store *st)
     }
     rset_free(&st->active);
     free(st->sds_cluster);
+    for (size_t i = 0; i < st->npe; i++)
+        free(st->pe[i].alt);
+    free(st->pe);
+    sk_snapshot_unref(st->pub);
     if (st->bs)
         protobuf_c_message_free_unpacked(&st->bs->base, NULL);
     free(st);
@@ -1577,6 +1598,11 @@ uint64_t sk_xds_store_builds(const struct sk_xds_store *st)
     return st->builds;
 }
 
+uint64_t sk_xds_store_incremental(const struct sk_xds_store *st)
+{
+    return st->incremental;
+}
+
 void sk_xds_result_free(struct sk_xds_result *r)
 {
     free(r->error);
@@ -1592,16 +1618,103 @@ static void set_str(char **dst, const char *v)
     }
 }
 
+static void pe_clear(struct sk_xds_store *st)
+{
+    for (size_t i = 0; i < st->npe; i++)
+        free(st->pe[i].alt);
+    free(st->pe);
+    st->pe = NULL;
+    st->npe = 0;
+    st->pe_ok = false;
+}
+
+static int pe_cmp(const void *a, const void *b)
+{
+    const struct pub_eds *x = a, *y = b;
+    if (x->h != y->h)
+        return x->h < y->h ? -1 : 1;
+    return x->idx < y->idx ? -1 : x->idx > y->idx;
+}
+
+/* After a full build was published: which cluster inlined which
+ * ClusterLoadAssignment. Only a complete build (nothing warming, nothing held
+ * back) lets later EDS-only updates derive from it. */
+static void pe_record(struct sk_xds_store *st, const struct build *b)
+{
+    pe_clear(st);
+    const struct asmb *a = &b->a;
+    if (!st->pub || a->missing || a->held || a->nc != st->pub->nclusters)
+        return;
+    size_t n = 0;
+    for (size_t k = 0; k < a->nc; k++)
+        n += a->cm[k].eres != NULL;
+    struct pub_eds *pe = calloc(n ? n : 1, sizeof(*pe));
+    if (!pe)
+        return;
+    size_t m = 0;
+    for (size_t k = 0; k < a->nc; k++) {
+        const struct res *x = a->cm[k].eres;
+        if (!x)
+            continue;
+        pe[m].h = x->nh;
+        pe[m].idx = (uint32_t)k;
+        if (strcmp(x->name, st->pub->clusters[k].name) != 0 && !(pe[m].alt = strdup(x->name))) {
+            st->pe = pe;
+            st->npe = m;
+            pe_clear(st);
+            return;
+        }
+        m++;
+    }
+    qsort(pe, m, sizeof(*pe), pe_cmp);
+    st->pe = pe;
+    st->npe = m;
+    st->pe_ok = true;
+}
+
+/* The published clusters that inlined ClusterLoadAssignment x: their indices
+ * into out (up to max); returns how many there are. */
+static size_t pe_find(const struct sk_xds_store *st, const struct res *x, uint32_t *out, size_t max)
+{
+    size_t lo = 0, hi = st->npe;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (st->pe[mid].h < x->nh)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    size_t n = 0;
+    for (size_t i = lo; i < st->npe && st->pe[i].h == x->nh; i++) {
+        const struct pub_eds *p = &st->pe[i];
+        const char *nm = p->alt ? p->alt : st->pub->clusters[p->idx].name;
+        if (strcmp(nm, x->name) != 0)
+            continue;
+        if (n < max)
+            out[n] = p->idx;
+        n++;
+    }
+    return n;
+}
+
 /* Publishes b->snap if the config is (now) complete. Returns < 0 if the
  * publish hook refused it. */
 static int maybe_publish(struct sk_xds_store *st, struct build *b, struct sk_xds_result *res)
 {
-    if (!st->warm && !is_complete(st, &b->a))
-        return 0; /* still warming: validated only */
+    if (!st->warm && !is_complete(st, &b->a)) {
+        pe_clear(st); /* the store now holds resources the published config lacks */
+        return 0;     /* still warming: validated only */
+    }
     if (st->hooks.publish) {
-        if (st->hooks.publish(st->hooks.arg, b->snap) < 0)
+        struct sk_snapshot *keep = sk_snapshot_ref(b->snap);
+        if (st->hooks.publish(st->hooks.arg, b->snap) < 0) {
+            sk_snapshot_unref(keep);
             return SK_ERR_IO;
+        }
         b->snap = NULL; /* the hook took the reference */
+        sk_snapshot_unref(st->pub);
+        st->pub = keep;
+        pe_record(st, b);
         if (res)
             res->published = true;
     }
@@ -1732,6 +1845,118 @@ static void nack(struct sk_xds_result *res, char *msg)
     res->ack = false;
     free(res->error);
     res->error = msg ? msg : strdup("out of memory");
+}
+
+/* An EDS response that only replaces ClusterLoadAssignments of published
+ * clusters is applied without a full build: a snapshot derived from the
+ * published one takes the new endpoints of those clusters only (O(changed
+ * endpoints), plus copying the clusters array). Anything else -- new names,
+ * errors, a published config that was not complete, too many clusters already
+ * overridden since the last full build -- returns false and the full path runs
+ * (with its per-resource error mapping). On true, cand was consumed and the
+ * update committed. */
+static bool eds_incremental(struct sk_xds_store *st, const PbResponse *r, struct rset *cand,
+                            struct sk_xds_result *res)
+{
+    const struct rset *cur = &st->cur[SK_XDS_EDS];
+    if (!st->pub || !st->pe_ok || !st->warm || !st->got[SK_XDS_EDS] || !st->hooks.publish ||
+        cand->n != cur->n)
+        return false;
+    size_t nch = 0, nmap = 0;
+    for (size_t i = 0; i < cand->n; i++) {
+        if (cand->v[i] == cur->v[i])
+            continue;
+        if (strcmp(cand->v[i]->name, cur->v[i]->name) != 0)
+            return false;
+        if (res_same(cand->v[i], cur->v[i]))
+            continue;
+        size_t m = pe_find(st, cand->v[i], NULL, 0);
+        if (m == 0)
+            return false; /* not used by a published cluster: let the full path decide */
+        nch++;
+        nmap += m;
+    }
+    size_t budget = st->pub->nclusters / 8;
+    if (budget < 64)
+        budget = 64;
+    if (nch == 0 || st->pub->nown_eps + nmap > budget)
+        return false; /* the full build compacts the overrides */
+    struct sk_snapshot *d = sk_snapshot_derive(st->pub, nmap);
+    if (!d)
+        return false;
+    bool ok = true;
+    for (size_t i = 0; ok && i < cand->n; i++) {
+        if (cand->v[i] == cur->v[i] || res_same(cand->v[i], cur->v[i]))
+            continue;
+        const struct res *x = cand->v[i];
+        ProtobufCMessage *la = protobuf_c_message_unpack(types[SK_XDS_EDS].desc, NULL, x->len,
+                                                         x->bytes);
+        if (!la) {
+            ok = false;
+            break;
+        }
+        uint32_t idx[16];
+        size_t m = pe_find(st, x, idx, 16);
+        struct sk_cfgerrs errs;
+        sk_cfgerrs_init(&errs, "<xds>");
+        for (size_t k = 0; ok && k < m; k++) {
+            if (k == 16) { /* many clusters share it: look them up again */
+                uint32_t *all = calloc(m, sizeof(*all));
+                if (!all) {
+                    ok = false;
+                    break;
+                }
+                pe_find(st, x, all, m);
+                for (; ok && k < m; k++)
+                    ok = sk_snapshot_derive_endpoints(d, all[k], (const void *)la, &errs) == 0;
+                free(all);
+                break;
+            }
+            ok = sk_snapshot_derive_endpoints(d, idx[k], (const void *)la, &errs) == 0;
+        }
+        sk_cfgerrs_free(&errs); /* errors: the full path reports them per resource */
+        protobuf_c_message_free_unpacked(la, NULL);
+    }
+    if (!ok) {
+        sk_snapshot_unref(d);
+        return false;
+    }
+    struct sk_snapshot *keep = sk_snapshot_ref(d);
+    if (st->hooks.publish(st->hooks.arg, d) < 0) {
+        sk_snapshot_unref(keep);
+        sk_snapshot_unref(d);
+        return false;
+    }
+    sk_snapshot_unref(st->pub);
+    st->pub = keep; /* same cluster indices: the map stays valid */
+    /* commit (as a full update does) */
+    struct rset old = st->cur[SK_XDS_EDS];
+    st->cur[SK_XDS_EDS] = *cand;
+    memset(cand, 0, sizeof(*cand));
+    double now = wall_now();
+    for (size_t i = 0; i < st->cur[SK_XDS_EDS].n; i++) {
+        struct res *x = st->cur[SK_XDS_EDS].v[i];
+        const struct res *o = old.v[i];
+        if (res_same(o, x)) {
+            if (o != x) {
+                set_str(&x->version, o->version);
+                x->updated = o->updated;
+            }
+        } else {
+            set_str(&x->version, r->version_info);
+            x->updated = now;
+        }
+    }
+    st->ts[SK_XDS_EDS].updated = now;
+    rset_free(&old);
+    forget_nacks(st);
+    prune_rerrs(st, SK_XDS_EDS, &st->cur[SK_XDS_EDS], now);
+    set_str(&st->version[SK_XDS_EDS], r->version_info);
+    st->incremental++;
+    res->rebuilt = true;
+    res->published = true;
+    res->incremental = true;
+    return true;
 }
 
 void sk_xds_store_handle(struct sk_xds_store *st, const PbResponse *r, struct sk_xds_result *res)
@@ -1877,7 +2102,10 @@ void sk_xds_store_handle(struct sk_xds_store *st, const PbResponse *r, struct sk
         res->unchanged = true;
         return;
     }
-    /* 4. build with the candidate */
+    /* 4. build with the candidate (EDS-only changes: derived from the published
+     * snapshot) */
+    if (type == SK_XDS_EDS && eds_incremental(st, r, &cand, res))
+        return;
     const struct rset *sets[SK_XDS_NTYPES];
     current_sets(st, sets);
     sets[type] = &cand;

@@ -213,6 +213,69 @@ def test_eds_update_moves_traffic(env):
     assert wait_for(lambda: served_by(env.lp) == "u2", timeout=5)
 
 
+def two_route_config(name):
+    return {"name": name, "virtual_hosts": [helpers.vhost("vh", ["*"], [
+        helpers.route("/one", "web1"), helpers.route("/two", "web2")])]}
+
+
+def test_eds_only_update_is_incremental(env):
+    """An EDS response that only changes known ClusterLoadAssignments is applied by
+    deriving the published snapshot (no full build): traffic moves, the other
+    cluster keeps its pooled upstream connection, versions are per resource, a bad
+    ClusterLoadAssignment is NACKed by name, and full builds in between reset the
+    derivation base."""
+    s = env.skiff
+    env.push_all()
+    env.srv.set(RDS, [two_route_config("r1")])
+    env.wait_ready()
+    assert wait_for(lambda: served_by(env.lp, "/one") == "u1" and served_by(env.lp, "/two") == "u2")
+    assert xstat(s, "eds.update_incremental") == 0
+    with RawConn(env.lp) as c:
+        r = c.request("GET", "/two")
+        assert r.status == 200 and r.header("x-served-by") == "u2"
+        conn_two = r.header("x-conn-id")
+        # web1 -> u2 (web2 unchanged)
+        env.srv.set(EDS, [cla("web1", [env.u2.port]), cla("web2", [env.u2.port])])
+        assert env.acked(EDS, 2)
+        assert xstat(s, "eds.update_incremental") == 1
+        r = c.request("GET", "/one")
+        assert r.status == 200 and r.header("x-served-by") == "u2"
+        r = c.request("GET", "/two")
+        assert r.status == 200 and r.header("x-conn-id") == conn_two  # pooled connection kept
+        assert not c.is_closed(timeout=0.1)
+    types, _ = xds_status(s)
+    vers = {x["name"]: x["version_info"] for x in types["EDS"]["resources"]}
+    assert vers == {"web1-svc": "2", "web2-svc": "1"}, vers
+
+    # a bad ClusterLoadAssignment: NACKed by name, the old endpoints keep serving
+    bad = cla("web1", [env.u1.port])
+    bad["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]["address"] = "not-an-ip"
+    env.srv.set(EDS, [bad, cla("web2", [env.u2.port])])
+    assert wait_for(lambda: env.srv.nacks(EDS), timeout=10), s.log()
+    n = env.srv.nacks(EDS)[-1]
+    assert "ClusterLoadAssignment 'web1-svc'" in n["error"], n
+    assert n["version"] == "2"
+    assert xstat(s, "eds.update_incremental") == 1
+    assert served_by(env.lp, "/one") == "u2"
+
+    # a CDS change (full build) in between: the next EDS update derives from it
+    env.srv.set(CDS, [eds_cluster("web1", connect_timeout="2s"), eds_cluster("web2")])
+    assert env.acked(CDS, 2)
+    env.srv.set(EDS, [cla("web1", [env.u1.port]), cla("web2", [env.u1.port])])
+    assert env.acked(EDS, 4)
+    assert xstat(s, "eds.update_incremental") == 2
+    assert wait_for(lambda: served_by(env.lp, "/one") == "u1" and served_by(env.lp, "/two") == "u1")
+    # many alternating EDS updates: each applied, traffic always answered
+    for i in range(20):
+        a, b = (env.u1.port, env.u2.port) if i % 2 else (env.u2.port, env.u1.port)
+        env.srv.set(EDS, [cla("web1", [a]), cla("web2", [b])])
+        assert env.acked(EDS, 5 + i)
+        want = "u1" if i % 2 else "u2"
+        assert wait_for(lambda: served_by(env.lp, "/one") == want, timeout=5)
+    assert xstat(s, "eds.update_incremental") == 22
+    assert s.ready_status() == 200
+
+
 def test_removed_listener_stops_accepting(env):
     lp2 = free_port()
     env.srv.set(CDS, [eds_cluster("web1"), eds_cluster("web2")])
