@@ -1840,6 +1840,88 @@ static uint64_t raw_hash(int type, const PbResponse *r)
     return (h ^ r->n_resources) * 1099511628211ull;
 }
 
+/* The name of a resource (field 1, a string, in all five types: Cluster.name,
+ * ClusterLoadAssignment.cluster_name, Listener.name, RouteConfiguration.name,
+ * Secret.name) read from its wire bytes without decoding them: the last
+ * occurrence, as a decoder would take it. False when absent or malformed (the
+ * caller then decodes as usual and reports). */
+static bool wire_varint(const uint8_t *p, size_t n, size_t *i, uint64_t *v)
+{
+    uint64_t x = 0;
+    for (int sh = 0; sh < 64; sh += 7) {
+        if (*i >= n)
+            return false;
+        uint8_t b = p[(*i)++];
+        x |= (uint64_t)(b & 0x7f) << sh;
+        if (!(b & 0x80)) {
+            *v = x;
+            return true;
+        }
+    }
+    return false;
+}
+
+static bool wire_name(const uint8_t *p, size_t n, const uint8_t **name, size_t *nlen)
+{
+    size_t i = 0;
+    bool found = false;
+    while (i < n) {
+        uint64_t key, v;
+        if (!wire_varint(p, n, &i, &key))
+            return false;
+        switch (key & 7) {
+        case 0:
+            if (!wire_varint(p, n, &i, &v))
+                return false;
+            break;
+        case 1:
+            if (n - i < 8)
+                return false;
+            i += 8;
+            break;
+        case 5:
+            if (n - i < 4)
+                return false;
+            i += 4;
+            break;
+        case 2:
+            if (!wire_varint(p, n, &i, &v) || v > n - i)
+                return false;
+            if ((key >> 3) == 1) {
+                *name = p + i;
+                *nlen = (size_t)v;
+                found = true;
+            }
+            i += (size_t)v;
+            break;
+        default:
+            return false;
+        }
+    }
+    return found;
+}
+
+/* A resource of this response whose bytes equal the one we hold under the same
+ * name: that one (no decoding); NULL otherwise. */
+static struct res *same_as_current(const struct rset *cur, const PbAny *a)
+{
+    const uint8_t *nm;
+    size_t nl;
+    char name[256];
+    if (cur->n == 0 || !wire_name(a->value.data, a->value.len, &nm, &nl) || nl == 0 ||
+        nl >= sizeof(name) || memchr(nm, 0, nl))
+        return NULL;
+    memcpy(name, nm, nl);
+    name[nl] = 0;
+    long j = rset_find(cur, name);
+    if (j < 0)
+        return NULL;
+    struct res *x = cur->v[j];
+    if (x->len != a->value.len || (x->len && memcmp(x->bytes, a->value.data, x->len) != 0))
+        return NULL;
+    return x;
+}
+
 static void nack(struct sk_xds_result *res, char *msg)
 {
     res->ack = false;
@@ -2003,9 +2085,19 @@ void sk_xds_store_handle(struct sk_xds_store *st, const PbResponse *r, struct sk
                 continue;
             }
         }
+        struct res *same = NULL;
         if (!a || strcmp(any_type(a), d->name) != 0) {
             sb_add(&perr, "%sresources[%zu]: type '%.200s' does not match type_url",
                    perr.len ? "; " : "", i, a && a->type_url ? a->type_url : "");
+        } else if ((same = same_as_current(&st->cur[type], a)) != NULL) {
+            /* unchanged bytes: the resource we hold, not decoded again */
+            if (rset_find(&in, same->name) >= 0)
+                sb_add(&perr, "%s%s '%.200s': duplicate name in one response",
+                       perr.len ? "; " : "", types[type].label, same->name);
+            else if (is_named(type) && strv_find_sorted(&st->names[type], same->name) < 0)
+                ; /* not subscribed (any more): ignore */
+            else if (!rset_push(&in, same))
+                sb_add(&perr, "%sout of memory", perr.len ? "; " : "");
         } else {
             ProtobufCMessage *m = protobuf_c_message_unpack(d, NULL, a->value.len, a->value.data);
             const char *name = m ? res_msg_name(type, m) : NULL;
