@@ -355,34 +355,76 @@ static void od_cb(struct ev_loop *loop, ev_timer *t, int revents)
     free(hs);
 }
 
+static uint64_t od_hash(const char *s)
+{
+    uint64_t h = 1469598103934665603ull;
+    for (; *s; s++)
+        h = (h ^ (uint8_t)*s) * 1099511628211ull;
+    return h;
+}
+
+/* One interval timer per cluster with outlier detection. A timer keeps running
+ * across config updates unless its interval changed: restarting every timer on
+ * each update (EDS pushes every few seconds are common) would keep success-rate
+ * and failure-percentage detection from ever running. Timers are found through
+ * a hash (thousands of clusters: no quadratic scan). */
 static void od_apply(const struct sk_snapshot *s)
 {
-    for (struct od_timer *o = od_timers; o; o = o->next)
+    size_t m = 0;
+    for (struct od_timer *o = od_timers; o; o = o->next) {
         o->seen = false;
+        m++;
+    }
+    size_t slots = 16;
+    while (slots < m * 2)
+        slots *= 2;
+    struct od_timer **ix = m ? calloc(slots, sizeof(*ix)) : NULL;
+    if (ix)
+        for (struct od_timer *o = od_timers; o; o = o->next) {
+            size_t k = od_hash(o->name) & (slots - 1);
+            while (ix[k])
+                k = (k + 1) & (slots - 1);
+            ix[k] = o;
+        }
     for (size_t i = 0; i < s->nclusters; i++) {
         const struct sk_cluster *c = &s->clusters[i];
         if (!c->outlier)
             continue;
-        struct od_timer *o;
-        for (o = od_timers; o; o = o->next)
-            if (strcmp(o->name, c->name) == 0)
-                break;
+        struct od_timer *o = NULL;
+        if (ix) {
+            for (size_t k = od_hash(c->name) & (slots - 1); ix[k]; k = (k + 1) & (slots - 1))
+                if (strcmp(ix[k]->name, c->name) == 0) {
+                    o = ix[k];
+                    break;
+                }
+        } else {
+            for (o = od_timers; o; o = o->next)
+                if (strcmp(o->name, c->name) == 0)
+                    break;
+        }
         double iv = c->outlier->interval_ms ? (double)c->outlier->interval_ms / 1000.0 : 10.0;
         if (!o) {
             o = calloc(1, sizeof(*o));
             if (!o)
                 continue;
             o->name = strdup(c->name);
+            if (!o->name) {
+                free(o);
+                continue;
+            }
             ev_init(&o->t, od_cb);
             o->t.data = o;
             o->next = od_timers;
             od_timers = o;
         }
         o->seen = true;
-        ev_timer_stop(main_loop, &o->t);
-        ev_timer_set(&o->t, iv, iv);
-        ev_timer_start(main_loop, &o->t);
+        if (!ev_is_active(&o->t) || o->t.repeat != iv) {
+            ev_timer_stop(main_loop, &o->t);
+            ev_timer_set(&o->t, iv, iv);
+            ev_timer_start(main_loop, &o->t);
+        }
     }
+    free(ix);
     struct od_timer **pp = &od_timers;
     while (*pp) {
         struct od_timer *o = *pp;

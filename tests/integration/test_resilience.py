@@ -289,6 +289,34 @@ def test_outlier_other_detectors(skiff_factory, upstreams, detector, fail, od, c
     assert count_traffic(bad) == before
 
 
+def test_outlier_interval_survives_frequent_config_updates(skiff_factory, upstreams):
+    """Interval detectors run on their own timer: config updates arriving more often
+    than the interval (a control plane pushing endpoints every few seconds) must not
+    keep restarting it, or failure-percentage / success-rate detection never runs."""
+    ups = [upstreams("f0"), upstreams("f1"), upstreams("fbad", args=["--fail-status", 500])]
+    bad = ups[2]
+    odc = {"interval": "1s", "base_ejection_time": "30s", "max_ejection_percent": 50,
+           "consecutive_5xx": 1000, "failure_percentage_threshold": 50,
+           "enforcing_failure_percentage": 100, "failure_percentage_minimum_hosts": 3,
+           "failure_percentage_request_volume": 10}
+    s = start(skiff_factory, ups, args=["--concurrency", 1], cluster_kw={"outlier_detection": odc})
+    cfg = res_cfg(s.lp, s.admin_port, [u.port for u in ups], cluster_kw={"outlier_detection": odc})
+    t0 = time.monotonic()
+    ejected_at = None
+    with RawConn(s.port) as c:
+        i = 0
+        while time.monotonic() - t0 < 8 and ejected_at is None:
+            for _ in range(20):
+                c.request("GET", "/f/%d" % i)
+                i += 1
+            s.reload(cfg)  # every ~0.3 s, well inside the 1 s interval
+            time.sleep(0.2)
+            if host_field(s, bad.port, "health_flags") == "/failed_outlier_check":
+                ejected_at = time.monotonic() - t0
+    assert ejected_at is not None, clusters(s)
+    assert cstat(s, "outlier_ejections_failure_percentage") == 1
+
+
 # ---- 3. circuit breakers -----------------------------------------------------------------
 
 def test_circuit_breaker_max_requests(skiff_factory, upstreams):
