@@ -312,13 +312,46 @@ static bool strv_eq(const struct strv *a, const struct strv *b)
 
 /* ---- resources -------------------------------------------------------------------- */
 
+/* A version_info string shared by every resource one response brought. */
+struct vstr {
+    int refs;
+    char s[];
+};
+
+static struct vstr *vstr_new(const char *v)
+{
+    size_t n = strlen(v ? v : "");
+    struct vstr *x = malloc(sizeof(*x) + n + 1);
+    if (x) {
+        x->refs = 1;
+        memcpy(x->s, v ? v : "", n + 1);
+    }
+    return x;
+}
+
+static void vstr_unref(struct vstr *v)
+{
+    if (v && --v->refs == 0)
+        free(v);
+}
+
+static void vstr_set(struct vstr **dst, struct vstr *v)
+{
+    if (v)
+        v->refs++;
+    vstr_unref(*dst);
+    *dst = v;
+}
+
+/* One allocation: the record, then its name, then its bytes (10k clusters
+ * means 20k of these held for the whole run). */
 struct res {
     int refs;
-    char *name;
-    char *version;  /* version_info of the response that brought these bytes */
-    double updated; /* wall time they were accepted */
-    uint64_t hash;  /* FNV-1a over bytes */
-    uint8_t *bytes;
+    char *name;           /* inside this allocation */
+    struct vstr *version; /* version_info of the response that brought these bytes */
+    double updated;       /* wall time they were accepted */
+    uint64_t hash;        /* FNV-1a over bytes */
+    uint8_t *bytes;       /* inside this allocation */
     size_t len;
     ProtobufCMessage *msg; /* unpacked bytes (default allocator); NULL for EDS resources
                               and EDS clusters (unpacked from bytes when assembled) */
@@ -354,9 +387,7 @@ static void res_unref(struct res *r)
         return;
     if (r->msg)
         protobuf_c_message_free_unpacked(r->msg, NULL);
-    free(r->name);
-    free(r->version);
-    free(r->bytes);
+    vstr_unref(r->version);
     free(r);
 }
 
@@ -2016,19 +2047,21 @@ static bool eds_incremental(struct sk_xds_store *st, const PbResponse *r, struct
     st->cur[SK_XDS_EDS] = *cand;
     memset(cand, 0, sizeof(*cand));
     double now = wall_now();
+    struct vstr *ver = vstr_new(r->version_info);
     for (size_t i = 0; i < st->cur[SK_XDS_EDS].n; i++) {
         struct res *x = st->cur[SK_XDS_EDS].v[i];
         const struct res *o = old.v[i];
         if (res_same(o, x)) {
             if (o != x) {
-                set_str(&x->version, o->version);
+                vstr_set(&x->version, o->version);
                 x->updated = o->updated;
             }
         } else {
-            set_str(&x->version, r->version_info);
+            vstr_set(&x->version, ver);
             x->updated = now;
         }
     }
+    vstr_unref(ver);
     st->ts[SK_XDS_EDS].updated = now;
     rset_free(&old);
     forget_nacks(st);
@@ -2113,19 +2146,16 @@ void sk_xds_store_handle(struct sk_xds_store *st, const PbResponse *r, struct sk
             } else if (is_named(type) && strv_find_sorted(&st->names[type], name) < 0) {
                 /* not subscribed (any more): ignore */
             } else {
-                struct res *x = calloc(1, sizeof(*x));
+                size_t nl = strlen(name);
+                struct res *x = calloc(1, sizeof(*x) + nl + 1 + a->value.len);
                 if (x) {
-                    x->name = strdup(name);
-                    x->bytes = malloc(a->value.len ? a->value.len : 1);
-                    if (x->name)
-                        x->nh = name_hash(x->name); /* before the push: it indexes it */
+                    x->name = (char *)(x + 1);
+                    memcpy(x->name, name, nl + 1);
+                    x->bytes = (uint8_t *)x->name + nl + 1;
+                    x->nh = name_hash(x->name); /* before the push: it indexes it */
                 }
-                if (!x || !x->name || !x->bytes || !rset_push(&in, x)) {
-                    if (x) {
-                        free(x->name);
-                        free(x->bytes);
-                        free(x);
-                    }
+                if (!x || !rset_push(&in, x)) {
+                    free(x);
                     sb_add(&perr, "%sout of memory", perr.len ? "; " : "");
                 } else {
                     if (a->value.len)
@@ -2289,20 +2319,22 @@ void sk_xds_store_handle(struct sk_xds_store *st, const PbResponse *r, struct sk
     /* per resource: the version and time its current bytes were accepted */
     double now = wall_now();
     bool changed = !old_got || cand.n != old.n;
+    struct vstr *ver = vstr_new(r->version_info);
     for (size_t i = 0; i < cand.n; i++) {
         struct res *x = cand.v[i];
         long o = rset_find_h(&old, x->name, x->nh);
         if (o >= 0 && res_same(old.v[o], x)) {
             if (old.v[o] != x) {
-                set_str(&x->version, old.v[o]->version);
+                vstr_set(&x->version, old.v[o]->version);
                 x->updated = old.v[o]->updated;
             }
         } else {
-            set_str(&x->version, r->version_info);
+            vstr_set(&x->version, ver);
             x->updated = now;
             changed = true;
         }
     }
+    vstr_unref(ver);
     st->ts[type].updated = now;
     rset_free(&old);
     take_names(st, &b.a, res);
@@ -2576,7 +2608,7 @@ void sk_xds_store_dump(const struct sk_xds_store *st, struct sk_buf *b)
             sk_buf_appendf(b, "%s\n    {\"name\": ", i ? "," : "");
             j_str(b, x->name);
             sk_buf_appendf(b, ", \"version_info\": ");
-            j_str(b, x->version);
+            j_str(b, x->version ? x->version->s : NULL);
             sk_buf_appendf(b, ", \"last_updated\": ");
             j_time(b, x->updated);
             const struct rerr *e = find_rerr(ts, x->name);
