@@ -307,6 +307,7 @@ struct sk_al_format {
     struct sk_al_format *json_vals;
     size_t njson;
     bool omit_empty;
+    const struct sk_al_prog *prog; /* sk_al_compile: the flat form workers render */
 };
 
 enum sk_alf_kind {
@@ -339,6 +340,9 @@ struct sk_access_log {
  * -1 with a message in err (unknown %COMMAND%, bad syntax). */
 int sk_al_parse_format(struct sk_arena *a, const char *fmt, size_t len, struct sk_al_format *out,
                        char *err, size_t errlen);
+/* Compile a parsed format (text or json, with omit_empty set) into one flat
+ * instruction list (include/skiff/accesslog.h). 0, or -1 (out of memory). */
+int sk_al_compile(struct sk_arena *a, struct sk_al_format *f);
 
 struct sk_scope;
 struct sk_hcm { /* HttpConnectionManager */

@@ -2310,6 +2310,8 @@ static void access_logs(struct tr *t, size_t n, PbAccessLog **v, struct sk_acces
             ok = false;
         }
         pop(t, ot);
+        if (ok && !t->oom && sk_al_compile(t->a, &l->fmt) < 0)
+            t->oom = true; /* the flat form workers render (alformat.c) */
         if (ok)
             (*outn)++;
         pop(t, o);

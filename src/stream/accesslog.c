@@ -38,130 +38,199 @@ struct al_writer {
     struct sk_worker *w;
 };
 
-/* ---- rendering -------------------------------------------------------------------- */
+/* ---- rendering ---------------------------------------------------------------------
+ * The compiled format (sk_al_compile) is run top to bottom, writing straight
+ * into the output buffer through a cursor: room for the whole line is made
+ * once up front (constant text + a typical size per field), each write checks
+ * the room left and only a long value grows the buffer. */
 
-static void put(struct sk_buf *o, const char *p, size_t n, size_t max)
+struct alw {
+    struct sk_buf *b;
+    char *p;   /* write cursor */
+    char *end; /* end of the buffer's memory */
+};
+
+/* Room for n more bytes (the buffer may move: positions are kept relative to
+ * sk_buf_rptr, which compaction and growth preserve). */
+static bool alw_grow(struct alw *w, size_t n)
 {
-    if (max && n > max)
-        n = max;
-    sk_buf_append(o, p, n);
+    w->b->len = (size_t)(w->p - w->b->data);
+    size_t avail = 0;
+    char *q = sk_buf_wptr(w->b, n, &avail);
+    if (!q || avail < n)
+        return false;
+    w->p = q;
+    w->end = q + avail;
+    return true;
 }
 
-static void put_u64(struct sk_buf *o, unsigned long long v, size_t max)
+static inline bool need(struct alw *w, size_t n)
 {
-    char t[24];
-    size_t n = sk_fmt_u64(t, v);
-    put(o, t, n, max);
+    return (size_t)(w->end - w->p) >= n || alw_grow(w, n);
 }
 
-static const char *hdr_val(const struct sk_hdrs *h, const char *name, size_t *len)
+static inline size_t alw_pos(const struct alw *w)
 {
-    if (!h || !name)
-        return NULL;
-    struct sk_hdr *x = sk_hdrs_get(h, name, strlen(name));
+    return (size_t)(w->p - sk_buf_rptr(w->b));
+}
+
+static const char digits2[201] = "00010203040506070809101112131415161718192021222324252627282930313233343536373839"
+                                 "40414243444546474849505152535455565758596061626364656667686970717273747576777879"
+                                 "8081828384858687888990919293949596979899";
+
+/* decimal of v at o (room for 20 bytes); returns its length */
+static inline size_t fmt_u64(char *o, uint64_t v)
+{
+    size_t n = 1;
+    for (uint64_t t = v; t >= 10; t /= 10)
+        n++;
+    char *q = o + n;
+    while (v >= 100) {
+        unsigned d = (unsigned)(v % 100) * 2;
+        v /= 100;
+        *--q = digits2[d + 1];
+        *--q = digits2[d];
+    }
+    if (v >= 10) {
+        *--q = digits2[v * 2 + 1];
+        *--q = digits2[v * 2];
+    } else {
+        *--q = (char)('0' + v);
+    }
+    return n;
+}
+
+static const char *hdr_get(const struct sk_hdrs *h, const char *name, size_t nlen, size_t *len)
+{
+    struct sk_hdr *x = sk_hdrs_get(h, name, nlen);
     if (!x)
         return NULL;
     *len = x->vlen;
     return x->value;
 }
 
-/* REQ(): pseudo-headers map to the stream's request line */
-static const char *req_val(const struct sk_stream *st, const char *name, size_t *len)
+static const char *src_val(const struct sk_al_src *s, const struct sk_stream *st, size_t *len)
 {
-    if (!name)
-        return NULL;
-    if (name[0] == ':') {
-        if (strcmp(name, ":method") == 0 && st->method) {
-            *len = st->method_len;
-            return st->method;
-        }
-        if (strcmp(name, ":path") == 0 && st->path) {
-            *len = st->path_len;
-            return st->path;
-        }
-        if (strcmp(name, ":authority") == 0 && st->authority) {
+    switch (s->kind) {
+    case SK_ALS_METHOD:
+        *len = st->method_len;
+        return st->method;
+    case SK_ALS_PATH:
+        *len = st->path_len;
+        return st->path;
+    case SK_ALS_AUTHORITY:
+        *len = st->authority_len;
+        return st->authority;
+    case SK_ALS_SCHEME:
+        if (!st->scheme)
+            return NULL;
+        *len = strlen(st->scheme);
+        return st->scheme;
+    case SK_ALS_HOST:
+        if (st->authority) {
             *len = st->authority_len;
             return st->authority;
         }
-        if (strcmp(name, ":scheme") == 0 && st->scheme) {
-            *len = strlen(st->scheme);
-            return st->scheme;
-        }
-        return NULL;
+        return hdr_get(&st->req, s->name, s->nlen, len);
+    case SK_ALS_REQ_HDR:
+        return hdr_get(&st->req, s->name, s->nlen, len);
+    case SK_ALS_RESP_HDR:
+        return hdr_get(&st->resp_hdrs, s->name, s->nlen, len);
     }
-    if (strcmp(name, "host") == 0 && st->authority) {
-        *len = st->authority_len;
-        return st->authority;
-    }
-    return hdr_val(&st->req, name, len);
+    return NULL;
 }
 
-static void piece(const struct sk_al_piece *p, const struct sk_stream *st, double now,
-                  struct sk_buf *o, bool *empty)
+/* "2026-11-23T10:00:00.123Z" (24 bytes): the part up to the seconds changes
+ * once a second, kept per thread */
+static size_t fmt_start(char *o, double t)
+{
+    static __thread time_t last_sec = -1;
+    static __thread char last_date[32];
+    static __thread size_t last_len;
+    time_t sec = (time_t)t;
+    int ms = (int)((t - (double)sec) * 1000);
+    if (sec != last_sec) {
+        struct tm tm;
+        gmtime_r(&sec, &tm);
+        last_len = strftime(last_date, sizeof(last_date), "%Y-%m-%dT%H:%M:%S", &tm);
+        last_sec = sec;
+    }
+    memcpy(o, last_date, last_len);
+    size_t n = last_len;
+    o[n++] = '.';
+    o[n++] = (char)('0' + ms / 100 % 10);
+    o[n++] = (char)('0' + ms / 10 % 10);
+    o[n++] = (char)('0' + ms % 10);
+    o[n++] = 'Z';
+    return n;
+}
+
+/* One operator. Returns 1 when it wrote a value, 0 when it was empty ("-"),
+ * -1 when the line cannot grow. */
+static int field(struct alw *w, const struct sk_al_insn *in, const struct sk_stream *st, double now)
 {
     const char *v = NULL;
     size_t vl = 0;
+    uint64_t num;
     char tmp[128];
-    *empty = false;
-    switch (p->op) {
-    case SK_AL_LITERAL:
-        put(o, p->text, p->text_len, 0);
-        return;
+    switch (in->op) {
     case SK_AL_START_TIME: {
-        /* the date part changes once a second: keep it per thread */
-        static __thread time_t last_sec = -1;
-        static __thread char last_date[32];
-        static __thread size_t last_len;
-        time_t sec = (time_t)st->t_start;
-        int ms = (int)((st->t_start - (double)sec) * 1000);
-        if (sec != last_sec) {
-            struct tm tm;
-            gmtime_r(&sec, &tm);
-            last_len = strftime(last_date, sizeof(last_date), "%Y-%m-%dT%H:%M:%S", &tm);
-            last_sec = sec;
-        }
-        memcpy(tmp, last_date, last_len);
-        size_t n = last_len;
-        tmp[n++] = '.';
-        tmp[n++] = (char)('0' + ms / 100 % 10);
-        tmp[n++] = (char)('0' + ms / 10 % 10);
-        tmp[n++] = (char)('0' + ms % 10);
-        tmp[n++] = 'Z';
-        put(o, tmp, n, p->max_len);
-        return;
+        size_t n = fmt_start(w->p, st->t_start); /* room: in the tail before */
+        if (in->max_len && n > in->max_len)
+            n = in->max_len;
+        w->p += n;
+        return 1;
     }
     case SK_AL_REQ:
-        v = req_val(st, p->text, &vl);
-        if (!v && p->alt)
-            v = req_val(st, p->alt, &vl);
-        break;
     case SK_AL_RESP:
-        v = hdr_val(&st->resp_hdrs, p->text, &vl);
-        if (!v && p->alt)
-            v = hdr_val(&st->resp_hdrs, p->alt, &vl);
+    case SK_AL_TRACE_ID:
+    case SK_AL_GRPC_STATUS:
+        if (in->src[0].set)
+            v = src_val(&in->src[0], st, &vl);
+        if (!v && in->src[1].set)
+            v = src_val(&in->src[1], st, &vl);
+        if (in->op == SK_AL_TRACE_ID) {
+            if (v && vl >= 35) { /* 00-<32 hex trace id>-... */
+                v += 3;
+                vl = 32;
+            } else {
+                v = NULL;
+            }
+        }
         break;
     case SK_AL_TRAILER:
         break; /* response trailers are not kept */
     case SK_AL_PROTOCOL:
         if (!st->method)
             break; /* a TCP connection: "-" */
-        v = st->downstream_h2 ? "HTTP/2" : "HTTP/1.1";
-        vl = strlen(v);
+        if (st->downstream_h2) {
+            v = "HTTP/2";
+            vl = 6;
+        } else {
+            v = "HTTP/1.1";
+            vl = 8;
+        }
         break;
     case SK_AL_RESPONSE_CODE:
-        put_u64(o, (unsigned long long)(st->status > 0 ? st->status : 0), p->max_len);
-        return;
+        num = (uint64_t)(st->status > 0 ? st->status : 0);
+        goto number;
     case SK_AL_RESPONSE_FLAGS: {
         const char *f = st->cause ? sk_term_flag(st->cause) : "-";
         if (st->cause == SK_TERM_DIRECT_RESPONSE)
             f = "-";
         const char *pre = st->fault_delayed ? "DI" : st->toxic ? "TX" : NULL;
-        if (pre && (!st->cause || st->cause == SK_TERM_DIRECT_RESPONSE))
+        if (pre && (!st->cause || st->cause == SK_TERM_DIRECT_RESPONSE)) {
             f = pre;
-        else if (pre) {
-            size_t n = (size_t)snprintf(tmp, sizeof(tmp), "%s,%s", pre, f);
-            put(o, tmp, n, p->max_len);
-            return;
+        } else if (pre) {
+            size_t fl = strlen(f);
+            if (fl > sizeof(tmp) - 4)
+                fl = sizeof(tmp) - 4;
+            memcpy(tmp, pre, 2);
+            tmp[2] = ',';
+            memcpy(tmp + 3, f, fl);
+            v = tmp;
+            vl = fl + 3;
+            break;
         }
         v = f;
         vl = strlen(f);
@@ -172,25 +241,24 @@ static void piece(const struct sk_al_piece *p, const struct sk_stream *st, doubl
         vl = strlen(v);
         break;
     case SK_AL_BYTES_RECEIVED:
-        put_u64(o, (unsigned long long)st->bytes_rx, p->max_len);
-        return;
+        num = st->bytes_rx;
+        goto number;
     case SK_AL_BYTES_SENT:
-        put_u64(o, (unsigned long long)st->bytes_tx, p->max_len);
-        return;
+        num = st->bytes_tx;
+        goto number;
     case SK_AL_DURATION:
-        put_u64(o, (unsigned long long)((now - st->t_start) * 1000.0 + 0.5), p->max_len);
-        return;
+        num = (uint64_t)((now - st->t_start) * 1000.0 + 0.5);
+        goto number;
     case SK_AL_RESPONSE_DURATION:
         if (st->t_first_byte > 0) {
-            put_u64(o, (unsigned long long)((st->t_first_byte - st->t_start) * 1000.0 + 0.5),
-                    p->max_len);
-            return;
+            num = (uint64_t)((st->t_first_byte - st->t_start) * 1000.0 + 0.5);
+            goto number;
         }
         break;
     case SK_AL_UPSTREAM_HOST:
         if (st->upstream_host[0]) {
             v = st->upstream_host;
-            vl = strlen(v);
+            vl = strnlen(v, sizeof(st->upstream_host));
         }
         break;
     case SK_AL_UPSTREAM_CLUSTER:
@@ -200,16 +268,27 @@ static void piece(const struct sk_al_piece *p, const struct sk_stream *st, doubl
         }
         break;
     case SK_AL_UPSTREAM_REQUEST_ATTEMPT_COUNT:
-        put_u64(o, st->attempt, p->max_len);
-        return;
-    case SK_AL_DOWNSTREAM_REMOTE_ADDRESS:
-        vl = (size_t)snprintf(tmp, sizeof(tmp), strchr(st->peer_ip, ':') ? "[%s]:%u" : "%s:%u",
-                              st->peer_ip, st->peer_port);
+        num = st->attempt;
+        goto number;
+    case SK_AL_DOWNSTREAM_REMOTE_ADDRESS: {
+        size_t il = strnlen(st->peer_ip, sizeof(st->peer_ip));
+        bool v6 = memchr(st->peer_ip, ':', il) != NULL;
+        size_t n = 0;
+        if (v6)
+            tmp[n++] = '[';
+        memcpy(tmp + n, st->peer_ip, il);
+        n += il;
+        if (v6)
+            tmp[n++] = ']';
+        tmp[n++] = ':';
+        n += fmt_u64(tmp + n, st->peer_port);
         v = tmp;
+        vl = n;
         break;
+    }
     case SK_AL_DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT:
         v = st->peer_ip;
-        vl = strlen(v);
+        vl = strnlen(v, sizeof(st->peer_ip));
         break;
     case SK_AL_DOWNSTREAM_LOCAL_ADDRESS:
         if (st->listener && st->listener->addr_str) {
@@ -242,226 +321,182 @@ static void piece(const struct sk_al_piece *p, const struct sk_stream *st, doubl
         }
         break;
     case SK_AL_CONNECTION_ID:
-        put_u64(o, (unsigned long long)st->conn_id, p->max_len);
-        return;
+        num = st->conn_id;
+        goto number;
     case SK_AL_STREAM_ID:
-        put_u64(o, st->stream_id, p->max_len);
-        return;
-    case SK_AL_GRPC_STATUS:
-        v = hdr_val(&st->resp_hdrs, "grpc-status", &vl);
-        break;
+        num = st->stream_id;
+        goto number;
     case SK_AL_HOSTNAME:
-        if (gethostname(tmp, sizeof(tmp)) == 0) {
-            tmp[sizeof(tmp) - 1] = 0;
-            v = tmp;
-            vl = strlen(tmp);
-        }
+        v = in->text; /* looked up at config time */
+        vl = in->len;
         break;
-    case SK_AL_TRACE_ID: {
-        const char *tp = req_val(st, "traceparent", &vl);
-        if (tp && vl >= 35) { /* 00-<32 hex trace id>-... */
-            v = tp + 3;
-            vl = 32;
-        }
-        break;
-    }
     }
     if (!v) {
-        *empty = true;
-        put(o, "-", 1, 0);
-        return;
-    }
-    put(o, v, vl, p->max_len);
-}
-
-/* Length of the valid UTF-8 sequence at p (RFC 3629: no overlongs, no
- * surrogates, at most U+10FFFF), or 0. */
-static size_t utf8_len(const unsigned char *p, size_t n)
-{
-    unsigned char c = p[0];
-    size_t len = c >= 0xf0 ? 4 : c >= 0xe0 ? 3 : 2;
-    if (c < 0xc2 || c > 0xf4 || n < len)
-        return 0;
-    for (size_t k = 1; k < len; k++)
-        if ((p[k] & 0xc0) != 0x80)
-            return 0;
-    if ((c == 0xe0 && p[1] < 0xa0) || (c == 0xed && p[1] > 0x9f) || (c == 0xf0 && p[1] < 0x90) ||
-        (c == 0xf4 && p[1] > 0x8f))
-        return 0;
-    return len;
-}
-
-/* JSON string content: '"' and '\' escaped, control bytes and DEL as \u00XX,
- * valid UTF-8 kept, any other byte (not UTF-8: header values may be Latin-1)
- * as \u00XX so every line stays valid JSON. */
-static void json_escape(struct sk_buf *o, const char *p, size_t n)
-{
-    static const char hx[] = "0123456789abcdef";
-    const unsigned char *u = (const unsigned char *)p;
-    size_t run = 0; /* start of the pending run of bytes that go out as they are */
-    for (size_t i = 0; i < n;) {
-        /* skip 8 plain ASCII bytes at a time (SWAR: no byte < 0x20, '"', '\\',
-         * 0x7f, or with the high bit set) */
-        while (i + 8 <= n) {
-            uint64_t v;
-            memcpy(&v, p + i, 8);
-            const uint64_t ones = 0x0101010101010101ull, highs = 0x8080808080808080ull;
-            uint64_t q = v ^ (ones * '"'), b = v ^ (ones * '\\'), d = v ^ (ones * 0x7f);
-            uint64_t hit = (v - ones * 0x20) | ((q - ones) & ~q) | ((b - ones) & ~b) |
-                           ((d - ones) & ~d) | v;
-            if (hit & highs)
-                break;
-            i += 8;
-        }
-        if (i >= n)
-            break;
-        unsigned char c = u[i];
-        if (c >= 0x20 && c < 0x7f && c != '"' && c != '\\') {
-            i++;
-            continue;
-        }
-        if (c >= 0x80) {
-            size_t l = utf8_len(u + i, n - i);
-            if (l) {
-                i += l;
-                continue;
-            }
-        }
-        if (i > run)
-            sk_buf_append(o, p + run, i - run);
-        if (c == '"' || c == '\\') {
-            char e[2] = {'\\', (char)c};
-            sk_buf_append(o, e, 2);
+        if (!need(w, 4 + in->tail))
+            return -1;
+        if (in->nullq) { /* the value is null: take its opening quote back */
+            memcpy(w->p - 1, "null", 4);
+            w->p += 3;
         } else {
-            char e[6] = {'\\', 'u', '0', '0', hx[c >> 4], hx[c & 15]};
-            sk_buf_append(o, e, 6);
+            *w->p++ = '-';
         }
-        i++;
-        run = i;
+        return 0;
     }
-    if (n > run)
-        sk_buf_append(o, p + run, n - run);
+    if (in->max_len && vl > in->max_len)
+        vl = in->max_len;
+    if (!need(w, (in->esc ? 6 * vl : vl) + 1 + in->tail))
+        return -1;
+    if (in->esc && !sk_al_json_clean(v, vl)) {
+        w->p += sk_al_json_escape(w->p, v, vl);
+    } else {
+        memcpy(w->p, v, vl);
+        w->p += vl;
+    }
+    if (in->nullq)
+        *w->p++ = '"';
+    return 1;
+number: { /* room: in the tail before (alformat.c bound() lists these operators) */
+    size_t n = fmt_u64(w->p, num);
+    if (in->max_len && n > in->max_len)
+        n = in->max_len;
+    w->p += n;
+    if (in->nullq)
+        *w->p++ = '"';
+    return 1;
+}
 }
 
-/* Operators whose output never needs a JSON escape (digits, addresses, fixed
- * words, flags, the request method: a token, checked by both codecs). */
-static bool json_safe_op(const struct sk_al_piece *p)
+/* SEND: the value written raw since `from` is replaced by its escaped form */
+static bool escape_since(struct alw *w, size_t from, size_t tail)
 {
-    switch (p->op) {
-    case SK_AL_START_TIME:
-    case SK_AL_PROTOCOL:
-    case SK_AL_RESPONSE_CODE:
-    case SK_AL_RESPONSE_FLAGS:
-    case SK_AL_BYTES_RECEIVED:
-    case SK_AL_BYTES_SENT:
-    case SK_AL_DURATION:
-    case SK_AL_RESPONSE_DURATION:
-    case SK_AL_UPSTREAM_HOST:
-    case SK_AL_UPSTREAM_REQUEST_ATTEMPT_COUNT:
-    case SK_AL_DOWNSTREAM_REMOTE_ADDRESS:
-    case SK_AL_DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT:
-    case SK_AL_DOWNSTREAM_LOCAL_ADDRESS:
-    case SK_AL_DOWNSTREAM_TLS_VERSION:
-    case SK_AL_CONNECTION_ID:
-    case SK_AL_STREAM_ID:
-    case SK_AL_TRACE_ID:
+    size_t n = alw_pos(w) - from;
+    if (n == 0)
         return true;
-    case SK_AL_REQ:
-        return !p->alt && p->text && strcmp(p->text, ":method") == 0;
-    }
-    return false;
-}
-
-/* "key": (translate escaped the key once) */
-static void json_key(struct sk_buf *out, const char *key)
-{
-    sk_buf_append(out, "\"", 1);
-    sk_buf_append(out, key, strlen(key));
-    sk_buf_append(out, "\":", 2);
+    char small[512];
+    char *raw = n <= sizeof(small) ? small : malloc(n);
+    if (!raw)
+        return false;
+    memcpy(raw, sk_buf_rptr(w->b) + from, n);
+    w->p = sk_buf_rptr(w->b) + from;
+    bool ok = need(w, 6 * n + tail);
+    if (ok)
+        w->p += sk_al_json_escape(w->p, raw, n);
+    if (raw != small)
+        free(raw);
+    return ok;
 }
 
 void sk_access_log_render(const struct sk_al_format *f, const struct sk_stream *st, double now,
                           struct sk_buf *out)
 {
-    if (!f->json) {
-        bool empty;
-        for (size_t i = 0; i < f->npieces; i++)
-            piece(&f->pieces[i], st, now, out, &empty);
-        /* a text format without a trailing newline still gives one line */
-        if (sk_buf_used(out) == 0 || sk_buf_rptr(out)[sk_buf_used(out) - 1] != '\n')
-            sk_buf_append(out, "\n", 1);
+    const struct sk_al_prog *pg = f->prog;
+    size_t line = sk_buf_used(out);
+    struct alw w = {.b = out};
+    if (!pg)
+        return; /* not compiled (translate always compiles): no line */
+    size_t avail = 0;
+    w.p = sk_buf_wptr(out, pg->reserve, &avail);
+    if (!w.p || avail < pg->reserve)
         return;
-    }
-    struct sk_buf tmp;
-    sk_buf_init(&tmp, 64 * 1024);
-    sk_buf_append(out, "{", 1);
-    bool first = true;
-    for (size_t k = 0; k < f->njson; k++) {
-        const struct sk_al_format *vf = &f->json_vals[k];
-        bool single_num = vf->npieces == 1 &&
-                          (vf->pieces[0].op == SK_AL_RESPONSE_CODE ||
-                           vf->pieces[0].op == SK_AL_BYTES_RECEIVED ||
-                           vf->pieces[0].op == SK_AL_BYTES_SENT ||
-                           vf->pieces[0].op == SK_AL_DURATION ||
-                           vf->pieces[0].op == SK_AL_UPSTREAM_REQUEST_ATTEMPT_COUNT);
-        bool safe = vf->npieces > 0;
-        for (size_t i = 0; i < vf->npieces && safe; i++)
-            safe = json_safe_op(&vf->pieces[i]);
-        if (safe && !f->omit_empty) {
-            /* no character of these values needs an escape: write them in place */
-            if (!first)
-                sk_buf_append(out, ",", 1);
-            first = false;
-            json_key(out, f->json_keys[k]);
-            size_t at = sk_buf_used(out);
-            if (!single_num)
-                sk_buf_append(out, "\"", 1);
-            bool all_empty = true;
-            for (size_t i = 0; i < vf->npieces; i++) {
-                bool empty = false;
-                piece(&vf->pieces[i], st, now, out, &empty);
-                if (!empty || vf->pieces[i].op == SK_AL_LITERAL)
-                    all_empty = false;
+    w.end = w.p + avail;
+    size_t mark = 0, smark = 0;
+    int nonempty = 0;
+    bool any = false; /* omit_empty: a key was written (the next one needs a comma) */
+    const struct sk_al_insn *in = pg->v, *e = pg->n ? pg->v + pg->n : pg->v; /* "": none */
+    for (; in < e; in++) {
+        if (in->plen) {
+            /* whole 16-byte blocks: the text is padded, the room has SK_AL_SLACK */
+            const char *src = in->pre;
+            char *d = w.p, *e2 = w.p + in->plen;
+            do {
+                memcpy(d, src, 16);
+                d += 16;
+                src += 16;
+            } while (d < e2);
+            w.p = e2;
+        }
+        switch (in->kind) {
+        case SK_ALI_LIT:
+            break;
+        case SK_ALI_FIELD: {
+            int r = field(&w, in, st, now);
+            if (r < 0)
+                goto fail;
+            nonempty += r;
+            break;
+        }
+        case SK_ALI_KEY:
+        case SK_ALI_VBEGIN:
+            if (in->kind == SK_ALI_VBEGIN) {
+                nonempty = 0;
+                if (!in->omit) {
+                    mark = alw_pos(&w) - 1; /* the opening quote */
+                    break;
+                }
+                mark = alw_pos(&w);
             }
-            if (all_empty) {
-                out->len = out->off + at; /* take the value back: null */
-                sk_buf_append(out, "null", 4);
-            } else if (!single_num) {
-                sk_buf_append(out, "\"", 1);
+            if (any)
+                *w.p++ = ',';
+            memcpy(w.p, in->text, in->len);
+            w.p += in->len;
+            if (in->kind == SK_ALI_KEY)
+                any = true;
+            break;
+        case SK_ALI_VEND:
+            if (nonempty == 0) {
+                w.p = sk_buf_rptr(out) + mark;
+                if (!in->omit) {
+                    memcpy(w.p, "null", 4);
+                    w.p += 4;
+                }
+            } else {
+                *w.p++ = '"';
+                if (in->omit)
+                    any = true;
             }
-            continue;
-        }
-        bool all_empty = vf->npieces > 0;
-        sk_buf_consume(&tmp, sk_buf_used(&tmp));
-        for (size_t i = 0; i < vf->npieces; i++) {
-            bool empty = false;
-            piece(&vf->pieces[i], st, now, &tmp, &empty);
-            if (vf->pieces[i].op != SK_AL_LITERAL && !empty)
-                all_empty = false;
-            if (vf->pieces[i].op == SK_AL_LITERAL)
-                all_empty = false;
-        }
-        if (all_empty && f->omit_empty)
-            continue;
-        if (!first)
-            sk_buf_append(out, ",", 1);
-        first = false;
-        json_key(out, f->json_keys[k]);
-        if (all_empty) {
-            sk_buf_append(out, "null", 4);
-        } else if (single_num) {
-            sk_buf_append(out, sk_buf_rptr(&tmp), sk_buf_used(&tmp));
-        } else {
-            sk_buf_append(out, "\"", 1);
-            json_escape(out, sk_buf_rptr(&tmp), sk_buf_used(&tmp));
-            sk_buf_append(out, "\"", 1);
+            break;
+        case SK_ALI_SBEGIN:
+            smark = alw_pos(&w);
+            break;
+        case SK_ALI_SEND:
+            if (!escape_since(&w, smark, in->tail))
+                goto fail;
+            break;
         }
     }
-    sk_buf_append(out, "}\n", 2);
-    sk_buf_free(&tmp);
+    if (pg->nl_check && (alw_pos(&w) == line || w.p[-1] != '\n'))
+        *w.p++ = '\n'; /* room: the last tail has it */
+    out->len = (size_t)(w.p - out->data);
+    return;
+fail:
+    out->len = out->off + line; /* the line goes whole or not at all */
 }
 
 /* ---- filters ------------------------------------------------------------------------ */
+
+static const char *hdr_val(const struct sk_hdrs *h, const char *name, size_t *len)
+{
+    if (!h || !name)
+        return NULL;
+    return hdr_get(h, name, strlen(name), len);
+}
+
+/* REQ(): pseudo-headers map to the stream's request line */
+static const char *req_val(const struct sk_stream *st, const char *name, size_t *len)
+{
+    if (!name)
+        return NULL;
+    struct sk_al_src s;
+    s.kind = name[0] != ':'                     ? (strcmp(name, "host") == 0 ? SK_ALS_HOST : SK_ALS_REQ_HDR)
+             : strcmp(name, ":method") == 0    ? SK_ALS_METHOD
+             : strcmp(name, ":path") == 0      ? SK_ALS_PATH
+             : strcmp(name, ":authority") == 0 ? SK_ALS_AUTHORITY
+             : strcmp(name, ":scheme") == 0    ? SK_ALS_SCHEME
+                                               : SK_ALS_NONE;
+    s.name = name;
+    s.nlen = (uint32_t)strlen(name);
+    return src_val(&s, st, len);
+}
 
 static bool cmp(int op, uint64_t a, uint64_t b)
 {
@@ -545,7 +580,9 @@ static bool filter_pass(const struct sk_al_filter *f, const struct sk_stream *st
 
 /* ---- sinks --------------------------------------------------------------------------- */
 
-static void writer_flush(struct al_writer *wr)
+/* keep: a busy sink (flushed because 64 KiB piled up) keeps its buffer for
+ * the lines that follow; a quiet one (the timer) gives it back. */
+static void writer_flush(struct al_writer *wr, bool keep)
 {
     while (sk_buf_used(&wr->buf) && !wr->failed) {
         ssize_t r = write(wr->fd, sk_buf_rptr(&wr->buf), sk_buf_used(&wr->buf));
@@ -557,7 +594,7 @@ static void writer_flush(struct al_writer *wr)
             continue;
         break; /* EAGAIN (slow pipe) or an error: keep what fits, drop beyond the cap */
     }
-    if (!sk_buf_used(&wr->buf))
+    if (!sk_buf_used(&wr->buf) && !keep)
         sk_buf_shrink(&wr->buf);
 }
 
@@ -565,7 +602,7 @@ static void flush_timer_cb(struct ev_loop *loop, ev_timer *t, int revents)
 {
     (void)loop;
     (void)revents;
-    writer_flush(t->data);
+    writer_flush(t->data, false);
 }
 
 static struct al_writer *writer_get(struct sk_worker *w, const struct sk_access_log *l)
@@ -636,7 +673,8 @@ void sk_access_log_write(struct sk_stream *st, const struct sk_access_log *logs,
             struct sk_buf line;
             sk_buf_init(&line, AL_LINE_MAX);
             sk_access_log_render(&l->fmt, st, now, &line);
-            if (sk_buf_append(&wr->buf, sk_buf_rptr(&line), sk_buf_used(&line)) < 0)
+            if (sk_buf_used(&line) == 0 || /* longer than AL_LINE_MAX */
+                sk_buf_append(&wr->buf, sk_buf_rptr(&line), sk_buf_used(&line)) < 0)
                 sk_stat_add(&st->w->stats, SK_ST_access_log_dropped, 1);
             else
                 sk_stat_add(&st->w->stats, SK_ST_access_log_written, 1);
@@ -644,7 +682,7 @@ void sk_access_log_write(struct sk_stream *st, const struct sk_access_log *logs,
         }
         if (sk_buf_used(&wr->buf) > AL_FLUSH_AT) {
             ev_timer_stop(st->w->loop, &wr->timer);
-            writer_flush(wr);
+            writer_flush(wr, true);
         } else if (!ev_is_active(&wr->timer)) {
             ev_timer_set(&wr->timer, AL_FLUSH_INTERVAL_S, 0.);
             ev_timer_start(st->w->loop, &wr->timer);
@@ -659,7 +697,7 @@ void sk_access_log_worker_close(struct sk_worker *w)
     while (wr) {
         struct al_writer *n = wr->next;
         ev_timer_stop(w->loop, &wr->timer);
-        writer_flush(wr);
+        writer_flush(wr, false);
         if (wr->own_fd && wr->fd >= 0)
             close(wr->fd);
         sk_buf_free(&wr->buf);
