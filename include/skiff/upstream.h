@@ -22,41 +22,49 @@ struct sk_upconn;
 struct sk_host_state;
 struct sk_cluster_state;
 
+/* One per (worker, cluster, address). Kept small (issue 5: state per host
+ * under 1 KB; issue 7: hosts of 10k clusters on every worker): the address
+ * lives once, in the process-wide host state `hs`; sk_host_addr() copies it
+ * out. Without a host state (its allocation failed) the host carries its own
+ * copy right after the struct (one allocation). */
 struct sk_host {
     struct sk_cluster_rt *cl;
-    struct sk_host_state *hs; /* process-wide: health, ejection, accounting */
-    struct sk_sockaddr addr;
-    const char *addr_str; /* 64 bytes: the shared host state's text (or own_str) */
-    char *own_str;        /* only without a host state (allocation failure) */
+    struct sk_host_state *hs; /* process-wide: address, health, ejection, accounting */
+    const char *addr_str;     /* the address as text: the host state's (or own copy's) */
+    struct sk_upconn *idle;   /* idle keep-alive connections, most recent first */
     uint32_t weight;
-    int cfg_health; /* enum sk_health_status from config */
-    int refs;
+    int32_t refs;
     uint32_t active_rq;
     uint32_t active_cx;
     int32_t swrr_current; /* smooth weighted round robin state */
-    struct sk_upconn *idle; /* idle keep-alive connections, most recent first */
-    uint32_t nidle;
+    uint16_t nidle;       /* <= UP_IDLE_MAX (upconn.c) */
+    uint8_t cfg_health;   /* enum sk_health_status from config */
     bool removed;
 };
 
+/* The host's socket address (copied out of the compact stored form). */
+void sk_host_addr(const struct sk_host *h, struct sk_sockaddr *out);
+/* A non-blocking socket connecting to the host: sk_connect_socket()'s result
+ * (fd, or a negative errno). */
+int sk_host_connect(const struct sk_host *h);
+
 struct sk_cluster_rt {
     struct sk_cluster_rt *next;
-    char *name;
+    const char *name; /* the cluster state's (process lifetime); a copy without one */
     struct sk_worker *w;
     struct sk_cluster_state *cs; /* process-wide: circuit breakers, counters */
     const struct sk_cluster *cfg; /* from the worker's current snapshot */
     uint64_t cfg_version;         /* the version of that snapshot */
     struct sk_host **hosts;
-    size_t nhosts;
-    uint32_t rr;
-    bool weighted; /* any weight != 1 */
-    uint32_t active_rq;
-    uint32_t active_cx;
-    uint32_t pending;
-    bool in_panic;
     /* RING_HASH / MAGLEV table over `hosts` (rebuilt when hosts change) */
     void *hash_table;
-    int hash_kind;
+    uint32_t nhosts;
+    uint32_t rr;
+    uint32_t active_rq;
+    uint8_t hash_kind; /* enum sk_lb_policy of hash_table */
+    bool weighted;     /* any weight != 1 */
+    bool in_panic;
+    bool lazy; /* STATIC/EDS hosts not built yet: done at the first pick */
 };
 
 /* lb_glue.c: hash tables and EWMA costs over the cluster's hosts */

@@ -822,12 +822,12 @@ static void stats_prom(struct sk_buf *b)
     } *mem = calloc(cls.n ? cls.n : 1, sizeof(*mem));
     for (size_t k = 0; k < cls.n && mem; k++) {
         struct sk_cluster_state *cs = cls.v[k];
-        pthread_mutex_lock(&cs->lock);
+        sk_cstate_lock_hosts(cs);
         for (struct sk_host_state *h = cs->hosts; h; h = h->next) {
             mem[k].total++;
             mem[k].healthy += sk_hstate_usable(h, now);
         }
-        pthread_mutex_unlock(&cs->lock);
+        sk_cstate_unlock_hosts(cs);
         LIT(b, "skiff_cluster_hosts{cluster=\"");
         prom_label(b, cs->name);
         sk_buf_appendf(b, "\"} %zu\n", mem[k].total);
@@ -948,7 +948,7 @@ static void clusters_text(struct sk_buf *b)
                        REM(cb->max_requests, rq));
         sk_buf_appendf(b, "%s::default_priority::remaining_retries::%lld\n", cs->name,
                        REM(cb->max_retries, rt));
-        pthread_mutex_lock(&cs->lock);
+        sk_cstate_lock_hosts(cs);
         for (struct sk_host_state *h = cs->hosts; h; h = h->next) {
             int hc = atomic_load(&h->hc_status);
             int64_t until = atomic_load(&h->ejected_until_ms);
@@ -976,7 +976,7 @@ static void clusters_text(struct sk_buf *b)
             sk_buf_appendf(b, "%s::%s::ewma_latency_us::%llu\n", cs->name, h->addr_str,
                            (unsigned long long)atomic_load(&h->ewma_us));
         }
-        pthread_mutex_unlock(&cs->lock);
+        sk_cstate_unlock_hosts(cs);
     }
     cl_free(&cls);
 }
@@ -1018,7 +1018,7 @@ static void clusters_json(struct sk_buf *b)
                        (unsigned long long)atomic_load(&cs->outlier_ejections_total),
                        atomic_load(&cs->ejected_hosts));
         LIT(b, ", \"hosts\": [");
-        pthread_mutex_lock(&cs->lock);
+        sk_cstate_lock_hosts(cs);
         bool first = true;
         for (struct sk_host_state *h = cs->hosts; h; h = h->next) {
             int hc = atomic_load(&h->hc_status);
@@ -1043,7 +1043,7 @@ static void clusters_json(struct sk_buf *b)
                            tot ? 100.0 * (double)(tot - err) / (double)tot : 100.0,
                            (unsigned long long)atomic_load(&h->ewma_us));
         }
-        pthread_mutex_unlock(&cs->lock);
+        sk_cstate_unlock_hosts(cs);
         LIT(b, "]}");
     }
     LIT(b, "\n]}\n");

@@ -657,7 +657,9 @@ static bool dispatch(struct sk_stream *st)
     }
     if (st->ntried < sizeof(st->tried) / sizeof(st->tried[0]))
         st->tried[st->ntried++] = h;
-    memcpy(st->upstream_host, h->addr_str, sizeof(st->upstream_host));
+    size_t hl = strnlen(h->addr_str, sizeof(st->upstream_host) - 1); /* addr_str: sized to fit */
+    memcpy(st->upstream_host, h->addr_str, hl);
+    st->upstream_host[hl] = 0;
     sk_host_ref(h);
     h->active_rq++;
     if (h->hs)

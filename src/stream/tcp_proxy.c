@@ -381,7 +381,7 @@ static bool try_connect(struct tcpp *t)
             sk_host_unref(t->host);
         t->host = h;
         sk_host_ref(h);
-        int fd = sk_connect_socket(&h->addr);
+        int fd = sk_host_connect(h);
         sk_stat_add(&w->stats, SK_ST_upstream_cx_total, 1);
         if (fd < 0) {
             sk_stat_add(&w->stats, SK_ST_upstream_cx_connect_fail, 1);

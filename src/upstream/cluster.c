@@ -19,65 +19,99 @@ void sk_host_unref(struct sk_host *h)
 {
     if (--h->refs > 0)
         return;
-    free(h->own_str);
-    free(h);
+    free(h); /* an own address copy lives in the same block */
+}
+
+/* Without a host state (its allocation failed), the host is allocated as a
+ * host_with_own: the address and its text right after the struct. */
+struct host_own {
+    struct sk_sockaddr addr;
+    char str[64];
+};
+struct host_with_own {
+    struct sk_host h; /* first */
+    struct host_own own;
+};
+
+static const struct host_own *own_of(const struct sk_host *h)
+{
+    return &((const struct host_with_own *)h)->own;
+}
+
+void sk_host_addr(const struct sk_host *h, struct sk_sockaddr *out)
+{
+    if (h->hs)
+        sk_hstate_addr(h->hs, out);
+    else
+        *out = own_of(h)->addr;
+}
+
+int sk_host_connect(const struct sk_host *h)
+{
+    struct sk_sockaddr a;
+    sk_host_addr(h, &a);
+    return sk_connect_socket(&a);
+}
+
+static bool host_addr_eq(const struct sk_host *h, const struct sk_sockaddr *a)
+{
+    if (h->hs)
+        return sk_hstate_addr_eq(h->hs, a);
+    const struct sk_sockaddr *o = &own_of(h)->addr;
+    return o->len == a->len && memcmp(&o->ss, &a->ss, a->len) == 0;
 }
 
 static struct sk_host *host_new(struct sk_cluster_rt *c, const struct sk_sockaddr *a,
                                 uint32_t weight, int health)
 {
-    struct sk_host *h = calloc(1, sizeof(*h));
+    struct sk_host_state *hs = c->cs ? sk_hstate_get(c->cs, a) : NULL;
+    struct sk_host *h = calloc(1, hs ? sizeof(*h) : sizeof(struct host_with_own));
     if (!h)
         return NULL;
     h->cl = c;
-    h->addr = *a;
+    h->hs = hs;
     h->weight = weight ? weight : 1;
-    h->cfg_health = health;
+    h->cfg_health = (uint8_t)health;
     h->refs = 1; /* the host list's */
-    if (c->cs)
-        h->hs = sk_hstate_get(c->cs, a);
-    if (h->hs) {
-        h->addr_str = h->hs->addr_str; /* process lifetime, same address */
+    if (hs) {
+        h->addr_str = hs->addr_str; /* process lifetime, same address */
     } else {
-        h->own_str = calloc(1, 64);
-        if (!h->own_str) {
-            free(h);
-            return NULL;
-        }
-        sk_addr_str(a, h->own_str, 64);
-        h->addr_str = h->own_str;
+        struct host_own *o = &((struct host_with_own *)h)->own;
+        o->addr = *a;
+        sk_addr_str(a, o->str, sizeof(o->str));
+        h->addr_str = o->str;
     }
     return h;
 }
 
-static int addr_eq(const struct sk_sockaddr *a, const struct sk_sockaddr *b)
-{
-    return a->len == b->len && memcmp(&a->ss, &b->ss, a->len) == 0;
-}
-
 /* Replace the host list, keeping host objects (and their pools) whose
- * address is unchanged. */
-static void set_hosts(struct sk_cluster_rt *c, const struct sk_sockaddr *addrs,
-                      const uint32_t *weights, const int *health, size_t n)
+ * address is unchanged. The new set: the config's endpoints `eps` (address,
+ * weight, health), or else bare addresses `addrs` (DNS answers: weight 1,
+ * health unknown). False (nothing changed) when out of memory. */
+static bool set_hosts(struct sk_cluster_rt *c, const struct sk_endpoint *eps,
+                      const struct sk_sockaddr *addrs, size_t n)
 {
     struct sk_host **nh = calloc(n ? n : 1, sizeof(*nh));
     if (!nh)
-        return;
+        return false;
     size_t k = 0;
     for (size_t i = 0; i < n; i++) {
+        const struct sk_sockaddr *a = eps ? &eps[i].addr : &addrs[i];
+        uint32_t weight = eps ? eps[i].weight : 1;
+        int health = eps ? eps[i].health : 0;
         struct sk_host *h = NULL;
         for (size_t j = 0; j < c->nhosts; j++) {
-            if (c->hosts[j] && addr_eq(&c->hosts[j]->addr, &addrs[i])) {
+            if (c->hosts[j] && host_addr_eq(c->hosts[j], a)) {
                 h = c->hosts[j];
                 c->hosts[j] = NULL;
                 break;
             }
         }
         if (!h)
-            h = host_new(c, &addrs[i], weights ? weights[i] : 1, health ? health[i] : 0);
+            h = host_new(c, a, weight, health);
         else {
-            h->weight = weights ? (weights[i] ? weights[i] : 1) : 1;
-            h->cfg_health = health ? health[i] : 0;
+            h->weight = weight ? weight : 1;
+            h->cfg_health = (uint8_t)health;
         }
         if (h)
             nh[k++] = h;
@@ -93,12 +127,20 @@ static void set_hosts(struct sk_cluster_rt *c, const struct sk_sockaddr *addrs,
     }
     free(c->hosts);
     c->hosts = nh;
-    c->nhosts = k;
+    c->nhosts = (uint32_t)k;
     c->weighted = false;
     for (size_t i = 0; i < k; i++)
         if (nh[i]->weight != 1)
             c->weighted = true;
     sk_cluster_hash_rebuild(c);
+    return true;
+}
+
+/* STATIC / EDS: hosts from the config's endpoints. */
+static void set_hosts_cfg(struct sk_cluster_rt *c)
+{
+    if (set_hosts(c, c->cfg->endpoints, NULL, c->cfg->nendpoints))
+        c->lazy = false;
 }
 
 /* Cluster runtimes by name, per worker (each worker writes only its own slot;
@@ -192,9 +234,18 @@ void sk_clusters_apply(struct sk_worker *w, struct sk_snapshot *snap)
             c = calloc(1, sizeof(*c));
             if (!c)
                 continue;
-            c->name = strdup(cfg->name);
-            c->w = w;
             c->cs = sk_cstate_get(cfg->name);
+            if (c->cs) {
+                c->name = c->cs->name; /* process lifetime: no copy per worker */
+            } else {
+                char *nm = strdup(cfg->name);
+                if (!nm) {
+                    free(c);
+                    continue;
+                }
+                c->name = nm;
+            }
+            c->w = w;
             c->rr = sk_worker_rand(w);
             c->next = w->clusters;
             w->clusters = c;
@@ -210,9 +261,8 @@ void sk_clusters_apply(struct sk_worker *w, struct sk_snapshot *snap)
         bool was_dns = c->cfg && (c->cfg->type == SK_CLUSTER_STRICT_DNS ||
                                   c->cfg->type == SK_CLUSTER_LOGICAL_DNS);
         int old_policy = c->cfg ? c->cfg->lb_policy : -1;
-        /* the previous snapshot is still alive here: an endpoint array it shares
-         * with this one (a snapshot derived for an EDS update of other
-         * clusters) means the same hosts */
+        /* an endpoint array shared with the previous snapshot (one derived for
+         * an EDS update of other clusters) means the same hosts */
         bool same_eps = !fresh && c->cfg && c->cfg->type == cfg->type &&
                         c->cfg->endpoints == cfg->endpoints &&
                         c->cfg->nendpoints == cfg->nendpoints && snap->base;
@@ -225,25 +275,27 @@ void sk_clusters_apply(struct sk_worker *w, struct sk_snapshot *snap)
         if (same_eps) {
             /* nothing to do for the hosts */
         } else if (cfg->type == SK_CLUSTER_STATIC || cfg->type == SK_CLUSTER_EDS) {
-            size_t n = cfg->nendpoints;
-            struct sk_sockaddr *a = calloc(n ? n : 1, sizeof(*a));
-            uint32_t *wt = calloc(n ? n : 1, sizeof(*wt));
-            int *hs = calloc(n ? n : 1, sizeof(*hs));
-            if (a && wt && hs) {
-                for (size_t j = 0; j < n; j++) {
-                    a[j] = cfg->endpoints[j].addr;
-                    wt[j] = cfg->endpoints[j].weight;
-                    hs[j] = cfg->endpoints[j].health;
-                }
-                set_hosts(c, a, wt, hs, n);
+            /* A worker builds a cluster's host objects when it first picks
+             * a host of it (sk_lb_choose_ex): of the thousands of clusters a
+             * control plane pushes, a sidecar's workers use a few, and the
+             * others then cost no per-worker host copies (issue 7). Once
+             * built, every update goes through set_hosts at once, so pooled
+             * connections of unchanged hosts are kept as before. */
+            if (fresh)
+                c->lazy = true;
+            if (!c->lazy) {
+                set_hosts_cfg(c);
+            } else if (c->cs) {
+                /* the process-wide host states exist from the start, as
+                 * before: admin /clusters lists every configured host */
+                for (size_t j = 0; j < cfg->nendpoints; j++)
+                    sk_hstate_get(c->cs, &cfg->endpoints[j].addr);
             }
-            free(a);
-            free(wt);
-            free(hs);
         } else if (fresh || !was_dns) {
             /* DNS clusters get hosts from the resolver (main thread); until
              * the first answer they have none */
-            set_hosts(c, NULL, NULL, NULL, 0);
+            c->lazy = false;
+            set_hosts(c, NULL, NULL, 0);
         }
     }
 }
@@ -254,7 +306,8 @@ void sk_clusters_set_hosts(struct sk_worker *w, const char *cluster, const struc
     struct sk_cluster_rt *c = rt_find(w, cluster);
     if (!c)
         return;
-    set_hosts(c, a, NULL, NULL, n);
+    if (set_hosts(c, NULL, a, n))
+        c->lazy = false;
 }
 
 struct sk_cluster_rt *sk_worker_cluster_rt(struct sk_worker *w, const struct sk_snapshot *snap,
@@ -405,9 +458,11 @@ static struct sk_host *pick(struct sk_cluster_rt *c, const struct pick_ctx *p, u
     return NULL;
 }
 
-struct sk_host *sk_lb_choose_ex(struct sk_cluster_rt *c, uint64_t hash, struct sk_host *const *avoid,
-                                size_t navoid)
+struct sk_host *sk_lb_choose_ex(struct sk_cluster_rt *c, uint64_t hash,
+                                struct sk_host *const *avoid, size_t navoid)
 {
+    if (c->lazy && c->cfg)
+        set_hosts_cfg(c); /* first pick on this worker: build the hosts */
     size_t n = c->nhosts;
     if (n == 0)
         return NULL;

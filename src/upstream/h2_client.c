@@ -1189,7 +1189,7 @@ static struct h2uc *conn_new(struct sk_host *h, int *err, bool reserved)
         *err = SK_TERM_OVERFLOW;
         return NULL;
     }
-    int fd = sk_connect_socket(&h->addr);
+    int fd = sk_host_connect(h);
     sk_stat_add(&w->stats, SK_ST_upstream_cx_total, 1);
     if (fd < 0) {
         sk_warn("upstream %s: connect: %s", h->addr_str, strerror(-fd));

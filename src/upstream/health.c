@@ -2,13 +2,16 @@
  * contract; comments here say why.
  *
  * Objects: hc_cluster (one per health-checked cluster name) -> hc_host (one
- * per host address) -> hc_check[] (one per health_checks[] entry). A check
- * owns at most one fd, one ev_io and one ev_timer; the timer is the interval
- * timer while idle and the timeout while a check is in flight, so a checker
- * never has two timers to keep consistent. Nothing is freed from inside a
- * watcher callback: callbacks only finish a check and re-arm the timer;
- * objects die in apply / set_hosts / stop_all, which main calls from its own
- * callbacks. */
+ * per host address, with its hc_check[] in the same allocation: one per
+ * health_checks[] entry). A check owns one ev_timer: the interval timer while
+ * idle and the timeout while a check is in flight, so a checker never has two
+ * timers to keep consistent. What a check needs only while in flight (fd,
+ * ev_io, buffers: struct hc_io) is allocated when it starts and freed when it
+ * finishes, so the thousands of idle checkers of a large cluster hold ~72
+ * bytes each (issue 5: state per host under 1 KB). Nothing but that hc_io is
+ * freed from inside a watcher callback: callbacks only finish a check and
+ * re-arm the timer; hosts and clusters die in apply / set_hosts / stop_all,
+ * which main calls from its own callbacks. */
 #include "skiff/health.h"
 
 #include <errno.h>
@@ -50,18 +53,21 @@ enum hc_result {
 
 struct hc_host;
 
-struct hc_check {
-    struct hc_host *h;
-    const struct sk_health_check *cfg; /* in cur_snap */
-    int state;                         /* enum hc_state */
+/* A check in flight: exists from check_start to check_cancel. */
+struct hc_io {
+    ev_io io; /* io.data = the hc_check */
     int fd;
-    ev_io io;
-    ev_timer timer;
+    int state; /* enum hc_state, never HC_S_IDLE */
     struct sk_buf out;
     struct sk_buf in;
     size_t rx_block, rx_pos; /* TCP receive matching progress */
-    uint32_t passes, fails;  /* consecutive */
-    int verdict;             /* enum hc_verdict, this checker's opinion */
+};
+
+struct hc_check {
+    ev_timer timer;         /* timer.data = the hc_host (holds this check) */
+    struct hc_io *x;        /* NULL while idle */
+    uint32_t passes, fails; /* consecutive */
+    int verdict;            /* enum hc_verdict, this checker's opinion */
 };
 
 struct hc_cluster;
@@ -70,14 +76,14 @@ struct hc_host {
     struct hc_host *next;
     struct hc_cluster *cl;
     struct sk_host_state *hs; /* process lifetime; holds the address (and its text) */
-    struct hc_check *checks;
-    size_t nchecks;
+    uint32_t nchecks;         /* checks[] entries in use (0: out of memory) */
     bool seen;
+    struct hc_check checks[]; /* one per health_checks[] entry, room for >= nchecks */
 };
 
 struct hc_cluster {
     struct hc_cluster *next;
-    char *name;
+    const char *name;             /* the cluster state's */
     const struct sk_cluster *cfg; /* in cur_snap */
     struct sk_cluster_state *cs;
     struct hc_host *hosts;
@@ -85,6 +91,24 @@ struct hc_cluster {
     bool connect_only; /* TLS cluster: we cannot speak its protocol */
     bool seen;
 };
+
+static struct hc_host *ck_host(const struct hc_check *ck)
+{
+    return ck->timer.data;
+}
+
+/* The check's config: health_checks[] entry i for checks[i] (a changed
+ * health_checks[] restarts every check, so indexes always match). */
+static const struct sk_health_check *ck_cfg(const struct hc_check *ck)
+{
+    const struct hc_host *h = ck_host(ck);
+    return &h->cl->cfg->health_checks->v[ck - h->checks];
+}
+
+static int ck_state(const struct hc_check *ck)
+{
+    return ck->x ? ck->x->state : HC_S_IDLE;
+}
 
 struct dns_set {
     struct dns_set *next;
@@ -144,11 +168,6 @@ static uint32_t cfg_unhealthy_threshold(const struct sk_health_check *c)
 static uint32_t cfg_healthy_threshold(const struct sk_health_check *c)
 {
     return c->healthy_threshold ? c->healthy_threshold : 1;
-}
-
-static bool addr_eq(const struct sk_sockaddr *a, const struct sk_sockaddr *b)
-{
-    return a->len == b->len && memcmp(&a->ss, &b->ss, a->len) == 0;
 }
 
 static bool str_eq(const char *a, const char *b)
@@ -235,18 +254,20 @@ static const char *verdict_name(int v)
 static void check_start(struct hc_check *ck);
 static void check_finish(struct hc_check *ck, int result, const char *why);
 
+/* In-flight states only (a check is idle exactly while it has no hc_io). */
 static void set_state(struct hc_check *ck, int to)
 {
-    /* legal edges: idle->connecting->sending->reading, any->idle */
-    bool ok = to == HC_S_IDLE || (ck->state == HC_S_IDLE && to == HC_S_CONNECTING) ||
-              (ck->state == HC_S_CONNECTING && to == HC_S_SENDING) ||
-              (ck->state == HC_S_SENDING && to == HC_S_READING);
+    /* legal edges: (start)->connecting->sending->reading, (cancel: any->idle) */
+    int from = ck_state(ck);
+    bool ok = ck->x && ((from == HC_S_CONNECTING && to == HC_S_SENDING) ||
+                        (from == HC_S_SENDING && to == HC_S_READING));
     if (!ok) {
         sk_error("health: illegal state change %s -> %s (host %s of cluster %s)",
-                 hc_state_name[ck->state], hc_state_name[to], ck->h->hs->addr_str, ck->h->cl->name);
+                 hc_state_name[from], hc_state_name[to], ck_host(ck)->hs->addr_str,
+                 ck_host(ck)->cl->name);
         return;
     }
-    ck->state = to;
+    ck->x->state = to;
 }
 
 static void timer_arm(struct hc_check *ck, uint64_t ms)
@@ -258,30 +279,32 @@ static void timer_arm(struct hc_check *ck, uint64_t ms)
 
 static void io_watch(struct hc_check *ck, int events)
 {
-    ev_io_stop(hc_loop, &ck->io);
-    ev_io_set(&ck->io, ck->fd, events);
-    ev_io_start(hc_loop, &ck->io);
+    struct hc_io *x = ck->x;
+    ev_io_stop(hc_loop, &x->io);
+    ev_io_set(&x->io, x->fd, events);
+    ev_io_start(hc_loop, &x->io);
 }
 
-/* Drop whatever the in-flight check holds; leaves the check idle with no
- * watcher running. Safe on an idle check. */
+/* Drop whatever the in-flight check holds (its hc_io); leaves the check idle
+ * with no watcher running. Safe on an idle check. */
 static void check_cancel(struct hc_check *ck)
 {
-    ev_io_stop(hc_loop, &ck->io);
     ev_timer_stop(hc_loop, &ck->timer);
-    if (ck->fd >= 0) {
-        close(ck->fd);
-        ck->fd = -1;
-    }
-    sk_buf_free(&ck->out);
-    sk_buf_free(&ck->in);
-    ck->rx_block = ck->rx_pos = 0;
-    ck->state = HC_S_IDLE;
+    struct hc_io *x = ck->x;
+    if (!x)
+        return;
+    ev_io_stop(hc_loop, &x->io);
+    if (x->fd >= 0)
+        close(x->fd);
+    sk_buf_free(&x->out);
+    sk_buf_free(&x->in);
+    free(x);
+    ck->x = NULL;
 }
 
 static bool kind_is_connect_only(const struct hc_check *ck)
 {
-    return ck->h->cl->connect_only;
+    return ck_host(ck)->cl->connect_only;
 }
 
 /* Header lines of the HTTP check after Host: user-agent then
@@ -313,10 +336,10 @@ static bool field_ok(const char *s, size_t n)
 
 static int build_http_request(struct hc_check *ck)
 {
-    const struct sk_health_check *c = ck->cfg;
+    const struct sk_health_check *c = ck_cfg(ck);
     const struct sk_hdr_ops *ops = &c->req_hdrs;
     const char *path = c->path && c->path[0] ? c->path : "/";
-    const char *host = c->host && c->host[0] ? c->host : ck->h->cl->name;
+    const char *host = c->host && c->host[0] ? c->host : ck_host(ck)->cl->name;
     if (!field_ok(path, strlen(path)) || strchr(path, ' ') || !field_ok(host, strlen(host)))
         return SK_ERR_INVAL;
 
@@ -368,19 +391,19 @@ static int build_http_request(struct hc_check *ck)
                 (struct hline){op->key, op->value ? op->value : "", op->key_len, op->value_len};
     }
 
-    sk_buf_init(&ck->out, HC_MAX_REQ);
-    int r = sk_buf_appendf(&ck->out, "GET %s HTTP/1.1\r\nHost: %s\r\n", path, host);
+    sk_buf_init(&ck->x->out, HC_MAX_REQ);
+    int r = sk_buf_appendf(&ck->x->out, "GET %s HTTP/1.1\r\nHost: %s\r\n", path, host);
     for (size_t j = 0; j < n && r == 0; j++) {
-        r = sk_buf_append(&ck->out, lines[j].k, lines[j].klen);
+        r = sk_buf_append(&ck->x->out, lines[j].k, lines[j].klen);
         if (r == 0)
-            r = sk_buf_append(&ck->out, ": ", 2);
+            r = sk_buf_append(&ck->x->out, ": ", 2);
         if (r == 0)
-            r = sk_buf_append(&ck->out, lines[j].v, lines[j].vlen);
+            r = sk_buf_append(&ck->x->out, lines[j].v, lines[j].vlen);
         if (r == 0)
-            r = sk_buf_append(&ck->out, "\r\n", 2);
+            r = sk_buf_append(&ck->x->out, "\r\n", 2);
     }
     if (r == 0)
-        r = sk_buf_appendf(&ck->out, "Connection: close\r\n\r\n");
+        r = sk_buf_appendf(&ck->x->out, "Connection: close\r\n\r\n");
     free(lines);
     return r;
 }
@@ -421,15 +444,16 @@ static bool http_evaluate(struct hc_check *ck, bool eof)
         struct sk_h1_header hdrs[HC_MAX_HDRS];
         struct sk_h1_msg m = {.hdrs = hdrs, .hdrs_cap = HC_MAX_HDRS};
         struct sk_h1_limits lim = {HC_HTTP_MAX_HEAD, HC_MAX_HDRS};
-        ssize_t r = sk_h1_parse_response(sk_buf_rptr(&ck->in), sk_buf_used(&ck->in), &m, &lim, 0);
+        ssize_t r =
+            sk_h1_parse_response(sk_buf_rptr(&ck->x->in), sk_buf_used(&ck->x->in), &m, &lim, 0);
         if (r == SK_ERR_AGAIN) {
             if (eof) {
                 check_finish(ck, R_FAIL_NET,
-                             sk_buf_used(&ck->in) ? "connection closed in the response head"
-                                                  : "connection closed before a response");
+                             sk_buf_used(&ck->x->in) ? "connection closed in the response head"
+                                                     : "connection closed before a response");
                 return true;
             }
-            if (sk_buf_room(&ck->in) == 0) {
+            if (sk_buf_room(&ck->x->in) == 0) {
                 check_finish(ck, R_FAIL_NET, "response head too large");
                 return true;
             }
@@ -442,10 +466,10 @@ static bool http_evaluate(struct hc_check *ck, bool eof)
             return true;
         }
         if (m.status >= 100 && m.status < 200 && m.status != 101) {
-            sk_buf_consume(&ck->in, (size_t)r); /* interim response: the real one follows */
+            sk_buf_consume(&ck->x->in, (size_t)r); /* interim response: the real one follows */
             continue;
         }
-        if (status_expected(ck->cfg, m.status)) {
+        if (status_expected(ck_cfg(ck), m.status)) {
             check_finish(ck, R_PASS, NULL);
         } else {
             char why[64];
@@ -458,25 +482,26 @@ static bool http_evaluate(struct hc_check *ck, bool eof)
 
 static bool tcp_evaluate(struct hc_check *ck, bool eof)
 {
-    const struct sk_health_check *c = ck->cfg;
-    const char *d = sk_buf_rptr(&ck->in);
-    size_t used = sk_buf_used(&ck->in);
+    const struct sk_health_check *c = ck_cfg(ck);
+    struct hc_io *x = ck->x;
+    const char *d = sk_buf_rptr(&x->in);
+    size_t used = sk_buf_used(&x->in);
     /* each block in order, not necessarily contiguous (Envoy's fuzzy match) */
-    while (ck->rx_block < c->nreceive) {
-        size_t bl = c->receive_len[ck->rx_block];
+    while (x->rx_block < c->nreceive) {
+        size_t bl = c->receive_len[x->rx_block];
         if (bl == 0) {
-            ck->rx_block++;
+            x->rx_block++;
             continue;
         }
-        if (used - ck->rx_pos < bl)
+        if (used - x->rx_pos < bl)
             break;
-        const char *f = memmem(d + ck->rx_pos, used - ck->rx_pos, c->receive[ck->rx_block], bl);
+        const char *f = memmem(d + x->rx_pos, used - x->rx_pos, c->receive[x->rx_block], bl);
         if (!f)
             break;
-        ck->rx_pos = (size_t)(f - d) + bl;
-        ck->rx_block++;
+        x->rx_pos = (size_t)(f - d) + bl;
+        x->rx_block++;
     }
-    if (ck->rx_block == c->nreceive) {
+    if (x->rx_block == c->nreceive) {
         check_finish(ck, R_PASS, NULL);
         return true;
     }
@@ -484,7 +509,7 @@ static bool tcp_evaluate(struct hc_check *ck, bool eof)
         check_finish(ck, R_FAIL_NET, "connection closed before the expected payload");
         return true;
     }
-    if (sk_buf_room(&ck->in) == 0) {
+    if (sk_buf_room(&x->in) == 0) {
         check_finish(ck, R_FAIL_NET, "expected payload not found in 64 KiB");
         return true;
     }
@@ -495,13 +520,14 @@ static bool expects_response(const struct hc_check *ck)
 {
     if (kind_is_connect_only(ck))
         return false;
-    return ck->cfg->kind == SK_HC_HTTP || ck->cfg->nreceive > 0;
+    return ck_cfg(ck)->kind == SK_HC_HTTP || ck_cfg(ck)->nreceive > 0;
 }
 
 static void on_writable(struct hc_check *ck)
 {
-    while (sk_buf_used(&ck->out) > 0) {
-        ssize_t w = send(ck->fd, sk_buf_rptr(&ck->out), sk_buf_used(&ck->out), MSG_NOSIGNAL);
+    struct hc_io *x = ck->x;
+    while (sk_buf_used(&x->out) > 0) {
+        ssize_t w = send(x->fd, sk_buf_rptr(&x->out), sk_buf_used(&x->out), MSG_NOSIGNAL);
         if (w < 0) {
             if (errno == EINTR)
                 continue;
@@ -511,15 +537,15 @@ static void on_writable(struct hc_check *ck)
             check_finish(ck, R_FAIL_NET, errno_reason(errno, b, sizeof(b)));
             return;
         }
-        sk_buf_consume(&ck->out, (size_t)w);
+        sk_buf_consume(&x->out, (size_t)w);
     }
-    sk_buf_free(&ck->out);
+    sk_buf_free(&x->out);
     if (!expects_response(ck)) {
         check_finish(ck, R_PASS, NULL);
         return;
     }
     set_state(ck, HC_S_READING);
-    sk_buf_init(&ck->in, ck->cfg->kind == SK_HC_HTTP ? HC_HTTP_MAX_HEAD : HC_TCP_MAX_RECV);
+    sk_buf_init(&x->in, ck_cfg(ck)->kind == SK_HC_HTTP ? HC_HTTP_MAX_HEAD : HC_TCP_MAX_RECV);
     io_watch(ck, EV_READ);
 }
 
@@ -528,21 +554,21 @@ static void on_readable(struct hc_check *ck)
     /* bounded per callback so one chatty host cannot monopolise the loop */
     for (int round = 0; round < 16; round++) {
         size_t avail;
-        char *w = sk_buf_wptr(&ck->in, HC_READ_CHUNK, &avail);
-        bool full = w == NULL || sk_buf_room(&ck->in) == 0;
+        char *w = sk_buf_wptr(&ck->x->in, HC_READ_CHUNK, &avail);
+        bool full = w == NULL || sk_buf_room(&ck->x->in) == 0;
         if (full) {
             /* at the cap: the evaluators report the overflow */
-            if (ck->cfg->kind == SK_HC_HTTP && !kind_is_connect_only(ck))
+            if (ck_cfg(ck)->kind == SK_HC_HTTP && !kind_is_connect_only(ck))
                 http_evaluate(ck, false);
             else
                 tcp_evaluate(ck, false);
-            if (ck->state != HC_S_IDLE) /* nothing else to do: cannot happen, be safe */
+            if (ck->x) /* nothing else to do: cannot happen, be safe */
                 check_finish(ck, R_FAIL_NET, "response too large");
             return;
         }
-        if (avail > sk_buf_room(&ck->in))
-            avail = sk_buf_room(&ck->in);
-        ssize_t r = read(ck->fd, w, avail);
+        if (avail > sk_buf_room(&ck->x->in))
+            avail = sk_buf_room(&ck->x->in);
+        ssize_t r = read(ck->x->fd, w, avail);
         if (r < 0) {
             if (errno == EINTR)
                 continue;
@@ -552,9 +578,10 @@ static void on_readable(struct hc_check *ck)
             check_finish(ck, R_FAIL_NET, errno_reason(errno, b, sizeof(b)));
             return;
         }
-        sk_buf_commit(&ck->in, (size_t)r);
+        sk_buf_commit(&ck->x->in, (size_t)r);
         bool eof = r == 0;
-        bool done = ck->cfg->kind == SK_HC_HTTP ? http_evaluate(ck, eof) : tcp_evaluate(ck, eof);
+        bool http = ck_cfg(ck)->kind == SK_HC_HTTP;
+        bool done = http ? http_evaluate(ck, eof) : tcp_evaluate(ck, eof);
         if (done || eof)
             return;
     }
@@ -565,11 +592,11 @@ static void io_cb(struct ev_loop *loop, ev_io *w, int revents)
     (void)loop;
     (void)revents;
     struct hc_check *ck = w->data;
-    switch (ck->state) {
+    switch (ck_state(ck)) {
     case HC_S_CONNECTING: {
         int err = 0;
         socklen_t el = sizeof(err);
-        if (getsockopt(ck->fd, SOL_SOCKET, SO_ERROR, &err, &el) < 0)
+        if (getsockopt(ck->x->fd, SOL_SOCKET, SO_ERROR, &err, &el) < 0)
             err = errno;
         if (err) {
             char b[96];
@@ -587,7 +614,7 @@ static void io_cb(struct ev_loop *loop, ev_io *w, int revents)
         on_readable(ck);
         return;
     default:
-        ev_io_stop(hc_loop, w); /* stray event on an idle check */
+        ev_io_stop(hc_loop, w); /* stray event on an idle check (cannot happen: freed) */
         return;
     }
 }
@@ -596,54 +623,67 @@ static void timer_cb(struct ev_loop *loop, ev_timer *t, int revents)
 {
     (void)loop;
     (void)revents;
-    struct hc_check *ck = t->data;
-    if (ck->state == HC_S_IDLE) {
+    struct hc_check *ck = (struct hc_check *)t; /* the timer is its first member */
+    if (!ck->x) {
         check_start(ck);
         return;
     }
     char why[64];
-    snprintf(why, sizeof(why), "timeout while %s", hc_state_name[ck->state]);
+    snprintf(why, sizeof(why), "timeout while %s", hc_state_name[ck->x->state]);
     check_finish(ck, R_FAIL_NET, why);
 }
 
 static void check_start(struct hc_check *ck)
 {
-    struct hc_host *h = ck->h;
+    struct hc_host *h = ck_host(ck);
+    const struct sk_health_check *cfg = ck_cfg(ck);
+    struct hc_io *x = calloc(1, sizeof(*x));
+    if (!x) {
+        /* not the host's fault: skip this round, try again an interval later */
+        sk_error("health: out of memory starting a check of host %s of cluster %s", h->hs->addr_str,
+                 h->cl->name);
+        timer_arm(ck, cfg_interval(cfg));
+        return;
+    }
     atomic_fetch_add_explicit(&h->cl->cs->health_check_attempt, 1, memory_order_relaxed);
     atomic_fetch_add_explicit(&h->hs->hc_checks, 1, memory_order_relaxed);
-    sk_buf_init(&ck->out, HC_MAX_REQ);
-    sk_buf_init(&ck->in, 0);
-    ck->rx_block = ck->rx_pos = 0;
+    x->fd = -1;
+    x->state = HC_S_CONNECTING; /* an attempt from here on, whatever happens */
+    sk_buf_init(&x->out, HC_MAX_REQ);
+    sk_buf_init(&x->in, 0);
+    ev_init(&x->io, io_cb);
+    x->io.data = ck;
+    ck->x = x;
     if (!kind_is_connect_only(ck)) {
         int r = 0;
-        if (ck->cfg->kind == SK_HC_HTTP)
+        if (cfg->kind == SK_HC_HTTP)
             r = build_http_request(ck);
-        else if (ck->cfg->send_len)
-            r = sk_buf_append(&ck->out, ck->cfg->send, ck->cfg->send_len);
+        else if (cfg->send_len)
+            r = sk_buf_append(&x->out, cfg->send, cfg->send_len);
         if (r < 0) {
             char why[80];
             snprintf(why, sizeof(why), "cannot build the request: %s", sk_strerror(r));
-            set_state(ck, HC_S_CONNECTING); /* so that finish sees an attempt */
             check_finish(ck, R_FAIL_NET, why);
             return;
         }
     }
-    int fd = sk_connect_socket(&h->hs->addr);
-    set_state(ck, HC_S_CONNECTING);
+    struct sk_sockaddr addr;
+    sk_hstate_addr(h->hs, &addr);
+    int fd = sk_connect_socket(&addr);
     if (fd < 0) {
         char b[96];
         check_finish(ck, R_FAIL_NET, errno_reason(-fd, b, sizeof(b)));
         return;
     }
-    ck->fd = fd;
+    x->fd = fd;
     io_watch(ck, EV_WRITE);
-    timer_arm(ck, cfg_timeout(ck->cfg));
+    timer_arm(ck, cfg_timeout(cfg));
 }
 
 /* Envoy's HealthCheckerImplBase::interval(), minus no_traffic_interval. */
 static uint64_t next_interval(const struct hc_check *ck, int result)
 {
-    const struct sk_health_check *c = ck->cfg;
+    const struct sk_health_check *c = ck_cfg(ck);
     uint64_t iv = cfg_interval(c);
     uint64_t base;
     uint64_t uiv = ms_or(c->unhealthy_interval_ms, iv);
@@ -686,8 +726,8 @@ static void host_update(struct hc_host *h, const char *detail)
 
 static void check_finish(struct hc_check *ck, int result, const char *why)
 {
-    struct hc_host *h = ck->h;
-    const struct sk_health_check *c = ck->cfg;
+    struct hc_host *h = ck_host(ck);
+    const struct sk_health_check *c = ck_cfg(ck);
     check_cancel(ck);
     char detail[192] = "";
     int before = ck->verdict;
@@ -722,7 +762,8 @@ static void check_finish(struct hc_check *ck, int result, const char *why)
                     snprintf(detail, sizeof(detail), "%u consecutive failures: %s", ck->fails, why);
             }
         }
-        sk_debug("health: host %s of cluster %s: check failed: %s", h->hs->addr_str, h->cl->name, why);
+        sk_debug("health: host %s of cluster %s: check failed: %s", h->hs->addr_str, h->cl->name,
+                 why);
     }
     if (ck->verdict != before)
         host_update(h, detail);
@@ -732,46 +773,71 @@ static void check_finish(struct hc_check *ck, int result, const char *why)
 static void check_init(struct hc_check *ck, struct hc_host *h, const struct sk_health_check *cfg)
 {
     memset(ck, 0, sizeof(*ck));
-    ck->h = h;
-    ck->cfg = cfg;
-    ck->fd = -1;
-    ck->state = HC_S_IDLE;
-    sk_buf_init(&ck->out, HC_MAX_REQ);
-    sk_buf_init(&ck->in, 0);
     /* a host already failing (state kept across a reconfiguration) must earn
      * healthy_threshold passes again */
     ck->verdict = atomic_load(&h->hs->hc_status) == SK_HC_UNHEALTHY ? V_UNHEALTHY : V_UNKNOWN;
-    ev_init(&ck->io, io_cb);
-    ck->io.data = ck;
     ev_init(&ck->timer, timer_cb);
-    ck->timer.data = ck;
+    ck->timer.data = h;
     uint64_t j = cfg->initial_jitter_ms == SK_DUR_NONE ? 0 : cfg->initial_jitter_ms;
     timer_arm(ck, rnd_below(j + 1));
 }
 
 /* ---- hosts ----------------------------------------------------------------- */
 
+static size_t host_size(size_t nchecks)
+{
+    return sizeof(struct hc_host) + nchecks * sizeof(struct hc_check);
+}
+
 static void host_stop_checks(struct hc_host *h)
 {
     for (size_t i = 0; i < h->nchecks; i++)
         check_cancel(&h->checks[i]);
-    free(h->checks);
-    h->checks = NULL;
     h->nchecks = 0;
 }
 
+/* Start one check per health_checks[] entry; `h` has room for them. */
 static void host_start_checks(struct hc_host *h)
 {
     const struct sk_health_checks *hcs = h->cl->cfg->health_checks;
-    h->checks = calloc(hcs->n, sizeof(*h->checks));
-    if (!h->checks) {
-        sk_error("health: out of memory starting checks for host %s of cluster %s", h->hs->addr_str,
-                 h->cl->name);
-        return;
-    }
-    h->nchecks = hcs->n;
+    h->nchecks = (uint32_t)hcs->n;
     for (size_t i = 0; i < hcs->n; i++)
         check_init(&h->checks[i], h, &hcs->v[i]);
+}
+
+/* Checks restart (settings changed): the host may need room for a different
+ * number of them, so it may move; *pp is its link in the cluster's list. */
+static void host_restart_checks(struct hc_host **pp)
+{
+    struct hc_host *h = *pp;
+    host_stop_checks(h); /* no watcher points into h any more */
+    size_t n = h->cl->cfg->health_checks->n;
+    struct hc_host *nh = realloc(h, host_size(n));
+    if (!nh) {
+        sk_error("health: out of memory starting checks for host %s of cluster %s", h->hs->addr_str,
+                 h->cl->name);
+        return; /* h stays, with no checks */
+    }
+    *pp = nh;
+    host_start_checks(nh);
+}
+
+static struct hc_host *host_new(struct hc_cluster *cl, struct sk_host_state *hs)
+{
+    struct hc_host *h = calloc(1, host_size(cl->cfg->health_checks->n));
+    bool checks = h != NULL;
+    if (!h) {
+        h = calloc(1, host_size(0));
+        if (!h)
+            return NULL;
+        sk_error("health: out of memory starting checks for host %s of cluster %s", hs->addr_str,
+                 cl->name);
+    }
+    h->cl = cl;
+    h->hs = hs;
+    if (checks)
+        host_start_checks(h);
+    return h;
 }
 
 static void host_free(struct hc_host *h, bool reset_state)
@@ -792,25 +858,21 @@ static void sync_hosts(struct hc_cluster *cl, const struct sk_sockaddr *addrs, s
             continue;
         struct hc_host *h;
         for (h = cl->hosts; h; h = h->next)
-            if (addr_eq(&h->hs->addr, &addrs[i]))
+            if (sk_hstate_addr_eq(h->hs, &addrs[i]))
                 break;
         if (h) {
             h->seen = true;
             continue;
         }
-        h = calloc(1, sizeof(*h));
-        struct sk_host_state *hs = h ? sk_hstate_get(cl->cs, &addrs[i]) : NULL;
-        if (!hs) {
-            free(h);
+        struct sk_host_state *hs = sk_hstate_get(cl->cs, &addrs[i]);
+        h = hs ? host_new(cl, hs) : NULL;
+        if (!h) {
             sk_error("health: out of memory adding a host to cluster %s", cl->name);
             continue;
         }
-        h->cl = cl;
-        h->hs = hs;
         h->seen = true;
         h->next = cl->hosts;
         cl->hosts = h;
-        host_start_checks(h);
         sk_debug("health: checking host %s of cluster %s", h->hs->addr_str, cl->name);
     }
     for (struct hc_host **pp = &cl->hosts; *pp;) {
@@ -850,7 +912,6 @@ static void cluster_free(struct hc_cluster *c, bool reset_state)
         c->hosts = h->next;
         host_free(h, reset_state);
     }
-    free(c->name);
     free(c);
 }
 
@@ -892,13 +953,12 @@ void sk_health_apply(struct ev_loop *loop, const struct sk_snapshot *snap)
         if (!cl) {
             cl = calloc(1, sizeof(*cl));
             struct sk_cluster_state *cs = cl ? sk_cstate_get(c->name) : NULL;
-            char *name = cs ? strdup(c->name) : NULL;
-            if (!name) {
+            if (!cs) {
                 free(cl);
                 sk_error("health: out of memory: cluster %s not health checked", c->name);
                 continue;
             }
-            cl->name = name;
+            cl->name = cs->name; /* process lifetime */
             cl->cs = cs;
             cl->next = clusters;
             clusters = cl;
@@ -914,15 +974,9 @@ void sk_health_apply(struct ev_loop *loop, const struct sk_snapshot *snap)
         cl->seen = true;
         cl->dns = is_dns(c);
         cl->connect_only = connect_only;
-        for (struct hc_host *h = cl->hosts; h; h = h->next) {
-            if (restart) {
-                host_stop_checks(h);
-                host_start_checks(h);
-            } else {
-                for (size_t k = 0; k < h->nchecks; k++)
-                    h->checks[k].cfg = &c->health_checks->v[k];
-            }
-        }
+        /* unchanged settings: the checks find theirs through cl->cfg */
+        for (struct hc_host **pp = &cl->hosts; restart && *pp; pp = &(*pp)->next)
+            host_restart_checks(pp);
         if (restart)
             sk_info("health: cluster %s: health check settings changed, checks restarted", c->name);
         cluster_sync_hosts(cl);

@@ -2,16 +2,50 @@
 #include "skiff/hoststate.h"
 
 #include <math.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <arpa/inet.h>
 
 #include "skiff/log.h"
 #include "skiff/net.h"
 
+/* The registry: a list (iteration order, admin) plus a hash index by name so
+ * that creating 10k cluster states is not O(clusters^2) under the lock. */
 static pthread_mutex_t reg_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct sk_cluster_state *reg;
+static struct sk_cluster_state **reg_tab; /* chained by hnext */
+static size_t reg_cap, reg_n;
+
+/* Host lists: one lock per stripe of clusters instead of a mutex in every
+ * cluster state (lookups happen at config-apply time only). */
+#define HOST_LOCKS 16
+static pthread_mutex_t host_locks[HOST_LOCKS] = {
+    PTHREAD_MUTEX_INITIALIZER, PTHREAD_MUTEX_INITIALIZER, PTHREAD_MUTEX_INITIALIZER,
+    PTHREAD_MUTEX_INITIALIZER, PTHREAD_MUTEX_INITIALIZER, PTHREAD_MUTEX_INITIALIZER,
+    PTHREAD_MUTEX_INITIALIZER, PTHREAD_MUTEX_INITIALIZER, PTHREAD_MUTEX_INITIALIZER,
+    PTHREAD_MUTEX_INITIALIZER, PTHREAD_MUTEX_INITIALIZER, PTHREAD_MUTEX_INITIALIZER,
+    PTHREAD_MUTEX_INITIALIZER, PTHREAD_MUTEX_INITIALIZER, PTHREAD_MUTEX_INITIALIZER,
+    PTHREAD_MUTEX_INITIALIZER,
+};
+
+static pthread_mutex_t *host_lock(const struct sk_cluster_state *c)
+{
+    uintptr_t p = (uintptr_t)c;
+    return &host_locks[(p >> 4 ^ p >> 10) % HOST_LOCKS];
+}
+
+void sk_cstate_lock_hosts(struct sk_cluster_state *c)
+{
+    pthread_mutex_lock(host_lock(c));
+}
+
+void sk_cstate_unlock_hosts(struct sk_cluster_state *c)
+{
+    pthread_mutex_unlock(host_lock(c));
+}
 
 int64_t sk_now_ms(void)
 {
@@ -20,49 +54,116 @@ int64_t sk_now_ms(void)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
+static uint64_t name_hash(const char *s)
+{
+    uint64_t h = 1469598103934665603ull; /* FNV-1a */
+    for (; *s; s++)
+        h = (h ^ (unsigned char)*s) * 1099511628211ull;
+    return h;
+}
+
+/* Under reg_lock, `c` already on the list. While reg_cap != 0 the table holds
+ * every cluster (a grow rebuilds it from the list; a failed grow keeps the old
+ * table, only with longer chains); with no table at all lookups scan the list. */
+static void reg_index(struct sk_cluster_state *c)
+{
+    reg_n++;
+    if (reg_n > reg_cap) {
+        size_t ncap = reg_cap ? reg_cap * 2 : 64;
+        struct sk_cluster_state **nt = calloc(ncap, sizeof(*nt));
+        if (nt) {
+            for (struct sk_cluster_state *x = reg; x; x = x->next) {
+                size_t k = name_hash(x->name) & (ncap - 1);
+                x->hnext = nt[k];
+                nt[k] = x;
+            }
+            free(reg_tab);
+            reg_tab = nt;
+            reg_cap = ncap;
+            return;
+        }
+    }
+    if (reg_cap) {
+        size_t k = name_hash(c->name) & (reg_cap - 1);
+        c->hnext = reg_tab[k];
+        reg_tab[k] = c;
+    }
+}
+
+static struct sk_cluster_state *reg_find(const char *name)
+{
+    if (reg_cap) {
+        for (struct sk_cluster_state *c = reg_tab[name_hash(name) & (reg_cap - 1)]; c; c = c->hnext)
+            if (strcmp(c->name, name) == 0)
+                return c;
+        return NULL;
+    }
+    for (struct sk_cluster_state *c = reg; c; c = c->next)
+        if (strcmp(c->name, name) == 0)
+            return c;
+    return NULL;
+}
+
 struct sk_cluster_state *sk_cstate_get(const char *name)
 {
     pthread_mutex_lock(&reg_lock);
-    struct sk_cluster_state *c;
-    for (c = reg; c; c = c->next)
-        if (strcmp(c->name, name) == 0)
-            break;
+    struct sk_cluster_state *c = reg_find(name);
     if (!c) {
-        c = calloc(1, sizeof(*c));
+        size_t len = strlen(name);
+        c = calloc(1, sizeof(*c) + len + 1);
         if (c) {
-            c->name = strdup(name);
-            if (!c->name) {
-                free(c);
-                c = NULL;
-            } else {
-                pthread_mutex_init(&c->lock, NULL);
-                c->next = reg;
-                reg = c;
-            }
+            memcpy(c->name, name, len + 1);
+            c->next = reg;
+            reg = c;
+            reg_index(c);
         }
     }
     pthread_mutex_unlock(&reg_lock);
     return c;
 }
 
+static const unsigned char *addr_bytes(const struct sockaddr_storage *ss)
+{
+    return (const unsigned char *)ss;
+}
+
+bool sk_hstate_addr_eq(const struct sk_host_state *h, const struct sk_sockaddr *a)
+{
+    return h->addr_len == a->len && memcmp(h->tail, addr_bytes(&a->ss), a->len) == 0;
+}
+
+void sk_hstate_addr(const struct sk_host_state *h, struct sk_sockaddr *out)
+{
+    memset(out, 0, sizeof(*out));
+    memcpy(&out->ss, h->tail, h->addr_len);
+    out->len = (socklen_t)h->addr_len;
+}
+
 struct sk_host_state *sk_hstate_get(struct sk_cluster_state *c, const struct sk_sockaddr *a)
 {
-    pthread_mutex_lock(&c->lock);
+    size_t alen = a->len <= sizeof(a->ss) ? a->len : sizeof(a->ss);
+    pthread_mutex_t *lk = host_lock(c);
+    pthread_mutex_lock(lk);
     struct sk_host_state *h;
     for (h = c->hosts; h; h = h->next)
-        if (h->addr.len == a->len && memcmp(&h->addr.ss, &a->ss, a->len) == 0)
+        if (h->addr_len == alen && memcmp(h->tail, addr_bytes(&a->ss), alen) == 0)
             break;
     if (!h) {
-        h = calloc(1, sizeof(*h));
+        char text[INET6_ADDRSTRLEN + 16];
+        sk_addr_str(a, text, sizeof(text));
+        size_t tlen = strlen(text);
+        h = calloc(1, offsetof(struct sk_host_state, tail) + alen + tlen + 1);
         if (h) {
             h->cl = c;
-            h->addr = *a;
-            sk_addr_str(a, h->addr_str, sizeof(h->addr_str));
+            h->addr_len = (uint32_t)alen;
+            memcpy(h->tail, addr_bytes(&a->ss), alen);
+            memcpy(h->tail + alen, text, tlen + 1);
+            h->addr_str = (const char *)h->tail + alen;
             h->next = c->hosts;
             c->hosts = h;
         }
     }
-    pthread_mutex_unlock(&c->lock);
+    pthread_mutex_unlock(lk);
     return h;
 }
 
@@ -79,6 +180,9 @@ void sk_cstate_free_all(void)
     pthread_mutex_lock(&reg_lock);
     struct sk_cluster_state *c = reg;
     reg = NULL;
+    free(reg_tab);
+    reg_tab = NULL;
+    reg_cap = reg_n = 0;
     pthread_mutex_unlock(&reg_lock);
     while (c) {
         struct sk_cluster_state *n = c->next;
@@ -88,8 +192,6 @@ void sk_cstate_free_all(void)
             free(h);
             h = hn;
         }
-        pthread_mutex_destroy(&c->lock);
-        free(c->name);
         free(c);
         c = n;
     }
@@ -104,8 +206,7 @@ static void clear_if_expired(struct sk_host_state *h, int64_t now_ms)
     if (until != 0 && until <= now_ms &&
         atomic_compare_exchange_strong(&h->ejected_until_ms, &until, 0)) {
         atomic_fetch_sub(&h->cl->ejected_hosts, 1);
-        sk_info("outlier: host %s of cluster %s returns after ejection", h->addr_str,
-                h->cl->name);
+        sk_info("outlier: host %s of cluster %s returns after ejection", h->addr_str, h->cl->name);
     }
 }
 
@@ -128,8 +229,8 @@ static bool eject(struct sk_host_state *h, const struct sk_outlier *od, size_t n
         return false;
     atomic_fetch_add(&h->cl->ejected_hosts, 1);
     atomic_fetch_add(&h->cl->outlier_ejections_total, 1);
-    sk_warn("outlier: ejecting host %s of cluster %s for %llu ms (%s, ejection #%u)",
-            h->addr_str, h->cl->name, (unsigned long long)t, why, k);
+    sk_warn("outlier: ejecting host %s of cluster %s for %llu ms (%s, ejection #%u)", h->addr_str,
+            h->cl->name, (unsigned long long)t, why, k);
     return true;
 }
 

@@ -169,7 +169,7 @@ struct sk_upconn *sk_upconn_acquire(struct sk_host *h, const struct sk_upconn_cb
     u->ctx = ctx;
     u->req_flags = req_flags;
     u->id = ++w->next_conn_id;
-    u->fd = sk_connect_socket(&h->addr);
+    u->fd = sk_host_connect(h);
     u->tp.fd = u->fd;
     u->tp.ssl = NULL;
     sk_stat_add(&w->stats, SK_ST_upstream_cx_total, 1);

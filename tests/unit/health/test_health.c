@@ -853,6 +853,67 @@ static void test_dns_hosts(void)
     reset_all();
 }
 
+/* A restart that changes the number of checkers per host (each host's
+ * checkers live in its own allocation, which then moves): every host of the
+ * cluster keeps its verdict and runs the new set of checkers. */
+static void test_restart_check_count(void)
+{
+    srv_reset(M_200);
+    int dead1 = closed_port(), dead2 = closed_port();
+    struct sk_snapshot *s = snap_new();
+    struct sk_cluster *c = add_cluster(s, "cnt", SK_CLUSTER_STATIC);
+    add_ep(s, c, dead1);
+    add_ep(s, c, S.port);
+    add_ep(s, c, dead2);
+    struct sk_health_check *h = add_hc(s, c, SK_HC_HTTP);
+    h->unhealthy_threshold = 1;
+    apply(snap_done(s));
+    CHECK(RUN_UNTIL(status_of("cnt", S.port) == SK_HC_HEALTHY &&
+                        status_of("cnt", dead1) == SK_HC_UNHEALTHY &&
+                        status_of("cnt", dead2) == SK_HC_UNHEALTHY,
+                    5));
+    /* only the HTTP checker: every accepted connection carries a request */
+    run_for(0.1);
+    int gap0 = atomic_load(&S.accepts) - atomic_load(&S.requests);
+    CHECK(gap0 <= 1);
+
+    /* two checkers: HTTP + TCP connect-only (accepted, no request) */
+    s = snap_new();
+    c = add_cluster(s, "cnt", SK_CLUSTER_STATIC);
+    add_ep(s, c, dead1);
+    add_ep(s, c, S.port);
+    add_ep(s, c, dead2);
+    h = add_hc(s, c, SK_HC_HTTP);
+    h->unhealthy_threshold = 1;
+    h = add_hc(s, c, SK_HC_TCP);
+    h->unhealthy_threshold = 1;
+    apply(snap_done(s));
+    CHECK_EQ(status_of("cnt", dead1), SK_HC_UNHEALTHY);
+    CHECK_EQ(status_of("cnt", dead2), SK_HC_UNHEALTHY);
+    CHECK(RUN_UNTIL(atomic_load(&S.accepts) - atomic_load(&S.requests) >= gap0 + 3, 5));
+    long long r0 = atomic_load(&S.requests);
+    CHECK(RUN_UNTIL(atomic_load(&S.requests) >= r0 + 3, 5)); /* HTTP still runs */
+    CHECK_EQ(status_of("cnt", S.port), SK_HC_HEALTHY);
+    CHECK_EQ(status_of("cnt", dead1), SK_HC_UNHEALTHY);
+
+    /* back to one checker (TCP only): no more requests, still checked */
+    s = snap_new();
+    c = add_cluster(s, "cnt", SK_CLUSTER_STATIC);
+    add_ep(s, c, dead1);
+    add_ep(s, c, S.port);
+    add_ep(s, c, dead2);
+    h = add_hc(s, c, SK_HC_TCP);
+    h->unhealthy_threshold = 1;
+    apply(snap_done(s));
+    run_for(0.1); /* a check in flight at the switch may still send its request */
+    long long r1 = atomic_load(&S.requests), a1 = atomic_load(&S.accepts);
+    CHECK(RUN_UNTIL(atomic_load(&S.accepts) >= a1 + 3, 5));
+    CHECK_EQ(atomic_load(&S.requests), r1);
+    CHECK_EQ(status_of("cnt", S.port), SK_HC_HEALTHY);
+    CHECK_EQ(status_of("cnt", dead2), SK_HC_UNHEALTHY);
+    reset_all();
+}
+
 /* Several checkers: unhealthy while any says so. Also jitter bounds. */
 static void test_multi_and_jitter(void)
 {
@@ -919,6 +980,7 @@ int main(void)
     test_removal_mid_check();
     test_reapply();
     test_dns_hosts();
+    test_restart_check_count();
     test_multi_and_jitter();
 
     sk_health_stop_all();
