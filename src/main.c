@@ -344,8 +344,11 @@ static void od_cb(struct ev_loop *loop, ev_timer *t, int revents)
                 hs[n++] = sk_hstate_get(cs, &dc->eps[i].addrs[j]);
     } else {
         for (size_t i = 0; i < c->nendpoints && n < cap; i++)
-            if (c->endpoints[i].addr.len)
-                hs[n++] = sk_hstate_get(cs, &c->endpoints[i].addr);
+            if (sk_endpoint_has_addr(&c->endpoints[i])) {
+                struct sk_sockaddr a;
+                sk_endpoint_addr(&c->endpoints[i], &a);
+                hs[n++] = sk_hstate_get(cs, &a);
+            }
     }
     size_t k = 0;
     for (size_t i = 0; i < n; i++)

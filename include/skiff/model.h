@@ -20,6 +20,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 #include <sys/socket.h>
 
 #include "skiff/arena.h"
@@ -487,14 +488,63 @@ enum sk_health_status {
     SK_HEALTH_DEGRADED = 5,
 };
 
-struct sk_endpoint { /* LbEndpoint */
-    char *host;           /* as configured: IP literal, or hostname for DNS clusters */
+/* LbEndpoint. Kept compact (issue 7: 10k clusters x 5 endpoints): 56 bytes.
+ * The resolved address is an inline IPv4/IPv6 socket address; a Unix socket
+ * (pipe: the xDS cluster only) is held in full behind `pipe`. Read it with
+ * sk_endpoint_addr(). */
+struct sk_endpoint {
+    char *host;               /* as configured: IP literal, or hostname for DNS clusters */
+    struct sk_sockaddr *pipe; /* unix socket endpoint (same arena); NULL otherwise */
+    union {
+        struct sockaddr sa;
+        struct sockaddr_in in;
+        struct sockaddr_in6 in6;
+    } ip; /* resolved for STATIC/EDS and IP literals; sa_family 0 = none (DNS
+             hostname, or pipe) */
     uint16_t port;
-    struct sk_sockaddr addr; /* resolved for STATIC/EDS; zero len for DNS clusters */
-    uint32_t weight;      /* load_balancing_weight, default 1 */
-    int health;           /* enum sk_health_status from config */
-    uint32_t priority;    /* locality priority */
+    uint8_t health;    /* enum sk_health_status from config */
+    uint32_t weight;   /* load_balancing_weight, default 1 */
+    uint32_t priority; /* locality priority */
 };
+
+/* Has the endpoint a resolved address (IP or pipe)? */
+static inline bool sk_endpoint_has_addr(const struct sk_endpoint *e)
+{
+    return e->pipe || e->ip.sa.sa_family == AF_INET || e->ip.sa.sa_family == AF_INET6;
+}
+
+/* The endpoint's address as a full socket address (len 0 when it has none). */
+static inline void sk_endpoint_addr(const struct sk_endpoint *e, struct sk_sockaddr *out)
+{
+    if (e->pipe) {
+        *out = *e->pipe;
+        return;
+    }
+    memset(out, 0, sizeof(*out));
+    if (e->ip.sa.sa_family == AF_INET) {
+        memcpy(&out->ss, &e->ip.in, sizeof(e->ip.in));
+        out->len = sizeof(e->ip.in);
+    } else if (e->ip.sa.sa_family == AF_INET6) {
+        memcpy(&out->ss, &e->ip.in6, sizeof(e->ip.in6));
+        out->len = sizeof(e->ip.in6);
+    }
+}
+
+/* Stores an IPv4/IPv6 address in e (false for any other family: the caller
+ * keeps a pipe address through e->pipe). */
+static inline bool sk_endpoint_set_ip(struct sk_endpoint *e, const struct sk_sockaddr *a)
+{
+    memset(&e->ip, 0, sizeof(e->ip));
+    if (a->len == sizeof(struct sockaddr_in) && a->ss.ss_family == AF_INET) {
+        memcpy(&e->ip.in, &a->ss, sizeof(e->ip.in));
+        return true;
+    }
+    if (a->len == sizeof(struct sockaddr_in6) && a->ss.ss_family == AF_INET6) {
+        memcpy(&e->ip.in6, &a->ss, sizeof(e->ip.in6));
+        return true;
+    }
+    return false;
+}
 
 struct sk_circuit_breakers { /* DEFAULT priority thresholds; issue 5 */
     uint32_t max_connections;      /* default 1024 */

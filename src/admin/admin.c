@@ -306,6 +306,10 @@ static void cl_free(struct cl_list *l)
     free(l->cfg);
 }
 
+static size_t cfg_hosts(const struct sk_cluster *c,
+                        void (*fn)(struct sk_buf *b, const char *cl, const char *addr, bool first),
+                        struct sk_buf *b);
+
 /* ---- histograms, merged over workers --------------------------------------------- */
 
 struct hists {
@@ -828,6 +832,8 @@ static void stats_prom(struct sk_buf *b)
             mem[k].healthy += sk_hstate_usable(h, now);
         }
         sk_cstate_unlock_hosts(cs);
+        if (mem[k].total == 0) /* no host states yet: the configured hosts, all usable */
+            mem[k].total = mem[k].healthy = cfg_hosts(cls.cfg[k], NULL, NULL);
         LIT(b, "skiff_cluster_hosts{cluster=\"");
         prom_label(b, cs->name);
         sk_buf_appendf(b, "\"} %zu\n", mem[k].total);
@@ -912,6 +918,66 @@ static void stats_prom(struct sk_buf *b)
 
 /* ---- /clusters ------------------------------------------------------------------------ */
 
+/* Host states are created when a cluster's hosts are first needed (a worker
+ * routes to it, health checks, outlier detection, DNS answers; issue 7). A
+ * STATIC / EDS cluster without any lists the snapshot's endpoints instead,
+ * with default state (healthy, not ejected, zero counters), in the order the
+ * host states would have (newest first, each address once). Returns the
+ * number of hosts; fn may be NULL (count only). */
+static size_t cfg_hosts(const struct sk_cluster *c,
+                        void (*fn)(struct sk_buf *b, const char *cl, const char *addr, bool first),
+                        struct sk_buf *b)
+{
+    if (!c || (c->type != SK_CLUSTER_STATIC && c->type != SK_CLUSTER_EDS))
+        return 0;
+    size_t n = 0;
+    for (size_t i = c->nendpoints; i-- > 0;) {
+        const struct sk_endpoint *e = &c->endpoints[i];
+        if (!sk_endpoint_has_addr(e))
+            continue;
+        bool dup = false;
+        for (size_t j = 0; j < i && !dup; j++) {
+            const struct sk_endpoint *o = &c->endpoints[j];
+            dup = e->pipe ? o->pipe && e->pipe->len == o->pipe->len &&
+                                memcmp(&e->pipe->ss, &o->pipe->ss, e->pipe->len) == 0
+                          : !o->pipe && memcmp(&e->ip, &o->ip, sizeof(e->ip)) == 0;
+        }
+        if (dup)
+            continue;
+        if (fn) {
+            struct sk_sockaddr a;
+            char text[128];
+            sk_endpoint_addr(e, &a);
+            sk_addr_str(&a, text, sizeof(text));
+            fn(b, c->name, text, n == 0);
+        }
+        n++;
+    }
+    return n;
+}
+
+static void cfg_host_text(struct sk_buf *b, const char *cl, const char *addr, bool first)
+{
+    (void)first;
+    sk_buf_appendf(b,
+                   "%s::%s::health_flags::healthy\n%s::%s::active_hc::unknown\n"
+                   "%s::%s::ejections::0\n%s::%s::rq_active::0\n%s::%s::rq_total::0\n"
+                   "%s::%s::rq_error::0\n%s::%s::success_rate::100.0\n"
+                   "%s::%s::ewma_latency_us::0\n",
+                   cl, addr, cl, addr, cl, addr, cl, addr, cl, addr, cl, addr, cl, addr, cl, addr);
+}
+
+static void cfg_host_json(struct sk_buf *b, const char *cl, const char *addr, bool first)
+{
+    (void)cl;
+    (first ? LIT(b, "{\"address\": ") : LIT(b, ", {\"address\": "));
+    json_str(b, addr);
+    LIT(b, ", \"health_flags\": \"healthy\", \"active_hc\": \"unknown\", \"ejected\": false, "
+           "\"ejected_for_ms\": 0, \"ejections\": 0, \"rq_active\": 0, "
+           "\"rq_total\": 0, \"rq_error\": 0, \"success_rate\": 100.0, "
+           "\"ewma_latency_us\": 0}");
+}
+
 #define REM(lim, used) ((long long)(lim) - (used) > 0 ? (long long)(lim) - (used) : 0)
 
 static const char *host_flags(int hc, bool ejected)
@@ -976,7 +1042,10 @@ static void clusters_text(struct sk_buf *b)
             sk_buf_appendf(b, "%s::%s::ewma_latency_us::%llu\n", cs->name, h->addr_str,
                            (unsigned long long)atomic_load(&h->ewma_us));
         }
+        bool none = !cs->hosts;
         sk_cstate_unlock_hosts(cs);
+        if (none)
+            cfg_hosts(cls.cfg[k], cfg_host_text, b);
     }
     cl_free(&cls);
 }
@@ -1044,6 +1113,8 @@ static void clusters_json(struct sk_buf *b)
                            (unsigned long long)atomic_load(&h->ewma_us));
         }
         sk_cstate_unlock_hosts(cs);
+        if (first)
+            cfg_hosts(cls.cfg[k], cfg_host_json, b);
         LIT(b, "]}");
     }
     LIT(b, "\n]}\n");

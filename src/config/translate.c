@@ -4002,7 +4002,13 @@ static void endpoints(struct tr *t, const PbCla *la, struct sk_cluster *c)
                 c->type == SK_CLUSTER_STATIC || c->type == SK_CLUSTER_EDS ? ADDR_NEED_IP : 0;
             if (c->type == SK_CLUSTER_STATIC)
                 flags |= ADDR_PIPE_OK; /* allowed for the xDS cluster only (checked later) */
-            bool ok = address(t, lb->endpoint->address, flags, &ep->host, &ep->port, &ep->addr);
+            struct sk_sockaddr sa = {0};
+            bool ok = address(t, lb->endpoint->address, flags, &ep->host, &ep->port, &sa);
+            if (ok && sa.len && !sk_endpoint_set_ip(ep, &sa) && sa.ss.ss_family == AF_UNIX) {
+                ep->pipe = alarr(t, 1, sizeof(*ep->pipe)); /* NULL: t->oom is set */
+                if (ep->pipe)
+                    *ep->pipe = sa;
+            }
             pop(t, oa);
             pop(t, oe);
             ep->weight = u32w(lb->load_balancing_weight, 1);
@@ -4010,7 +4016,7 @@ static void endpoints(struct tr *t, const PbCla *la, struct sk_cluster *c)
                 err(t, "load_balancing_weight", "load_balancing_weight must be at least 1");
             if ((unsigned)lb->health_status > SK_HEALTH_DEGRADED)
                 err(t, "health_status", "unknown health_status");
-            ep->health = (int)lb->health_status;
+            ep->health = (uint8_t)lb->health_status;
             ep->priority = le->priority;
             if (ok)
                 c->nendpoints++;
@@ -4415,7 +4421,7 @@ int sk_snapshot_build(const struct Envoy__Config__Bootstrap__V3__Bootstrap *bs,
     for (size_t i = 0; i < s->nclusters; i++) {
         const struct sk_cluster *c = &s->clusters[i];
         for (size_t e = 0; e < c->nendpoints; e++)
-            if (c->endpoints[e].addr.ss.ss_family == AF_UNIX && c != s->xds.cluster) {
+            if (c->endpoints[e].pipe && c != s->xds.cluster) {
                 size_t o = push(t, "static_resources.clusters[%zu]", c->index);
                 err(t, "load_assignment",
                     "pipe (unix socket) endpoints are only supported for the xDS (ADS) cluster");
@@ -4468,6 +4474,11 @@ static void own_endpoints(struct tr *t, struct sk_cluster *c)
     for (size_t i = 0; v && i < c->nendpoints; i++) {
         v[i] = c->endpoints[i];
         v[i].host = dup(t, c->endpoints[i].host);
+        if (c->endpoints[i].pipe) {
+            v[i].pipe = alarr(t, 1, sizeof(*v[i].pipe));
+            if (v[i].pipe)
+                *v[i].pipe = *c->endpoints[i].pipe;
+        }
     }
     c->endpoints = v;
     if (!v)
@@ -4545,7 +4556,7 @@ int sk_snapshot_derive_endpoints(struct sk_snapshot *s, size_t idx, const PbCla 
     tmp.nendpoints = 0;
     endpoints(t, la, &tmp);
     for (size_t e = 0; e < tmp.nendpoints; e++)
-        if (tmp.endpoints[e].addr.ss.ss_family == AF_UNIX) {
+        if (tmp.endpoints[e].pipe) {
             err(t, "load_assignment",
                 "pipe (unix socket) endpoints are only supported for the xDS (ADS) cluster");
             break;

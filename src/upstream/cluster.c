@@ -8,6 +8,9 @@
 #include "skiff/net.h"
 #include "skiff/upstream.h"
 
+/* issue 7: endpoint records of a 10k-cluster snapshot stay small */
+_Static_assert(sizeof(struct sk_endpoint) <= 64, "struct sk_endpoint grew past 64 bytes");
+
 void sk_host_ref(struct sk_host *h)
 {
     h->refs++;
@@ -96,7 +99,10 @@ static bool set_hosts(struct sk_cluster_rt *c, const struct sk_endpoint *eps,
         return false;
     size_t k = 0;
     for (size_t i = 0; i < n; i++) {
-        const struct sk_sockaddr *a = eps ? &eps[i].addr : &addrs[i];
+        struct sk_sockaddr ea;
+        if (eps)
+            sk_endpoint_addr(&eps[i], &ea);
+        const struct sk_sockaddr *a = eps ? &ea : &addrs[i];
         uint32_t weight = eps ? eps[i].weight : 1;
         int health = eps ? eps[i].health : 0;
         struct sk_host *h = NULL;
@@ -283,14 +289,11 @@ void sk_clusters_apply(struct sk_worker *w, struct sk_snapshot *snap)
              * connections of unchanged hosts are kept as before. */
             if (fresh)
                 c->lazy = true;
-            if (!c->lazy) {
+            /* The process-wide host states are created with the hosts (or
+             * by health checking / outlier detection), not here: admin lists
+             * a cluster without any from the snapshot's endpoints. */
+            if (!c->lazy)
                 set_hosts_cfg(c);
-            } else if (c->cs) {
-                /* the process-wide host states exist from the start, as
-                 * before: admin /clusters lists every configured host */
-                for (size_t j = 0; j < cfg->nendpoints; j++)
-                    sk_hstate_get(c->cs, &cfg->endpoints[j].addr);
-            }
         } else if (fresh || !was_dns) {
             /* DNS clusters get hosts from the resolver (main thread); until
              * the first answer they have none */

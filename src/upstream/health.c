@@ -929,7 +929,7 @@ static void cluster_sync_hosts(struct hc_cluster *cl)
         return;
     }
     for (size_t i = 0; i < c->nendpoints; i++)
-        a[i] = c->endpoints[i].addr;
+        sk_endpoint_addr(&c->endpoints[i], &a[i]);
     sync_hosts(cl, a, c->nendpoints);
     free(a);
 }

@@ -1174,7 +1174,7 @@ static int publish_hook(void *arg, struct sk_snapshot *s)
 static bool conn_init(struct sk_ads *a, const struct sk_cluster *c, const struct sk_snapshot *snap,
                       const char *what)
 {
-    if (c->nendpoints == 0 || c->endpoints[0].addr.len == 0) {
+    if (c->nendpoints == 0 || !sk_endpoint_has_addr(&c->endpoints[0])) {
         sk_error("xds: the %s cluster '%s' needs a STATIC endpoint (IP address or pipe)", what,
                  c->name);
         return false;
@@ -1186,7 +1186,7 @@ static bool conn_init(struct sk_ads *a, const struct sk_cluster *c, const struct
     a->authority = strdup(c->name);
     if (!a->authority)
         return false;
-    a->server = c->endpoints[0].addr;
+    sk_endpoint_addr(&c->endpoints[0], &a->server);
     if (a->server.ss.ss_family == AF_UNIX) {
         const struct sockaddr_un *un = (const struct sockaddr_un *)&a->server.ss;
         snprintf(a->server_str, sizeof(a->server_str), "unix:%s", un->sun_path);

@@ -649,3 +649,41 @@ def test_access_log_json_escaping(skiff_factory, upstream, tmp_path):
     got = [json.loads(ln) for ln in log.read_text(encoding="utf-8").splitlines()]
     assert sorted(g["ua"] for g in got) == sorted(sent)  # workers flush separately
     assert all(g["code"] == 200 and g["m"] == "GET" for g in got)
+
+
+def test_unrouted_cluster_lists_configured_hosts(skiff_factory, upstream):
+    """Issue 7: host states are created when a cluster's hosts are first needed,
+    yet /clusters (text, JSON) and skiff_cluster_hosts still list every
+    configured host of a cluster no request went to, with default state, in the
+    same format as a used cluster's hosts."""
+    lp, ap = free_port(), free_port()
+    other = dead_port()
+    idle = helpers.cluster("idle", [upstream.port, other, upstream.port])  # one duplicate
+    s = skiff_factory(helpers.simple_http(lp, ap, [upstream.port], extra_clusters=[idle]),
+                      port=lp, admin_port=ap)
+    assert get(lp, "/").status == 200
+    code, body = admin_get(ap, "/clusters?format=json")
+    cj = {c["name"]: c for c in json.loads(body)["clusters"]}
+    hosts = cj["idle"]["hosts"]
+    # newest first, each address once (as host states list them)
+    assert [h["address"] for h in hosts] == ["127.0.0.1:%d" % other, "127.0.0.1:%d" % upstream.port]
+    used = cj["up"]["hosts"][0]
+    assert used["rq_total"] >= 1
+    for h in hosts:
+        assert set(h) == set(used)
+        assert h["health_flags"] == "healthy" and h["active_hc"] == "unknown"
+        assert not h["ejected"] and h["ejections"] == 0 and h["rq_total"] == 0
+        assert h["success_rate"] == 100.0
+    code, text = admin_get(ap, "/clusters")
+    a = "idle::127.0.0.1:%d::" % other
+    for line in ("health_flags::healthy", "active_hc::unknown", "ejections::0", "rq_active::0",
+                 "rq_total::0", "rq_error::0", "success_rate::100.0", "ewma_latency_us::0"):
+        assert a + line in text, line
+    assert text.count("idle::127.0.0.1:%d::health_flags::" % upstream.port) == 1
+    up_keys = {l.split("::")[2] for l in text.splitlines() if l.startswith("up::127.0.0.1:")}
+    idle_keys = {l.split("::")[2] for l in text.splitlines() if l.startswith(a)}
+    assert up_keys == idle_keys
+    code, prom = admin_get(ap, "/stats/prometheus")
+    assert 'skiff_cluster_hosts{cluster="idle"} 2\n' in prom
+    assert 'skiff_cluster_hosts_healthy{cluster="idle"} 2\n' in prom
+    assert 'skiff_cluster_hosts{cluster="up"} 1\n' in prom

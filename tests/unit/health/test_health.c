@@ -379,7 +379,8 @@ static void add_ep(struct sk_snapshot *s, struct sk_cluster *c, int port)
     struct sk_endpoint *e = &c->endpoints[c->nendpoints++];
     e->host = sk_arena_strdup(&s->arena, "127.0.0.1");
     e->port = (uint16_t)port;
-    e->addr = loop_addr(port);
+    struct sk_sockaddr a = loop_addr(port);
+    sk_endpoint_set_ip(e, &a);
     e->weight = 1;
 }
 

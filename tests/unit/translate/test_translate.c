@@ -173,9 +173,9 @@ static char *read_file(const char *path, size_t *len)
 static bool ep_is(const struct sk_endpoint *ep, const char *ip, uint16_t port)
 {
     char buf[INET6_ADDRSTRLEN];
-    if (ep->addr.ss.ss_family != AF_INET)
+    if (ep->ip.sa.sa_family != AF_INET || ep->pipe)
         return false;
-    const struct sockaddr_in *s4 = (const struct sockaddr_in *)&ep->addr.ss;
+    const struct sockaddr_in *s4 = &ep->ip.in;
     inet_ntop(AF_INET, &s4->sin_addr, buf, sizeof(buf));
     return strcmp(buf, ip) == 0 && ntohs(s4->sin_port) == port && ep->port == port;
 }
@@ -679,15 +679,15 @@ static void test_full(void)
     CHECK(a && a->peak_ewma_decay_ms == 10000);
     CHECK(a && a->nendpoints == 2 && ep_is(&a->endpoints[0], "10.0.0.1", 80));
     CHECK(a && a->endpoints[0].weight == 5 && a->endpoints[0].health == SK_HEALTH_HEALTHY);
-    CHECK(a && a->endpoints[1].priority == 1 && a->endpoints[1].addr.ss.ss_family == AF_INET6);
+    CHECK(a && a->endpoints[1].priority == 1 && a->endpoints[1].ip.sa.sa_family == AF_INET6);
     struct sk_cluster *b = sk_snapshot_find_cluster(s, "b");
     CHECK(b && b->index == 1 && b->type == SK_CLUSTER_STRICT_DNS && b->lb_policy == SK_LB_RANDOM);
     CHECK(b && b->dns_refresh_rate_ms == 30000 && b->dns_lookup_family == 1 && b->respect_dns_ttl);
     CHECK(b && b->upstream_proto == SK_UP_USE_DOWNSTREAM && b->h2_max_concurrent_streams == 9);
     CHECK(b && b->idle_timeout_ms == SK_DUR_NONE && b->max_requests_per_connection == 100);
     CHECK(b && b->nendpoints == 2 && strcmp(b->endpoints[0].host, "backend.example") == 0);
-    CHECK(b && b->endpoints[0].port == 8080 && b->endpoints[0].addr.len == 0);
-    CHECK(b && b->endpoints[1].addr.len != 0); /* IP literal in a DNS cluster: pre-resolved */
+    CHECK(b && b->endpoints[0].port == 8080 && !sk_endpoint_has_addr(&b->endpoints[0]));
+    CHECK(b && sk_endpoint_has_addr(&b->endpoints[1])); /* IP literal in a DNS cluster: pre-resolved */
     struct sk_cluster *d = sk_snapshot_find_cluster(s, "dns");
     CHECK(d && d->type == SK_CLUSTER_LOGICAL_DNS && d->nendpoints == 1);
     CHECK(d && d->upstream_proto == SK_UP_HTTP2 && d->h2_max_concurrent_streams == 100);
