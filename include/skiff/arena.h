@@ -15,6 +15,8 @@ struct sk_arena {
 void sk_arena_init(struct sk_arena *a, size_t block_size);
 /* Returns zeroed memory aligned to 16, or NULL on allocation failure. */
 void *sk_arena_alloc(struct sk_arena *a, size_t n);
+/* The same without zeroing, for callers that write every byte they use. */
+void *sk_arena_alloc_nz(struct sk_arena *a, size_t n);
 char *sk_arena_strndup(struct sk_arena *a, const char *s, size_t n);
 char *sk_arena_strdup(struct sk_arena *a, const char *s); /* NULL in -> NULL out */
 void sk_arena_free(struct sk_arena *a);                   /* frees all blocks; reusable after */

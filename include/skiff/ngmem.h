@@ -15,5 +15,7 @@ struct sk_ngmem {
 /* Fill *out with allocator callbacks that account into *m (which must
  * outlive the session). */
 void sk_ngmem_init(nghttp2_mem *out, struct sk_ngmem *m);
+/* Free the calling thread's cached small blocks (thread exit). */
+void sk_ngmem_thread_cache_free(void);
 
 #endif

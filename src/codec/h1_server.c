@@ -59,6 +59,7 @@ struct h1s {
     bool trailers_sent;
     bool minor0; /* HTTP/1.0 request */
     bool hdr_timer; /* `timer` runs request_headers_timeout for a partial head */
+    double idle_deadline; /* idle timeout: `timer` may fire earlier and re-arm (lazy) */
     union {
         struct sockaddr_in v4;
         struct sockaddr_in6 v6;
@@ -162,18 +163,28 @@ static void update_io(struct h1s *c)
     sk_io_set(c->base.w->loop, &c->io, ev);
 }
 
+/* The idle timer is armed lazily: a keep-alive connection moves its deadline
+ * on every request, but the running timer stays where it is (no heap
+ * operations per request) as long as it fires no later than the deadline;
+ * conn_timer_cb then re-arms it for what is left. */
 static void idle_timer_start(struct h1s *c)
 {
     const struct sk_hcm *hcm = c->fc->hcm;
+    struct ev_loop *loop = c->base.w->loop;
+    bool was_hdr = c->hdr_timer;
     c->hdr_timer = false;
     uint64_t ms = hcm->idle_timeout_ms;
     if (ms == SK_DUR_NONE || ms == 0) {
-        ev_timer_stop(c->base.w->loop, &c->timer);
+        ev_timer_stop(loop, &c->timer);
         return;
     }
-    ev_timer_stop(c->base.w->loop, &c->timer);
-    ev_timer_set(&c->timer, (double)ms / 1000.0, 0.);
-    ev_timer_start(c->base.w->loop, &c->timer);
+    double t = (double)ms / 1000.0;
+    c->idle_deadline = ev_now(loop) + t;
+    if (!was_hdr && ev_is_active(&c->timer) && ev_timer_remaining(loop, &c->timer) <= t)
+        return;
+    ev_timer_stop(loop, &c->timer);
+    ev_timer_set(&c->timer, t, 0.);
+    ev_timer_start(loop, &c->timer);
 }
 
 /* The first bytes of a request head are in: the whole head must follow within
@@ -762,7 +773,10 @@ static int start_stream(struct h1s *c, const struct sk_h1_msg *m, size_t head_le
     sk_buf_consume(&c->in, head_len);
     c->state = c->req_done ? S_WAIT : S_BODY;
     sk_stat_add(&w->stats, SK_ST_downstream_rq_active, 1);
-    ev_timer_stop(w->loop, &c->timer);
+    /* a request is in progress: the head timer stops; an idle timer may run
+     * on (lazy, see idle_timer_start): firing now it finds a request and stops */
+    if (c->hdr_timer)
+        ev_timer_stop(w->loop, &c->timer);
     return 0;
 }
 
@@ -996,9 +1010,9 @@ static void conn_io_cb(struct ev_loop *loop, ev_io *io, int revents)
         on_readable(c);
 }
 
-static void conn_timer_cb(struct ev_loop *loop, ev_timer *t, int revents)
+static void conn_timer_cb(struct ev_loop *loop, ev_timer *tm, int revents)
 {
-    struct h1s *c = t->data;
+    struct h1s *c = tm->data;
     if (c->state == S_LINGER) {
         conn_close(c);
         return;
@@ -1011,6 +1025,17 @@ static void conn_timer_cb(struct ev_loop *loop, ev_timer *t, int revents)
             snprintf(d, sizeof(d), "request headers not received within %llu ms",
                      (unsigned long long)c->fc->hcm->request_headers_timeout_ms);
             reply_close(c, 408, "RQT", "request header timeout", d);
+            return;
+        }
+        /* the idle timer is armed lazily: the deadline may have moved on */
+        double left = c->idle_deadline - ev_now(loop);
+        if (left > 0.001) {
+            uint64_t ms = c->fc->hcm->idle_timeout_ms;
+            double t = (double)ms / 1000.0;
+            if (ms != SK_DUR_NONE && ms != 0 && left > t)
+                left = t; /* the wall clock went back */
+            ev_timer_set(tm, left, 0.);
+            ev_timer_start(loop, tm);
             return;
         }
         sk_stat_add(&c->base.w->stats, SK_ST_downstream_cx_idle_timeout, 1);

@@ -209,6 +209,7 @@ void sk_h2_thread_cleanup(void)
     }
     stream_pool_n = 0;
     sessions_thread_cleanup();
+    sk_ngmem_thread_cache_free(); /* after the sessions: their frees land there */
 }
 
 static struct h2s *stream_alloc(void)
@@ -224,7 +225,7 @@ static struct h2s *stream_alloc(void)
     }
     s = calloc(1, sizeof(*s));
     if (s)
-        sk_arena_init(&s->st.arena, 2048);
+        sk_arena_init(&s->st.arena, 4096); /* a proxied stream needs ~2.5 KB: one block */
     return s;
 }
 
@@ -1291,7 +1292,7 @@ static void on_readable(struct h2c *c)
             return;
         }
     } else {
-        r = read(c->tp.fd, buf, sizeof(buf));
+        r = recv(c->tp.fd, buf, sizeof(buf), 0); /* recv: no VFS layer (see sk_buf_read_fd) */
         if (r < 0) {
             if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
                 return;
@@ -1463,10 +1464,12 @@ static size_t fill_settings(const struct h2c *c, nghttp2_settings_entry *iv, boo
  * encoder table cannot be rebuilt, so a non-empty one is first emptied by
  * SETTINGS_HEADER_TABLE_SIZE 0 (hibernation follows the client's ACK) and
  * the configured size is announced again on wake.
- * A connection window below the initial 65535 cannot be given to a new
- * session (only increases can be fed), so such a connection keeps its
- * session: e.g. a client with the default 65535 window that has not yet
- * returned what it received. */
+ * A new session can only be told of window increases. Our receive window
+ * must therefore be at least 65535 to hibernate. A send window below 65535
+ * (a client with the default window that has not returned what it received,
+ * as many idle clients do) is rebuilt on wake by "sending" the owed bytes as
+ * the body of a 200 on the replayed stream and dropping them; a client whose
+ * stream window is smaller than what it owes keeps its session. */
 static void try_hibernate(struct h2c *c)
 {
     nghttp2_session *ng = c->ng;
@@ -1476,11 +1479,19 @@ static void try_hibernate(struct h2c *c)
         c->payload_left || c->hblock_open || (c->max_sid && !(c->max_sid & 1)) ||
         nghttp2_session_want_write(ng) || !nghttp2_session_want_read(ng))
         return;
-    /* both connection windows must be at least the initial 65535: a new
-     * session starts there and can only be told of increases */
+    /* our receive window must be at least the initial 65535: a new session
+     * starts there and can only be told of increases. A send window below it
+     * (a client that has not returned what it received) is rebuilt on wake by
+     * sending that many DATA bytes on the replayed stream (output dropped):
+     * that needs the replayed stream and a stream window that large. */
     int32_t rw = nghttp2_session_get_local_window_size(ng);
     int32_t sw = nghttp2_session_get_remote_window_size(ng);
-    if (rw < NGHTTP2_INITIAL_CONNECTION_WINDOW_SIZE || sw < NGHTTP2_INITIAL_CONNECTION_WINDOW_SIZE)
+    if (rw < NGHTTP2_INITIAL_CONNECTION_WINDOW_SIZE || sw < 0)
+        return;
+    if (sw < NGHTTP2_INITIAL_CONNECTION_WINDOW_SIZE &&
+        (!c->max_sid ||
+         (uint32_t)(NGHTTP2_INITIAL_CONNECTION_WINDOW_SIZE - sw) >
+             nghttp2_session_get_remote_settings(ng, NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE)))
         return;
     if (c->table_sent != 0 && (c->table_sent != NGHTTP2_DEFAULT_HEADER_TABLE_SIZE ||
                                nghttp2_session_get_hd_inflate_dynamic_table_size(ng) > 0)) {
@@ -1524,6 +1535,23 @@ static uint8_t *put_u32(uint8_t *p, uint32_t v)
     p[2] = (uint8_t)(v >> 8);
     p[3] = (uint8_t)v;
     return p + 4;
+}
+
+/* DATA source of the response that rebuilds a send window (see wake):
+ * `owed` zero bytes, then END_STREAM. */
+static ssize_t owed_read_cb(nghttp2_session *ng, int32_t id, uint8_t *buf, size_t len,
+                            uint32_t *flags, nghttp2_data_source *src, void *ud)
+{
+    (void)ng;
+    (void)id;
+    (void)ud;
+    size_t *owed = src->ptr;
+    size_t n = len < *owed ? len : *owed;
+    memset(buf, 0, n);
+    *owed -= n;
+    if (*owed == 0)
+        *flags |= NGHTTP2_DATA_FLAG_EOF;
+    return (ssize_t)n;
 }
 
 static int drop_output(nghttp2_session *ng)
@@ -1585,9 +1613,24 @@ static bool wake(struct h2c *c)
         if (r != w - in)
             rv = r < 0 ? (int)r : NGHTTP2_ERR_PROTO;
     }
-    if (rv == 0 && c->max_sid)
+    if (rv == 0 && c->snd_win < NGHTTP2_INITIAL_CONNECTION_WINDOW_SIZE) {
+        /* the client still owes us window: "send" that many DATA bytes on the
+         * replayed stream (a 200 whose body ends it) and drop them, so the new
+         * session's send window is where the old one was. :status 200 is a
+         * static-table entry: our HPACK encoder's table stays as it is. */
+        static const nghttp2_nv st200 = {(uint8_t *)":status", (uint8_t *)"200", 7, 3,
+                                         NGHTTP2_NV_FLAG_NONE};
+        size_t owed = (size_t)(NGHTTP2_INITIAL_CONNECTION_WINDOW_SIZE - c->snd_win);
+        nghttp2_data_provider dp = {.source.ptr = &owed, .read_callback = owed_read_cb};
+        rv = nghttp2_submit_response(ng, (int32_t)c->max_sid, &st200, 1, &dp);
+        if (rv == 0)
+            rv = drop_output(ng);
+        if (rv == 0 && (owed || nghttp2_session_get_remote_window_size(ng) != c->snd_win))
+            rv = NGHTTP2_ERR_INVALID_STATE;
+    } else if (rv == 0 && c->max_sid) {
         rv = nghttp2_submit_rst_stream(ng, NGHTTP2_FLAG_NONE, (int32_t)c->max_sid,
                                        NGHTTP2_NO_ERROR);
+    }
     if (rv == 0)
         rv = drop_output(ng);
     c->restoring = false;

@@ -10,12 +10,47 @@ struct mem_hdr {
     size_t pad; /* keep 16-byte alignment */
 };
 
+/* Per-thread free lists for small blocks, by 64-byte size class. nghttp2
+ * allocates ~6 small objects per stream (stream, header buffers, outbound
+ * items) and frees them when the stream closes; with hundreds of streams in
+ * flight glibc's tcache (7 per size) misses and every one goes through
+ * _int_malloc/_int_free. A class's blocks are always allocated at the class
+ * size, so any request of that class fits. Bounded in bytes per thread; a session's
+ * accounting (used/cap) still counts the requested bytes. */
+#define SMALL_MAX 512
+#define CLASS_SZ 64
+#define NCLASS (SMALL_MAX / CLASS_SZ)
+#define CACHE_BYTES_MAX (256 * 1024) /* per thread: streams come and go in bursts */
+struct free_blk {
+    struct free_blk *next;
+};
+static __thread struct free_blk *free_list[NCLASS];
+static __thread size_t free_bytes;
+
+static inline unsigned size_class(size_t n)
+{
+    return n ? (unsigned)((n - 1) / CLASS_SZ) : 0; /* n <= SMALL_MAX: 0 .. NCLASS-1 */
+}
+
 static void *ng_malloc(size_t n, void *ud)
 {
     struct sk_ngmem *m = ud;
     if (n > m->cap || m->used + n > m->cap)
         return NULL;
-    struct mem_hdr *h = malloc(sizeof(*h) + n);
+    struct mem_hdr *h;
+    if (n <= SMALL_MAX) {
+        unsigned k = size_class(n);
+        struct free_blk *f = free_list[k];
+        if (f) {
+            free_list[k] = f->next;
+            free_bytes -= (size_t)(k + 1) * CLASS_SZ;
+            h = (struct mem_hdr *)f;
+        } else {
+            h = malloc(sizeof(*h) + (size_t)(k + 1) * CLASS_SZ);
+        }
+    } else {
+        h = malloc(sizeof(*h) + n);
+    }
     if (!h)
         return NULL;
     h->n = n;
@@ -29,8 +64,32 @@ static void ng_free(void *p, void *ud)
         return;
     struct sk_ngmem *m = ud;
     struct mem_hdr *h = (struct mem_hdr *)p - 1;
-    m->used -= h->n;
+    size_t n = h->n;
+    m->used -= n;
+    if (n <= SMALL_MAX) {
+        unsigned k = size_class(n);
+        size_t sz = (size_t)(k + 1) * CLASS_SZ;
+        if (free_bytes + sz <= CACHE_BYTES_MAX) {
+            struct free_blk *f = (struct free_blk *)h;
+            f->next = free_list[k];
+            free_list[k] = f;
+            free_bytes += sz;
+            return;
+        }
+    }
     free(h);
+}
+
+void sk_ngmem_thread_cache_free(void)
+{
+    for (unsigned k = 0; k < NCLASS; k++) {
+        while (free_list[k]) {
+            struct free_blk *f = free_list[k];
+            free_list[k] = f->next;
+            free(f);
+        }
+    }
+    free_bytes = 0;
 }
 
 static void *ng_calloc(size_t nm, size_t sz, void *ud)
@@ -52,6 +111,18 @@ static void *ng_realloc(void *p, size_t n, void *ud)
     size_t old = h->n;
     if (n > old && m->used + (n - old) > m->cap)
         return NULL;
+    if (n <= SMALL_MAX || old <= SMALL_MAX) {
+        /* a small block's real size is its class's: move it (nghttp2
+         * reallocates only its rare growing buffers) */
+        m->used -= old; /* the cap applies to the new size only, as for realloc */
+        void *q = ng_malloc(n, ud);
+        m->used += old;
+        if (!q)
+            return NULL;
+        memcpy(q, p, old < n ? old : n);
+        ng_free(p, ud);
+        return q;
+    }
     struct mem_hdr *nh = realloc(h, sizeof(*nh) + n);
     if (!nh)
         return NULL;

@@ -18,7 +18,7 @@ void sk_arena_init(struct sk_arena *a, size_t block_size)
     a->total = 0;
 }
 
-void *sk_arena_alloc(struct sk_arena *a, size_t n)
+void *sk_arena_alloc_nz(struct sk_arena *a, size_t n)
 {
     n = (n + 15) & ~(size_t)15;
     if (n == 0)
@@ -45,13 +45,20 @@ void *sk_arena_alloc(struct sk_arena *a, size_t n)
     void *p = b->mem + b->used;
     b->used += n;
     a->total += n;
-    memset(p, 0, n);
+    return p;
+}
+
+void *sk_arena_alloc(struct sk_arena *a, size_t n)
+{
+    void *p = sk_arena_alloc_nz(a, n);
+    if (p)
+        memset(p, 0, n);
     return p;
 }
 
 char *sk_arena_strndup(struct sk_arena *a, const char *s, size_t n)
 {
-    char *p = sk_arena_alloc(a, n + 1);
+    char *p = sk_arena_alloc_nz(a, n + 1);
     if (!p)
         return NULL;
     memcpy(p, s, n);

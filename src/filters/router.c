@@ -258,9 +258,8 @@ static bool hop_by_hop(const char *n, uint32_t l)
 }
 
 /* Names listed in Connection: are hop-by-hop too (RFC 9110 7.6.1). */
-static bool named_in_connection(const struct sk_hdrs *h, const char *n, uint32_t l)
+static bool named_in_connection(const struct sk_hdr *c, const char *n, uint32_t l)
 {
-    struct sk_hdr *c = sk_hdrs_get(h, "connection", 10);
     if (!c)
         return false;
     char tok[64];
@@ -339,11 +338,12 @@ static int encode_request_head(struct sk_stream *st)
         rh.authority_len = st->authority_len;
     }
     /* copy end-to-end headers into a mutable list */
+    const struct sk_hdr *conn_hdr = sk_hdrs_get(&st->req, "connection", 10); /* looked up once */
     for (uint32_t i = 0; i < st->req.n; i++) {
         const struct sk_hdr *x = &st->req.v[i];
         if (x->nlen == 4 && memcmp(x->name, "host", 4) == 0)
             continue;
-        if (hop_by_hop(x->name, x->nlen) || named_in_connection(&st->req, x->name, x->nlen))
+        if (hop_by_hop(x->name, x->nlen) || named_in_connection(conn_hdr, x->name, x->nlen))
             continue;
         if (x->name[0] == ':')
             continue;

@@ -39,11 +39,18 @@ static bool all_zero(const uint8_t *p, size_t n)
 
 void sk_trace_hex(char *out, const uint8_t *p, size_t n)
 {
-    static const char hx[] = "0123456789abcdef";
-    for (size_t i = 0; i < n; i++) {
-        out[2 * i] = hx[p[i] >> 4];
-        out[2 * i + 1] = hx[p[i] & 15];
-    }
+    /* one table lookup per byte (ids are formatted on every request) */
+#define H2(x) "0123456789abcdef"[(x) >> 4], "0123456789abcdef"[(x)&15]
+#define H8(x)                                                                                      \
+    H2(x), H2((x) + 1), H2((x) + 2), H2((x) + 3), H2((x) + 4), H2((x) + 5), H2((x) + 6), H2((x) + 7)
+#define H32(x) H8(x), H8((x) + 8), H8((x) + 16), H8((x) + 24)
+    static const char hx2[512] = {H32(0),   H32(32),  H32(64),  H32(96),
+                                  H32(128), H32(160), H32(192), H32(224)};
+#undef H32
+#undef H8
+#undef H2
+    for (size_t i = 0; i < n; i++)
+        memcpy(out + 2 * i, hx2 + 2 * p[i], 2);
 }
 
 bool sk_trace_parse_traceparent(const char *v, size_t n, struct sk_trace_ctx *out)
@@ -271,6 +278,27 @@ static const char *hdr_val(struct sk_stream *st, const char *name, size_t nl, si
     return h->value;
 }
 
+/* Which tracing headers the request carries, found in one pass (most
+ * requests carry none: then no per-name lookups at all). */
+enum { TH_B3M = 1, TH_B3S = 2, TH_TP = 4, TH_CLIENT = 8 };
+static unsigned trace_hdrs_present(const struct sk_hdrs *h)
+{
+    unsigned m = 0;
+    for (uint32_t i = 0; i < h->n; i++) {
+        const char *n = h->v[i].name;
+        uint32_t l = h->v[i].nlen;
+        if (l >= 5 && memcmp(n, "x-b3-", 5) == 0)
+            m |= TH_B3M;
+        else if (l == 2 && memcmp(n, "b3", 2) == 0)
+            m |= TH_B3S;
+        else if (l == 11 && memcmp(n, "traceparent", 11) == 0)
+            m |= TH_TP;
+        else if (l == 17 && memcmp(n, "x-client-trace-id", 17) == 0)
+            m |= TH_CLIENT;
+    }
+    return m;
+}
+
 static bool chance(struct sk_stream *st, uint32_t ppm)
 {
     return ppm >= 1000000u || (ppm > 0 && sk_worker_rand(st->w) % 1000000u < ppm);
@@ -278,10 +306,11 @@ static bool chance(struct sk_stream *st, uint32_t ppm)
 
 /* No incoming decision: the HCM's tracing sampling decides (Envoy's order:
  * client-requested via x-client-trace-id, else random; overall caps both). */
-static int sample_decision(struct sk_stream *st)
+static int sample_decision(struct sk_stream *st, unsigned present)
 {
     const struct sk_hcm *h = st->hcm;
-    bool s = (sk_hdrs_get(&st->req, "x-client-trace-id", 17) && chance(st, h->trace_client_ppm)) ||
+    bool s = ((present & TH_CLIENT) && sk_hdrs_get(&st->req, "x-client-trace-id", 17) &&
+              chance(st, h->trace_client_ppm)) ||
              chance(st, h->trace_random_ppm);
     return s && chance(st, h->trace_overall_ppm);
 }
@@ -291,12 +320,18 @@ void sk_tracing_request(struct sk_stream *st)
     uint8_t span[8];
     rand_bytes(st->w, span, 8);
     char hex[64];
+    unsigned present = trace_hdrs_present(&st->req);
 
     /* B3 multi */
-    size_t tl, sl, pl, sml, fl;
-    const char *bt = HDR(st, "x-b3-traceid", tl), *bs = HDR(st, "x-b3-spanid", sl),
-               *bp = HDR(st, "x-b3-parentspanid", pl), *bsm = HDR(st, "x-b3-sampled", sml),
-               *bf = HDR(st, "x-b3-flags", fl);
+    size_t tl = 0, sl = 0, pl = 0, sml = 0, fl = 0;
+    const char *bt = NULL, *bs = NULL, *bp = NULL, *bsm = NULL, *bf = NULL;
+    if (present & TH_B3M) {
+        bt = HDR(st, "x-b3-traceid", tl);
+        bs = HDR(st, "x-b3-spanid", sl);
+        bp = HDR(st, "x-b3-parentspanid", pl);
+        bsm = HDR(st, "x-b3-sampled", sml);
+        bf = HDR(st, "x-b3-flags", fl);
+    }
     struct sk_trace_ctx b3m, b3s;
     bool has_b3m = bt && sk_trace_parse_b3_multi(bt, tl, bs, sl, bp, pl, bsm, sml, bf, fl, &b3m);
     if (has_b3m) {
@@ -306,8 +341,8 @@ void sk_tracing_request(struct sk_stream *st)
         set_hdr(st, "x-b3-parentspanid", 17, hex, 16);
     }
     /* B3 single */
-    size_t b1l;
-    const char *b1 = HDR(st, "b3", b1l);
+    size_t b1l = 0;
+    const char *b1 = (present & TH_B3S) ? HDR(st, "b3", b1l) : NULL;
     memset(&b3s, 0, sizeof(b3s));
     b3s.sampled = -1;
     bool has_b3s = b1 && sk_trace_parse_b3_single(b1, b1l, &b3s);
@@ -317,8 +352,8 @@ void sk_tracing_request(struct sk_stream *st)
     }
 
     /* W3C */
-    size_t tpl;
-    const char *tp = HDR(st, "traceparent", tpl);
+    size_t tpl = 0;
+    const char *tp = (present & TH_TP) ? HDR(st, "traceparent", tpl) : NULL;
     struct sk_trace_ctx w3;
     char tpv[56];
     if (tp && hdr_count(&st->req, "traceparent", 11) == 1 &&
@@ -338,7 +373,7 @@ void sk_tracing_request(struct sk_stream *st)
     const struct sk_trace_ctx *b3 = has_b3m ? &b3m : has_b3s ? &b3s : NULL;
     int sampled = b3 ? b3->sampled : b3s.sampled; /* b3s: a bare "b3: 0" */
     if (sampled < 0)
-        sampled = sample_decision(st);
+        sampled = sample_decision(st, present);
     if (!sampled && !b3)
         return;
     uint8_t tid[16];

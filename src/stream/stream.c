@@ -61,7 +61,7 @@ static int hdrs_grow(struct sk_hdrs *h, struct sk_arena *a)
     if (h->n < h->cap)
         return 0;
     uint32_t nc = h->cap ? h->cap * 2 : 16;
-    struct sk_hdr *v = sk_arena_alloc(a, sizeof(*v) * nc);
+    struct sk_hdr *v = sk_arena_alloc_nz(a, sizeof(*v) * nc); /* only [0, n) is ever read */
     if (!v)
         return SK_ERR_NOMEM;
     if (h->n)
@@ -84,10 +84,23 @@ int sk_hdrs_add(struct sk_hdrs *h, struct sk_arena *a, const char *name, size_t 
 {
     if (hdrs_grow(h, a) < 0)
         return SK_ERR_NOMEM;
-    char *n = sk_arena_alloc(a, nlen + vlen + 2);
+    char *n = sk_arena_alloc_nz(a, nlen + vlen + 2);
     if (!n)
         return SK_ERR_NOMEM;
-    for (size_t i = 0; i < nlen; i++) {
+    /* lower-case 8 bytes at a time: a byte gets 0x20 iff it is 'A'..'Z'
+     * (7-bit sums never carry into the next byte; bytes >= 0x80 untouched) */
+    size_t i = 0;
+    for (; i + 8 <= nlen; i += 8) {
+        uint64_t x, lo;
+        memcpy(&x, name + i, 8);
+        lo = x & 0x7f7f7f7f7f7f7f7full;
+        uint64_t ge_a = lo + 0x3f3f3f3f3f3f3f3full; /* high bit: >= 'A' (0x41) */
+        uint64_t gt_z = lo + 0x2525252525252525ull; /* high bit: > 'Z' (0x5a) */
+        uint64_t up = (ge_a ^ gt_z) & ~x & 0x8080808080808080ull;
+        x |= up >> 2;
+        memcpy(n + i, &x, 8);
+    }
+    for (; i < nlen; i++) {
         char c = name[i];
         n[i] = (c >= 'A' && c <= 'Z') ? (char)(c | 0x20) : c;
     }
@@ -270,13 +283,13 @@ void sk_stream_cleanup(struct sk_stream *st)
         if (st->filters[i].vt && st->filters[i].vt->on_destroy)
             st->filters[i].vt->on_destroy(st, &st->filters[i]);
     st->nfilters = 0;
-    ev_timer_stop(st->w->loop, &st->timeout);
-    ev_timer_stop(st->w->loop, &st->retry_timer);
-    ev_timer_stop(st->w->loop, &st->try_timer);
-    ev_timer_stop(st->w->loop, &st->pace_timer);
-    ev_timer_stop(st->w->loop, &st->idle_timer);
-    ev_timer_stop(st->w->loop, &st->req_timer);
-    ev_timer_stop(st->w->loop, &st->dur_timer);
+    /* most of these never ran: skip the call into libev for those
+     * (ev_timer_stop does nothing for a watcher neither active nor pending) */
+    ev_timer *tm[] = {&st->timeout,    &st->retry_timer, &st->try_timer, &st->pace_timer,
+                      &st->idle_timer, &st->req_timer,   &st->dur_timer};
+    for (size_t i = 0; i < sizeof(tm) / sizeof(tm[0]); i++)
+        if (ev_is_active(tm[i]) || ev_is_pending(tm[i]))
+            ev_timer_stop(st->w->loop, tm[i]);
     sk_buf_free(&st->body_copy);
     sk_buf_free(&st->resp_hold);
     /* the owner may pool the stream: keep one arena block */

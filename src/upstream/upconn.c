@@ -1,5 +1,6 @@
 /* HTTP/1.1 upstream connections and the per-host keep-alive pool. */
 #include <errno.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -39,6 +40,8 @@ struct upconn_priv {
     bool write_blocked; /* last send hit EAGAIN: wait for EV_WRITE */
     bool was_congested;
     bool shut_wr;
+    bool idle_timer;      /* `timer` runs (or ran) the pool idle timeout */
+    double idle_deadline; /* pooled: idle until then (INFINITY: no timeout) */
 };
 
 #define PRIV(u) ((struct upconn_priv *)(u))
@@ -144,7 +147,8 @@ struct sk_upconn *sk_upconn_acquire(struct sk_host *h, const struct sk_upconn_cb
         u->base.got_bytes = false;
         u->base.connecting = false;
         u->read_paused = false;
-        ev_timer_stop(w->loop, &u->timer);
+        /* the idle timer runs on (lazy, see sk_upconn_release): firing while
+         * the connection is in use it does nothing and stops */
         sk_stat_add(&w->stats, SK_ST_upstream_cx_reused, 1);
         update_io(u);
         return u;
@@ -288,6 +292,14 @@ void sk_upconn_pause_read(struct sk_upconn *u, bool pause)
         ev_feed_event(u->w->loop, &u->io, EV_READ); /* process what is buffered */
 }
 
+/* Pool idle timeout in seconds; <= 0: none. */
+static double pool_idle_s(const struct sk_cluster *cfg)
+{
+    if (!cfg || cfg->idle_timeout_ms == SK_DUR_NONE)
+        return 0;
+    return (double)cfg->idle_timeout_ms / 1000.0;
+}
+
 void sk_upconn_release(struct sk_upconn *u)
 {
     struct sk_host *h = u->host;
@@ -313,13 +325,22 @@ void sk_upconn_release(struct sk_upconn *u)
     h->idle = u;
     h->nidle++;
     update_io(u); /* watch for the upstream closing it */
-    double idle = 3600.0;
-    if (cfg && cfg->idle_timeout_ms != SK_DUR_NONE)
-        idle = (double)cfg->idle_timeout_ms / 1000.0;
-    if (cfg && cfg->idle_timeout_ms != SK_DUR_NONE && idle > 0) {
-        ev_timer_set(&u->timer, idle, 0.);
-        ev_timer_start(w->loop, &u->timer);
+    /* The idle timer is armed lazily: a timer left running from an earlier
+     * idle period that fires no later than the new deadline stays (no heap
+     * operations per request); up_timer_cb re-arms it for what is left. */
+    struct upconn_priv *p = PRIV(u);
+    double idle = pool_idle_s(cfg);
+    if (idle <= 0) {
+        p->idle_deadline = INFINITY;
+        return;
     }
+    p->idle_deadline = ev_now(w->loop) + idle;
+    if (p->idle_timer && ev_is_active(&u->timer) && ev_timer_remaining(w->loop, &u->timer) <= idle)
+        return;
+    p->idle_timer = true;
+    ev_timer_stop(w->loop, &u->timer);
+    ev_timer_set(&u->timer, idle, 0.);
+    ev_timer_start(w->loop, &u->timer);
 }
 
 void sk_upconn_abort(struct sk_upconn *u)
@@ -350,6 +371,17 @@ static void up_timer_cb(struct ev_loop *loop, ev_timer *t, int revents)
         sk_warn("upstream %s: connect timeout", u->host->addr_str);
         fail(u, SK_TERM_CONNECT_FAIL, "connect timeout");
     } else if (u->state == SK_UP_S_IDLE) {
+        /* armed lazily: the deadline may have moved on */
+        double left = PRIV(u)->idle_deadline - ev_now(loop);
+        if (left > 0.001) {
+            /* (no idle timeout any more: stop; min: the wall clock went back) */
+            double idle = pool_idle_s(u->host->cl->cfg);
+            if (idle <= 0)
+                return;
+            ev_timer_set(t, left < idle ? left : idle, 0.);
+            ev_timer_start(loop, t);
+            return;
+        }
         up_close(u);
     }
 }

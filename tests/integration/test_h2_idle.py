@@ -74,22 +74,39 @@ def test_hpack_state_survives_hibernation(make_proxy, upstream):
         assert hs["x-custom"] == "value-%d" % i and hs["x-same"] == "same"
 
 
-def test_small_send_window_keeps_session(make_proxy, upstream):
+def test_small_send_window_survives_hibernation(make_proxy, upstream):
     """A client that has not returned the connection window (60 KB received,
-    not acknowledged) keeps its session: a new one could only be told of a
-    larger window. Nothing changes for the client; big responses still flow."""
+    not acknowledged) hibernates too: the new session is given the old send
+    window (skiff "sends" the owed bytes on the replayed stream and drops
+    them). With 5535 bytes of window left, skiff sends exactly that much of
+    the next response and waits; returning the window lets the rest through."""
     s = make_proxy([upstream.port])
     cl = H2Client(s.port, auto_ack=False)
     try:
         r = cl.get("/big?size=%d" % 60000)
         assert status(r) == 200 and len(body(r)) == 60000
         pump_for(cl, HIB_WAIT)
-        assert cl.c.remote_settings[TABLE] == 4096  # not even the HPACK step
+        # the HPACK step that precedes hibernation happened: the small
+        # window no longer keeps the session
+        assert cl.c.remote_settings[TABLE] == 0
+        sid = cl.request("/big?size=%d" % 20000)
+        pump_for(cl, 0.5)
+        got = sum(len(d) for d in cl.streams[sid]["data"])
+        assert got == 65535 - 60000, "the send window was not carried over"
+        assert not cl.streams[sid]["ended"]
         # give the window back (python-h2 alone would wait for a zero window,
         # which nghttp2 needs > 0 to send a bare END_STREAM: a client quirk)
         cl.c.increment_flow_control_window(60000)
         cl.flush()
         cl.auto_ack = True
+        for d in cl.streams[sid]["data"]:
+            cl.c.acknowledge_received_data(len(d), sid)
+        cl.flush()
+        r = cl.wait(sid)
+        assert status(r) == 200
+        got = body(r)
+        assert len(got) == 20000
+        assert hashlib.sha256(got).hexdigest() == dict(r["headers"])["x-body-sha256"]
         for n in (400000, 100000):
             r = cl.get("/big?size=%d" % n)
             assert status(r) == 200
@@ -97,6 +114,30 @@ def test_small_send_window_keeps_session(make_proxy, upstream):
             assert len(got) == n
             assert hashlib.sha256(got).hexdigest() == dict(r["headers"])["x-body-sha256"]
             pump_for(cl, HIB_WAIT)
+        assert cl.goaway is None
+    finally:
+        cl.close()
+
+
+def test_window_owed_beyond_stream_window_keeps_session(make_proxy, upstream):
+    """The owed window is rebuilt on one stream: a client whose initial stream
+    window is smaller than what it owes keeps its session, and nothing
+    changes for it."""
+    s = make_proxy([upstream.port])
+    cl = H2Client(s.port, auto_ack=False,
+                  settings={h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 16384})
+    try:
+        for _ in range(3):  # 3 x 15000 bytes owed on the connection, 16 KB per stream
+            sid = cl.request("/big?size=%d" % 15000)
+            r = cl.wait(sid)
+            assert status(r) == 200 and len(body(r)) == 15000
+        pump_for(cl, HIB_WAIT)
+        assert cl.c.remote_settings[TABLE] == 4096  # kept: not even the HPACK step
+        cl.c.increment_flow_control_window(45000)
+        cl.flush()
+        cl.auto_ack = True
+        r = cl.get("/big?size=%d" % 100000)
+        assert status(r) == 200 and len(body(r)) == 100000
         assert cl.goaway is None
     finally:
         cl.close()
