@@ -35,6 +35,7 @@
 #include "skiff/err.h"
 #include "skiff/log.h"
 #include "skiff/net.h"
+#include "skiff/pbregion.h"
 #include "skiff/tls.h"
 #include "skiff/xds.h"
 #include "skiff/yaml_pb.h"
@@ -484,9 +485,16 @@ static void rl_timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
 static int on_message(void *arg, const uint8_t *p, size_t n)
 {
     struct sk_ads *a = arg;
+    /* the decoded response (every resource's bytes copied once more) lives in
+     * its own region for the duration of the update, released wholesale: it
+     * never interleaves with the long-lived allocations the update makes */
+    struct sk_pbregion rg;
+    sk_pbregion_init(&rg);
     Envoy__Service__Discovery__V3__DiscoveryResponse *r =
-        envoy__service__discovery__v3__discovery_response__unpack(NULL, n, p);
+        envoy__service__discovery__v3__discovery_response__unpack(sk_pbregion_allocator(&rg), n,
+                                                                  p);
     if (!r) {
+        sk_pbregion_release(&rg);
         sk_warn("xds: cannot decode a DiscoveryResponse (%zu bytes); closing the stream", n);
         return SK_ERR_PROTO;
     }
@@ -527,7 +535,7 @@ static int on_message(void *arg, const uint8_t *p, size_t n)
                  sk_xds_type_short(t), r->version_info);
         schedule_rl(a);
         sk_xds_result_free(&res);
-        envoy__service__discovery__v3__discovery_response__free_unpacked(r, NULL);
+        sk_pbregion_release(&rg); /* r with it */
         return 0;
     }
     if (res.ack) {
@@ -551,7 +559,7 @@ static int on_message(void *arg, const uint8_t *p, size_t n)
     send_request(a, t, t >= 0 ? sk_xds_type_url(t) : r->type_url, r->nonce,
                  res.ack ? NULL : (res.error ? res.error : "rejected"));
     sk_xds_result_free(&res);
-    envoy__service__discovery__v3__discovery_response__free_unpacked(r, NULL);
+    sk_pbregion_release(&rg); /* r with it */
     sync_subscriptions(a);
     /* the other stream: new Secret names from listeners/clusters, or a new SDS stream
      * (its own nghttp2 session: sending on it from here is no re-entry) */
@@ -1018,10 +1026,31 @@ static void file_load(struct fsrc *f, bool force)
         protobuf_c_message_free_unpacked(m, NULL);
         return;
     }
+    /* the parsed tree (malloc'd by the YAML reader) moves into a region for
+     * the update, as a pushed response: freed before the store allocates its
+     * long-lived records, the region released wholesale after */
+    struct sk_pbregion rg;
+    sk_pbregion_init(&rg);
+    if (ok) {
+        size_t pn = protobuf_c_message_get_packed_size(m);
+        uint8_t *pb = malloc(pn ? pn : 1);
+        ok = pb != NULL;
+        if (ok) {
+            protobuf_c_message_pack(m, pb);
+            protobuf_c_message_free_unpacked(m, NULL);
+            m = NULL;
+            r = envoy__service__discovery__v3__discovery_response__unpack(
+                sk_pbregion_allocator(&rg), pn, pb);
+            free(pb);
+            ok = r != NULL;
+        }
+    }
     if (!ok) {
         O(a)->ts[t].rejected++;
         sk_error("xds: %s file %s: out of memory", what, f->path);
-        protobuf_c_message_free_unpacked(m, NULL);
+        if (m)
+            protobuf_c_message_free_unpacked(m, NULL);
+        sk_pbregion_release(&rg);
         return;
     }
     struct sk_xds_result res;
@@ -1041,7 +1070,7 @@ static void file_load(struct fsrc *f, bool force)
                 res.error ? res.error : "");
     }
     sk_xds_result_free(&res);
-    protobuf_c_message_free_unpacked(m, NULL);
+    sk_pbregion_release(&rg); /* r with it */
     /* its listeners/clusters may name RDS/EDS/SDS resources of the streams */
     maybe_start_sds(a);
     sync_subscriptions(a);

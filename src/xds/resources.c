@@ -46,6 +46,7 @@
 #include "skiff/buf.h"
 #include "skiff/err.h"
 #include "skiff/log.h"
+#include "skiff/pbregion.h"
 #include "skiff/translate.h"
 #include "skiff/xds.h"
 
@@ -631,8 +632,10 @@ struct asmb {
     struct lmap *lm;
     struct cmap *cm;
     size_t nl, nc;
-    ProtobufCMessage **owned; /* modified copies, freed with the assembly */
-    size_t nowned, cowned;
+    /* the modified copies (clones of listeners/clusters, their
+     * ClusterLoadAssignments, rewritten Any bytes) and scratch trees: released
+     * wholesale with the assembly, off the malloc heap (never free() them) */
+    struct sk_pbregion rg;
     struct strv rds_names, eds_names, sds_names;
     char *sds_cluster; /* first SdsSecretConfig with its own SDS stream (malloc'd) */
     size_t missing;       /* listeners / clusters whose RDS / EDS has not arrived */
@@ -644,9 +647,7 @@ struct asmb {
 
 static void asm_free(struct asmb *a)
 {
-    for (size_t i = 0; i < a->nowned; i++)
-        protobuf_c_message_free_unpacked(a->owned[i], NULL);
-    free(a->owned);
+    sk_pbregion_release(&a->rg);
     for (size_t i = 0; i < a->nl; i++)
         free(a->lm[i].rds);
     free(a->ls);
@@ -661,37 +662,28 @@ static void asm_free(struct asmb *a)
     memset(a, 0, sizeof(*a));
 }
 
-static bool asm_own(struct asmb *a, ProtobufCMessage *m)
+/* The assembly's protobuf-c allocator (its region). */
+static ProtobufCAllocator *apa(struct asmb *a)
 {
-    if (a->nowned == a->cowned) {
-        size_t nc = a->cowned ? a->cowned * 2 : 16;
-        ProtobufCMessage **p = realloc(a->owned, nc * sizeof(*p));
-        if (!p)
-            return false;
-        a->owned = p;
-        a->cowned = nc;
-    }
-    a->owned[a->nowned++] = m;
-    return true;
+    return sk_pbregion_allocator(&a->rg);
 }
 
-/* A deep copy through the wire format (default allocator, freeable piecewise). */
-static ProtobufCMessage *clone_bytes(const ProtobufCMessageDescriptor *d, const uint8_t *b,
-                                     size_t len)
+/* A deep copy through the wire format, in the assembly's region (never freed
+ * piecewise: released with the assembly). */
+static ProtobufCMessage *clone_bytes(struct asmb *a, const ProtobufCMessageDescriptor *d,
+                                     const uint8_t *b, size_t len)
 {
-    return protobuf_c_message_unpack(d, NULL, len, b);
+    return protobuf_c_message_unpack(d, apa(a), len, b);
 }
 
-static ProtobufCMessage *clone_msg(const ProtobufCMessage *m)
+static ProtobufCMessage *clone_msg(struct asmb *a, const ProtobufCMessage *m)
 {
     size_t n = protobuf_c_message_get_packed_size(m);
-    uint8_t *b = malloc(n ? n : 1);
+    uint8_t *b = sk_pbregion_alloc(&a->rg, n);
     if (!b)
         return NULL;
     protobuf_c_message_pack(m, b);
-    ProtobufCMessage *c = protobuf_c_message_unpack(m->descriptor, NULL, n, b);
-    free(b);
-    return c;
+    return protobuf_c_message_unpack(m->descriptor, apa(a), n, b);
 }
 
 static const ProtobufCMessageDescriptor *hcm_desc(void)
@@ -703,7 +695,7 @@ static const ProtobufCMessageDescriptor *hcm_desc(void)
  * default chain) with its unpacked HCM when the HCM uses rds. */
 typedef bool (*hcm_fn)(void *arg, PbAny *any, PbHcm *h);
 
-static bool chain_each_rds(PbFilterChain *fc, hcm_fn fn, void *arg)
+static bool chain_each_rds(struct asmb *a, PbFilterChain *fc, hcm_fn fn, void *arg)
 {
     if (!fc)
         return true;
@@ -712,7 +704,8 @@ static bool chain_each_rds(PbFilterChain *fc, hcm_fn fn, void *arg)
         if (f->config_type_case != ENVOY__CONFIG__LISTENER__V3__FILTER__CONFIG_TYPE_TYPED_CONFIG ||
             !f->typed_config || strcmp(any_type(f->typed_config), hcm_desc()->name) != 0)
             continue;
-        PbHcm *h = (PbHcm *)protobuf_c_message_unpack(hcm_desc(), NULL, f->typed_config->value.len,
+        /* scratch, in the assembly's region */
+        PbHcm *h = (PbHcm *)protobuf_c_message_unpack(hcm_desc(), apa(a), f->typed_config->value.len,
                                                       f->typed_config->value.data);
         if (!h)
             continue; /* translate reports it */
@@ -721,19 +714,18 @@ static bool chain_each_rds(PbFilterChain *fc, hcm_fn fn, void *arg)
                 ENVOY__EXTENSIONS__FILTERS__NETWORK__HTTP_CONNECTION_MANAGER__V3__HTTP_CONNECTION_MANAGER__ROUTE_SPECIFIER_RDS &&
             h->rds && !empty(h->rds->route_config_name))
             ok = fn(arg, f->typed_config, h);
-        protobuf_c_message_free_unpacked(&h->base, NULL);
         if (!ok)
             return false;
     }
     return true;
 }
 
-static bool listener_each_rds(PbListener *l, hcm_fn fn, void *arg)
+static bool listener_each_rds(struct asmb *a, PbListener *l, hcm_fn fn, void *arg)
 {
     for (size_t i = 0; i < l->n_filter_chains; i++)
-        if (!chain_each_rds(l->filter_chains[i], fn, arg))
+        if (!chain_each_rds(a, l->filter_chains[i], fn, arg))
             return false;
-    return chain_each_rds(l->default_filter_chain, fn, arg);
+    return chain_each_rds(a, l->default_filter_chain, fn, arg);
 }
 
 struct rds_scan {
@@ -761,7 +753,8 @@ struct rds_inline {
     const struct rset *rds;
 };
 
-/* Replaces the Any's bytes by the HCM with route_config = the RDS resource. */
+/* Replaces the Any's bytes (of a clone: in the region) by the HCM with
+ * route_config = the RDS resource; the new bytes come from the region too. */
 static bool inline_rds(void *arg, PbAny *any, PbHcm *h)
 {
     struct rds_inline *s = arg;
@@ -774,17 +767,16 @@ static bool inline_rds(void *arg, PbAny *any, PbHcm *h)
         ENVOY__EXTENSIONS__FILTERS__NETWORK__HTTP_CONNECTION_MANAGER__V3__HTTP_CONNECTION_MANAGER__ROUTE_SPECIFIER_ROUTE_CONFIG;
     h->route_config = j >= 0 ? (PbRouteConfig *)s->rds->v[j]->msg : &placeholder;
     size_t n = protobuf_c_message_get_packed_size(&h->base);
-    uint8_t *b = malloc(n ? n : 1);
+    uint8_t *b = sk_pbregion_alloc(&s->a->rg, n);
     if (b)
         protobuf_c_message_pack(&h->base, b);
-    /* hand the borrowed RouteConfiguration back before h is freed */
+    /* hand the borrowed RouteConfiguration back */
     h->route_specifier_case =
         ENVOY__EXTENSIONS__FILTERS__NETWORK__HTTP_CONNECTION_MANAGER__V3__HTTP_CONNECTION_MANAGER__ROUTE_SPECIFIER_RDS;
     h->rds = saved;
     if (!b)
         return false;
-    free(any->value.data);
-    any->value.data = b;
+    any->value.data = b; /* the old bytes stay in the region */
     any->value.len = n;
     if (j < 0)
         return true;
@@ -887,7 +879,8 @@ static void tls_sds(struct asmb *a, PbTransportSocket *ts, const struct rset *sd
     bool down = strcmp(any_type(any), dtc_desc()->name) == 0;
     if (!down && strcmp(any_type(any), utc_desc()->name) != 0)
         return;
-    ProtobufCMessage *m = protobuf_c_message_unpack(down ? dtc_desc() : utc_desc(), NULL,
+    /* scratch, in the assembly's region (not freed piecewise) */
+    ProtobufCMessage *m = protobuf_c_message_unpack(down ? dtc_desc() : utc_desc(), apa(a),
                                                     any->value.len, any->value.data);
     if (!m)
         return; /* translate reports it */
@@ -896,10 +889,8 @@ static void tls_sds(struct asmb *a, PbTransportSocket *ts, const struct rset *sd
                                ->common_tls_context
                          : ((Envoy__Extensions__TransportSockets__Tls__V3__UpstreamTlsContext *)m)
                                ->common_tls_context;
-    if (!c) {
-        protobuf_c_message_free_unpacked(m, NULL);
+    if (!c)
         return;
-    }
     const PbSecret *cert = NULL, *val = NULL;
     const Envoy__Extensions__TransportSockets__Tls__V3__SdsSecretConfig *vs = NULL;
     bool combined = false;
@@ -932,10 +923,8 @@ static void tls_sds(struct asmb *a, PbTransportSocket *ts, const struct rset *sd
     } else {
         vs = NULL;
     }
-    if (!rewrite || need->unavailable || (!cert && !val)) {
-        protobuf_c_message_free_unpacked(m, NULL);
+    if (!rewrite || need->unavailable || (!cert && !val))
         return;
-    }
     /* borrow the secrets' submessages for packing, then hand them back */
     size_t n_cs = c->n_tls_certificate_sds_secret_configs, n_tc = c->n_tls_certificates;
     Envoy__Extensions__TransportSockets__Tls__V3__SdsSecretConfig **cs =
@@ -973,7 +962,7 @@ static void tls_sds(struct asmb *a, PbTransportSocket *ts, const struct rset *sd
         c->validation_context = &merged;
     }
     size_t n = protobuf_c_message_get_packed_size(m);
-    uint8_t *b = malloc(n ? n : 1);
+    uint8_t *b = sk_pbregion_alloc(&a->rg, n);
     if (b)
         protobuf_c_message_pack(m, b);
     c->n_tls_certificate_sds_secret_configs = n_cs;
@@ -982,12 +971,11 @@ static void tls_sds(struct asmb *a, PbTransportSocket *ts, const struct rset *sd
     c->tls_certificates = tc;
     c->validation_context_type_case = vcase;
     c->validation_context = vptr;
-    protobuf_c_message_free_unpacked(m, NULL);
     if (!b) {
         a->oom = true;
         return;
     }
-    free(any->value.data);
+    /* `any` is in a clone (rewrite): its old bytes stay in the region */
     any->value.data = b;
     any->value.len = n;
 }
@@ -1007,7 +995,7 @@ static void asm_listener(struct asmb *a, PbListener *l, const struct res *lres, 
                          const struct rset *rds, const struct rset *sds)
 {
     struct rds_scan sc = {a, rds, 0, 0};
-    listener_each_rds(l, scan_rds, &sc);
+    listener_each_rds(a, l, scan_rds, &sc);
     struct sds_need need = {0};
     listener_sds(a, l, sds, false, &need);
     if (need.unavailable) {
@@ -1029,17 +1017,15 @@ static void asm_listener(struct asmb *a, PbListener *l, const struct res *lres, 
     m->idx = idx;
     PbListener *use = l;
     if (sc.n || need.n) {
-        ProtobufCMessage *c =
-            lres ? clone_bytes(l->base.descriptor, lres->bytes, lres->len) : clone_msg(&l->base);
-        if (!c || !asm_own(a, c)) {
-            if (c)
-                protobuf_c_message_free_unpacked(c, NULL);
+        ProtobufCMessage *c = lres ? clone_bytes(a, l->base.descriptor, lres->bytes, lres->len)
+                                   : clone_msg(a, &l->base);
+        if (!c) {
             a->oom = true;
             return;
         }
         use = (PbListener *)c;
         struct rds_inline in = {a, m, rds};
-        if (!listener_each_rds(use, inline_rds, &in)) {
+        if (!listener_each_rds(a, use, inline_rds, &in)) {
             a->oom = true;
             free(m->rds);
             return;
@@ -1078,7 +1064,7 @@ static size_t listener_missing(struct asmb *a, PbListener *l, const struct rset 
                                const struct rset *sds, struct strv *names, bool *oom)
 {
     struct rds_ready s = {a->st, rds, 0, names, false};
-    listener_each_rds(l, ready_rds, &s);
+    listener_each_rds(a, l, ready_rds, &s);
     if (s.oom)
         *oom = true;
     /* its secrets (their names are collected either way) */
@@ -1121,11 +1107,9 @@ static void asm_cluster(struct asmb *a, PbCluster *c, const struct res *cres, si
     }
     PbCluster *use = c;
     if ((is_eds || need.n) && !owned) {
-        ProtobufCMessage *cp =
-            cres ? clone_bytes(c->base.descriptor, cres->bytes, cres->len) : clone_msg(&c->base);
-        if (!cp || !asm_own(a, cp)) {
-            if (cp)
-                protobuf_c_message_free_unpacked(cp, NULL);
+        ProtobufCMessage *cp = cres ? clone_bytes(a, c->base.descriptor, cres->bytes, cres->len)
+                                    : clone_msg(a, &c->base);
+        if (!cp) {
             a->oom = true;
             return;
         }
@@ -1135,17 +1119,14 @@ static void asm_cluster(struct asmb *a, PbCluster *c, const struct res *cres, si
     }
     if (is_eds) {
         ProtobufCMessage *la =
-            j >= 0 ? clone_bytes(types[SK_XDS_EDS].desc, eds->v[j]->bytes, eds->v[j]->len)
+            j >= 0 ? clone_bytes(a, types[SK_XDS_EDS].desc, eds->v[j]->bytes, eds->v[j]->len)
                    : NULL;
         if (j >= 0 && !la) {
             a->oom = true;
             return;
         }
-        if (use->load_assignment)
-            protobuf_c_message_free_unpacked(&use->load_assignment->base, NULL);
+        /* `use` is a clone in the region: the replaced submessages stay there */
         use->load_assignment = (PbCla *)la;
-        if (use->eds_cluster_config)
-            protobuf_c_message_free_unpacked(&use->eds_cluster_config->base, NULL);
         use->eds_cluster_config = NULL;
         use->type = ENVOY__CONFIG__CLUSTER__V3__CLUSTER__DISCOVERY_TYPE__STATIC;
         m->eds = j;
@@ -1160,6 +1141,7 @@ static bool assemble(const struct sk_xds_store *st, const struct rset *const set
                      bool validate, struct asmb *a)
 {
     memset(a, 0, sizeof(*a));
+    sk_pbregion_init(&a->rg);
     a->st = st;
     a->validate = validate;
     const PbBootstrap *bs = st->bs;
@@ -1185,10 +1167,8 @@ static bool assemble(const struct sk_xds_store *st, const struct rset *const set
         struct res *r = sets[SK_XDS_CDS]->v[i];
         PbCluster *c = (PbCluster *)r->msg;
         if (!c) { /* kept as bytes only (EDS clusters are always copied anyway) */
-            c = (PbCluster *)clone_bytes(types[SK_XDS_CDS].desc, r->bytes, r->len);
-            if (!c || !asm_own(a, &c->base)) {
-                if (c)
-                    protobuf_c_message_free_unpacked(&c->base, NULL);
+            c = (PbCluster *)clone_bytes(a, types[SK_XDS_CDS].desc, r->bytes, r->len);
+            if (!c) {
                 a->oom = true;
                 continue;
             }
@@ -1998,12 +1978,17 @@ static bool eds_incremental(struct sk_xds_store *st, const PbResponse *r, struct
     if (!d)
         return false;
     bool ok = true;
+    /* the decoded ClusterLoadAssignments: scratch, off the heap the derived
+     * snapshot grows on (one chunk reused: reset per resource) */
+    struct sk_pbregion rg;
+    sk_pbregion_init(&rg);
     for (size_t i = 0; ok && i < cand->n; i++) {
         if (cand->v[i] == cur->v[i] || res_same(cand->v[i], cur->v[i]))
             continue;
         const struct res *x = cand->v[i];
-        ProtobufCMessage *la = protobuf_c_message_unpack(types[SK_XDS_EDS].desc, NULL, x->len,
-                                                         x->bytes);
+        sk_pbregion_reset(&rg);
+        ProtobufCMessage *la = protobuf_c_message_unpack(
+            types[SK_XDS_EDS].desc, sk_pbregion_allocator(&rg), x->len, x->bytes);
         if (!la) {
             ok = false;
             break;
@@ -2028,8 +2013,8 @@ static bool eds_incremental(struct sk_xds_store *st, const PbResponse *r, struct
             ok = sk_snapshot_derive_endpoints(d, idx[k], (const void *)la, &errs) == 0;
         }
         sk_cfgerrs_free(&errs); /* errors: the full path reports them per resource */
-        protobuf_c_message_free_unpacked(la, NULL);
     }
+    sk_pbregion_release(&rg);
     if (!ok) {
         sk_snapshot_unref(d);
         return false;
@@ -2098,25 +2083,30 @@ void sk_xds_store_handle(struct sk_xds_store *st, const PbResponse *r, struct sk
         return;
     }
 
-    /* 1. decode every resource; a malformed response is rejected whole */
+    /* 1. decode every resource; a malformed response is rejected whole. What
+     * is only looked at (Resource wrappers, ClusterLoadAssignments, EDS
+     * clusters: kept as bytes) is decoded into a scratch region reset per
+     * resource, off the heap the long-lived records are allocated on. */
     struct rset in = {0};
     struct sbuf perr = {0};
+    struct sk_pbregion rg;
+    sk_pbregion_init(&rg);
+    ProtobufCAllocator *scratch = sk_pbregion_allocator(&rg);
     for (size_t i = 0; i < r->n_resources; i++) {
+        sk_pbregion_reset(&rg);
         const PbAny *a = r->resources[i];
         Envoy__Service__Discovery__V3__Resource *wrap = NULL;
         if (a &&
             strcmp(any_type(a), envoy__service__discovery__v3__resource__descriptor.name) == 0) {
-            wrap =
-                envoy__service__discovery__v3__resource__unpack(NULL, a->value.len, a->value.data);
+            wrap = envoy__service__discovery__v3__resource__unpack(scratch, a->value.len,
+                                                                   a->value.data);
             if (!wrap) {
                 sb_add(&perr, "%sresources[%zu]: cannot decode Resource", perr.len ? "; " : "", i);
                 continue;
             }
             a = wrap->resource;
-            if (!a) { /* TTL heartbeat: nothing to update */
-                envoy__service__discovery__v3__resource__free_unpacked(wrap, NULL);
+            if (!a) /* TTL heartbeat: nothing to update */
                 continue;
-            }
         }
         struct res *same = NULL;
         if (!a || strcmp(any_type(a), d->name) != 0) {
@@ -2132,7 +2122,11 @@ void sk_xds_store_handle(struct sk_xds_store *st, const PbResponse *r, struct sk
             else if (!rset_push(&in, same))
                 sb_add(&perr, "%sout of memory", perr.len ? "; " : "");
         } else {
-            ProtobufCMessage *m = protobuf_c_message_unpack(d, NULL, a->value.len, a->value.data);
+            /* kept decoded: LDS/RDS/SDS and non-EDS clusters (decoded again
+             * on malloc below when a cluster turns out to be one) */
+            bool keep = type != SK_XDS_EDS && type != SK_XDS_CDS;
+            ProtobufCMessage *m = protobuf_c_message_unpack(d, keep ? NULL : scratch,
+                                                            a->value.len, a->value.data);
             const char *name = m ? res_msg_name(type, m) : NULL;
             if (!m) {
                 sb_add(&perr, "%sresources[%zu]: cannot decode %s", perr.len ? "; " : "", i,
@@ -2165,20 +2159,22 @@ void sk_xds_store_handle(struct sk_xds_store *st, const PbResponse *r, struct sk
                     /* ClusterLoadAssignments and EDS clusters are only ever used
                      * as fresh copies (the assembly rewrites them): keep their
                      * bytes only, not the unpacked tree (~2 KB per cluster) */
-                    if (type != SK_XDS_EDS &&
-                        !(type == SK_XDS_CDS && cluster_is_eds((const PbCluster *)m))) {
+                    if (keep) {
                         x->msg = m;
                         m = NULL;
+                    } else if (type == SK_XDS_CDS && !cluster_is_eds((const PbCluster *)m)) {
+                        x->msg = protobuf_c_message_unpack(d, NULL, x->len, x->bytes);
+                        if (!x->msg)
+                            sb_add(&perr, "%sout of memory", perr.len ? "; " : "");
                     }
                     x->refs = 1; /* the set's */
                 }
             }
-            if (m)
+            if (m && keep)
                 protobuf_c_message_free_unpacked(m, NULL);
         }
-        if (wrap)
-            envoy__service__discovery__v3__resource__free_unpacked(wrap, NULL);
     }
+    sk_pbregion_release(&rg);
     if (perr.len || perr.oom) {
         rset_free(&in);
         nack(res, sb_take(&perr));

@@ -22,6 +22,7 @@
 #include "skiff/config.h"
 #include "skiff/err.h"
 #include "skiff/log.h"
+#include "skiff/pbregion.h"
 #include "skiff/buf.h"
 #include "skiff/xds.h"
 #include "skiff/yaml_pb.h"
@@ -84,15 +85,19 @@ static void check(const struct sk_xds_result *r)
 static int on_msg(void *arg, const uint8_t *m, size_t len)
 {
     struct sk_xds_store *st = arg;
+    /* as xds/ads.c: the response in a region, released wholesale */
+    struct sk_pbregion rg;
+    sk_pbregion_init(&rg);
     Envoy__Service__Discovery__V3__DiscoveryResponse *r =
-        envoy__service__discovery__v3__discovery_response__unpack(NULL, len, m);
-    if (!r)
-        return 0;
-    struct sk_xds_result res;
-    sk_xds_store_handle(st, r, &res);
-    check(&res);
-    sk_xds_result_free(&res);
-    envoy__service__discovery__v3__discovery_response__free_unpacked(r, NULL);
+        envoy__service__discovery__v3__discovery_response__unpack(sk_pbregion_allocator(&rg), len,
+                                                                  m);
+    if (r) {
+        struct sk_xds_result res;
+        sk_xds_store_handle(st, r, &res);
+        check(&res);
+        sk_xds_result_free(&res);
+    }
+    sk_pbregion_release(&rg);
     return 0;
 }
 
