@@ -1516,8 +1516,11 @@ def test_h2load_to_tls_h2_upstream_nghttpd(skiff_factory, pki, tmp_path):
         assert "20000 succeeded, 0 failed" in out, out
         assert "20000 2xx" in out, out
         after = tls_stats(front)
-        # multiplexed: one upstream TLS connection per worker, not per request
-        assert 1 <= after["tls_handshake_client_ok"] - before["tls_handshake_client_ok"] <= 2
+        # multiplexed: a few upstream TLS connections, not one per request. 8 x 16 = 128
+        # streams over 2 workers with max_concurrent_streams 100: a worker that got 7 or 8
+        # of the 8 client connections (SO_REUSEPORT spreads them unevenly) needs a second
+        # connection, so up to 3 in all
+        assert 1 <= after["tls_handshake_client_ok"] - before["tls_handshake_client_ok"] <= 3
         assert fail_delta(before, after) == {}
     finally:
         proc.terminate()
