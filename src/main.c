@@ -10,6 +10,7 @@
 #include <ev.h>
 
 #include "skiff/admin.h"
+#include "skiff/hash.h"
 #include "skiff/cfgerr.h"
 #include "skiff/chaos.h"
 #include "skiff/config.h"
@@ -358,14 +359,6 @@ static void od_cb(struct ev_loop *loop, ev_timer *t, int revents)
     free(hs);
 }
 
-static uint64_t od_hash(const char *s)
-{
-    uint64_t h = 1469598103934665603ull;
-    for (; *s; s++)
-        h = (h ^ (uint8_t)*s) * 1099511628211ull;
-    return h;
-}
-
 /* One interval timer per cluster with outlier detection. A timer keeps running
  * across config updates unless its interval changed: restarting every timer on
  * each update (EDS pushes every few seconds are common) would keep success-rate
@@ -384,7 +377,7 @@ static void od_apply(const struct sk_snapshot *s)
     struct od_timer **ix = m ? calloc(slots, sizeof(*ix)) : NULL;
     if (ix)
         for (struct od_timer *o = od_timers; o; o = o->next) {
-            size_t k = od_hash(o->name) & (slots - 1);
+            size_t k = sk_fnv1a_str(o->name) & (slots - 1);
             while (ix[k])
                 k = (k + 1) & (slots - 1);
             ix[k] = o;
@@ -395,7 +388,7 @@ static void od_apply(const struct sk_snapshot *s)
             continue;
         struct od_timer *o = NULL;
         if (ix) {
-            for (size_t k = od_hash(c->name) & (slots - 1); ix[k]; k = (k + 1) & (slots - 1))
+            for (size_t k = sk_fnv1a_str(c->name) & (slots - 1); ix[k]; k = (k + 1) & (slots - 1))
                 if (strcmp(ix[k]->name, c->name) == 0) {
                     o = ix[k];
                     break;

@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "skiff/hoststate.h"
+#include "skiff/hash.h"
 #include "skiff/log.h"
 #include "skiff/net.h"
 #include "skiff/upstream.h"
@@ -161,10 +162,7 @@ static struct rt_index {
 
 static uint64_t name_hash(const char *s)
 {
-    uint64_t h = 1469598103934665603ull;
-    for (; *s; s++)
-        h = (h ^ (unsigned char)*s) * 1099511628211ull;
-    return h;
+    return sk_fnv1a_str(s);
 }
 
 static void rt_index_put(struct rt_index *x, struct sk_cluster_rt *c);

@@ -1,5 +1,6 @@
 /* Process-wide cluster/host state and outlier detection. */
 #include "skiff/hoststate.h"
+#include "skiff/hash.h"
 
 #include <math.h>
 #include <stddef.h>
@@ -56,10 +57,7 @@ int64_t sk_now_ms(void)
 
 static uint64_t name_hash(const char *s)
 {
-    uint64_t h = 1469598103934665603ull; /* FNV-1a */
-    for (; *s; s++)
-        h = (h ^ (unsigned char)*s) * 1099511628211ull;
-    return h;
+    return sk_fnv1a_str(s);
 }
 
 /* Under reg_lock, `c` already on the list. While reg_cap != 0 the table holds

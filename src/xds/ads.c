@@ -31,6 +31,7 @@
 #include <unistd.h>
 
 #include "skiff/buf.h"
+#include "skiff/hash.h"
 #include "skiff/config.h"
 #include "skiff/err.h"
 #include "skiff/log.h"
@@ -384,12 +385,7 @@ static uint64_t wall_ms(void)
  * Prometheus (doubles) show it exactly. FNV-1a 64. */
 static uint64_t version_hash(const char *v)
 {
-    uint64_t h = 1469598103934665603ull;
-    for (const unsigned char *p = (const unsigned char *)(v ? v : ""); *p; p++) {
-        h ^= *p;
-        h *= 1099511628211ull;
-    }
-    return h & ((1ull << 53) - 1);
+    return sk_fnv1a_str(v ? v : "") & ((1ull << 53) - 1);
 }
 
 /* Runs the initial-fetch timers of what this stream subscribed (A57: only
@@ -952,12 +948,7 @@ static bool set_pb_str(char **field, const char *v)
 
 static uint64_t bytes_hash(const uint8_t *p, size_t n)
 {
-    uint64_t h = 1469598103934665603ull;
-    for (size_t i = 0; i < n; i++) {
-        h ^= p[i];
-        h *= 1099511628211ull;
-    }
-    return h;
+    return sk_fnv1a(p, n);
 }
 
 /* Reads the file of a source as a DiscoveryResponse (YAML or JSON, proto3 JSON

@@ -44,6 +44,7 @@
 #include <time.h>
 
 #include "skiff/buf.h"
+#include "skiff/hash.h"
 #include "skiff/err.h"
 #include "skiff/log.h"
 #include "skiff/pbregion.h"
@@ -374,12 +375,7 @@ struct rset {
 
 static uint64_t fnv1a(const uint8_t *p, size_t n)
 {
-    uint64_t h = 1469598103934665603ull;
-    for (size_t i = 0; i < n; i++) {
-        h ^= p[i];
-        h *= 1099511628211ull;
-    }
-    return h;
+    return sk_fnv1a(p, n);
 }
 
 static void res_unref(struct res *r)
