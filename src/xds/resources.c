@@ -1679,28 +1679,33 @@ static void pe_record(struct sk_xds_store *st, const struct build *b)
     st->pe_ok = true;
 }
 
-/* The published clusters that inlined ClusterLoadAssignment x: their indices
- * into out (up to max); returns how many there are. */
-static size_t pe_find(const struct sk_xds_store *st, const struct res *x, uint32_t *out, size_t max)
+/* Entries for ClusterLoadAssignment x are those from pe_first(x->nh) on with
+ * that hash for which pe_is() holds (hash collisions are told apart by name). */
+static size_t pe_first(const struct sk_xds_store *st, uint64_t h)
 {
     size_t lo = 0, hi = st->npe;
     while (lo < hi) {
         size_t mid = lo + (hi - lo) / 2;
-        if (st->pe[mid].h < x->nh)
+        if (st->pe[mid].h < h)
             lo = mid + 1;
         else
             hi = mid;
     }
+    return lo;
+}
+
+static bool pe_is(const struct sk_xds_store *st, const struct pub_eds *p, const struct res *x)
+{
+    return p->h == x->nh &&
+           strcmp(p->alt ? p->alt : st->pub->clusters[p->idx].name, x->name) == 0;
+}
+
+/* How many published clusters inlined ClusterLoadAssignment x. */
+static size_t pe_count(const struct sk_xds_store *st, const struct res *x)
+{
     size_t n = 0;
-    for (size_t i = lo; i < st->npe && st->pe[i].h == x->nh; i++) {
-        const struct pub_eds *p = &st->pe[i];
-        const char *nm = p->alt ? p->alt : st->pub->clusters[p->idx].name;
-        if (strcmp(nm, x->name) != 0)
-            continue;
-        if (n < max)
-            out[n] = p->idx;
-        n++;
-    }
+    for (size_t i = pe_first(st, x->nh); i < st->npe && st->pe[i].h == x->nh; i++)
+        n += pe_is(st, &st->pe[i], x);
     return n;
 }
 
@@ -1959,7 +1964,7 @@ static bool eds_incremental(struct sk_xds_store *st, const PbResponse *r, struct
             return false;
         if (res_same(cand->v[i], cur->v[i]))
             continue;
-        size_t m = pe_find(st, cand->v[i], NULL, 0);
+        size_t m = pe_count(st, cand->v[i]);
         if (m == 0)
             return false; /* not used by a published cluster: let the full path decide */
         nch++;
@@ -1989,25 +1994,11 @@ static bool eds_incremental(struct sk_xds_store *st, const PbResponse *r, struct
             ok = false;
             break;
         }
-        uint32_t idx[16];
-        size_t m = pe_find(st, x, idx, 16);
         struct sk_cfgerrs errs;
         sk_cfgerrs_init(&errs, "<xds>");
-        for (size_t k = 0; ok && k < m; k++) {
-            if (k == 16) { /* many clusters share it: look them up again */
-                uint32_t *all = calloc(m, sizeof(*all));
-                if (!all) {
-                    ok = false;
-                    break;
-                }
-                pe_find(st, x, all, m);
-                for (; ok && k < m; k++)
-                    ok = sk_snapshot_derive_endpoints(d, all[k], (const void *)la, &errs) == 0;
-                free(all);
-                break;
-            }
-            ok = sk_snapshot_derive_endpoints(d, idx[k], (const void *)la, &errs) == 0;
-        }
+        for (size_t k = pe_first(st, x->nh); ok && k < st->npe && st->pe[k].h == x->nh; k++)
+            if (pe_is(st, &st->pe[k], x))
+                ok = sk_snapshot_derive_endpoints(d, st->pe[k].idx, (const void *)la, &errs) == 0;
         sk_cfgerrs_free(&errs); /* errors: the full path reports them per resource */
     }
     sk_pbregion_release(&rg);
