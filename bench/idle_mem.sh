@@ -18,6 +18,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${N:-2000}
+# PIN=1: proxy on CPU 1, clients on CPU 0 (as peers.sh runs them)
+PIN_PROXY=""; PIN_LOAD=""
+if [ "${PIN:-0}" = 1 ]; then PIN_PROXY="taskset -c 1"; PIN_LOAD="taskset -c 0"; fi
 BASE_PORT=${BASE_PORT:-27300}
 SKIFF=${SKIFF:-}
 if [ -z "$SKIFF" ]; then
@@ -63,11 +66,15 @@ EOF
 
 cat >"$TMP/idle.py" <<'EOF'
 # idle.py PORT N MODE(h1|h2): open N keep-alive connections, one GET / on each,
-# keep them open. Prints "STAGE1 <n>" after N/5 (then waits for a line on stdin),
-# "READY <n> fails=<k>" at the end (then waits for stdin to close).
-import socket, struct, sys
+# keep them open. Prints "STAGE1 <n>" after N/5 (then waits until the file GO
+# exists), "READY <n> fails=<k>" at the end (then waits until the file STOP exists;
+# at most 60 s each).
+import socket, struct, sys, time
 import os
-port, n, mode = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+port, n, mode, go, stop = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
+def wait_file(f):
+    t = time.time() + 60
+    while not os.path.exists(f) and time.time() < t: time.sleep(0.05)
 H1REQ = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: idle.py\r\n\r\n"
 auth = b"127.0.0.1"
 HP = bytes([0x82, 0x86, 0x84, 0x01, len(auth)]) + auth   # GET http / :authority literal
@@ -116,9 +123,9 @@ for i in range(n):
         if fails > 20: break
     if not staged and len(conns) >= max(1, n // 5):
         staged = True
-        print("STAGE1 %d" % len(conns), flush=True); sys.stdin.readline()
+        print("STAGE1 %d" % len(conns), flush=True); wait_file(go)
 print("READY %d fails=%d" % (len(conns), fails), flush=True)
-sys.stdin.read()
+wait_file(stop)
 EOF
 
 sed -e "s/{H1_PORT}/$H1/; s/{H2_PORT}/$H2/; s/{UPSTREAM_HOST}/127.0.0.1/; s/{UPSTREAM_H1_PORT}/$UP/" \
@@ -128,29 +135,60 @@ wait_port() { local i; for i in $(seq 1 100); do (exec 3<>/dev/tcp/127.0.0.1/"$1
 rss_kib() { awk '/^VmRSS:/{print $2}' "/proc/$1/status"; }
 mem_field() { curl -s "http://127.0.0.1:$ADM/memory" | python3 -c "import json,sys; d=json.load(sys.stdin); print(d.get('$1', 0))"; }
 
-python3 "$TMP/up.py" "$UP" & PIDS+=($!)
+# the backend: nginx as in peers.sh when installed (a fast backend lets the
+# client open connections faster, so more new sessions overlap), else Python
+if command -v nginx >/dev/null; then
+    mkdir -p "$TMP/be"
+    cat >"$TMP/be/nginx.conf" <<NGX
+daemon off;
+master_process off;
+worker_processes 1;
+pid $TMP/be/nginx.pid;
+error_log $TMP/be/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 100000000;
+  keepalive_timeout 300s;
+  client_body_temp_path $TMP/be/cb; proxy_temp_path $TMP/be/pt; fastcgi_temp_path $TMP/be/ft;
+  uwsgi_temp_path $TMP/be/ut; scgi_temp_path $TMP/be/st;
+  server {
+    listen 127.0.0.1:$UP backlog=4096;
+    location / { default_type text/plain; return 200 "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcde\n"; }
+  }
+}
+NGX
+    $PIN_LOAD nginx -c "$TMP/be/nginx.conf" & PIDS+=($!)
+else
+    python3 "$TMP/up.py" "$UP" & PIDS+=($!)
+fi
 wait_port "$UP" || { echo "upstream did not start" >&2; exit 1; }
 
 measure() { # measure <h1|h2> <port>
     local mode=$1 port=$2 spid rss0 rssa rss1 heap0 heap1 line na n
-    "$SKIFF" -c "$TMP/skiff.yaml" --concurrency 1 -l warn >"$TMP/skiff.$mode.log" 2>&1 & spid=$!
+    $PIN_PROXY "$SKIFF" -c "$TMP/skiff.yaml" --concurrency 1 -l warn >"$TMP/skiff.$mode.log" 2>&1 & spid=$!
     PIDS+=($spid)
     wait_port "$H1" && wait_port "$H2" && wait_port "$ADM" || { echo "skiff did not start" >&2; cat "$TMP/skiff.$mode.log" >&2; exit 1; }
     timeout 20 h2load --h1 -n 2000 -c 4 "http://127.0.0.1:$H1/" >/dev/null 2>&1 || true
     timeout 20 h2load -n 2000 -c 4 -m 4 "http://127.0.0.1:$H2/" >/dev/null 2>&1 || true
     sleep 0.5
     rss0=$(rss_kib "$spid"); heap0=$(mem_field allocated_bytes)
-    coproc IDLE { timeout 120 python3 "$TMP/idle.py" "$port" "$N" "$mode"; }
-    read -r line <&"${IDLE[0]}"; na=${line#STAGE1 }
+    local out=$TMP/idle.$mode.out ipid i
+    rm -f "$TMP/go" "$TMP/stop"
+    timeout 150 $PIN_LOAD python3 "$TMP/idle.py" "$port" "$N" "$mode" "$TMP/go" "$TMP/stop" >"$out" 2>&1 & ipid=$!
+    PIDS+=($ipid)
+    for i in $(seq 1 1200); do grep -q '^STAGE1' "$out" && break; [ -d /proc/$ipid ] || break; sleep 0.05; done
+    line=$(grep -m1 '^STAGE1' "$out" || true); na=${line#STAGE1 }
     sleep 0.5; rssa=$(rss_kib "$spid")
-    echo >&"${IDLE[1]}"
-    read -r line <&"${IDLE[0]}"; n=$(awk '{print $2}' <<<"$line")
+    touch "$TMP/go"
+    for i in $(seq 1 1200); do grep -q '^READY' "$out" && break; [ -d /proc/$ipid ] || break; sleep 0.05; done
+    line=$(grep -m1 '^READY' "$out" || true); n=$(awk '{print $2}' <<<"$line")
     sleep 1
     rss1=$(rss_kib "$spid"); heap1=$(mem_field allocated_bytes)
-    exec {IDLE[1]}>&-
-    wait "$IDLE_PID" 2>/dev/null || true
+    touch "$TMP/stop"
+    wait "$ipid" 2>/dev/null || true
     kill -TERM "$spid"; wait "$spid" 2>/dev/null || true
-    [ "${n:-0}" -gt 0 ] || { echo "$mode: no idle connection held ($line)" >&2; return 1; }
+    [ "${n:-0}" -gt 0 ] && [ -n "$na" ] || { echo "$mode: no idle connection held ($(head -c 300 "$out"))" >&2; return 1; }
     printf '| %s | %d | %d | %d | %d | %d |\n' "$mode" "$n" \
         $(( (rss1 - rss0) * 1024 / n )) $(( (rss1 - rssa) * 1024 / (n - na) )) \
         $(( (heap1 - heap0) / n )) "$rss1"

@@ -91,6 +91,10 @@ struct sk_worker {
     void *al_writers; /* access log sinks of this worker (accesslog.c) */
     /* scratch for request ids etc. */
     char date_str[40];
+    /* memory released by idle connections (h2 hibernation) since the last
+     * malloc_trim; trim_w returns it to the kernel (sk_worker_released) */
+    size_t released;
+    ev_timer trim_w;
 };
 
 /* Every downstream connection starts with this, linked in worker->conns so
@@ -116,6 +120,11 @@ void sk_worker_reap(struct sk_worker *w, struct sk_reap *r);
  * writes: one send per connection per loop iteration). The node must stay
  * valid until then; it is not freed. */
 void sk_worker_defer(struct sk_worker *w, struct sk_reap *r);
+/* An idle connection freed `bytes` of per-connection state (an h2 session
+ * hibernating). Freed blocks between live ones stay resident in malloc's
+ * heap; once 256 KiB have been released, a timer 0.1 s later gives free pages
+ * back to the kernel (malloc_trim), at most once per 0.1 s. */
+void sk_worker_released(struct sk_worker *w, size_t bytes);
 /* Cheap per-worker random number. */
 uint32_t sk_worker_rand(struct sk_worker *w);
 

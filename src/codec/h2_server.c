@@ -67,6 +67,7 @@
 #define H2_READ_CHUNK (64 * 1024)
 #define H2_GOAWAY_GRACE_S 1.0 /* shutdown notice -> final GOAWAY */
 #define H2_DYING_S 2.0        /* bound on flushing a final GOAWAY */
+#define H2_SESSION_BYTES 25000 /* about what an idle nghttp2 session holds */
 #define H2_HIB_S 0.05         /* idle this long (no streams) -> hibernate the session */
 #define H2_RST_BURST 1000     /* rapid reset protection (token bucket) */
 #define H2_RST_RATE 33
@@ -1510,6 +1511,7 @@ static void try_hibernate(struct h2c *c)
     nghttp2_session_del(ng);
     c->ng = NULL;
     c->hib = true;
+    sk_worker_released(c->base.w, H2_SESSION_BYTES);
     if (c->tp.ssl)
         SSL_free_buffers(c->tp.ssl); /* OpenSSL's record buffers, if empty */
 }

@@ -1,6 +1,7 @@
 /* Worker threads, their mailboxes and reap lists. */
 #include "skiff/worker.h"
 
+#include <malloc.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -34,6 +35,27 @@ void sk_worker_defer(struct sk_worker *w, struct sk_reap *r)
 {
     r->next = w->defer_list;
     w->defer_list = r;
+}
+
+#define SK_TRIM_BYTES (256u * 1024)
+#define SK_TRIM_DELAY 0.1
+
+static void trim_cb(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    (void)loop;
+    (void)revents;
+    struct sk_worker *w = t->data;
+    w->released = 0;
+    malloc_trim(0);
+}
+
+void sk_worker_released(struct sk_worker *w, size_t bytes)
+{
+    w->released += bytes;
+    if (w->released >= SK_TRIM_BYTES && !ev_is_active(&w->trim_w)) {
+        ev_timer_set(&w->trim_w, SK_TRIM_DELAY, 0.);
+        ev_timer_start(w->loop, &w->trim_w);
+    }
 }
 
 static void reap_cb(struct ev_loop *loop, ev_prepare *p, int revents)
@@ -217,6 +239,8 @@ int sk_workers_start(int n)
         ev_prepare_init(&w->reap_w, reap_cb);
         w->reap_w.data = w;
         ev_prepare_start(w->loop, &w->reap_w);
+        ev_init(&w->trim_w, trim_cb);
+        w->trim_w.data = w;
         ev_set_userdata(w->loop, w);
     }
     for (int i = 0; i < n; i++) {

@@ -279,16 +279,19 @@ def test_sigterm_drains_hibernated_connection(make_proxy, upstream):
 
 
 @pytest.mark.skipif(not CHECK_RSS, reason="RSS bounds mean nothing under ASan")
-def test_idle_h2_connections_are_small(make_proxy, upstream):
+@pytest.mark.parametrize("big_window", [True, False], ids=["1GiB-window", "default-window"])
+def test_idle_h2_connections_are_small(make_proxy, upstream, big_window):
     """500 idle h2c connections, each after one request (headers not indexed). An nghttp2 session is ~15 KB
-    resident; hibernated connections cost < 1 KB (bench/idle_mem.sh), but
-    this client opens connections faster than the bench's, and each new one
-    holds a session (heap that later connections reuse) for its first 50 ms,
-    hence the looser bound here."""
+    resident and each new connection holds one for its first 50 ms; freed
+    sessions between live connections stay in malloc's heap until the worker's
+    malloc_trim (sk_worker_released) returns those pages. The bound is the
+    issue's target, 4 KB per idle h2 connection (without the trim: ~5-6 KB)."""
     s = make_proxy([upstream.port])
     get = bytes([0x82, 0x86, 0x84, 0x01, 0x04]) + b"test"
-    # a 1 GiB connection window like curl/h2load (see big_window_client)
-    hello = PREFACE + frame(4, 0, 0) + frame(8, 0, 0, struct.pack(">I", 1 << 30)) + frame(1, 5, 1, get)
+    # a 1 GiB connection window like curl/h2load (see big_window_client), or
+    # the default 65535 never returned (as ../shared/bench/peers.sh's client)
+    wu = frame(8, 0, 0, struct.pack(">I", 1 << 30)) if big_window else b""
+    hello = PREFACE + frame(4, 0, 0) + wu + frame(1, 5, 1, get)
 
     def one():
         c = socket.create_connection(("127.0.0.1", s.port), timeout=5)
@@ -316,7 +319,7 @@ def test_idle_h2_connections_are_small(make_proxy, upstream):
         socks += [one() for _ in range(n)]
         time.sleep(HIB_WAIT + 0.5)
         per_conn = (rss_kib(s.proc.pid) - base) * 1024 / n
-        assert per_conn < 8192, "%.0f bytes per idle h2 connection" % per_conn
+        assert per_conn < 4096, "%.0f bytes per idle h2 connection" % per_conn
         # and every one of them still works
         for c in socks[-20:]:
             c.sendall(frame(1, 5, 3, get))
