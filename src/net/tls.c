@@ -1562,12 +1562,22 @@ static ssize_t io_error(SSL *ssl, int r, int *want)
     }
 }
 
+/* SSL_get_error needs an empty error queue before the call. Failures empty it
+ * (classify), so it is nearly always empty: peeking is much cheaper than
+ * ERR_clear_error (~800 instructions in OpenSSL 3, twice per request on a
+ * TLS hop). */
+static inline void clear_errors(void)
+{
+    if (ERR_peek_error())
+        ERR_clear_error();
+}
+
 ssize_t sk_tls_read(SSL *ssl, void *buf, size_t n, int *want)
 {
     if (n == 0)
         return SK_ERR_INVAL;
     size_t got = 0;
-    ERR_clear_error();
+    clear_errors();
     errno = 0;
     int r = SSL_read_ex(ssl, buf, n, &got);
     if (r == 1)
@@ -1580,7 +1590,7 @@ ssize_t sk_tls_write(SSL *ssl, const void *buf, size_t n, int *want)
     if (n == 0)
         return 0;
     size_t done = 0;
-    ERR_clear_error();
+    clear_errors();
     errno = 0;
     int r = SSL_write_ex(ssl, buf, n, &done);
     if (r == 1)

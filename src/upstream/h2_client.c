@@ -58,6 +58,7 @@
 #define UC_CONN_WINDOW (4u * 1024 * 1024)    /* connection-level receive window */
 #define UC_MAX_HDR_BYTES (64u * 1024)        /* one response header block */
 #define UC_MAX_HDRS 128u                     /* fields per header block */
+#define UC_FIRST_HDRS 16u                    /* first allocation (doubles up to the max) */
 #define UC_MAX_1XX 16u                       /* informational heads per response */
 #define UC_DEF_MAX_STREAMS 100u              /* cluster h2 max_concurrent_streams unset */
 #define UC_OUT_HIGH (64 * 1024)              /* stop pulling frames above this */
@@ -96,6 +97,7 @@ struct h2us {
     /* response header block being received */
     struct sk_h1_header *rh;
     size_t nrh;
+    size_t rh_cap; /* entries allocated at rh (grows by doubling to UC_MAX_HDRS) */
     size_t rh_bytes;
     int status;
     bool has_cl;
@@ -681,7 +683,10 @@ static int on_begin_headers(nghttp2_session *ng, const nghttp2_frame *f, void *u
     s->status = 0;
     s->has_cl = false;
     s->cl = 0;
-    s->rh = sk_arena_alloc(&s->arena, sizeof(*s->rh) * UC_MAX_HDRS);
+    /* most responses carry a handful of fields: start small, grow on demand
+     * (entries are written before they are read: no zeroing) */
+    s->rh_cap = UC_FIRST_HDRS;
+    s->rh = sk_arena_alloc_nz(&s->arena, sizeof(*s->rh) * s->rh_cap);
     if (!s->rh)
         s->hdr_bad = true;
     return 0;
@@ -729,6 +734,17 @@ static int on_header(nghttp2_session *ng, const nghttp2_frame *f, const uint8_t 
         s->hdr_bad = true;
         return 0;
     }
+    if (s->nrh == s->rh_cap) {
+        size_t cap = s->rh_cap * 2;
+        struct sk_h1_header *nh = sk_arena_alloc_nz(&s->arena, sizeof(*nh) * cap);
+        if (!nh) {
+            s->hdr_bad = true;
+            return 0;
+        }
+        memcpy(nh, s->rh, sizeof(*nh) * s->nrh);
+        s->rh = nh;
+        s->rh_cap = cap;
+    }
     s->rh[s->nrh++] = (struct sk_h1_header){n, nlen, v, vlen};
     return 0;
 }
@@ -748,7 +764,7 @@ static void on_headers_done(struct h2uc *c, struct h2us *s, bool es)
         m.minor_version = 1;
         m.hdrs = s->rh;
         m.nhdrs = s->nrh;
-        m.hdrs_cap = UC_MAX_HDRS;
+        m.hdrs_cap = s->rh_cap;
         m.flags = SK_H1_F_KEEPALIVE;
         if (s->status < 200) {
             if (s->status == 101 || ++s->n1xx > UC_MAX_1XX) {
@@ -1346,11 +1362,12 @@ static bool conn_specific(const char *n, uint32_t l, const char *v, uint32_t vl)
 
 static char *dup_lower(struct sk_arena *a, const char *p, size_t n)
 {
-    char *d = sk_arena_alloc(a, n + 1);
+    char *d = sk_arena_alloc_nz(a, n + 1);
     if (!d)
         return NULL;
     for (size_t i = 0; i < n; i++)
         d[i] = (p[i] >= 'A' && p[i] <= 'Z') ? (char)(p[i] | 0x20) : p[i];
+    d[n] = 0;
     return d;
 }
 
@@ -1362,6 +1379,18 @@ static bool nv_add(struct h2us *s, nghttp2_nv *nva, size_t *n, const char *name,
     if (!dn || !dv)
         return false;
     nva[(*n)++] = (nghttp2_nv){(uint8_t *)dn, (uint8_t *)dv, nl, vl, NGHTTP2_NV_FLAG_NONE};
+    return true;
+}
+
+/* A field whose name is a string literal (static storage, lower case): only
+ * the value is copied into the stream's arena. */
+static bool nv_add_lit(struct h2us *s, nghttp2_nv *nva, size_t *n, const char *name, size_t nl,
+                       const char *value, size_t vl)
+{
+    char *dv = sk_arena_strndup(&s->arena, value ? value : "", vl);
+    if (!dv)
+        return false;
+    nva[(*n)++] = (nghttp2_nv){(uint8_t *)name, (uint8_t *)dv, nl, vl, NGHTTP2_NV_FLAG_NONE};
     return true;
 }
 
@@ -1377,20 +1406,22 @@ static int h2_send_head(struct sk_up *u, const struct sk_req_head *h)
         return SK_ERR_INVAL;
     }
     size_t max = 6 + (h->hdrs ? h->hdrs->n : 0);
-    nghttp2_nv *nva = sk_arena_alloc(&s->arena, sizeof(*nva) * max);
+    nghttp2_nv *nva = sk_arena_alloc_nz(&s->arena, sizeof(*nva) * max);
     if (!nva)
         return SK_ERR_NOMEM;
     size_t n = 0;
     const struct sk_cluster *cfg = cfg_of(s->host);
-    const char *scheme = cfg && cfg->tls ? "https" : "http";
-    bool ok = nv_add(s, nva, &n, ":method", 7, h->method, h->method_len);
-    ok = ok && nv_add(s, nva, &n, ":scheme", 7, scheme, strlen(scheme));
-    if (h->authority && h->authority_len)
-        ok = ok && nv_add(s, nva, &n, ":authority", 10, h->authority, h->authority_len);
-    if (h->path && h->path_len)
-        ok = ok && nv_add(s, nva, &n, ":path", 5, h->path, h->path_len);
+    bool ok = nv_add_lit(s, nva, &n, ":method", 7, h->method, h->method_len);
+    if (cfg && cfg->tls)
+        nva[n++] = (nghttp2_nv){(uint8_t *)":scheme", (uint8_t *)"https", 7, 5, NGHTTP2_NV_FLAG_NONE};
     else
-        ok = ok && nv_add(s, nva, &n, ":path", 5, "/", 1);
+        nva[n++] = (nghttp2_nv){(uint8_t *)":scheme", (uint8_t *)"http", 7, 4, NGHTTP2_NV_FLAG_NONE};
+    if (h->authority && h->authority_len)
+        ok = ok && nv_add_lit(s, nva, &n, ":authority", 10, h->authority, h->authority_len);
+    if (h->path && h->path_len)
+        ok = ok && nv_add_lit(s, nva, &n, ":path", 5, h->path, h->path_len);
+    else if (ok)
+        nva[n++] = (nghttp2_nv){(uint8_t *)":path", (uint8_t *)"/", 5, 1, NGHTTP2_NV_FLAG_NONE};
     for (uint32_t i = 0; ok && h->hdrs && i < h->hdrs->n; i++) {
         const struct sk_hdr *x = &h->hdrs->v[i];
         if (x->nlen == 0 || x->name[0] == ':' || conn_specific(x->name, x->nlen, x->value, x->vlen))
@@ -1400,7 +1431,7 @@ static int h2_send_head(struct sk_up *u, const struct sk_req_head *h)
     if (ok && (h->body_kind == SK_H1_BODY_LENGTH || h->send_zero_cl)) {
         char cl[24];
         size_t cll = sk_fmt_u64(cl, (unsigned long long)h->content_length);
-        ok = nv_add(s, nva, &n, "content-length", 14, cl, cll);
+        ok = nv_add_lit(s, nva, &n, "content-length", 14, cl, cll);
     }
     if (!ok)
         return SK_ERR_NOMEM;

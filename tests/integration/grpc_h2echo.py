@@ -89,13 +89,16 @@ class H2Echo:
             body = bytes(st["body"])
             if path.startswith("/bytes/"):
                 body = b"x" * int(path.split("/")[2])
+            extra = []
+            if path.startswith("/fields/"):  # N extra response fields x-f-0 .. x-f-(N-1)
+                extra = [("x-f-%d" % i, "v%d" % i) for i in range(int(path.split("/")[2]))]
             with wlock:
                 try:
                     c.send_headers(sid, [(":status", "200"), ("content-type", "application/octet-stream"),
                                          ("x-got-method", hdrs.get(":method", "")),
                                          ("x-got-path", path), ("x-got-stream", str(sid)),
                                          ("x-conn", str(cid)),
-                                         ("x-got-cl", hdrs.get("content-length", "-"))])
+                                         ("x-got-cl", hdrs.get("content-length", "-"))] + extra)
                 except Exception:
                     return
             # send respecting flow control

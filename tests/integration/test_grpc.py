@@ -316,6 +316,24 @@ def test_curl_to_h2_upstream_with_bodies(skiff_factory, h2echo, tmp_path, proto)
         assert r.stdout == body
 
 
+def test_h2_upstream_response_field_count(skiff_factory, h2echo):
+    """Response header blocks from an h2 upstream: every field arrives up to the
+    per-block limit (128 fields; the list starts at 16 and grows), more is a 502."""
+    up = h2echo()
+    lp, ap = free_port(), free_port()
+    skiff_factory(h2_config(lp, ap, up.port), port=lp, admin_port=ap)
+    url = "http://127.0.0.1:%d" % lp
+    for n in (0, 9, 10, 11, 40, 120):
+        r = curl("-s", "-D", "-", "-o", "/dev/null", url + "/fields/%d" % n)
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.startswith(b"HTTP/1.1 200"), r.stdout[:100]
+        for i in range(n):
+            assert _hdr(r.stdout, "x-f-%d" % i) == "v%d" % i, (n, i)
+        assert _hdr(r.stdout, "x-got-path") == "/fields/%d" % n
+    r = curl("-s", "-D", "-", "-o", "/dev/null", url + "/fields/200")
+    assert r.stdout.startswith(b"HTTP/1.1 502"), r.stdout[:100]
+
+
 def test_goaway_unprocessed_stream_is_reissued(skiff_factory, h2echo, tmp_path):
     """Two requests in flight on one upstream connection; the server sends
     GOAWAY(last_stream_id = the first) and never processes the second: skiff
