@@ -1314,8 +1314,8 @@ static void on_readable(struct h2c *c)
         if (c->nstreams == 0)
             try_hibernate(c);
     }
-    /* TLS may hold more decrypted bytes than one read took */
-    if (c->tp.ssl && !c->closed && !c->no_read && SSL_pending(c->tp.ssl) > 0)
+    /* TLS may hold more bytes (decrypted or read ahead) than one read took */
+    if (c->tp.ssl && !c->closed && !c->no_read && SSL_has_pending(c->tp.ssl))
         ev_feed_event(c->base.w->loop, &c->io, EV_READ);
 }
 

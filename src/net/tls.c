@@ -1519,6 +1519,12 @@ int sk_tls_handshake(SSL *ssl, int *want, const char **why)
         }
         c->done = true;
         count_ok(ssl, c);
+        /* from now on read whole socket buffers, not a 5-byte record header
+         * and then its body: one read(2) per batch of records instead of two
+         * per record (readers ask SSL_has_pending, which counts read-ahead
+         * bytes). Not during the handshake: what a peer sends right after it
+         * must stay in the socket, where the codec taking over will see it. */
+        SSL_set_read_ahead(ssl, 1);
         return 1;
     }
     int e = SSL_get_error(ssl, r);

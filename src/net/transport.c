@@ -10,6 +10,16 @@
 #include "skiff/tls.h"
 #include "skiff/toxics.h"
 
+/* Bytes OpenSSL holds for us: decrypted ones, or (read_ahead) records not yet
+ * decrypted, whose size is unknown: ask for a record's worth. */
+static size_t tls_buffered(SSL *ssl)
+{
+    int n = SSL_pending(ssl);
+    if (n > 0)
+        return (size_t)n;
+    return SSL_has_pending(ssl) ? 16384 : 0;
+}
+
 ssize_t sk_tp_raw_read(struct sk_transport *t, struct sk_buf *b, size_t max)
 {
     if (!t->ssl)
@@ -21,9 +31,9 @@ ssize_t sk_tp_raw_read(struct sk_transport *t, struct sk_buf *b, size_t max)
         size_t room = sk_buf_room(b);
         if (room == 0)
             return total ? total : SK_ERR_TOO_LARGE;
-        /* past `want`, keep going only while OpenSSL holds decrypted bytes:
-         * those never make the socket readable again */
-        size_t ask = (size_t)total < want ? want - (size_t)total : (size_t)SSL_pending(t->ssl);
+        /* past `want`, keep going only while OpenSSL holds bytes (decrypted,
+         * or records read ahead): those never make the socket readable again */
+        size_t ask = (size_t)total < want ? want - (size_t)total : tls_buffered(t->ssl);
         if (ask > room)
             ask = room;
         if (ask == 0)
@@ -40,7 +50,7 @@ ssize_t sk_tp_raw_read(struct sk_transport *t, struct sk_buf *b, size_t max)
             sk_buf_commit(b, (size_t)r);
             total += r;
             /* keep going while OpenSSL holds decrypted bytes */
-            if ((size_t)total >= want && SSL_pending(t->ssl) == 0)
+            if ((size_t)total >= want && !SSL_has_pending(t->ssl))
                 return total;
             continue;
         }
@@ -110,7 +120,7 @@ bool sk_tp_raw_has_buffered(const struct sk_transport *t)
 {
     if (!t->ssl)
         return false;
-    return SSL_pending(t->ssl) > 0 || (SSL_get_shutdown(t->ssl) & SSL_RECEIVED_SHUTDOWN);
+    return SSL_has_pending(t->ssl) || (SSL_get_shutdown(t->ssl) & SSL_RECEIVED_SHUTDOWN);
 }
 
 int sk_tp_raw_events_for_read(const struct sk_transport *t)

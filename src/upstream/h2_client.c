@@ -1360,6 +1360,24 @@ static bool conn_specific(const char *n, uint32_t l, const char *v, uint32_t vl)
     return false;
 }
 
+/* Fields whose value is new on every request (ids, spans): indexing them in
+ * the HPACK dynamic table would only evict fields that do repeat (and cost
+ * an insertion plus an eviction at both ends per request). */
+static bool unique_per_request(const uint8_t *n, size_t l)
+{
+    switch (l) {
+    case 2:
+        return memcmp(n, "b3", 2) == 0;
+    case 11:
+        return memcmp(n, "traceparent", 11) == 0 || memcmp(n, "x-b3-spanid", 11) == 0;
+    case 12:
+        return memcmp(n, "x-request-id", 12) == 0 || memcmp(n, "x-b3-traceid", 12) == 0;
+    case 17:
+        return memcmp(n, "x-b3-parentspanid", 17) == 0;
+    }
+    return false;
+}
+
 static char *dup_lower(struct sk_arena *a, const char *p, size_t n)
 {
     char *d = sk_arena_alloc_nz(a, n + 1);
@@ -1427,6 +1445,8 @@ static int h2_send_head(struct sk_up *u, const struct sk_req_head *h)
         if (x->nlen == 0 || x->name[0] == ':' || conn_specific(x->name, x->nlen, x->value, x->vlen))
             continue;
         ok = nv_add(s, nva, &n, x->name, x->nlen, x->value, x->vlen);
+        if (ok && unique_per_request(nva[n - 1].name, nva[n - 1].namelen))
+            nva[n - 1].flags = NGHTTP2_NV_FLAG_NO_INDEX;
     }
     if (ok && (h->body_kind == SK_H1_BODY_LENGTH || h->send_zero_cl)) {
         char cl[24];
