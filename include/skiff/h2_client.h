@@ -44,5 +44,7 @@
 /* Register the client (sets sk_up_h2_acquire). Main thread, before the
  * workers start; idempotent. */
 void sk_h2_client_init(void);
+/* Free this thread's pool of h2 upstream stream objects (worker exit). */
+void sk_h2_client_thread_cleanup(void);
 
 #endif

@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include "skiff/accesslog.h"
+#include "skiff/h2_client.h"
 #include "skiff/log.h"
 #include "skiff/net.h"
 #include "skiff/upstream.h"
@@ -211,6 +212,7 @@ static void *worker_main(void *arg)
     reap_cb(w->loop, &w->reap_w, 0);
     sk_access_log_worker_close(w);
     sk_http_thread_cleanup();
+    sk_h2_client_thread_cleanup();
     sk_buf_thread_cache_free();
     return NULL;
 }

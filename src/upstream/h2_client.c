@@ -521,15 +521,39 @@ static void queue_flush(struct h2uc *c)
 
 /* ---- stream objects ------------------------------------------------------------ */
 
+/* Freed streams are kept per thread (up to STREAM_POOL_MAX) with their
+ * arena's first block: a request then costs no calloc/malloc/free of them. */
+#define STREAM_POOL_MAX 128
+static __thread struct h2us *stream_pool;
+static __thread unsigned stream_pool_n;
+
 static void stream_free(struct sk_reap *r)
 {
     struct h2us *s = SK_CONTAINER_OF(r, struct h2us, reap);
     sk_buf_free(&s->body);
     sk_buf_free(&s->hold);
-    sk_arena_free(&s->arena);
     if (s->host)
         sk_host_unref(s->host);
+    if (stream_pool_n < STREAM_POOL_MAX) {
+        sk_arena_reset(&s->arena);
+        s->next = stream_pool;
+        stream_pool = s;
+        stream_pool_n++;
+        return;
+    }
+    sk_arena_free(&s->arena);
     free(s);
+}
+
+void sk_h2_client_thread_cleanup(void)
+{
+    while (stream_pool) {
+        struct h2us *s = stream_pool;
+        stream_pool = s->next;
+        sk_arena_free(&s->arena);
+        free(s);
+    }
+    stream_pool_n = 0;
 }
 
 /* Free once neither the router nor nghttp2 can reach the stream. */
@@ -612,9 +636,19 @@ static void deliver_held(struct h2us *s)
 static struct h2us *stream_new(struct sk_host *h, const struct sk_upconn_cbs *cbs, void *ctx,
                                unsigned req_flags)
 {
-    struct h2us *s = calloc(1, sizeof(*s));
-    if (!s)
-        return NULL;
+    struct h2us *s = stream_pool;
+    if (s) {
+        stream_pool = s->next;
+        stream_pool_n--;
+        struct sk_arena keep = s->arena;
+        memset(s, 0, sizeof(*s));
+        s->arena = keep;
+    } else {
+        s = calloc(1, sizeof(*s));
+        if (!s)
+            return NULL;
+        sk_arena_init(&s->arena, 2048);
+    }
     s->base.vt = &h2_vt;
     s->reap.free_fn = stream_free;
     s->w = h->cl->w;
@@ -624,7 +658,6 @@ static struct h2us *stream_new(struct sk_host *h, const struct sk_upconn_cbs *cb
     s->ctx = ctx;
     s->req_flags = req_flags;
     s->replayable = true;
-    sk_arena_init(&s->arena, 2048);
     const struct sk_cluster *cfg = cfg_of(h);
     size_t cap = cfg ? cfg->per_connection_buffer_limit_bytes : 0;
     if (cap < UC_BODY_HIGH)
@@ -728,12 +761,17 @@ static int on_header(nghttp2_session *ng, const nghttp2_frame *f, const uint8_t 
         s->has_cl = true;
         s->cl = v;
     }
-    char *n = sk_arena_strndup(&s->arena, (const char *)name, nlen);
-    char *v = sk_arena_strndup(&s->arena, (const char *)value, vlen);
-    if (!n || !v) {
+    /* name and value in one allocation, each NUL-terminated */
+    char *n = sk_arena_alloc_nz(&s->arena, nlen + vlen + 2);
+    if (!n) {
         s->hdr_bad = true;
         return 0;
     }
+    memcpy(n, name, nlen);
+    n[nlen] = 0;
+    char *v = n + nlen + 1;
+    memcpy(v, value, vlen);
+    v[vlen] = 0;
     if (s->nrh == s->rh_cap) {
         size_t cap = s->rh_cap * 2;
         struct sk_h1_header *nh = sk_arena_alloc_nz(&s->arena, sizeof(*nh) * cap);
@@ -1378,24 +1416,20 @@ static bool unique_per_request(const uint8_t *n, size_t l)
     return false;
 }
 
-static char *dup_lower(struct sk_arena *a, const char *p, size_t n)
-{
-    char *d = sk_arena_alloc_nz(a, n + 1);
-    if (!d)
-        return NULL;
-    for (size_t i = 0; i < n; i++)
-        d[i] = (p[i] >= 'A' && p[i] <= 'Z') ? (char)(p[i] | 0x20) : p[i];
-    d[n] = 0;
-    return d;
-}
-
 static bool nv_add(struct h2us *s, nghttp2_nv *nva, size_t *n, const char *name, size_t nl,
                    const char *value, size_t vl)
 {
-    char *dn = dup_lower(&s->arena, name, nl);
-    char *dv = sk_arena_strndup(&s->arena, value ? value : "", vl);
-    if (!dn || !dv)
+    /* lower-cased name and value in one allocation, each NUL-terminated */
+    char *dn = sk_arena_alloc_nz(&s->arena, nl + vl + 2);
+    if (!dn)
         return false;
+    for (size_t i = 0; i < nl; i++)
+        dn[i] = (name[i] >= 'A' && name[i] <= 'Z') ? (char)(name[i] | 0x20) : name[i];
+    dn[nl] = 0;
+    char *dv = dn + nl + 1;
+    if (vl)
+        memcpy(dv, value, vl);
+    dv[vl] = 0;
     nva[(*n)++] = (nghttp2_nv){(uint8_t *)dn, (uint8_t *)dv, nl, vl, NGHTTP2_NV_FLAG_NONE};
     return true;
 }
