@@ -63,6 +63,7 @@
 #define H2_OUT_CAP (4 * 1024 * 1024)           /* hard cap of the output buffer */
 #define H2_RESP_HIGH (128 * 1024)              /* per-stream response buffer: congested */
 #define H2_RESP_LOW (32 * 1024)                /* ... and drained */
+#define H2_BODY0_MAX 512                       /* first response chunk kept in the arena */
 #define H2_SESSION_MEM_CAP (16u * 1024 * 1024) /* nghttp2's own allocations */
 #define H2_READ_CHUNK (64 * 1024)
 #define H2_GOAWAY_GRACE_S 1.0 /* shutdown notice -> final GOAWAY */
@@ -81,6 +82,10 @@ struct h2s {
     struct h2s *prev, *next; /* c->streams */
     int32_t id;
     struct sk_buf rbody; /* response body waiting for the data provider */
+    /* ... ahead of it: a small first chunk kept in the stream arena (a small
+     * response body needs no buffer allocated and freed) */
+    const char *body0;
+    uint32_t body0_len, body0_off;
     struct sk_buf qbody; /* request body held while the router pauses us */
     struct sk_hdrs resp_trailers;
     struct sk_hdrs req_trailers;
@@ -191,14 +196,14 @@ int sk_h2_preface_match(const char *p, size_t n)
  * iteration: a connection's responses that went out in one write free their
  * streams together) and the next requests arrive in the following iteration;
  * a pool smaller than the burst sends the rest through free + calloc + a new
- * arena block. So the pool keeps up to STREAM_POOL_MAX, or as many as are in
- * use (pool <= peak concurrency: at most the memory the peak already
- * needed), and drops back to STREAM_POOL_MAX once the thread has no stream
- * in use. */
+ * arena block. So the pool keeps up to STREAM_POOL_MAX, or up to the peak
+ * number in use (at most the memory that peak already needed), and drops
+ * back to STREAM_POOL_MAX once the thread has no stream in use. */
 #define STREAM_POOL_MAX 128
 static __thread struct h2s *stream_pool;
 static __thread unsigned stream_pool_n;
-static __thread unsigned stream_out; /* handed out by stream_alloc, not back yet */
+static __thread unsigned stream_out;  /* handed out by stream_alloc, not back yet */
+static __thread unsigned stream_peak; /* highest stream_out since it was last 0 */
 
 static void stream_release(struct h2s *s)
 {
@@ -210,14 +215,17 @@ static void stream_free(struct sk_reap *r)
 {
     struct h2s *s = SK_CONTAINER_OF(r, struct h2s, reap);
     stream_out--;
-    if (stream_pool_n < STREAM_POOL_MAX || stream_pool_n <= stream_out) {
+    if (stream_pool_n < STREAM_POOL_MAX || stream_pool_n < stream_peak) {
         s->next = stream_pool;
         stream_pool = s;
         stream_pool_n++;
     } else {
         stream_release(s);
     }
-    while (stream_out == 0 && stream_pool_n > STREAM_POOL_MAX) {
+    if (stream_out)
+        return;
+    stream_peak = 0;
+    while (stream_pool_n > STREAM_POOL_MAX) {
         struct h2s *x = stream_pool;
         stream_pool = x->next;
         stream_pool_n--;
@@ -246,14 +254,14 @@ static struct h2s *stream_alloc(void)
         struct sk_arena keep = s->st.arena;
         memset(s, 0, sizeof(*s));
         s->st.arena = keep;
-        stream_out++;
-        return s;
-    }
-    s = calloc(1, sizeof(*s));
-    if (s) {
+    } else {
+        s = calloc(1, sizeof(*s));
+        if (!s)
+            return NULL;
         sk_arena_init(&s->st.arena, 4096); /* a proxied stream needs ~2.5 KB: one block */
-        stream_out++;
     }
+    if (++stream_out > stream_peak)
+        stream_peak = stream_out;
     return s;
 }
 
@@ -452,10 +460,16 @@ static void die(struct h2c *c, int ngerr)
 
 /* ---- writing ---------------------------------------------------------------------- */
 
+/* Response bytes not yet taken by the data provider. */
+static size_t resp_pending(const struct h2s *s)
+{
+    return (size_t)(s->body0_len - s->body0_off) + sk_buf_used(&s->rbody);
+}
+
 static void notify_drained(struct h2c *c)
 {
     for (struct h2s *s = c->streams; s; s = s->next) {
-        if (s->want_drained && !s->resp_done && sk_buf_used(&s->rbody) <= H2_RESP_LOW) {
+        if (s->want_drained && !s->resp_done && resp_pending(s) <= H2_RESP_LOW) {
             s->want_drained = false;
             sk_stream_downstream_drained(&s->st);
         }
@@ -561,14 +575,22 @@ static ssize_t data_read_cb(nghttp2_session *ng, int32_t id, uint8_t *buf, size_
     struct h2s *s = src->ptr;
     if (!s || s->finished)
         return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
-    size_t n = sk_buf_used(&s->rbody);
+    size_t n = s->body0_len - s->body0_off;
     if (n > len)
         n = len;
     if (n) {
-        memcpy(buf, sk_buf_rptr(&s->rbody), n);
-        sk_buf_consume(&s->rbody, n);
+        memcpy(buf, s->body0 + s->body0_off, n);
+        s->body0_off += (uint32_t)n;
     }
-    if (sk_buf_used(&s->rbody) == 0) {
+    size_t k = sk_buf_used(&s->rbody);
+    if (k > len - n)
+        k = len - n;
+    if (k) {
+        memcpy(buf + n, sk_buf_rptr(&s->rbody), k);
+        sk_buf_consume(&s->rbody, k);
+        n += k;
+    }
+    if (resp_pending(s) == 0) {
         if (s->resp_eof) {
             *flags |= NGHTTP2_DATA_FLAG_EOF;
             if (s->resp_trailers.n) {
@@ -731,6 +753,16 @@ static void op_send_data(struct sk_stream *st, const char *p, size_t n)
         return;
     if (s->ng_closed)
         return; /* client went away; the router hears it from on_stream_close */
+    if (!s->body0 && n <= H2_BODY0_MAX && sk_buf_used(&s->rbody) == 0) {
+        char *b = sk_arena_alloc_nz(&st->arena, n);
+        if (b) {
+            memcpy(b, p, n);
+            s->body0 = b;
+            s->body0_len = (uint32_t)n;
+            resume(s);
+            return;
+        }
+    }
     if (sk_buf_append(&s->rbody, p, n) < 0) {
         sk_warn("conn %llu stream %d: response buffer limit reached; resetting",
                 (unsigned long long)s->c->id, s->id);
@@ -800,7 +832,7 @@ static void op_reset(struct sk_stream *st)
 static bool op_congested(struct sk_stream *st)
 {
     struct h2s *s = S(st);
-    if (sk_buf_used(&s->rbody) > H2_RESP_HIGH) {
+    if (resp_pending(s) > H2_RESP_HIGH) {
         s->want_drained = true;
         return true;
     }
