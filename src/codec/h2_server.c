@@ -231,6 +231,7 @@ static void stream_free(struct sk_reap *r)
         stream_pool_n--;
         stream_release(x);
     }
+    sk_ngmem_thread_trim(); /* nghttp2's blocks of the burst, likewise */
 }
 
 void sk_h2_thread_cleanup(void)
