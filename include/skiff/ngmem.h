@@ -15,6 +15,10 @@ struct sk_ngmem {
 /* Fill *out with allocator callbacks that account into *m (which must
  * outlive the session). */
 void sk_ngmem_init(nghttp2_mem *out, struct sk_ngmem *m);
+/* Bring the calling thread's cache of small blocks back to its base size
+ * (it may grow up to the peak in use; call when the thread's streams are
+ * done). */
+void sk_ngmem_thread_trim(void);
 /* Free the calling thread's cached small blocks (thread exit). */
 void sk_ngmem_thread_cache_free(void);
 

@@ -63,6 +63,7 @@
 #define H2_OUT_CAP (4 * 1024 * 1024)           /* hard cap of the output buffer */
 #define H2_RESP_HIGH (128 * 1024)              /* per-stream response buffer: congested */
 #define H2_RESP_LOW (32 * 1024)                /* ... and drained */
+#define H2_BODY0_MAX 512                       /* first response chunk kept in the arena */
 #define H2_SESSION_MEM_CAP (16u * 1024 * 1024) /* nghttp2's own allocations */
 #define H2_READ_CHUNK (64 * 1024)
 #define H2_GOAWAY_GRACE_S 1.0 /* shutdown notice -> final GOAWAY */
@@ -81,10 +82,16 @@ struct h2s {
     struct h2s *prev, *next; /* c->streams */
     int32_t id;
     struct sk_buf rbody; /* response body waiting for the data provider */
+    /* ... ahead of it: a small first chunk kept in the stream arena (a small
+     * response body needs no buffer allocated and freed) */
+    const char *body0;
+    uint32_t body0_len, body0_off;
     struct sk_buf qbody; /* request body held while the router pauses us */
     struct sk_hdrs resp_trailers;
     struct sk_hdrs req_trailers;
     uint32_t hdr_bytes, hdr_count;
+    uint32_t hdr_max_count; /* the HCM's limits on the request head */
+    size_t hdr_max_bytes;
     bool hdr_too_large;
     bool has_cl;
     bool started;       /* sk_stream_headers called */
@@ -122,6 +129,7 @@ struct h2c {
     struct sk_ngmem ngm; /* nghttp2's own memory, capped */
     struct sk_buf out;
     struct h2s *streams;
+    struct h2s *hs; /* the stream of the last request header block begun (on_header) */
     uint32_t nstreams;
     uint64_t id;
     uint32_t swin; /* our SETTINGS_INITIAL_WINDOW_SIZE: bounds what a stream holds */
@@ -183,21 +191,47 @@ int sk_h2_preface_match(const char *p, size_t n)
 
 /* ---- stream objects ------------------------------------------------------------ */
 
+/* Stream objects (and their arena's first block) are pooled per thread.
+ * Streams finish in bursts (the reap list runs at the end of a loop
+ * iteration: a connection's responses that went out in one write free their
+ * streams together) and the next requests arrive in the following iteration;
+ * a pool smaller than the burst sends the rest through free + calloc + a new
+ * arena block. So the pool keeps up to STREAM_POOL_MAX, or up to the peak
+ * number in use (at most the memory that peak already needed), and drops
+ * back to STREAM_POOL_MAX once the thread has no stream in use. */
 #define STREAM_POOL_MAX 128
 static __thread struct h2s *stream_pool;
 static __thread unsigned stream_pool_n;
+static __thread unsigned stream_out;  /* handed out by stream_alloc, not back yet */
+static __thread unsigned stream_peak; /* highest stream_out since it was last 0 */
+
+static void stream_release(struct h2s *s)
+{
+    sk_arena_free(&s->st.arena);
+    free(s);
+}
 
 static void stream_free(struct sk_reap *r)
 {
     struct h2s *s = SK_CONTAINER_OF(r, struct h2s, reap);
-    if (stream_pool_n < STREAM_POOL_MAX) {
+    stream_out--;
+    if (stream_pool_n < STREAM_POOL_MAX || stream_pool_n < stream_peak) {
         s->next = stream_pool;
         stream_pool = s;
         stream_pool_n++;
-        return;
+    } else {
+        stream_release(s);
     }
-    sk_arena_free(&s->st.arena);
-    free(s);
+    if (stream_out)
+        return;
+    stream_peak = 0;
+    while (stream_pool_n > STREAM_POOL_MAX) {
+        struct h2s *x = stream_pool;
+        stream_pool = x->next;
+        stream_pool_n--;
+        stream_release(x);
+    }
+    sk_ngmem_thread_trim(); /* nghttp2's blocks of the burst, likewise */
 }
 
 void sk_h2_thread_cleanup(void)
@@ -205,8 +239,7 @@ void sk_h2_thread_cleanup(void)
     while (stream_pool) {
         struct h2s *s = stream_pool;
         stream_pool = s->next;
-        sk_arena_free(&s->st.arena);
-        free(s);
+        stream_release(s);
     }
     stream_pool_n = 0;
     sessions_thread_cleanup();
@@ -222,11 +255,14 @@ static struct h2s *stream_alloc(void)
         struct sk_arena keep = s->st.arena;
         memset(s, 0, sizeof(*s));
         s->st.arena = keep;
-        return s;
-    }
-    s = calloc(1, sizeof(*s));
-    if (s)
+    } else {
+        s = calloc(1, sizeof(*s));
+        if (!s)
+            return NULL;
         sk_arena_init(&s->st.arena, 4096); /* a proxied stream needs ~2.5 KB: one block */
+    }
+    if (++stream_out > stream_peak)
+        stream_peak = stream_out;
     return s;
 }
 
@@ -278,6 +314,8 @@ static void stream_finish(struct h2s *s)
     if (s->next)
         s->next->prev = s->prev;
     s->prev = s->next = NULL;
+    if (c->hs == s)
+        c->hs = NULL;
     c->nstreams--;
     sk_stream_cleanup(&s->st);
     sk_buf_free(&s->rbody);
@@ -423,10 +461,16 @@ static void die(struct h2c *c, int ngerr)
 
 /* ---- writing ---------------------------------------------------------------------- */
 
+/* Response bytes not yet taken by the data provider. */
+static size_t resp_pending(const struct h2s *s)
+{
+    return (size_t)(s->body0_len - s->body0_off) + sk_buf_used(&s->rbody);
+}
+
 static void notify_drained(struct h2c *c)
 {
     for (struct h2s *s = c->streams; s; s = s->next) {
-        if (s->want_drained && !s->resp_done && sk_buf_used(&s->rbody) <= H2_RESP_LOW) {
+        if (s->want_drained && !s->resp_done && resp_pending(s) <= H2_RESP_LOW) {
             s->want_drained = false;
             sk_stream_downstream_drained(&s->st);
         }
@@ -532,14 +576,22 @@ static ssize_t data_read_cb(nghttp2_session *ng, int32_t id, uint8_t *buf, size_
     struct h2s *s = src->ptr;
     if (!s || s->finished)
         return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
-    size_t n = sk_buf_used(&s->rbody);
+    size_t n = s->body0_len - s->body0_off;
     if (n > len)
         n = len;
     if (n) {
-        memcpy(buf, sk_buf_rptr(&s->rbody), n);
-        sk_buf_consume(&s->rbody, n);
+        memcpy(buf, s->body0 + s->body0_off, n);
+        s->body0_off += (uint32_t)n;
     }
-    if (sk_buf_used(&s->rbody) == 0) {
+    size_t k = sk_buf_used(&s->rbody);
+    if (k > len - n)
+        k = len - n;
+    if (k) {
+        memcpy(buf + n, sk_buf_rptr(&s->rbody), k);
+        sk_buf_consume(&s->rbody, k);
+        n += k;
+    }
+    if (resp_pending(s) == 0) {
         if (s->resp_eof) {
             *flags |= NGHTTP2_DATA_FLAG_EOF;
             if (s->resp_trailers.n) {
@@ -574,7 +626,19 @@ static void resume(struct h2s *s)
 
 static bool has_upper(const char *p, uint32_t n)
 {
-    for (uint32_t i = 0; i < n; i++)
+    uint32_t i = 0;
+    /* 8 bytes at a time: a byte's high bit ends up set iff it is 'A'..'Z'
+     * (7-bit sums never carry into the next byte; bytes >= 0x80 masked) */
+    for (; i + 8 <= n; i += 8) {
+        uint64_t x;
+        memcpy(&x, p + i, 8);
+        uint64_t lo = x & 0x7f7f7f7f7f7f7f7full;
+        uint64_t ge_a = lo + 0x3f3f3f3f3f3f3f3full; /* >= 'A' (0x41) */
+        uint64_t gt_z = lo + 0x2525252525252525ull; /* > 'Z' (0x5a) */
+        if ((ge_a ^ gt_z) & ~x & 0x8080808080808080ull)
+            return true;
+    }
+    for (; i < n; i++)
         if (p[i] >= 'A' && p[i] <= 'Z')
             return true;
     return false;
@@ -597,15 +661,37 @@ static void op_send_head(struct sk_stream *st, int status, const struct sk_hdrs 
     int cls = status / 100;
     if (cls >= 1 && cls <= 5)
         sk_stat_add(&c->base.w->stats, SK_ST_downstream_rq_1xx + cls - 1, 1);
-    nghttp2_nv *nva = sk_arena_alloc(&st->arena, sizeof(*nva) * (h->n + 2));
-    char *sv = sk_arena_alloc(&st->arena, 24);
-    if (!nva || !sv) {
+    /* nghttp2 copies the field list; the names and values need no copy (nor
+     * its lower-casing pass: names are lower-case here) when they stay put
+     * until the HEADERS frame is serialized. The list is st->resp_hdrs, in
+     * the stream arena for the access log until sk_stream_cleanup, and
+     * nghttp2 reads the strings only while the stream is open (a HEADERS
+     * item of a closed stream is dropped unread), i.e. before stream_finish;
+     * so are the literals and what is formatted into the arena below. */
+    const uint8_t keep = NGHTTP2_NV_FLAG_NO_COPY_NAME | NGHTTP2_NV_FLAG_NO_COPY_VALUE;
+    uint8_t hkeep = h->n && h->v == st->resp_hdrs.v && h->n <= st->resp_hdrs.n
+                        ? keep
+                        : NGHTTP2_NV_FLAG_NONE;
+    size_t nmax = (size_t)h->n + 2;
+    /* one piece: the list, then :status and content-length values */
+    nghttp2_nv *nva = sk_arena_alloc_nz(&st->arena, sizeof(*nva) * nmax + 48);
+    if (!nva) {
         st->ops->reset(st);
         return;
     }
-    size_t nvl = sk_fmt_u64(sv, (unsigned)status % 1000);
+    char *sv = (char *)(nva + nmax);
+    unsigned sc = (unsigned)status % 1000;
+    size_t nvl;
+    if (sc >= 100) {
+        sv[0] = (char)('0' + sc / 100);
+        sv[1] = (char)('0' + sc / 10 % 10);
+        sv[2] = (char)('0' + sc % 10);
+        nvl = 3;
+    } else {
+        nvl = sk_fmt_u64(sv, sc);
+    }
     size_t n = 0;
-    nva[n++] = (nghttp2_nv){(uint8_t *)":status", (uint8_t *)sv, 7, nvl, NGHTTP2_NV_FLAG_NONE};
+    nva[n++] = (nghttp2_nv){(uint8_t *)":status", (uint8_t *)sv, 7, nvl, keep};
     bool has_cl = false;
     for (uint32_t i = 0; i < h->n; i++) {
         const struct sk_hdr *x = &h->v[i];
@@ -616,6 +702,7 @@ static void op_send_head(struct sk_stream *st, int status, const struct sk_hdrs 
         if (x->nlen == 14 && memcmp(x->name, "content-length", 14) == 0)
             has_cl = true;
         const char *name = x->name;
+        uint8_t fl = hkeep;
         if (has_upper(name, x->nlen)) {
             char *ln = sk_arena_alloc(&st->arena, x->nlen + 1);
             if (!ln)
@@ -624,19 +711,16 @@ static void op_send_head(struct sk_stream *st, int status, const struct sk_hdrs 
                 ln[k] = (x->name[k] >= 'A' && x->name[k] <= 'Z') ? (char)(x->name[k] | 0x20)
                                                                  : x->name[k];
             name = ln;
+            fl |= NGHTTP2_NV_FLAG_NO_COPY_NAME;
         }
-        nva[n++] = (nghttp2_nv){(uint8_t *)name, (uint8_t *)x->value, x->nlen, x->vlen,
-                                NGHTTP2_NV_FLAG_NONE};
+        nva[n++] = (nghttp2_nv){(uint8_t *)name, (uint8_t *)x->value, x->nlen, x->vlen, fl};
     }
     bool no_body =
         end_stream || status == 204 || status == 304 || st->resp_head_req || status < 200;
     if (!has_cl && content_length >= 0 && status != 204 && status != 304 && status >= 200) {
-        char *cl = sk_arena_alloc(&st->arena, 24);
-        if (cl) {
-            size_t cll = sk_fmt_u64(cl, (unsigned long long)content_length);
-            nva[n++] = (nghttp2_nv){(uint8_t *)"content-length", (uint8_t *)cl, 14, cll,
-                                    NGHTTP2_NV_FLAG_NONE};
-        }
+        char *cl = sv + 24;
+        size_t cll = sk_fmt_u64(cl, (unsigned long long)content_length);
+        nva[n++] = (nghttp2_nv){(uint8_t *)"content-length", (uint8_t *)cl, 14, cll, keep};
     }
     int rv;
     s->head_sent = true;
@@ -670,6 +754,16 @@ static void op_send_data(struct sk_stream *st, const char *p, size_t n)
         return;
     if (s->ng_closed)
         return; /* client went away; the router hears it from on_stream_close */
+    if (!s->body0 && n <= H2_BODY0_MAX && sk_buf_used(&s->rbody) == 0) {
+        char *b = sk_arena_alloc_nz(&st->arena, n);
+        if (b) {
+            memcpy(b, p, n);
+            s->body0 = b;
+            s->body0_len = (uint32_t)n;
+            resume(s);
+            return;
+        }
+    }
     if (sk_buf_append(&s->rbody, p, n) < 0) {
         sk_warn("conn %llu stream %d: response buffer limit reached; resetting",
                 (unsigned long long)s->c->id, s->id);
@@ -739,7 +833,7 @@ static void op_reset(struct sk_stream *st)
 static bool op_congested(struct sk_stream *st)
 {
     struct h2s *s = S(st);
-    if (sk_buf_used(&s->rbody) > H2_RESP_HIGH) {
+    if (resp_pending(s) > H2_RESP_HIGH) {
         s->want_drained = true;
         return true;
     }
@@ -879,6 +973,9 @@ static int on_begin_headers(nghttp2_session *ng, const nghttp2_frame *f, void *u
     st->snap = sk_snapshot_ref(c->snap);
     st->listener = c->l;
     st->hcm = c->fc->hcm;
+    s->hdr_max_bytes =
+        (size_t)(st->hcm->max_request_headers_kb ? st->hcm->max_request_headers_kb : 60) * 1024;
+    s->hdr_max_count = st->hcm->max_headers_count ? st->hcm->max_headers_count : 100;
     st->t_start = ev_now(w->loop);
     st->scheme = c->tp.ssl ? "https" : "http"; /* the transport, not the client's claim */
     memcpy(st->peer_ip, c->peer_ip, sizeof(st->peer_ip));
@@ -900,6 +997,7 @@ static int on_begin_headers(nghttp2_session *ng, const nghttp2_frame *f, void *u
     }
     sk_stat_add(&w->stats, SK_ST_downstream_rq_active, 1);
     nghttp2_session_set_stream_user_data(ng, s->id, s);
+    c->hs = s; /* header blocks are contiguous: on_header's stream, without a lookup */
     if (!still_there)
         start_graceful(c); /* the listener is gone from the config: drain */
     return 0;
@@ -914,19 +1012,19 @@ static bool name_is(const uint8_t *n, size_t nl, const char *lit)
 static int on_header(nghttp2_session *ng, const nghttp2_frame *f, const uint8_t *name, size_t nlen,
                      const uint8_t *value, size_t vlen, uint8_t flags, void *ud)
 {
-    if (f->hd.type != NGHTTP2_HEADERS || ((struct h2c *)ud)->restoring)
+    struct h2c *c = ud;
+    if (f->hd.type != NGHTTP2_HEADERS || c->restoring)
         return 0;
-    struct h2s *s = nghttp2_session_get_stream_user_data(ng, f->hd.stream_id);
+    struct h2s *s = c->hs;
+    if (!s || s->id != f->hd.stream_id)
+        s = nghttp2_session_get_stream_user_data(ng, f->hd.stream_id);
     if (!s || s->finished)
         return 0;
     struct sk_stream *st = &s->st;
-    const struct sk_hcm *hcm = st->hcm;
-    size_t max_bytes =
-        (size_t)(hcm->max_request_headers_kb ? hcm->max_request_headers_kb : 60) * 1024;
-    size_t max_count = hcm->max_headers_count ? hcm->max_headers_count : 100;
     s->hdr_bytes += (uint32_t)(nlen + vlen + 32);
     s->hdr_count++;
-    if (s->hdr_bytes > max_bytes || s->hdr_count > max_count + 4 /* pseudo-headers */)
+    if (s->hdr_bytes > s->hdr_max_bytes ||
+        s->hdr_count > (uint64_t)s->hdr_max_count + 4 /* pseudo-headers */)
         s->hdr_too_large = true;
     if (s->hdr_too_large)
         return 0;
@@ -938,6 +1036,9 @@ static int on_header(nghttp2_session *ng, const nghttp2_frame *f, const uint8_t 
         return 0;
     }
     if (nlen && n[0] == ':') {
+        /* :scheme is the client's claim; x-forwarded-proto uses the transport */
+        if (name_is(name, nlen, ":scheme"))
+            return 0;
         char *dup = sk_arena_strndup(&st->arena, v, vlen);
         if (!dup)
             return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
@@ -957,7 +1058,6 @@ static int on_header(nghttp2_session *ng, const nghttp2_frame *f, const uint8_t 
             if (sk_hdrs_add(&st->req, &st->arena, "upgrade", 7, v, vlen) < 0)
                 return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
         }
-        /* :scheme is the client's claim; x-forwarded-proto uses the transport */
         return 0;
     }
     if (name_is(name, nlen, "cookie")) {
@@ -1334,6 +1434,17 @@ static void conn_io_cb(struct ev_loop *loop, ev_io *io, int revents)
         on_readable(c);
 }
 
+/* The client's next bytes are already waiting: the connection is not idle,
+ * the loop is only late to read them (an iteration slower than H2_HIB_S,
+ * as under overload). Hibernating now would rebuild the session at once. */
+static bool input_waiting(const struct h2c *c)
+{
+    if (c->tp.ssl && SSL_pending(c->tp.ssl) > 0)
+        return true;
+    char b;
+    return recv(c->tp.fd, &b, 1, MSG_PEEK | MSG_DONTWAIT) > 0;
+}
+
 static void idle_cb(struct ev_loop *loop, ev_timer *t, int revents)
 {
     struct h2c *c = t->data;
@@ -1345,6 +1456,12 @@ static void idle_cb(struct ev_loop *loop, ev_timer *t, int revents)
     if (has_to && left <= 0.001) {
         sk_stat_add(&c->base.w->stats, SK_ST_downstream_cx_idle_timeout, 1);
         final_goaway(c);
+        return;
+    }
+    if (!c->hib && input_waiting(c)) {
+        /* look again after the read (it may hold no new stream) */
+        ev_timer_set(&c->idle, has_to && left < H2_HIB_S ? left : H2_HIB_S, 0.);
+        ev_timer_start(loop, &c->idle);
         return;
     }
     try_hibernate(c);

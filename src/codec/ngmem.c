@@ -15,8 +15,12 @@ struct mem_hdr {
  * items) and frees them when the stream closes; with hundreds of streams in
  * flight glibc's tcache (7 per size) misses and every one goes through
  * _int_malloc/_int_free. A class's blocks are always allocated at the class
- * size, so any request of that class fits. Bounded in bytes per thread; a session's
- * accounting (used/cap) still counts the requested bytes. */
+ * size, so any request of that class fits. Bounded in bytes per thread: up to
+ * CACHE_BYTES_MAX, or beyond while cached + in use stays within the peak in
+ * use (streams finish in bursts as large as the concurrency: a smaller cache
+ * sends the rest of a burst through free and back through malloc), until
+ * sk_ngmem_thread_trim. A session's accounting (used/cap) still counts the
+ * requested bytes. */
 #define SMALL_MAX 512
 #define CLASS_SZ 64
 #define NCLASS (SMALL_MAX / CLASS_SZ)
@@ -26,6 +30,8 @@ struct free_blk {
 };
 static __thread struct free_blk *free_list[NCLASS];
 static __thread size_t free_bytes;
+static __thread size_t small_out;  /* small blocks handed out (class sizes) */
+static __thread size_t small_peak; /* highest small_out since the last trim */
 
 static inline unsigned size_class(size_t n)
 {
@@ -40,14 +46,20 @@ static void *ng_malloc(size_t n, void *ud)
     struct mem_hdr *h;
     if (n <= SMALL_MAX) {
         unsigned k = size_class(n);
+        size_t sz = (size_t)(k + 1) * CLASS_SZ;
         struct free_blk *f = free_list[k];
         if (f) {
             free_list[k] = f->next;
-            free_bytes -= (size_t)(k + 1) * CLASS_SZ;
+            free_bytes -= sz;
             h = (struct mem_hdr *)f;
         } else {
-            h = malloc(sizeof(*h) + (size_t)(k + 1) * CLASS_SZ);
+            h = malloc(sizeof(*h) + sz);
+            if (!h)
+                return NULL;
         }
+        small_out += sz;
+        if (small_out > small_peak)
+            small_peak = small_out;
     } else {
         h = malloc(sizeof(*h) + n);
     }
@@ -69,7 +81,8 @@ static void ng_free(void *p, void *ud)
     if (n <= SMALL_MAX) {
         unsigned k = size_class(n);
         size_t sz = (size_t)(k + 1) * CLASS_SZ;
-        if (free_bytes + sz <= CACHE_BYTES_MAX) {
+        small_out = small_out >= sz ? small_out - sz : 0; /* (a block of another thread) */
+        if (free_bytes + sz <= CACHE_BYTES_MAX || free_bytes + sz + small_out <= small_peak) {
             struct free_blk *f = (struct free_blk *)h;
             f->next = free_list[k];
             free_list[k] = f;
@@ -78,6 +91,19 @@ static void ng_free(void *p, void *ud)
         }
     }
     free(h);
+}
+
+void sk_ngmem_thread_trim(void)
+{
+    for (unsigned k = NCLASS; k-- > 0 && free_bytes > CACHE_BYTES_MAX;) {
+        while (free_list[k] && free_bytes > CACHE_BYTES_MAX) {
+            struct free_blk *f = free_list[k];
+            free_list[k] = f->next;
+            free_bytes -= (size_t)(k + 1) * CLASS_SZ;
+            free(f);
+        }
+    }
+    small_peak = small_out;
 }
 
 void sk_ngmem_thread_cache_free(void)
