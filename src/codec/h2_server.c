@@ -1439,7 +1439,7 @@ static void conn_io_cb(struct ev_loop *loop, ev_io *io, int revents)
  * as under overload). Hibernating now would rebuild the session at once. */
 static bool input_waiting(const struct h2c *c)
 {
-    if (c->tp.ssl && SSL_pending(c->tp.ssl) > 0)
+    if (c->tp.ssl && SSL_has_pending(c->tp.ssl))
         return true;
     char b;
     return recv(c->tp.fd, &b, 1, MSG_PEEK | MSG_DONTWAIT) > 0;
