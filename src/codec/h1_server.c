@@ -681,27 +681,27 @@ static int start_stream(struct h1s *c, const struct sk_h1_msg *m, size_t head_le
     st->hcm = c->fc->hcm;
     st->t_start = ev_now(w->loop);
     st->scheme = c->tp.ssl ? "https" : "http";
-    /* copy what outlives the input buffer into the stream arena */
-    char *blk = sk_arena_alloc(&st->arena, m->method_len + m->target_len + m->host_len + 3);
+    /* copy what outlives the input buffer into the stream arena: the head
+     * from the method on, in one piece; the fields point into the copy
+     * (names lower-cased), method and target are NUL-terminated at the SP
+     * after each, the Host value at its end */
+    const char *span = m->method;
+    char *blk = sk_hdrs_add_h1(&st->req, &st->arena, span,
+                               (size_t)(m->fields + m->fields_len - span), m->hdrs, m->nhdrs);
     if (!blk) {
         sk_arena_reset(&st->arena);
         stream_free(&b->reap);
         return SK_ERR_NOMEM;
     }
-    memcpy(blk, m->method, m->method_len);
     blk[m->method_len] = 0;
     st->method = blk;
     st->method_len = (uint32_t)m->method_len;
-    char *t = blk + m->method_len + 1;
-    memcpy(t, m->target, m->target_len);
+    char *t = blk + (m->target - span);
     t[m->target_len] = 0;
     st->path = t;
     st->path_len = (uint32_t)m->target_len;
     if (m->host) {
-        char *hh = t + m->target_len + 1;
-        memcpy(hh, m->host, m->host_len);
-        hh[m->host_len] = 0;
-        st->authority = hh;
+        st->authority = blk + (m->host - span);
         st->authority_len = (uint32_t)m->host_len;
     }
     /* absolute-form (RFC 9112 3.2.2): the target's authority replaces Host,
@@ -745,13 +745,6 @@ static int start_stream(struct h1s *c, const struct sk_h1_msg *m, size_t head_le
         }
         /* the router writes Host from st->authority, so the upstream sees one */
     }
-    for (size_t i = 0; i < m->nhdrs; i++)
-        if (sk_hdrs_add(&st->req, &st->arena, m->hdrs[i].name, m->hdrs[i].name_len,
-                        m->hdrs[i].value, m->hdrs[i].value_len) < 0) {
-            sk_arena_reset(&st->arena);
-            stream_free(&b->reap);
-            return SK_ERR_NOMEM;
-        }
     st->req_flags = m->flags;
     st->req_body_kind = m->body_kind;
     st->req_content_length = m->content_length;
@@ -823,7 +816,7 @@ static void process_head(struct h1s *c)
     if (maxh > H1_MAX_HDRS_CAP)
         maxh = H1_MAX_HDRS_CAP;
     struct sk_h1_header hdrs[H1_MAX_HDRS_CAP];
-    struct sk_h1_msg m = {0};
+    struct sk_h1_msg m; /* the parser resets every other field */
     m.hdrs = hdrs;
     m.hdrs_cap = maxh;
     struct sk_h1_limits lim = {(size_t)hcm->max_request_headers_kb * 1024, maxh};

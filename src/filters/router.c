@@ -1463,18 +1463,29 @@ static void up_response(void *ctx, const struct sk_h1_msg *m)
     struct sk_hdrs h = {0};
     bool upgraded = (m->status == 101 && st->upgrade) ||
                     ((st->req_flags & SK_H1_F_CONNECT) && m->status >= 200 && m->status < 300);
-    for (size_t i = 0; i < m->nhdrs; i++) {
-        const struct sk_h1_header *x = &m->hdrs[i];
-        /* add (lower-cased copy), then drop it again if it is hop-by-hop */
-        if (sk_hdrs_add(&h, &st->arena, x->name, x->name_len, x->value, x->value_len) < 0)
-            break;
-        const struct sk_hdr *lx = &h.v[h.n - 1];
-        if (hop_by_hop(lx->name, lx->nlen)) {
-            /* keep content-length on HEAD responses and 304s: it describes the entity */
-            bool keep_cl = lx->nlen == 14 && (st->resp_head_req || m->status == 304);
-            if (!keep_cl)
-                h.n--;
+    /* add (lower-cased copies), then drop the hop-by-hop ones; an h1
+     * response's fields are copied in one piece */
+    if (m->fields) {
+        if (!sk_hdrs_add_h1(&h, &st->arena, m->fields, m->fields_len, m->hdrs, m->nhdrs))
+            h.n = 0;
+    } else {
+        for (size_t i = 0; i < m->nhdrs; i++) {
+            const struct sk_h1_header *x = &m->hdrs[i];
+            if (sk_hdrs_add(&h, &st->arena, x->name, x->name_len, x->value, x->value_len) < 0)
+                break;
         }
+    }
+    {
+        uint32_t o = 0;
+        for (uint32_t i = 0; i < h.n; i++) {
+            const struct sk_hdr *lx = &h.v[i];
+            /* keep content-length on HEAD responses and 304s: it describes the entity */
+            if (hop_by_hop(lx->name, lx->nlen) &&
+                !(lx->nlen == 14 && (st->resp_head_req || m->status == 304)))
+                continue;
+            h.v[o++] = *lx;
+        }
+        h.n = o;
     }
     apply_all_ops(st, &h, false);
     if (upgraded && m->status == 101) {

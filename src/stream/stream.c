@@ -7,6 +7,7 @@
 
 #include "skiff/accesslog.h"
 #include "skiff/err.h"
+#include "skiff/http1.h"
 #include "skiff/hoststate.h"
 #include "skiff/log.h"
 #include "skiff/scope.h"
@@ -79,16 +80,11 @@ int sk_hdrs_push(struct sk_hdrs *h, struct sk_arena *a, const struct sk_hdr *x)
     return 0;
 }
 
-int sk_hdrs_add(struct sk_hdrs *h, struct sk_arena *a, const char *name, size_t nlen,
-                const char *value, size_t vlen)
+/* Copy nlen bytes of name to n, lower-cased: 8 bytes at a time, a byte gets
+ * 0x20 iff it is 'A'..'Z' (7-bit sums never carry into the next byte; bytes
+ * >= 0x80 untouched). n == name is fine (in place). */
+static inline void lower_copy(char *n, const char *name, size_t nlen)
 {
-    if (hdrs_grow(h, a) < 0)
-        return SK_ERR_NOMEM;
-    char *n = sk_arena_alloc_nz(a, nlen + vlen + 2);
-    if (!n)
-        return SK_ERR_NOMEM;
-    /* lower-case 8 bytes at a time: a byte gets 0x20 iff it is 'A'..'Z'
-     * (7-bit sums never carry into the next byte; bytes >= 0x80 untouched) */
     size_t i = 0;
     for (; i + 8 <= nlen; i += 8) {
         uint64_t x, lo;
@@ -104,12 +100,57 @@ int sk_hdrs_add(struct sk_hdrs *h, struct sk_arena *a, const char *name, size_t 
         char c = name[i];
         n[i] = (c >= 'A' && c <= 'Z') ? (char)(c | 0x20) : c;
     }
+}
+
+int sk_hdrs_add(struct sk_hdrs *h, struct sk_arena *a, const char *name, size_t nlen,
+                const char *value, size_t vlen)
+{
+    if (hdrs_grow(h, a) < 0)
+        return SK_ERR_NOMEM;
+    char *n = sk_arena_alloc_nz(a, nlen + vlen + 2);
+    if (!n)
+        return SK_ERR_NOMEM;
+    lower_copy(n, name, nlen);
     n[nlen] = 0;
     char *v = n + nlen + 1;
     memcpy(v, value, vlen);
     v[vlen] = 0;
     h->v[h->n++] = (struct sk_hdr){n, (uint32_t)nlen, v, (uint32_t)vlen};
     return 0;
+}
+
+char *sk_hdrs_add_h1(struct sk_hdrs *h, struct sk_arena *a, const char *span, size_t span_len,
+                     const struct sk_h1_header *f, size_t n)
+{
+    if (h->cap - h->n < n) {
+        uint32_t nc = h->cap ? h->cap : 16;
+        while (nc - h->n < n)
+            nc *= 2;
+        struct sk_hdr *v = sk_arena_alloc_nz(a, sizeof(*v) * nc); /* only [0, n) is ever read */
+        if (!v)
+            return NULL;
+        if (h->n)
+            memcpy(v, h->v, sizeof(*v) * h->n);
+        h->v = v;
+        h->cap = nc;
+    }
+    char *blk = sk_arena_alloc_nz(a, span_len ? span_len : 1);
+    if (!blk)
+        return NULL;
+    memcpy(blk, span, span_len);
+    struct sk_hdr *o = h->v + h->n;
+    for (size_t i = 0; i < n; i++) {
+        /* the byte after a name is its colon, the byte after a value its CR
+         * or trailing whitespace: both inside the span, free for the NUL */
+        char *nm = blk + (f[i].name - span);
+        char *vl = blk + (f[i].value - span);
+        lower_copy(nm, nm, f[i].name_len);
+        nm[f[i].name_len] = 0;
+        vl[f[i].value_len] = 0;
+        o[i] = (struct sk_hdr){nm, (uint32_t)f[i].name_len, vl, (uint32_t)f[i].value_len};
+    }
+    h->n += (uint32_t)n;
+    return blk;
 }
 
 struct sk_hdr *sk_hdrs_get(const struct sk_hdrs *h, const char *lname, size_t nlen)
