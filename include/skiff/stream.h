@@ -84,6 +84,10 @@ char *sk_hdrs_add_h1(struct sk_hdrs *h, struct sk_arena *a, const char *span, si
                      const struct sk_h1_header *f, size_t n);
 /* Append an entry whose strings already live long enough (no copy). */
 int sk_hdrs_push(struct sk_hdrs *h, struct sk_arena *a, const struct sk_hdr *x);
+/* Append "name: value\r\n" for every entry of h to b, reserving room once.
+ * 0, or SK_ERR_TOO_LARGE / SK_ERR_NOMEM (then b may hold a prefix of the
+ * lines, as with one sk_buf_append per piece). */
+int sk_buf_append_fields(struct sk_buf *b, const struct sk_hdrs *h);
 struct sk_hdr *sk_hdrs_get(const struct sk_hdrs *h, const char *lname, size_t nlen);
 void sk_hdrs_del(struct sk_hdrs *h, const char *lname, size_t nlen);
 

@@ -394,13 +394,9 @@ static void op_send_head(struct sk_stream *st, int status, const struct sk_hdrs 
     line[n++] = '\n';
     if (out_append(c, line, (size_t)n) < 0)
         return;
-    for (uint32_t i = 0; i < h->n; i++) {
-        struct sk_buf *o = &c->out;
-        if (sk_buf_append(o, h->v[i].name, h->v[i].nlen) < 0 || sk_buf_append(o, ": ", 2) < 0 ||
-            sk_buf_append(o, h->v[i].value, h->v[i].vlen) < 0 || sk_buf_append(o, "\r\n", 2) < 0) {
-            conn_close(c);
-            return;
-        }
+    if (h->n && sk_buf_append_fields(&c->out, h) < 0) {
+        conn_close(c);
+        return;
     }
     bool no_body = status == 204 || status == 304 || (status >= 100 && status < 200) ||
                    st->resp_head_req;

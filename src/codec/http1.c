@@ -91,15 +91,31 @@ static inline uint64_t lc_word(uint64_t x)
 
 static inline int lc_eq(const char *a, const char *lit, size_t n)
 {
-    size_t i = 0;
-    for (; i + 8 <= n; i += 8) {
+    /* n is a constant at every call: whole words, the last one overlapping
+     * the one before; 4..7 bytes as two overlapping 4-byte halves */
+    if (n >= 8) {
+        size_t i = 0;
+        for (; i + 8 < n; i += 8) {
+            uint64_t x, y;
+            memcpy(&x, a + i, 8);
+            memcpy(&y, lit + i, 8);
+            if (lc_word(x) != y)
+                return 0;
+        }
         uint64_t x, y;
-        memcpy(&x, a + i, 8);
-        memcpy(&y, lit + i, 8);
-        if (lc_word(x) != y)
-            return 0;
+        memcpy(&x, a + n - 8, 8);
+        memcpy(&y, lit + n - 8, 8);
+        return lc_word(x) == y;
     }
-    for (; i < n; i++)
+    if (n >= 4) {
+        uint32_t x1, y1, x2, y2;
+        memcpy(&x1, a, 4);
+        memcpy(&y1, lit, 4);
+        memcpy(&x2, a + n - 4, 4);
+        memcpy(&y2, lit + n - 4, 4);
+        return lc_word(x1) == y1 && lc_word(x2) == y2;
+    }
+    for (size_t i = 0; i < n; i++)
         if (LC(a[i]) != (unsigned char)lit[i])
             return 0;
     return 1;

@@ -29,6 +29,10 @@ const struct sk_vhost *sk_route_vhost(const struct sk_route_config *rc, const ch
 {
     if (!rc)
         return NULL;
+    /* one virtual host for every domain (the common sidecar config) */
+    if (rc->nvhosts == 1 && rc->vhosts[0].ndomains == 1 && rc->vhosts[0].domains[0][0] == '*' &&
+        rc->vhosts[0].domains[0][1] == 0)
+        return &rc->vhosts[0];
     const struct sk_vhost *star = NULL, *best_suffix = NULL, *best_prefix = NULL;
     size_t best_suffix_len = 0, best_prefix_len = 0;
     /* host without :port, for a second exact try (IPv6 literals keep []) */
