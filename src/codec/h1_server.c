@@ -386,7 +386,15 @@ static void op_send_head(struct sk_stream *st, int status, const struct sk_hdrs 
     const char *rp = reason_phrase(status);
     size_t rl = strlen(rp);
     memcpy(line, "HTTP/1.1 ", 9);
-    int n = 9 + (int)sk_fmt_u64(line + 9, (unsigned)status % 1000);
+    int n;
+    if (status >= 100 && status <= 999) {
+        line[9] = (char)('0' + status / 100);
+        line[10] = (char)('0' + status / 10 % 10);
+        line[11] = (char)('0' + status % 10);
+        n = 12;
+    } else {
+        n = 9 + (int)sk_fmt_u64(line + 9, (unsigned)status % 1000);
+    }
     line[n++] = ' ';
     memcpy(line + n, rp, rl);
     n += (int)rl;

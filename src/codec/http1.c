@@ -296,6 +296,25 @@ static int field_cl(struct framing *f, const char *v, size_t len)
     const char *e;
     if (len == 0)
         return SK_ERR_H1_BAD_CL;
+    if (len <= 18) {
+        /* the usual value, 1..18 digits and nothing else: no list walk
+         * (18 digits cannot overflow INT64_MAX) */
+        uint64_t n = 0;
+        size_t i = 0;
+        for (; i < len; i++) {
+            unsigned d = (unsigned)(unsigned char)v[i] - '0';
+            if (d > 9)
+                break;
+            n = n * 10 + d;
+        }
+        if (i == len) {
+            if (f->ncl > 0 && n != f->cl)
+                return SK_ERR_H1_SMUGGLE;
+            f->cl = n;
+            f->ncl++;
+            return 0;
+        }
+    }
     while (list_next(v, len, &pos, &e, &elen)) {
         if (elen == 0)
             return SK_ERR_H1_BAD_CL;
@@ -375,8 +394,15 @@ static int field_semantics(struct framing *f, struct sk_h1_msg *m, const struct 
         if (is_req && lc_eq(n, "host", 4)) {
             if (++f->nhost > 1)
                 return SK_ERR_H1_BAD_HEADER;
-            for (size_t i = 0; i < h->value_len; i++) {
-                if (!(cls[U(h->value + i)] & C_HOST))
+            const char *hv = h->value;
+            size_t i = 0, hl = h->value_len;
+            for (; i + 4 <= hl; i += 4) {
+                if (!(cls[U(hv + i)] & cls[U(hv + i + 1)] & cls[U(hv + i + 2)] &
+                      cls[U(hv + i + 3)] & C_HOST))
+                    return SK_ERR_H1_BAD_HEADER;
+            }
+            for (; i < hl; i++) {
+                if (!(cls[U(hv + i)] & C_HOST))
                     return SK_ERR_H1_BAD_HEADER;
             }
             m->host = h->value;
