@@ -64,6 +64,7 @@ struct h1s {
         struct sockaddr_in v4;
         struct sockaddr_in6 v6;
     } peer;
+    char peer_ip[48]; /* peer address as text, "" until the first request */
 };
 
 static void conn_io_cb(struct ev_loop *loop, ev_io *io, int revents);
@@ -752,13 +753,15 @@ static int start_stream(struct h1s *c, const struct sk_h1_msg *m, size_t head_le
     st->req_flags = m->flags;
     st->req_body_kind = m->body_kind;
     st->req_content_length = m->content_length;
-    if (c->peer.v4.sin_family == AF_INET6) {
-        inet_ntop(AF_INET6, &c->peer.v6.sin6_addr, st->peer_ip, sizeof(st->peer_ip));
-        st->peer_port = ntohs(c->peer.v6.sin6_port);
-    } else {
-        sk_fmt_ipv4(st->peer_ip, &c->peer.v4.sin_addr); /* inet_ntop goes through sprintf */
-        st->peer_port = ntohs(c->peer.v4.sin_port);
+    if (!c->peer_ip[0]) { /* formatted once per connection */
+        if (c->peer.v4.sin_family == AF_INET6)
+            inet_ntop(AF_INET6, &c->peer.v6.sin6_addr, c->peer_ip, sizeof(c->peer_ip));
+        else
+            sk_fmt_ipv4(c->peer_ip, &c->peer.v4.sin_addr); /* inet_ntop goes through sprintf */
     }
+    memcpy(st->peer_ip, c->peer_ip, sizeof(st->peer_ip));
+    st->peer_port = ntohs(c->peer.v4.sin_family == AF_INET6 ? c->peer.v6.sin6_port
+                                                            : c->peer.v4.sin_port);
     c->st = st;
     c->minor0 = m->minor_version == 0;
     c->keepalive = (m->flags & SK_H1_F_KEEPALIVE) != 0;
