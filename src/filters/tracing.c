@@ -8,23 +8,28 @@
 #include "skiff/worker.h"
 
 
-/* hex digit value + 1 (0 = not a hex digit); W3C: lower-case only */
-static const uint8_t hexv1[256] = {
-    ['0'] = 1,  ['1'] = 2,  ['2'] = 3,  ['3'] = 4,  ['4'] = 5,  ['5'] = 6,
-    ['6'] = 7,  ['7'] = 8,  ['8'] = 9,  ['9'] = 10, ['a'] = 11, ['b'] = 12,
-    ['c'] = 13, ['d'] = 14, ['e'] = 15, ['f'] = 16,
-};
+/* hex digit value, 0x100 = not a hex digit (W3C: lower-case only) */
+#define HV(c) ((c) >= '0' && (c) <= '9' ? (c) - '0' : (c) >= 'a' && (c) <= 'f' ? (c) - 'a' + 10 : 0x100)
+#define HV4(b) HV(b), HV((b) + 1), HV((b) + 2), HV((b) + 3)
+#define HV16(b) HV4(b), HV4((b) + 4), HV4((b) + 8), HV4((b) + 12)
+#define HV64(b) HV16(b), HV16((b) + 16), HV16((b) + 32), HV16((b) + 48)
+static const uint16_t hexv[256] = {HV64(0), HV64(64), HV64(128), HV64(192)};
+#undef HV64
+#undef HV16
+#undef HV4
+#undef HV
 
 /* n hex chars -> n/2 bytes; false on a non-hex char */
 static bool unhex(const char *p, size_t n, uint8_t *out)
 {
     unsigned bad = 0;
     for (size_t i = 0; i < n; i += 2) {
-        unsigned a = hexv1[(unsigned char)p[i]], b = hexv1[(unsigned char)p[i + 1]];
-        bad |= (a == 0) | (b == 0);
-        out[i / 2] = (uint8_t)((a - 1) << 4 | ((b - 1) & 15));
+        /* a bad digit sets bit 12 (high) or bit 8 (low): above the byte */
+        unsigned t = (unsigned)hexv[(unsigned char)p[i]] << 4 | hexv[(unsigned char)p[i + 1]];
+        bad |= t;
+        out[i / 2] = (uint8_t)t;
     }
-    return !bad;
+    return bad < 0x100;
 }
 
 static bool all_zero(const uint8_t *p, size_t n)
