@@ -242,8 +242,11 @@ static void apply_all_ops(struct sk_stream *st, struct sk_hdrs *h, bool request)
 }
 
 /* hop-by-hop and framing headers never forwarded as-is */
-static bool hop_by_hop(const char *n, uint32_t l)
+static inline bool hop_by_hop(const char *n, uint32_t l)
 {
+    /* most names have none of the lengths below: one test */
+    if (l > 17 || !((1u << l) & (1u << 2 | 1u << 7 | 1u << 10 | 1u << 14 | 1u << 16 | 1u << 17)))
+        return false;
     switch (l) {
     case 2:
         return memcmp(n, "te", 2) == 0;
@@ -502,14 +505,15 @@ static void record_outcome(struct sk_stream *st, int outcome)
     struct sk_host *h = st->host;
     if (!h || !h->hs)
         return;
-    int64_t now = sk_now_ms();
     atomic_fetch_add_explicit(&h->hs->rq_total, 1, memory_order_relaxed);
     if (outcome != SK_OUT_SUCCESS)
         atomic_fetch_add_explicit(&h->hs->rq_errors, 1, memory_order_relaxed);
     const struct sk_cluster *cfg = st->crt ? st->crt->cfg : NULL;
-    if (cfg && (cfg->outlier || cfg->lb_policy == SK_LB_PEAK_EWMA || cfg->health_checks))
-        sk_outlier_record(h->hs, cfg->outlier, outcome, st->crt->nhosts, now);
-    if (cfg && cfg->lb_policy == SK_LB_PEAK_EWMA && st->try_start_ms) {
+    if (!cfg || !(cfg->outlier || cfg->lb_policy == SK_LB_PEAK_EWMA || cfg->health_checks))
+        return; /* nothing below needs the time */
+    int64_t now = sk_now_ms();
+    sk_outlier_record(h->hs, cfg->outlier, outcome, st->crt->nhosts, now);
+    if (cfg->lb_policy == SK_LB_PEAK_EWMA && st->try_start_ms) {
         int64_t dt = now - st->try_start_ms;
         sk_host_ewma_sample(h, (uint64_t)(dt > 0 ? dt : 0) * 1000, now);
     }
