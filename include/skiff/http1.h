@@ -118,6 +118,12 @@ struct sk_h1_msg {
     size_t host_len;
     const char *upgrade; /* Upgrade header value, NULL if absent */
     size_t upgrade_len;
+    /* The field section as parsed, from the first field line through the
+     * empty line: every hdrs[i] lies inside it, so a caller can copy all the
+     * fields at once (sk_hdrs_add_h1). NULL when the message was built by
+     * other code than the parsers here. */
+    const char *fields;
+    size_t fields_len;
 };
 
 /* Parse a request head. `m->hdrs` / `m->hdrs_cap` must be set by the caller;

@@ -73,8 +73,21 @@ struct sk_hdrs {
 /* Append (copying both strings into the arena). 0 or SK_ERR_NOMEM. */
 int sk_hdrs_add(struct sk_hdrs *h, struct sk_arena *a, const char *name, size_t nlen,
                 const char *value, size_t vlen);
+/* Append n parsed h1 fields f[0..n), all lying in [span, span + span_len)
+ * (an sk_h1_msg's field section, or a whole head): one arena copy of the
+ * span, names lower-cased and NUL-terminated in place (at the colon), values
+ * NUL-terminated in place (at the CR or trailing whitespace). Returns the
+ * copy of the span (so a caller can rebase other pointers into it) or NULL
+ * (SK_ERR_NOMEM; nothing appended). */
+struct sk_h1_header;
+char *sk_hdrs_add_h1(struct sk_hdrs *h, struct sk_arena *a, const char *span, size_t span_len,
+                     const struct sk_h1_header *f, size_t n);
 /* Append an entry whose strings already live long enough (no copy). */
 int sk_hdrs_push(struct sk_hdrs *h, struct sk_arena *a, const struct sk_hdr *x);
+/* Append "name: value\r\n" for every entry of h to b, reserving room once.
+ * 0, or SK_ERR_TOO_LARGE / SK_ERR_NOMEM (then b may hold a prefix of the
+ * lines, as with one sk_buf_append per piece). */
+int sk_buf_append_fields(struct sk_buf *b, const struct sk_hdrs *h);
 struct sk_hdr *sk_hdrs_get(const struct sk_hdrs *h, const char *lname, size_t nlen);
 void sk_hdrs_del(struct sk_hdrs *h, const char *lname, size_t nlen);
 

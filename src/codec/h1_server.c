@@ -64,6 +64,7 @@ struct h1s {
         struct sockaddr_in v4;
         struct sockaddr_in6 v6;
     } peer;
+    char peer_ip[48]; /* peer address as text, "" until the first request */
 };
 
 static void conn_io_cb(struct ev_loop *loop, ev_io *io, int revents);
@@ -386,7 +387,15 @@ static void op_send_head(struct sk_stream *st, int status, const struct sk_hdrs 
     const char *rp = reason_phrase(status);
     size_t rl = strlen(rp);
     memcpy(line, "HTTP/1.1 ", 9);
-    int n = 9 + (int)sk_fmt_u64(line + 9, (unsigned)status % 1000);
+    int n;
+    if (status >= 100 && status <= 999) {
+        line[9] = (char)('0' + status / 100);
+        line[10] = (char)('0' + status / 10 % 10);
+        line[11] = (char)('0' + status % 10);
+        n = 12;
+    } else {
+        n = 9 + (int)sk_fmt_u64(line + 9, (unsigned)status % 1000);
+    }
     line[n++] = ' ';
     memcpy(line + n, rp, rl);
     n += (int)rl;
@@ -394,13 +403,9 @@ static void op_send_head(struct sk_stream *st, int status, const struct sk_hdrs 
     line[n++] = '\n';
     if (out_append(c, line, (size_t)n) < 0)
         return;
-    for (uint32_t i = 0; i < h->n; i++) {
-        struct sk_buf *o = &c->out;
-        if (sk_buf_append(o, h->v[i].name, h->v[i].nlen) < 0 || sk_buf_append(o, ": ", 2) < 0 ||
-            sk_buf_append(o, h->v[i].value, h->v[i].vlen) < 0 || sk_buf_append(o, "\r\n", 2) < 0) {
-            conn_close(c);
-            return;
-        }
+    if (h->n && sk_buf_append_fields(&c->out, h) < 0) {
+        conn_close(c);
+        return;
     }
     bool no_body = status == 204 || status == 304 || (status >= 100 && status < 200) ||
                    st->resp_head_req;
@@ -681,27 +686,27 @@ static int start_stream(struct h1s *c, const struct sk_h1_msg *m, size_t head_le
     st->hcm = c->fc->hcm;
     st->t_start = ev_now(w->loop);
     st->scheme = c->tp.ssl ? "https" : "http";
-    /* copy what outlives the input buffer into the stream arena */
-    char *blk = sk_arena_alloc(&st->arena, m->method_len + m->target_len + m->host_len + 3);
+    /* copy what outlives the input buffer into the stream arena: the head
+     * from the method on, in one piece; the fields point into the copy
+     * (names lower-cased), method and target are NUL-terminated at the SP
+     * after each, the Host value at its end */
+    const char *span = m->method;
+    char *blk = sk_hdrs_add_h1(&st->req, &st->arena, span,
+                               (size_t)(m->fields + m->fields_len - span), m->hdrs, m->nhdrs);
     if (!blk) {
         sk_arena_reset(&st->arena);
         stream_free(&b->reap);
         return SK_ERR_NOMEM;
     }
-    memcpy(blk, m->method, m->method_len);
     blk[m->method_len] = 0;
     st->method = blk;
     st->method_len = (uint32_t)m->method_len;
-    char *t = blk + m->method_len + 1;
-    memcpy(t, m->target, m->target_len);
+    char *t = blk + (m->target - span);
     t[m->target_len] = 0;
     st->path = t;
     st->path_len = (uint32_t)m->target_len;
     if (m->host) {
-        char *hh = t + m->target_len + 1;
-        memcpy(hh, m->host, m->host_len);
-        hh[m->host_len] = 0;
-        st->authority = hh;
+        st->authority = blk + (m->host - span);
         st->authority_len = (uint32_t)m->host_len;
     }
     /* absolute-form (RFC 9112 3.2.2): the target's authority replaces Host,
@@ -745,23 +750,18 @@ static int start_stream(struct h1s *c, const struct sk_h1_msg *m, size_t head_le
         }
         /* the router writes Host from st->authority, so the upstream sees one */
     }
-    for (size_t i = 0; i < m->nhdrs; i++)
-        if (sk_hdrs_add(&st->req, &st->arena, m->hdrs[i].name, m->hdrs[i].name_len,
-                        m->hdrs[i].value, m->hdrs[i].value_len) < 0) {
-            sk_arena_reset(&st->arena);
-            stream_free(&b->reap);
-            return SK_ERR_NOMEM;
-        }
     st->req_flags = m->flags;
     st->req_body_kind = m->body_kind;
     st->req_content_length = m->content_length;
-    if (c->peer.v4.sin_family == AF_INET6) {
-        inet_ntop(AF_INET6, &c->peer.v6.sin6_addr, st->peer_ip, sizeof(st->peer_ip));
-        st->peer_port = ntohs(c->peer.v6.sin6_port);
-    } else {
-        sk_fmt_ipv4(st->peer_ip, &c->peer.v4.sin_addr); /* inet_ntop goes through sprintf */
-        st->peer_port = ntohs(c->peer.v4.sin_port);
+    if (!c->peer_ip[0]) { /* formatted once per connection */
+        if (c->peer.v4.sin_family == AF_INET6)
+            inet_ntop(AF_INET6, &c->peer.v6.sin6_addr, c->peer_ip, sizeof(c->peer_ip));
+        else
+            sk_fmt_ipv4(c->peer_ip, &c->peer.v4.sin_addr); /* inet_ntop goes through sprintf */
     }
+    memcpy(st->peer_ip, c->peer_ip, sizeof(st->peer_ip));
+    st->peer_port = ntohs(c->peer.v4.sin_family == AF_INET6 ? c->peer.v6.sin6_port
+                                                            : c->peer.v4.sin_port);
     c->st = st;
     c->minor0 = m->minor_version == 0;
     c->keepalive = (m->flags & SK_H1_F_KEEPALIVE) != 0;
@@ -823,7 +823,7 @@ static void process_head(struct h1s *c)
     if (maxh > H1_MAX_HDRS_CAP)
         maxh = H1_MAX_HDRS_CAP;
     struct sk_h1_header hdrs[H1_MAX_HDRS_CAP];
-    struct sk_h1_msg m = {0};
+    struct sk_h1_msg m; /* the parser resets every other field */
     m.hdrs = hdrs;
     m.hdrs_cap = maxh;
     struct sk_h1_limits lim = {(size_t)hcm->max_request_headers_kb * 1024, maxh};

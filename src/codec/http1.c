@@ -91,15 +91,31 @@ static inline uint64_t lc_word(uint64_t x)
 
 static inline int lc_eq(const char *a, const char *lit, size_t n)
 {
-    size_t i = 0;
-    for (; i + 8 <= n; i += 8) {
+    /* n is a constant at every call: whole words, the last one overlapping
+     * the one before; 4..7 bytes as two overlapping 4-byte halves */
+    if (n >= 8) {
+        size_t i = 0;
+        for (; i + 8 < n; i += 8) {
+            uint64_t x, y;
+            memcpy(&x, a + i, 8);
+            memcpy(&y, lit + i, 8);
+            if (lc_word(x) != y)
+                return 0;
+        }
         uint64_t x, y;
-        memcpy(&x, a + i, 8);
-        memcpy(&y, lit + i, 8);
-        if (lc_word(x) != y)
-            return 0;
+        memcpy(&x, a + n - 8, 8);
+        memcpy(&y, lit + n - 8, 8);
+        return lc_word(x) == y;
     }
-    for (; i < n; i++)
+    if (n >= 4) {
+        uint32_t x1, y1, x2, y2;
+        memcpy(&x1, a, 4);
+        memcpy(&y1, lit, 4);
+        memcpy(&x2, a + n - 4, 4);
+        memcpy(&y2, lit + n - 4, 4);
+        return lc_word(x1) == y1 && lc_word(x2) == y2;
+    }
+    for (size_t i = 0; i < n; i++)
         if (LC(a[i]) != (unsigned char)lit[i])
             return 0;
     return 1;
@@ -146,14 +162,15 @@ int sk_h1_has_token(const char *val, size_t len, const char *tok)
 #define ONES 0x0101010101010101ull
 #define HIGHS 0x8080808080808080ull
 
-/* Any byte < 0x20 or == 0x7f in x? Exact as a boolean (the classic
- * has-less / has-zero tricks); bytes >= 0x80 (obs-text) never match. */
-static inline int word_has_ctl(uint64_t x)
+/* Bit 7 of each byte of x that is < 0x20 or == 0x7f, exact up to and
+ * including the lowest flagged byte (a borrow only follows a flagged byte);
+ * bytes >= 0x80 (obs-text) are never flagged. */
+static inline uint64_t word_ctl_mask(uint64_t x)
 {
     uint64_t lt = (x - ONES * 0x20) & ~x & HIGHS;
     uint64_t y = x ^ (ONES * 0x7f);
     uint64_t eq = (y - ONES) & ~y & HIGHS;
-    return (lt | eq) != 0;
+    return lt | eq;
 }
 
 /* Any byte outside 0x21..0x7e (request-target bytes) in x? */
@@ -171,10 +188,30 @@ static inline int word_has_nontgt(uint64_t x)
 static const char *field_line(const char *p, const char *end, struct sk_h1_header *h, int *err)
 {
     const char *name = p;
+    /* field-name: tchar bytes, four per step without bounds checks while
+     * there is room (names are short; this loop runs for every field) */
+    while (end - p >= 4) {
+        if (!(cls[U(p)] & C_TOK))
+            goto name_done;
+        if (!(cls[U(p + 1)] & C_TOK)) {
+            p += 1;
+            goto name_done;
+        }
+        if (!(cls[U(p + 2)] & C_TOK)) {
+            p += 2;
+            goto name_done;
+        }
+        if (!(cls[U(p + 3)] & C_TOK)) {
+            p += 3;
+            goto name_done;
+        }
+        p += 4;
+    }
     while (p < end && (cls[U(p)] & C_TOK))
         p++;
     if (p == end)
         goto again;
+name_done:
     if (p == name || *p != ':') {
         *err = SK_ERR_H1_BAD_HEADER; /* empty name, bad char, or WS before colon */
         return NULL;
@@ -185,17 +222,33 @@ static const char *field_line(const char *p, const char *end, struct sk_h1_heade
     while (p < end && (*p == ' ' || *p == '\t'))
         p++;
     const char *val = p;
-    /* hot loop: 8 bytes at a time while none is a CTL (< 0x20 or 0x7f; CR
-     * ends the value, HTAB is rare and finished by the byte loop) */
-    while (end - p >= 8) {
-        uint64_t x;
-        memcpy(&x, p, 8);
-        if (word_has_ctl(x))
+    /* hot loop: 8 bytes at a time while none is a CTL (< 0x20 or 0x7f); the
+     * first CTL of a word is located directly. CR ends the value; HTAB is
+     * content (rare), so scanning goes on after it. */
+    for (;;) {
+        while (end - p >= 8) {
+            uint64_t x;
+            memcpy(&x, p, 8);
+            uint64_t cm = word_ctl_mask(x);
+            if (cm) {
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+                p += (unsigned)__builtin_ctzll(cm) >> 3; /* the first CTL byte */
+#else
+                while (cls[U(p)] & C_VAL)
+                    p++;
+#endif
+                goto ctl;
+            }
+            p += 8;
+        }
+        while (p < end && (cls[U(p)] & C_VAL))
+            p++;
+        break;
+    ctl:
+        if (*p != '\t')
             break;
-        p += 8;
-    }
-    while (p < end && (cls[U(p)] & C_VAL))
         p++;
+    }
     if (p == end)
         goto again;
     if (*p != '\r') {
@@ -243,6 +296,25 @@ static int field_cl(struct framing *f, const char *v, size_t len)
     const char *e;
     if (len == 0)
         return SK_ERR_H1_BAD_CL;
+    if (len <= 18) {
+        /* the usual value, 1..18 digits and nothing else: no list walk
+         * (18 digits cannot overflow INT64_MAX) */
+        uint64_t n = 0;
+        size_t i = 0;
+        for (; i < len; i++) {
+            unsigned d = (unsigned)(unsigned char)v[i] - '0';
+            if (d > 9)
+                break;
+            n = n * 10 + d;
+        }
+        if (i == len) {
+            if (f->ncl > 0 && n != f->cl)
+                return SK_ERR_H1_SMUGGLE;
+            f->cl = n;
+            f->ncl++;
+            return 0;
+        }
+    }
     while (list_next(v, len, &pos, &e, &elen)) {
         if (elen == 0)
             return SK_ERR_H1_BAD_CL;
@@ -322,8 +394,15 @@ static int field_semantics(struct framing *f, struct sk_h1_msg *m, const struct 
         if (is_req && lc_eq(n, "host", 4)) {
             if (++f->nhost > 1)
                 return SK_ERR_H1_BAD_HEADER;
-            for (size_t i = 0; i < h->value_len; i++) {
-                if (!(cls[U(h->value + i)] & C_HOST))
+            const char *hv = h->value;
+            size_t i = 0, hl = h->value_len;
+            for (; i + 4 <= hl; i += 4) {
+                if (!(cls[U(hv + i)] & cls[U(hv + i + 1)] & cls[U(hv + i + 2)] &
+                      cls[U(hv + i + 3)] & C_HOST))
+                    return SK_ERR_H1_BAD_HEADER;
+            }
+            for (; i < hl; i++) {
+                if (!(cls[U(hv + i)] & C_HOST))
                     return SK_ERR_H1_BAD_HEADER;
             }
             m->host = h->value;
@@ -596,9 +675,12 @@ ssize_t sk_h1_parse_request(const char *buf, size_t len, struct sk_h1_msg *m,
         m->flags |= SK_H1_F_HEAD;
 
     memset(&f, 0, sizeof(f));
+    const char *fs = p;
     p = fields(p, end, m, maxh, &f, 1, &err);
     if (!p)
         goto fail;
+    m->fields = fs;
+    m->fields_len = (size_t)(p - fs);
 
     /* whole-head checks */
     if (f.nhost)
@@ -700,9 +782,12 @@ ssize_t sk_h1_parse_response(const char *buf, size_t len, struct sk_h1_msg *m,
         nobody = 1;
         f.ignore_framing = 1; /* RFC 9110 9.3.6 */
     }
+    const char *fs = p;
     p = fields(p, end, m, maxh, &f, 0, &err);
     if (!p)
         goto fail;
+    m->fields = fs;
+    m->fields_len = (size_t)(p - fs);
 
     if (f.nte) {
         /* any coding but chunked would have to be decoded or relayed as-is;

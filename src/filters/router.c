@@ -29,6 +29,10 @@ const struct sk_vhost *sk_route_vhost(const struct sk_route_config *rc, const ch
 {
     if (!rc)
         return NULL;
+    /* one virtual host for every domain (the common sidecar config) */
+    if (rc->nvhosts == 1 && rc->vhosts[0].ndomains == 1 && rc->vhosts[0].domains[0][0] == '*' &&
+        rc->vhosts[0].domains[0][1] == 0)
+        return &rc->vhosts[0];
     const struct sk_vhost *star = NULL, *best_suffix = NULL, *best_prefix = NULL;
     size_t best_suffix_len = 0, best_prefix_len = 0;
     /* host without :port, for a second exact try (IPv6 literals keep []) */
@@ -188,7 +192,7 @@ const struct sk_route *sk_route_match(const struct sk_vhost *vh, const struct sk
 
 static void apply_hdr_ops(struct sk_hdrs *h, struct sk_arena *a, const struct sk_hdr_ops *ops)
 {
-    if (!ops)
+    if (!ops || (!ops->nremove && !ops->nadd))
         return;
     for (size_t i = 0; i < ops->nremove; i++)
         sk_hdrs_del(h, ops->remove[i], strlen(ops->remove[i]));
@@ -238,8 +242,11 @@ static void apply_all_ops(struct sk_stream *st, struct sk_hdrs *h, bool request)
 }
 
 /* hop-by-hop and framing headers never forwarded as-is */
-static bool hop_by_hop(const char *n, uint32_t l)
+static inline bool hop_by_hop(const char *n, uint32_t l)
 {
+    /* most names have none of the lengths below: one test */
+    if (l > 17 || !((1u << l) & (1u << 2 | 1u << 7 | 1u << 10 | 1u << 14 | 1u << 16 | 1u << 17)))
+        return false;
     switch (l) {
     case 2:
         return memcmp(n, "te", 2) == 0;
@@ -337,37 +344,89 @@ static int encode_request_head(struct sk_stream *st)
         rh.authority = st->authority;
         rh.authority_len = st->authority_len;
     }
-    /* copy end-to-end headers into a mutable list */
-    const struct sk_hdr *conn_hdr = sk_hdrs_get(&st->req, "connection", 10); /* looked up once */
+    /* copy end-to-end headers into a mutable list: one pass that also finds
+     * Connection, TE, X-Forwarded-For and X-Forwarded-Proto */
+    const struct sk_hdr *conn_hdr = NULL, *te = NULL;
+    int xff_i = -1;
+    bool has_xfp = false;
+    h.cap = st->req.n + 4;
+    h.v = sk_arena_alloc_nz(&st->arena, sizeof(*h.v) * h.cap);
+    if (!h.v)
+        return SK_ERR_NOMEM;
     for (uint32_t i = 0; i < st->req.n; i++) {
         const struct sk_hdr *x = &st->req.v[i];
-        if (x->nlen == 4 && memcmp(x->name, "host", 4) == 0)
+        switch (x->nlen) {
+        case 2:
+            if (memcmp(x->name, "te", 2) == 0) {
+                if (!te)
+                    te = x;
+                continue;
+            }
+            break;
+        case 4:
+            if (memcmp(x->name, "host", 4) == 0)
+                continue;
+            break;
+        case 10:
+            if (memcmp(x->name, "connection", 10) == 0) {
+                if (!conn_hdr)
+                    conn_hdr = x;
+                continue;
+            }
+            break;
+        case 15:
+            if (xff_i < 0 && memcmp(x->name, "x-forwarded-for", 15) == 0)
+                xff_i = (int)h.n;
+            break;
+        case 17:
+            if (memcmp(x->name, "x-forwarded-proto", 17) == 0)
+                has_xfp = true;
+            break;
+        }
+        if (hop_by_hop(x->name, x->nlen) || x->name[0] == ':')
             continue;
-        if (hop_by_hop(x->name, x->nlen) || named_in_connection(conn_hdr, x->name, x->nlen))
-            continue;
-        if (x->name[0] == ':')
-            continue;
-        if (sk_hdrs_push(&h, &st->arena, x) < 0)
-            return SK_ERR_NOMEM;
+        h.v[h.n++] = *x;
+    }
+    if (conn_hdr) {
+        /* names listed in Connection: are hop-by-hop too; rare, so a second pass */
+        uint32_t o = 0;
+        xff_i = -1;
+        has_xfp = false;
+        for (uint32_t i = 0; i < h.n; i++) {
+            const struct sk_hdr *x = &h.v[i];
+            if (named_in_connection(conn_hdr, x->name, x->nlen))
+                continue;
+            if (xff_i < 0 && x->nlen == 15 && memcmp(x->name, "x-forwarded-for", 15) == 0)
+                xff_i = (int)o;
+            if (x->nlen == 17 && memcmp(x->name, "x-forwarded-proto", 17) == 0)
+                has_xfp = true;
+            h.v[o++] = *x;
+        }
+        h.n = o;
     }
     /* te: trailers is end-to-end for gRPC over h2 upstreams */
-    struct sk_hdr *te = sk_hdrs_get(&st->req, "te", 2);
     if (te && te->vlen == 8 && strncasecmp(te->value, "trailers", 8) == 0)
-        sk_hdrs_add(&h, &st->arena, "te", 2, "trailers", 8);
-    /* x-forwarded-for: append the peer */
-    struct sk_hdr *xff = sk_hdrs_get(&h, "x-forwarded-for", 15);
-    if (xff) {
-        char *nv = sk_arena_alloc(&st->arena, xff->vlen + strlen(st->peer_ip) + 3);
+        sk_hdrs_push(&h, &st->arena, &(struct sk_hdr){"te", 2, "trailers", 8});
+    /* x-forwarded-for: append the peer (st->peer_ip lives as long as the stream) */
+    size_t pil = strlen(st->peer_ip);
+    if (xff_i >= 0) {
+        struct sk_hdr *xff = &h.v[xff_i];
+        char *nv = sk_arena_alloc_nz(&st->arena, xff->vlen + pil + 3);
         if (nv) {
-            int n = sprintf(nv, "%.*s, %s", (int)xff->vlen, xff->value, st->peer_ip);
+            memcpy(nv, xff->value, xff->vlen);
+            memcpy(nv + xff->vlen, ", ", 2);
+            memcpy(nv + xff->vlen + 2, st->peer_ip, pil + 1);
             xff->value = nv;
-            xff->vlen = (uint32_t)n;
+            xff->vlen = (uint32_t)(xff->vlen + 2 + pil);
         }
     } else {
-        sk_hdrs_add(&h, &st->arena, "x-forwarded-for", 15, st->peer_ip, strlen(st->peer_ip));
+        sk_hdrs_push(&h, &st->arena,
+                     &(struct sk_hdr){"x-forwarded-for", 15, st->peer_ip, (uint32_t)pil});
     }
-    if (!sk_hdrs_get(&h, "x-forwarded-proto", 17))
-        sk_hdrs_add(&h, &st->arena, "x-forwarded-proto", 17, st->scheme, strlen(st->scheme));
+    if (!has_xfp)
+        sk_hdrs_push(&h, &st->arena,
+                     &(struct sk_hdr){"x-forwarded-proto", 17, st->scheme,
+                                      (uint32_t)strlen(st->scheme)});
     apply_all_ops(st, &h, true);
     if (r->include_attempt_count) {
         char ac[12];
@@ -446,14 +505,15 @@ static void record_outcome(struct sk_stream *st, int outcome)
     struct sk_host *h = st->host;
     if (!h || !h->hs)
         return;
-    int64_t now = sk_now_ms();
     atomic_fetch_add_explicit(&h->hs->rq_total, 1, memory_order_relaxed);
     if (outcome != SK_OUT_SUCCESS)
         atomic_fetch_add_explicit(&h->hs->rq_errors, 1, memory_order_relaxed);
     const struct sk_cluster *cfg = st->crt ? st->crt->cfg : NULL;
-    if (cfg && (cfg->outlier || cfg->lb_policy == SK_LB_PEAK_EWMA || cfg->health_checks))
-        sk_outlier_record(h->hs, cfg->outlier, outcome, st->crt->nhosts, now);
-    if (cfg && cfg->lb_policy == SK_LB_PEAK_EWMA && st->try_start_ms) {
+    if (!cfg || !(cfg->outlier || cfg->lb_policy == SK_LB_PEAK_EWMA || cfg->health_checks))
+        return; /* nothing below needs the time */
+    int64_t now = sk_now_ms();
+    sk_outlier_record(h->hs, cfg->outlier, outcome, st->crt->nhosts, now);
+    if (cfg->lb_policy == SK_LB_PEAK_EWMA && st->try_start_ms) {
         int64_t dt = now - st->try_start_ms;
         sk_host_ewma_sample(h, (uint64_t)(dt > 0 ? dt : 0) * 1000, now);
     }
@@ -934,6 +994,12 @@ void sk_stream_continue(struct sk_stream *st)
 static void apply_xfcc(struct sk_stream *st)
 {
     int mode = st->hcm->forward_client_cert;
+    if (mode == 4) /* ALWAYS_FORWARD_ONLY */
+        return;
+    if (mode < 1 || mode > 4) { /* SANITIZE: the client certificate does not matter */
+        sk_hdrs_del(&st->req, "x-forwarded-client-cert", 23);
+        return;
+    }
     bool mtls = false;
     char el[1024];
     size_t el_len = 0;
@@ -941,6 +1007,8 @@ static void apply_xfcc(struct sk_stream *st)
         char raw[1024];
         size_t rl = sk_tls_xfcc(st->tls, raw, sizeof(raw));
         mtls = rl > 0;
+        if (mode == 1) /* FORWARD_ONLY: only whether there is one */
+            raw[0] = 0;
         /* keep By, Hash, and URI when set_current_client_cert_details.uri */
         for (char *seg = mtls ? strtok(raw, ";") : NULL; seg; seg = strtok(NULL, ";")) {
             bool keep = strncmp(seg, "By=", 3) == 0 || strncmp(seg, "Hash=", 5) == 0 ||
@@ -1128,6 +1196,14 @@ static void stream_timers_route(struct sk_stream *st)
         set_duration(st, r->max_stream_duration_ms);
 }
 
+/* The low `digits` hex digits of v, most significant first ("%0*x"). */
+static char *hex_digits(char *o, uint32_t v, int digits)
+{
+    for (int k = (digits - 1) * 4; k >= 0; k -= 4)
+        *o++ = "0123456789abcdef"[(v >> k) & 15];
+    return o;
+}
+
 void sk_stream_headers(struct sk_stream *st)
 {
     struct sk_worker *w = st->w;
@@ -1167,10 +1243,23 @@ void sk_stream_headers(struct sk_stream *st)
             r4[i] = sk_worker_rand(st->w);
         r4[1] = (r4[1] & 0xffff0fffu) | 0x00004000u;
         r4[2] = (r4[2] & 0x3fffffffu) | 0x80000000u;
-        char id[40];
-        snprintf(id, sizeof(id), "%08x-%04x-%04x-%04x-%04x%08x", r4[0], r4[1] >> 16,
-                 r4[1] & 0xffff, r4[2] >> 16, r4[2] & 0xffff, r4[3]);
-        sk_hdrs_add(&st->req, &st->arena, "x-request-id", 12, id, 36);
+        /* "%08x-%04x-%04x-%04x-%04x%08x" of r4[0], r4[1] >> 16, r4[1] & 0xffff,
+         * r4[2] >> 16, r4[2] & 0xffff, r4[3], without snprintf */
+        char *id = sk_arena_alloc_nz(&st->arena, 37);
+        if (id) {
+            char *o = hex_digits(id, r4[0], 8);
+            *o++ = '-';
+            o = hex_digits(o, r4[1] >> 16, 4);
+            *o++ = '-';
+            o = hex_digits(o, r4[1] & 0xffff, 4);
+            *o++ = '-';
+            o = hex_digits(o, r4[2] >> 16, 4);
+            *o++ = '-';
+            o = hex_digits(o, r4[2] & 0xffff, 4);
+            o = hex_digits(o, r4[3], 8);
+            *o = 0;
+            sk_hdrs_push(&st->req, &st->arena, &(struct sk_hdr){"x-request-id", 12, id, 36});
+        }
     }
     sk_tracing_request(st); /* traceparent / B3: new span, or a new trace */
     const struct sk_route_config *rc = st->hcm->routes;
@@ -1463,18 +1552,29 @@ static void up_response(void *ctx, const struct sk_h1_msg *m)
     struct sk_hdrs h = {0};
     bool upgraded = (m->status == 101 && st->upgrade) ||
                     ((st->req_flags & SK_H1_F_CONNECT) && m->status >= 200 && m->status < 300);
-    for (size_t i = 0; i < m->nhdrs; i++) {
-        const struct sk_h1_header *x = &m->hdrs[i];
-        /* add (lower-cased copy), then drop it again if it is hop-by-hop */
-        if (sk_hdrs_add(&h, &st->arena, x->name, x->name_len, x->value, x->value_len) < 0)
-            break;
-        const struct sk_hdr *lx = &h.v[h.n - 1];
-        if (hop_by_hop(lx->name, lx->nlen)) {
-            /* keep content-length on HEAD responses and 304s: it describes the entity */
-            bool keep_cl = lx->nlen == 14 && (st->resp_head_req || m->status == 304);
-            if (!keep_cl)
-                h.n--;
+    /* add (lower-cased copies), then drop the hop-by-hop ones; an h1
+     * response's fields are copied in one piece */
+    if (m->fields) {
+        if (!sk_hdrs_add_h1(&h, &st->arena, m->fields, m->fields_len, m->hdrs, m->nhdrs))
+            h.n = 0;
+    } else {
+        for (size_t i = 0; i < m->nhdrs; i++) {
+            const struct sk_h1_header *x = &m->hdrs[i];
+            if (sk_hdrs_add(&h, &st->arena, x->name, x->name_len, x->value, x->value_len) < 0)
+                break;
         }
+    }
+    {
+        uint32_t o = 0;
+        for (uint32_t i = 0; i < h.n; i++) {
+            const struct sk_hdr *lx = &h.v[i];
+            /* keep content-length on HEAD responses and 304s: it describes the entity */
+            if (hop_by_hop(lx->name, lx->nlen) &&
+                !(lx->nlen == 14 && (st->resp_head_req || m->status == 304)))
+                continue;
+            h.v[o++] = *lx;
+        }
+        h.n = o;
     }
     apply_all_ops(st, &h, false);
     if (upgraded && m->status == 101) {

@@ -8,33 +8,42 @@
 #include "skiff/worker.h"
 
 
-static int hexval(char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    return -1; /* W3C: lower-case only */
-}
+/* hex digit value, 0x100 = not a hex digit (W3C: lower-case only) */
+#define HV(c) ((c) >= '0' && (c) <= '9' ? (c) - '0' : (c) >= 'a' && (c) <= 'f' ? (c) - 'a' + 10 : 0x100)
+#define HV4(b) HV(b), HV((b) + 1), HV((b) + 2), HV((b) + 3)
+#define HV16(b) HV4(b), HV4((b) + 4), HV4((b) + 8), HV4((b) + 12)
+#define HV64(b) HV16(b), HV16((b) + 16), HV16((b) + 32), HV16((b) + 48)
+static const uint16_t hexv[256] = {HV64(0), HV64(64), HV64(128), HV64(192)};
+#undef HV64
+#undef HV16
+#undef HV4
+#undef HV
 
 /* n hex chars -> n/2 bytes; false on a non-hex char */
 static bool unhex(const char *p, size_t n, uint8_t *out)
 {
+    unsigned bad = 0;
     for (size_t i = 0; i < n; i += 2) {
-        int a = hexval(p[i]), b = hexval(p[i + 1]);
-        if (a < 0 || b < 0)
-            return false;
-        out[i / 2] = (uint8_t)(a << 4 | b);
+        /* a bad digit sets bit 12 (high) or bit 8 (low): above the byte */
+        unsigned t = (unsigned)hexv[(unsigned char)p[i]] << 4 | hexv[(unsigned char)p[i + 1]];
+        bad |= t;
+        out[i / 2] = (uint8_t)t;
     }
-    return true;
+    return bad < 0x100;
 }
 
 static bool all_zero(const uint8_t *p, size_t n)
 {
-    for (size_t i = 0; i < n; i++)
-        if (p[i])
-            return false;
-    return true;
+    uint64_t acc = 0;
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        uint64_t x;
+        memcpy(&x, p + i, 8);
+        acc |= x;
+    }
+    for (; i < n; i++)
+        acc |= p[i];
+    return acc == 0;
 }
 
 void sk_trace_hex(char *out, const uint8_t *p, size_t n)
@@ -229,15 +238,6 @@ size_t sk_trace_format_b3_single(char *out, const struct sk_trace_ctx *c, const 
 
 /* ---- the request hook ---------------------------------------------------------- */
 
-static unsigned hdr_count(const struct sk_hdrs *h, const char *name, size_t nl)
-{
-    unsigned n = 0;
-    for (uint32_t i = 0; i < h->n; i++)
-        if (h->v[i].nlen == nl && memcmp(h->v[i].name, name, nl) == 0)
-            n++;
-    return n;
-}
-
 /* Replace (or add) a request header with an arena copy of value. */
 static void set_hdr(struct sk_stream *st, const char *name, size_t nl, const char *v, size_t vl)
 {
@@ -255,13 +255,16 @@ static void set_hdr(struct sk_stream *st, const char *name, size_t nl, const cha
     h->vlen = (uint32_t)vl;
 }
 
+/* n: a multiple of 4 (ids are 8 or 16 bytes) */
 static void rand_bytes(struct sk_worker *w, uint8_t *p, size_t n)
 {
     do {
         for (size_t i = 0; i < n; i += 4) {
             uint32_t r = sk_worker_rand(w);
-            for (size_t k = 0; k < 4 && i + k < n; k++)
-                p[i + k] = (uint8_t)(r >> (8 * k));
+            p[i] = (uint8_t)r;
+            p[i + 1] = (uint8_t)(r >> 8);
+            p[i + 2] = (uint8_t)(r >> 16);
+            p[i + 3] = (uint8_t)(r >> 24);
         }
     } while (all_zero(p, n));
 }
@@ -279,11 +282,13 @@ static const char *hdr_val(struct sk_stream *st, const char *name, size_t nl, si
 }
 
 /* Which tracing headers the request carries, found in one pass (most
- * requests carry none: then no per-name lookups at all). */
+ * requests carry none: then no per-name lookups at all); also where the first
+ * traceparent is and how many there are. */
 enum { TH_B3M = 1, TH_B3S = 2, TH_TP = 4, TH_CLIENT = 8 };
-static unsigned trace_hdrs_present(const struct sk_hdrs *h)
+static unsigned trace_hdrs_present(const struct sk_hdrs *h, uint32_t *tp_i, unsigned *ntp)
 {
     unsigned m = 0;
+    *ntp = 0;
     for (uint32_t i = 0; i < h->n; i++) {
         const char *n = h->v[i].name;
         uint32_t l = h->v[i].nlen;
@@ -291,9 +296,11 @@ static unsigned trace_hdrs_present(const struct sk_hdrs *h)
             m |= TH_B3M;
         else if (l == 2 && memcmp(n, "b3", 2) == 0)
             m |= TH_B3S;
-        else if (l == 11 && memcmp(n, "traceparent", 11) == 0)
+        else if (l == 11 && memcmp(n, "traceparent", 11) == 0) {
+            if (!(*ntp)++)
+                *tp_i = i;
             m |= TH_TP;
-        else if (l == 17 && memcmp(n, "x-client-trace-id", 17) == 0)
+        } else if (l == 17 && memcmp(n, "x-client-trace-id", 17) == 0)
             m |= TH_CLIENT;
     }
     return m;
@@ -309,8 +316,7 @@ static bool chance(struct sk_stream *st, uint32_t ppm)
 static int sample_decision(struct sk_stream *st, unsigned present)
 {
     const struct sk_hcm *h = st->hcm;
-    bool s = ((present & TH_CLIENT) && sk_hdrs_get(&st->req, "x-client-trace-id", 17) &&
-              chance(st, h->trace_client_ppm)) ||
+    bool s = ((present & TH_CLIENT) && chance(st, h->trace_client_ppm)) ||
              chance(st, h->trace_random_ppm);
     return s && chance(st, h->trace_overall_ppm);
 }
@@ -320,7 +326,9 @@ void sk_tracing_request(struct sk_stream *st)
     uint8_t span[8];
     rand_bytes(st->w, span, 8);
     char hex[64];
-    unsigned present = trace_hdrs_present(&st->req);
+    uint32_t tp_i = 0;
+    unsigned ntp;
+    unsigned present = trace_hdrs_present(&st->req, &tp_i, &ntp);
 
     /* B3 multi */
     size_t tl = 0, sl = 0, pl = 0, sml = 0, fl = 0;
@@ -352,15 +360,19 @@ void sk_tracing_request(struct sk_stream *st)
     }
 
     /* W3C */
-    size_t tpl = 0;
-    const char *tp = (present & TH_TP) ? HDR(st, "traceparent", tpl) : NULL;
+    /* (headers were only appended since the scan: tp_i still indexes the
+     * first traceparent) */
+    size_t tpl = (present & TH_TP) ? st->req.v[tp_i].vlen : 0;
+    const char *tp = (present & TH_TP) ? st->req.v[tp_i].value : NULL;
     struct sk_trace_ctx w3;
-    char tpv[56];
-    if (tp && hdr_count(&st->req, "traceparent", 11) == 1 &&
-        sk_trace_parse_traceparent(tp, tpl, &w3)) {
+    if (tp && ntp == 1 && sk_trace_parse_traceparent(tp, tpl, &w3)) {
         /* version 00 out: we only speak 00 (a future version's extra fields go) */
+        char *tpv = sk_arena_alloc_nz(&st->arena, 56);
+        if (!tpv)
+            return;
         sk_trace_format_traceparent(tpv, w3.trace_id, span, w3.flags);
-        set_hdr(st, "traceparent", 11, tpv, 55);
+        st->req.v[tp_i].value = tpv;
+        st->req.v[tp_i].vlen = 55;
         sk_debug("conn %llu stream %u: trace %.32s: new span %.16s (propagated)",
                  (unsigned long long)st->conn_id, st->stream_id, tpv + 3, tpv + 36);
         return;
@@ -381,8 +393,11 @@ void sk_tracing_request(struct sk_stream *st)
         memcpy(tid, b3->trace_id, 16);
     else
         rand_bytes(st->w, tid, 16);
+    char *tpv = sk_arena_alloc_nz(&st->arena, 56);
+    if (!tpv)
+        return;
     sk_trace_format_traceparent(tpv, tid, span, sampled ? 1 : 0);
-    sk_hdrs_add(&st->req, &st->arena, "traceparent", 11, tpv, 55);
+    sk_hdrs_push(&st->req, &st->arena, &(struct sk_hdr){"traceparent", 11, tpv, 55});
     sk_debug("conn %llu stream %u: trace %.32s: new span %.16s (%s)",
              (unsigned long long)st->conn_id, st->stream_id, tpv + 3, tpv + 36,
              b3 ? "joined the B3 trace" : tp ? "started; the incoming traceparent was invalid"

@@ -7,6 +7,7 @@
 
 #include "skiff/accesslog.h"
 #include "skiff/err.h"
+#include "skiff/http1.h"
 #include "skiff/hoststate.h"
 #include "skiff/log.h"
 #include "skiff/scope.h"
@@ -79,16 +80,11 @@ int sk_hdrs_push(struct sk_hdrs *h, struct sk_arena *a, const struct sk_hdr *x)
     return 0;
 }
 
-int sk_hdrs_add(struct sk_hdrs *h, struct sk_arena *a, const char *name, size_t nlen,
-                const char *value, size_t vlen)
+/* Copy nlen bytes of name to n, lower-cased: 8 bytes at a time, a byte gets
+ * 0x20 iff it is 'A'..'Z' (7-bit sums never carry into the next byte; bytes
+ * >= 0x80 untouched). n == name is fine (in place). */
+static inline void lower_copy(char *n, const char *name, size_t nlen)
 {
-    if (hdrs_grow(h, a) < 0)
-        return SK_ERR_NOMEM;
-    char *n = sk_arena_alloc_nz(a, nlen + vlen + 2);
-    if (!n)
-        return SK_ERR_NOMEM;
-    /* lower-case 8 bytes at a time: a byte gets 0x20 iff it is 'A'..'Z'
-     * (7-bit sums never carry into the next byte; bytes >= 0x80 untouched) */
     size_t i = 0;
     for (; i + 8 <= nlen; i += 8) {
         uint64_t x, lo;
@@ -104,11 +100,127 @@ int sk_hdrs_add(struct sk_hdrs *h, struct sk_arena *a, const char *name, size_t 
         char c = name[i];
         n[i] = (c >= 'A' && c <= 'Z') ? (char)(c | 0x20) : c;
     }
+}
+
+int sk_hdrs_add(struct sk_hdrs *h, struct sk_arena *a, const char *name, size_t nlen,
+                const char *value, size_t vlen)
+{
+    if (hdrs_grow(h, a) < 0)
+        return SK_ERR_NOMEM;
+    char *n = sk_arena_alloc_nz(a, nlen + vlen + 2);
+    if (!n)
+        return SK_ERR_NOMEM;
+    lower_copy(n, name, nlen);
     n[nlen] = 0;
     char *v = n + nlen + 1;
     memcpy(v, value, vlen);
     v[vlen] = 0;
     h->v[h->n++] = (struct sk_hdr){n, (uint32_t)nlen, v, (uint32_t)vlen};
+    return 0;
+}
+
+/* Lower-case in place the nlen bytes at n, which are followed by at least 8
+ * readable bytes (the tail word is read whole and written back with only its
+ * name bytes changed). */
+static inline void lower_in_place(char *n, size_t nlen)
+{
+    size_t i = 0;
+    for (; i + 8 <= nlen; i += 8) {
+        uint64_t x;
+        memcpy(&x, n + i, 8);
+        uint64_t lo = x & 0x7f7f7f7f7f7f7f7full;
+        uint64_t up = ((lo + 0x3f3f3f3f3f3f3f3full) ^ (lo + 0x2525252525252525ull)) & ~x &
+                      0x8080808080808080ull;
+        x |= up >> 2;
+        memcpy(n + i, &x, 8);
+    }
+    if (i == nlen)
+        return;
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    uint64_t x;
+    memcpy(&x, n + i, 8);
+    uint64_t lo = x & 0x7f7f7f7f7f7f7f7full;
+    uint64_t up = ((lo + 0x3f3f3f3f3f3f3f3full) ^ (lo + 0x2525252525252525ull)) & ~x &
+                  0x8080808080808080ull;
+    up &= (1ull << (8 * (nlen - i))) - 1; /* only the name's bytes (1..7 of them) */
+    x |= up >> 2;
+    memcpy(n + i, &x, 8);
+#else
+    lower_copy(n + i, n + i, nlen - i);
+#endif
+}
+
+char *sk_hdrs_add_h1(struct sk_hdrs *h, struct sk_arena *a, const char *span, size_t span_len,
+                     const struct sk_h1_header *f, size_t n)
+{
+    /* one allocation: the grown list (when needed), then the span + 8 bytes
+     * of padding (the name lower-casing reads whole words) */
+    uint32_t nc = h->cap;
+    if (nc - h->n < n) {
+        nc = nc ? nc : 16;
+        while (nc - h->n < n)
+            nc *= 2;
+    }
+    size_t vsz = nc != h->cap ? sizeof(struct sk_hdr) * nc : 0;
+    char *mem = sk_arena_alloc_nz(a, vsz + span_len + 8);
+    if (!mem)
+        return NULL;
+    if (vsz) {
+        struct sk_hdr *v = (struct sk_hdr *)(void *)mem; /* only [0, n) is ever read */
+        if (h->n)
+            memcpy(v, h->v, sizeof(*v) * h->n);
+        h->v = v;
+        h->cap = nc;
+    }
+    char *blk = mem + vsz;
+    memcpy(blk, span, span_len);
+    memset(blk + span_len, 0, 8);
+    struct sk_hdr *o = h->v + h->n;
+    for (size_t i = 0; i < n; i++) {
+        /* the byte after a name is its colon, the byte after a value its CR
+         * or trailing whitespace: both inside the span, free for the NUL */
+        char *nm = blk + (f[i].name - span);
+        char *vl = blk + (f[i].value - span);
+        lower_in_place(nm, f[i].name_len);
+        nm[f[i].name_len] = 0;
+        vl[f[i].value_len] = 0;
+        o[i] = (struct sk_hdr){nm, (uint32_t)f[i].name_len, vl, (uint32_t)f[i].value_len};
+    }
+    h->n += (uint32_t)n;
+    return blk;
+}
+
+int sk_buf_append_fields(struct sk_buf *b, const struct sk_hdrs *h)
+{
+    size_t need = 0;
+    for (uint32_t i = 0; i < h->n; i++)
+        need += (size_t)h->v[i].nlen + h->v[i].vlen + 4;
+    size_t avail;
+    char *w = sk_buf_used(b) + need <= b->cap ? sk_buf_wptr(b, need, &avail) : NULL;
+    if (!w || avail < need) {
+        /* over the cap or out of memory: piece by piece, up to the failure */
+        for (uint32_t i = 0; i < h->n; i++) {
+            int r;
+            if ((r = sk_buf_append(b, h->v[i].name, h->v[i].nlen)) < 0 ||
+                (r = sk_buf_append(b, ": ", 2)) < 0 ||
+                (r = sk_buf_append(b, h->v[i].value, h->v[i].vlen)) < 0 ||
+                (r = sk_buf_append(b, "\r\n", 2)) < 0)
+                return r;
+        }
+        return 0;
+    }
+    for (uint32_t i = 0; i < h->n; i++) {
+        const struct sk_hdr *x = &h->v[i];
+        memcpy(w, x->name, x->nlen);
+        w += x->nlen;
+        memcpy(w, ": ", 2);
+        w += 2;
+        memcpy(w, x->value, x->vlen);
+        w += x->vlen;
+        memcpy(w, "\r\n", 2);
+        w += 2;
+    }
+    sk_buf_commit(b, need);
     return 0;
 }
 

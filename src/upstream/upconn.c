@@ -642,13 +642,8 @@ static int h1_send_head(struct sk_up *base, const struct sk_req_head *h)
         rc = append_all(u, rc, h->authority, h->authority_len);
         rc = append_all(u, rc, "\r\n", 2);
     }
-    for (uint32_t i = 0; h->hdrs && i < h->hdrs->n; i++) {
-        const struct sk_hdr *x = &h->hdrs->v[i];
-        rc = append_all(u, rc, x->name, x->nlen);
-        rc = append_all(u, rc, ": ", 2);
-        rc = append_all(u, rc, x->value, x->vlen);
-        rc = append_all(u, rc, "\r\n", 2);
-    }
+    if (h->hdrs && h->hdrs->n && !rc)
+        rc = sk_buf_append_fields(&u->out, h->hdrs);
     if (h->upgrade) {
         rc = append_all(u, rc, "connection: upgrade\r\nupgrade: ", 30);
         rc = append_all(u, rc, h->upgrade, h->upgrade_len);

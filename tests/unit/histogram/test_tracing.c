@@ -45,6 +45,33 @@ static void test_traceparent(void)
     /* a future version may carry more fields */
     CHECK(tp("01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-abc", &c));
     CHECK(!tp("01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01abc", &c));
+    /* every byte value at the first and last digit of each field: accepted
+     * exactly when it is a lower-case hex digit, and decoded to its value */
+    static const int pos[] = {3, 4, 33, 34, 36, 37, 50, 51, 53, 54};
+    int bad = 0;
+    for (size_t k = 0; k < sizeof(pos) / sizeof(pos[0]); k++) {
+        for (int b = 0; b < 256; b++) {
+            char v[56];
+            memcpy(v, ok, 56);
+            v[pos[k]] = (char)b;
+            int d = b >= '0' && b <= '9' ? b - '0' : b >= 'a' && b <= 'f' ? b - 'a' + 10 : -1;
+            struct sk_trace_ctx x;
+            bool r = sk_trace_parse_traceparent(v, 55, &x);
+            if (r != (d >= 0)) {
+                bad++;
+                continue;
+            }
+            if (!r)
+                continue;
+            int p = pos[k];
+            const uint8_t *f = p < 35 ? x.trace_id : p < 52 ? x.span_id : &x.flags;
+            int off = p < 35 ? p - 3 : p < 52 ? p - 36 : p - 53;
+            int nib = off % 2 ? f[off / 2] & 15 : f[off / 2] >> 4;
+            if (nib != d)
+                bad++;
+        }
+    }
+    CHECK(bad == 0);
 }
 
 static size_t slen(const char *x)

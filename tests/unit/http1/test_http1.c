@@ -706,6 +706,9 @@ static void test_fields(void)
     CHECK(sk_h1_parse_response(rs, strlen(rs), &m, NULL, 0) == (ssize_t)strlen(rs));
     CHECK(m.status == 404 && m.reason == rs + 13 && m.reason_len == 9);
     CHECK(m.method == NULL && m.target == NULL);
+    /* the field section span: from the first field line through the empty line */
+    CHECK(m.fields == rs + 24 && m.fields_len == strlen(rs) - 24);
+    CHECK(preq(s, &m) > 0 && m.fields == s + 19 && m.fields + m.fields_len == s + strlen(s) - 4);
 }
 
 static void test_helpers(void)
@@ -759,6 +762,48 @@ static void test_byte_classes(void)
         }
     }
     CHECK(bad == 0);
+    /* every byte at every position of a field name (the name scan takes
+     * four bytes a step, then one at a time near the end of the input) */
+    bad = 0;
+    for (int b = 0; b < 256; b++) {
+        int tok_ok = (b >= 'a' && b <= 'z') || (b >= 'A' && b <= 'Z') || (b >= '0' && b <= '9') ||
+                     (b && strchr("!#$%&'*+-.^_`|~", b));
+        for (int k = 0; k < 11; k++) {
+            if (k == 0 && (b == ' ' || b == '\t' || b == '\r'))
+                continue; /* a continuation line or the end of the head, not a name */
+            char nm[11];
+            memset(nm, 'n', 11);
+            nm[k] = (char)b;
+            int n = snprintf(buf, sizeof(buf), "GET / HTTP/1.1\r\nHost: h\r\n");
+            memcpy(buf + n, nm, 11);
+            memcpy(buf + n + 11, ": v\r\n\r\n", 7);
+            for (int cut = 0; cut < 2; cut++) {
+                /* cut: the input ends inside the name (AGAIN or an error) */
+                size_t len = cut ? (size_t)n + (size_t)k + 1 : (size_t)n + 18;
+                ssize_t r = sk_h1_parse_request(buf, len, &m, NULL);
+                if (cut ? (tok_ok ? r != SK_ERR_AGAIN
+                                  : r != (b == ':' && k ? SK_ERR_AGAIN : SK_ERR_H1_BAD_HEADER))
+                        : (tok_ok ? r != n + 18 || hdrs[1].name_len != 11
+                                  : (b == ':' && k ? r != n + 18 || hdrs[1].name_len != (size_t)k
+                                                   : r >= 0)))
+                    bad++;
+            }
+        }
+    }
+    CHECK(bad == 0);
+    /* HTABs inside and around the 8-byte words of a value */
+    for (int k = 0; k < 20; k++) {
+        char v[21];
+        memset(v, 'v', 20);
+        v[k] = '\t';
+        if (k + 9 < 20)
+            v[k + 9] = '\t';
+        v[20] = 0;
+        int n = snprintf(buf, sizeof(buf), "GET / HTTP/1.1\r\nHost: h\r\nX: a%s\r\n\r\n", v);
+        ssize_t r = sk_h1_parse_request(buf, (size_t)n, &m, NULL);
+        /* a trailing HTAB is OWS, not part of the value */
+        CHECK(r == n && hdrs[1].value_len == (v[19] == '\t' ? 20u : 21u));
+    }
 }
 
 static void test_trailers(void)

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "skiff/config.h"
+#include "skiff/http1.h"
 #include "skiff/stream.h"
 
 static int failures, checks;
@@ -86,8 +87,54 @@ static int route(const char *method, const char *path, const char *const *hdrs)
     return r ? (int)r->direct_status : -1;
 }
 
+/* sk_hdrs_add_h1: a parsed head copied in one piece, names lower-cased and
+ * NUL-terminated in the copy, values NUL-terminated; the input untouched. */
+static void test_hdrs_add_h1(void)
+{
+    char in[] = "GET /p HTTP/1.1\r\nHost: Ex.COM \r\nX-Long-Header-NAME:\tA b\t\r\nE:\r\n"
+                "ACCEPT: */*\r\n\r\n";
+    char orig[sizeof(in)];
+    memcpy(orig, in, sizeof(in));
+    struct sk_h1_header f[8];
+    struct sk_h1_msg m = {.hdrs = f, .hdrs_cap = 8};
+    CHECK(sk_h1_parse_request(in, sizeof(in) - 1, &m, NULL) == (ssize_t)sizeof(in) - 1);
+    struct sk_arena a;
+    sk_arena_init(&a, 256);
+    struct sk_hdrs h = {0};
+    CHECK(sk_hdrs_add(&h, &a, "Pre", 3, "x", 1) == 0);
+    char *blk = sk_hdrs_add_h1(&h, &a, m.fields, m.fields_len, m.hdrs, m.nhdrs);
+    CHECK(blk != NULL && h.n == 5);
+    CHECK(memcmp(in, orig, sizeof(in)) == 0);
+    CHECK(strcmp(h.v[0].name, "pre") == 0);
+    CHECK(strcmp(h.v[1].name, "host") == 0 && strcmp(h.v[1].value, "Ex.COM") == 0);
+    CHECK(h.v[1].nlen == 4 && h.v[1].vlen == 6);
+    CHECK(strcmp(h.v[2].name, "x-long-header-name") == 0 && strcmp(h.v[2].value, "A b") == 0);
+    CHECK(strcmp(h.v[3].name, "e") == 0 && h.v[3].vlen == 0 && h.v[3].value[0] == 0);
+    CHECK(strcmp(h.v[4].name, "accept") == 0 && strcmp(h.v[4].value, "*/*") == 0);
+    CHECK(sk_hdrs_get(&h, "x-long-header-name", 18) == &h.v[2]);
+    /* more fields than the list holds: it grows once */
+    struct sk_h1_header many[40];
+    char big[2048];
+    size_t n = 0;
+    for (int i = 0; i < 40; i++)
+        n += (size_t)snprintf(big + n, sizeof(big) - n, "H%02d: v%d\r\n", i, i);
+    for (int i = 0, o = 0; i < 40; i++) {
+        many[i].name = big + o;
+        many[i].name_len = 3;
+        many[i].value = big + o + 5;
+        many[i].value_len = i < 10 ? 2 : 3;
+        o += i < 10 ? 9 : 10;
+    }
+    struct sk_hdrs h2 = {0};
+    CHECK(sk_hdrs_add_h1(&h2, &a, big, n, many, 40) != NULL && h2.n == 40 && h2.cap >= 40);
+    CHECK(strcmp(h2.v[39].name, "h39") == 0 && strcmp(h2.v[39].value, "v39") == 0);
+    CHECK(strcmp(h2.v[0].name, "h00") == 0 && strcmp(h2.v[0].value, "v0") == 0);
+    sk_arena_free(&a);
+}
+
 int main(void)
 {
+    test_hdrs_add_h1();
     struct sk_cfgerrs errs;
     sk_cfgerrs_init(&errs, "test");
     struct sk_snapshot *s = NULL;
