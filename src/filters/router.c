@@ -1007,13 +1007,20 @@ static void apply_xfcc(struct sk_stream *st)
         char raw[1024];
         size_t rl = sk_tls_xfcc(st->tls, raw, sizeof(raw));
         mtls = rl > 0;
-        if (mode == 1) /* FORWARD_ONLY: only whether there is one */
-            raw[0] = 0;
-        /* keep By, Hash, and URI when set_current_client_cert_details.uri */
-        for (char *seg = mtls ? strtok(raw, ";") : NULL; seg; seg = strtok(NULL, ";")) {
-            bool keep = strncmp(seg, "By=", 3) == 0 || strncmp(seg, "Hash=", 5) == 0 ||
-                        (st->hcm->xfcc_uri && strncmp(seg, "URI=", 4) == 0);
-            size_t sl = strlen(seg);
+        size_t rn = mode == 1 ? 0 : rl; /* FORWARD_ONLY: only whether there is one */
+        /* keep By, Hash, and URI when set_current_client_cert_details.uri
+         * (a walk over the ';'-separated elements: no strtok, whose hidden
+         * state is shared by the worker threads) */
+        for (size_t i = 0; i < rn;) {
+            const char *seg = raw + i;
+            const char *semi = memchr(seg, ';', rn - i);
+            size_t sl = semi ? (size_t)(semi - seg) : rn - i;
+            i += sl + 1;
+            if (sl == 0)
+                continue;
+            bool keep = (sl >= 3 && memcmp(seg, "By=", 3) == 0) ||
+                        (sl >= 5 && memcmp(seg, "Hash=", 5) == 0) ||
+                        (st->hcm->xfcc_uri && sl >= 4 && memcmp(seg, "URI=", 4) == 0);
             if (keep && el_len + sl + 2 < sizeof(el)) {
                 if (el_len)
                     el[el_len++] = ';';
