@@ -12,6 +12,7 @@
 # Ports BASE_PORT..+21 on 127.0.0.1; every process started here is stopped by PID.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/nginx_backend.sh
 N=${N:-20000}
 CG_N=${CG_N:-10000}
 BASE=${BASE_PORT:-27900}
@@ -39,26 +40,7 @@ trap cleanup EXIT
 wait_port() { local i; for i in $(seq 1 200); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.1; done; return 1; }
 UP=$BASE; SK1=$((BASE + 10)); SK2=$((BASE + 11)); HA1=$((BASE + 20)); HA2=$((BASE + 21))
 
-mkdir -p "$TMP/be"
-cat >"$TMP/be/nginx.conf" <<NGX
-daemon off;
-master_process off;
-worker_processes 1;
-pid $TMP/be/nginx.pid;
-error_log $TMP/be/error.log warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  keepalive_requests 100000000;
-  keepalive_timeout 300s;
-  client_body_temp_path $TMP/be/cb; proxy_temp_path $TMP/be/pt; fastcgi_temp_path $TMP/be/ft;
-  uwsgi_temp_path $TMP/be/ut; scgi_temp_path $TMP/be/st;
-  server {
-    listen 127.0.0.1:$UP backlog=4096;
-    location / { default_type text/plain; return 200 "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcde\n"; }
-  }
-}
-NGX
+nginx_backend_conf "$TMP/be" "$UP"
 nginx -p "$TMP/be" -e "$TMP/be/error.log" -c "$TMP/be/nginx.conf" >"$TMP/be.out" 2>&1 &
 PIDS+=($!)
 wait_port "$UP" || { echo "backend did not start" >&2; exit 1; }

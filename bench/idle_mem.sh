@@ -17,6 +17,7 @@
 # Everything runs on 127.0.0.1; every process started here is stopped by PID.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/nginx_backend.sh
 N=${N:-2000}
 # PIN=1: proxy on CPU 1, clients on CPU 0 (as peers.sh runs them)
 PIN_PROXY=""; PIN_LOAD=""
@@ -138,26 +139,7 @@ mem_field() { curl -s "http://127.0.0.1:$ADM/memory" | python3 -c "import json,s
 # the backend: nginx as in peers.sh when installed (a fast backend lets the
 # client open connections faster, so more new sessions overlap), else Python
 if command -v nginx >/dev/null; then
-    mkdir -p "$TMP/be"
-    cat >"$TMP/be/nginx.conf" <<NGX
-daemon off;
-master_process off;
-worker_processes 1;
-pid $TMP/be/nginx.pid;
-error_log $TMP/be/error.log warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  keepalive_requests 100000000;
-  keepalive_timeout 300s;
-  client_body_temp_path $TMP/be/cb; proxy_temp_path $TMP/be/pt; fastcgi_temp_path $TMP/be/ft;
-  uwsgi_temp_path $TMP/be/ut; scgi_temp_path $TMP/be/st;
-  server {
-    listen 127.0.0.1:$UP backlog=4096;
-    location / { default_type text/plain; return 200 "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcde\n"; }
-  }
-}
-NGX
+    nginx_backend_conf "$TMP/be" "$UP"
     $PIN_LOAD nginx -c "$TMP/be/nginx.conf" & PIDS+=($!)
 else
     python3 "$TMP/up.py" "$UP" & PIDS+=($!)

@@ -33,6 +33,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "skiff/ascii.h"
 #include "skiff/err.h"
 #include "skiff/evio.h"
 #include "skiff/h2.h"
@@ -624,26 +625,6 @@ static void resume(struct h2s *s)
     queue_flush(s->c);
 }
 
-static bool has_upper(const char *p, uint32_t n)
-{
-    uint32_t i = 0;
-    /* 8 bytes at a time: a byte's high bit ends up set iff it is 'A'..'Z'
-     * (7-bit sums never carry into the next byte; bytes >= 0x80 masked) */
-    for (; i + 8 <= n; i += 8) {
-        uint64_t x;
-        memcpy(&x, p + i, 8);
-        uint64_t lo = x & 0x7f7f7f7f7f7f7f7full;
-        uint64_t ge_a = lo + 0x3f3f3f3f3f3f3f3full; /* >= 'A' (0x41) */
-        uint64_t gt_z = lo + 0x2525252525252525ull; /* > 'Z' (0x5a) */
-        if ((ge_a ^ gt_z) & ~x & 0x8080808080808080ull)
-            return true;
-    }
-    for (; i < n; i++)
-        if (p[i] >= 'A' && p[i] <= 'Z')
-            return true;
-    return false;
-}
-
 static void op_send_head(struct sk_stream *st, int status, const struct sk_hdrs *h,
                          int64_t content_length, bool end_stream)
 {
@@ -703,13 +684,11 @@ static void op_send_head(struct sk_stream *st, int status, const struct sk_hdrs 
             has_cl = true;
         const char *name = x->name;
         uint8_t fl = hkeep;
-        if (has_upper(name, x->nlen)) {
+        if (sk_ascii_has_upper(name, x->nlen)) {
             char *ln = sk_arena_alloc(&st->arena, x->nlen + 1);
             if (!ln)
                 continue;
-            for (uint32_t k = 0; k < x->nlen; k++)
-                ln[k] = (x->name[k] >= 'A' && x->name[k] <= 'Z') ? (char)(x->name[k] | 0x20)
-                                                                 : x->name[k];
+            sk_ascii_lower_copy(ln, x->name, x->nlen);
             name = ln;
             fl |= NGHTTP2_NV_FLAG_NO_COPY_NAME;
         }

@@ -16,6 +16,7 @@
  *  - The body decoder is a byte-at-a-time state machine only for framing bytes
  *    (chunk-size lines, CRLFs); payload is handed out as slices of the input.
  */
+#include "skiff/ascii.h"
 #include "skiff/http1.h"
 #include "skiff/err.h"
 
@@ -83,10 +84,7 @@ int sk_h1_name_eq(const char *a, size_t alen, const char *lit)
  * it is 'A'..'Z'), then compare. Exact for any bytes. */
 static inline uint64_t lc_word(uint64_t x)
 {
-    uint64_t lo = x & 0x7f7f7f7f7f7f7f7full;
-    uint64_t up =
-        ((lo + 0x3f3f3f3f3f3f3f3full) ^ (lo + 0x2525252525252525ull)) & ~x & 0x8080808080808080ull;
-    return x | (up >> 2);
+    return sk_ascii_lower8(x);
 }
 
 static inline int lc_eq(const char *a, const char *lit, size_t n)

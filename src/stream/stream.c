@@ -1,4 +1,5 @@
 /* Stream helpers: termination causes, header lists, local replies. */
+#include "skiff/ascii.h"
 #include "skiff/stream.h"
 
 #include <stdio.h>
@@ -80,28 +81,6 @@ int sk_hdrs_push(struct sk_hdrs *h, struct sk_arena *a, const struct sk_hdr *x)
     return 0;
 }
 
-/* Copy nlen bytes of name to n, lower-cased: 8 bytes at a time, a byte gets
- * 0x20 iff it is 'A'..'Z' (7-bit sums never carry into the next byte; bytes
- * >= 0x80 untouched). n == name is fine (in place). */
-static inline void lower_copy(char *n, const char *name, size_t nlen)
-{
-    size_t i = 0;
-    for (; i + 8 <= nlen; i += 8) {
-        uint64_t x, lo;
-        memcpy(&x, name + i, 8);
-        lo = x & 0x7f7f7f7f7f7f7f7full;
-        uint64_t ge_a = lo + 0x3f3f3f3f3f3f3f3full; /* high bit: >= 'A' (0x41) */
-        uint64_t gt_z = lo + 0x2525252525252525ull; /* high bit: > 'Z' (0x5a) */
-        uint64_t up = (ge_a ^ gt_z) & ~x & 0x8080808080808080ull;
-        x |= up >> 2;
-        memcpy(n + i, &x, 8);
-    }
-    for (; i < nlen; i++) {
-        char c = name[i];
-        n[i] = (c >= 'A' && c <= 'Z') ? (char)(c | 0x20) : c;
-    }
-}
-
 int sk_hdrs_add(struct sk_hdrs *h, struct sk_arena *a, const char *name, size_t nlen,
                 const char *value, size_t vlen)
 {
@@ -110,7 +89,7 @@ int sk_hdrs_add(struct sk_hdrs *h, struct sk_arena *a, const char *name, size_t 
     char *n = sk_arena_alloc_nz(a, nlen + vlen + 2);
     if (!n)
         return SK_ERR_NOMEM;
-    lower_copy(n, name, nlen);
+    sk_ascii_lower_copy(n, name, nlen);
     n[nlen] = 0;
     char *v = n + nlen + 1;
     memcpy(v, value, vlen);
@@ -128,10 +107,7 @@ static inline void lower_in_place(char *n, size_t nlen)
     for (; i + 8 <= nlen; i += 8) {
         uint64_t x;
         memcpy(&x, n + i, 8);
-        uint64_t lo = x & 0x7f7f7f7f7f7f7f7full;
-        uint64_t up = ((lo + 0x3f3f3f3f3f3f3f3full) ^ (lo + 0x2525252525252525ull)) & ~x &
-                      0x8080808080808080ull;
-        x |= up >> 2;
+        x = sk_ascii_lower8(x);
         memcpy(n + i, &x, 8);
     }
     if (i == nlen)
@@ -139,14 +115,12 @@ static inline void lower_in_place(char *n, size_t nlen)
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
     uint64_t x;
     memcpy(&x, n + i, 8);
-    uint64_t lo = x & 0x7f7f7f7f7f7f7f7full;
-    uint64_t up = ((lo + 0x3f3f3f3f3f3f3f3full) ^ (lo + 0x2525252525252525ull)) & ~x &
-                  0x8080808080808080ull;
+    uint64_t up = sk_ascii_upper8(x);
     up &= (1ull << (8 * (nlen - i))) - 1; /* only the name's bytes (1..7 of them) */
     x |= up >> 2;
     memcpy(n + i, &x, 8);
 #else
-    lower_copy(n + i, n + i, nlen - i);
+    sk_ascii_lower_copy(n + i, n + i, nlen - i);
 #endif
 }
 

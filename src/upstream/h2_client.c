@@ -39,6 +39,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "skiff/ascii.h"
 #include "skiff/err.h"
 #include "skiff/evio.h"
 #include "skiff/h2_client.h"
@@ -1423,8 +1424,7 @@ static bool nv_add(struct h2us *s, nghttp2_nv *nva, size_t *n, const char *name,
     char *dn = sk_arena_alloc_nz(&s->arena, nl + vl + 2);
     if (!dn)
         return false;
-    for (size_t i = 0; i < nl; i++)
-        dn[i] = (name[i] >= 'A' && name[i] <= 'Z') ? (char)(name[i] | 0x20) : name[i];
+    sk_ascii_lower_copy(dn, name, nl);
     dn[nl] = 0;
     char *dv = dn + nl + 1;
     if (vl)
