@@ -287,9 +287,12 @@ void sk_upconn_pause_read(struct sk_upconn *u, bool pause)
         return;
     u->read_paused = pause;
     update_io(u);
-    if (!pause && (sk_buf_used(&u->in) || sk_tp_has_buffered(&u->tp)) &&
-        u->state == SK_UP_S_ACTIVE)
-        ev_feed_event(u->w->loop, &u->io, EV_READ); /* process what is buffered */
+    /* process what is buffered; in R_BODY even with nothing buffered: the
+     * pause may have come with the body's last DATA, and its DONE needs one
+     * more (empty) step, for which the socket may never be readable again */
+    if (!pause && u->state == SK_UP_S_ACTIVE &&
+        (sk_buf_used(&u->in) || sk_tp_has_buffered(&u->tp) || u->rstate == R_BODY))
+        ev_feed_event(u->w->loop, &u->io, EV_READ);
 }
 
 /* Pool idle timeout in seconds; <= 0: none. */
@@ -508,8 +511,8 @@ static void on_readable(struct sk_upconn *u)
     }
     ssize_t r = sk_tp_read(&u->tp, &u->in, 0);
     if (r == SK_ERR_AGAIN) {
-        if (sk_buf_used(&u->in))
-            process(u); /* resumed after a pause */
+        if (sk_buf_used(&u->in) || u->rstate == R_BODY)
+            process(u); /* resumed after a pause (see sk_upconn_pause_read) */
         return;
     }
     if (r == SK_ERR_TOO_LARGE) {

@@ -373,6 +373,40 @@ def test_flow_control_slow_reader_bounded(h2proxy):
     assert grew < 16 * 1024 or not CHECK_RSS, "skiff RSS grew by %d KiB while relaying %d MiB" % (grew, size >> 20)
 
 
+def test_response_end_after_congestion_with_last_body_bytes(make_proxy, upstream):
+    """The h1 upstream's last body bytes congest the h2 stream (the client has
+    not returned its window): skiff stops reading the upstream with the body
+    complete in its buffer but its end not yet stepped over. When the client
+    returns the window, the end must follow the data (END_STREAM), though the
+    upstream socket has nothing more to make it readable."""
+    s = make_proxy([upstream.port])
+    # stream window 65535 sent, then 128 KiB + 1 pending: only the read
+    # holding the last byte goes over the 128 KiB high mark
+    size = 65535 + 128 * 1024 + 1
+    for _ in range(3):
+        c = H2Client(s.port, auto_ack=False, timeout=10)
+        try:
+            c.c.increment_flow_control_window(1 << 30)  # only the stream window limits
+            c.flush()
+            sid = c.request("/big?size=%d" % size)
+            deadline = time.monotonic() + 10
+            while sum(len(d) for d in c.streams[sid]["data"]) < 65535:
+                assert time.monotonic() < deadline, "the first window of data did not arrive"
+                c.step()
+            time.sleep(0.3)  # skiff reads the rest of the upstream response and pauses
+            got = sum(len(d) for d in c.streams[sid]["data"])
+            c.c.acknowledge_received_data(got, sid)
+            c.flush()
+            c.auto_ack = True
+            r = c.wait(sid, timeout=10)
+        finally:
+            c.close()
+        assert status(r) == 200
+        data = body(r)
+        assert len(data) == size
+        assert hashlib.sha256(data).hexdigest() == hdr(r, "x-body-sha256")
+
+
 def test_flow_control_slow_upstream_upload(h2proxy):
     """The upstream reads the body only after 1 s: skiff stops granting window
     instead of buffering the upload."""
