@@ -158,13 +158,13 @@ int sk_h1_has_token(const char *val, size_t len, const char *tok);
 
 /* ---- body decoding ---------------------------------------------------- */
 
-struct sk_h1_body {
-    int kind;             /* enum sk_h1_body_kind */
-    int state;            /* internal */
-    uint64_t remaining;   /* LENGTH: bytes left; CHUNKED: bytes left in chunk */
-    size_t line_len;      /* internal: bytes of the chunk-size line seen so far */
-    size_t trailer_bytes; /* internal: trailer bytes already verified (whole lines) */
-    size_t max_trailer_bytes;
+struct sk_h1_body {       /* 24 bytes: one per connection, kept small */
+    uint64_t remaining;     /* LENGTH: bytes left; CHUNKED: bytes left in chunk */
+    uint32_t line_len;      /* internal: bytes of the chunk-size line seen so far */
+    uint32_t trailer_bytes; /* internal: trailer bytes already verified (whole lines) */
+    uint32_t max_trailer_bytes;
+    uint8_t kind;           /* enum sk_h1_body_kind */
+    uint8_t state;          /* internal */
 };
 
 /* max_trailer_bytes 0 means SK_H1_DEFAULT_MAX_HEAD. NONE, and LENGTH with

@@ -48,23 +48,24 @@ struct h1s {
     uint32_t nreq;
     uint8_t state;
     uint8_t resp_mode;
-    bool keepalive;     /* current request allows reuse */
-    bool close_after;   /* close once the current response is out */
-    bool read_paused;   /* backpressure from upstream */
-    bool write_blocked; /* waiting for EV_WRITE */
-    bool flush_queued;
-    bool draining;
-    bool in_process;
-    bool resp_done, req_done;
-    bool trailers_sent;
-    bool minor0; /* HTTP/1.0 request */
-    bool hdr_timer; /* `timer` runs request_headers_timeout for a partial head */
+    /* one bit each: an idle keep-alive connection is this struct (see
+     * bench/README.md, memory per idle connection) */
+    bool keepalive : 1;     /* current request allows reuse */
+    bool close_after : 1;   /* close once the current response is out */
+    bool read_paused : 1;   /* backpressure from upstream */
+    bool write_blocked : 1; /* waiting for EV_WRITE */
+    bool flush_queued : 1;
+    bool draining : 1;
+    bool in_process : 1;
+    bool resp_done : 1, req_done : 1;
+    bool trailers_sent : 1;
+    bool minor0 : 1;    /* HTTP/1.0 request */
+    bool hdr_timer : 1; /* `timer` runs request_headers_timeout for a partial head */
     double idle_deadline; /* idle timeout: `timer` may fire earlier and re-arm (lazy) */
     union {
         struct sockaddr_in v4;
         struct sockaddr_in6 v6;
     } peer;
-    char peer_ip[48]; /* peer address as text, "" until the first request */
 };
 
 static void conn_io_cb(struct ev_loop *loop, ev_io *io, int revents);
@@ -753,13 +754,12 @@ static int start_stream(struct h1s *c, const struct sk_h1_msg *m, size_t head_le
     st->req_flags = m->flags;
     st->req_body_kind = m->body_kind;
     st->req_content_length = m->content_length;
-    if (!c->peer_ip[0]) { /* formatted once per connection */
-        if (c->peer.v4.sin_family == AF_INET6)
-            inet_ntop(AF_INET6, &c->peer.v6.sin6_addr, c->peer_ip, sizeof(c->peer_ip));
-        else
-            sk_fmt_ipv4(c->peer_ip, &c->peer.v4.sin_addr); /* inet_ntop goes through sprintf */
-    }
-    memcpy(st->peer_ip, c->peer_ip, sizeof(st->peer_ip));
+    /* per request, not kept on the connection: an idle keep-alive
+     * connection costs its struct, and the IPv4 form is a few table lookups */
+    if (c->peer.v4.sin_family == AF_INET6)
+        inet_ntop(AF_INET6, &c->peer.v6.sin6_addr, st->peer_ip, sizeof(st->peer_ip));
+    else
+        sk_fmt_ipv4(st->peer_ip, &c->peer.v4.sin_addr); /* inet_ntop goes through sprintf */
     st->peer_port = ntohs(c->peer.v4.sin_family == AF_INET6 ? c->peer.v6.sin6_port
                                                             : c->peer.v4.sin_port);
     c->st = st;

@@ -890,8 +890,11 @@ void sk_h1_body_init(struct sk_h1_body *b, int kind, uint64_t content_length,
                      size_t max_trailer_bytes)
 {
     memset(b, 0, sizeof(*b));
-    b->kind = kind;
-    b->max_trailer_bytes = max_trailer_bytes ? max_trailer_bytes : DEFAULT_MAX_HEAD;
+    b->kind = (uint8_t)kind;
+    if (!max_trailer_bytes)
+        max_trailer_bytes = DEFAULT_MAX_HEAD;
+    b->max_trailer_bytes = max_trailer_bytes > UINT32_MAX / 2 ? UINT32_MAX / 2
+                                                               : (uint32_t)max_trailer_bytes;
     switch (kind) {
     case SK_H1_BODY_LENGTH:
         b->remaining = content_length;
@@ -953,7 +956,7 @@ static ssize_t trailer_step(struct sk_h1_body *b, const char *in, size_t len, in
         if ((size_t)(q - in) > lim)
             return SK_ERR_H1_HDR_TOO_LARGE;
         p = q;
-        b->trailer_bytes = (size_t)(p - in);
+        b->trailer_bytes = (uint32_t)(p - in);
     }
 more:
     if (len >= lim + 2)
