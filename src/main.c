@@ -637,6 +637,8 @@ static void usage(FILE *f)
             "      --admin ADDR       admin listener (default: config's admin or 127.0.0.1:15000)\n"
             "      --concurrency N    worker threads (default 2)\n"
             "      --drain-time-s S   graceful drain time on SIGTERM/SIGINT (default 5)\n"
+            "      --no-io-uring      one send(2) per connection: no batched sends through\n"
+            "                         io_uring (used by default where the kernel allows it)\n"
             "      --service-node ID  xDS node id (overrides the bootstrap's node.id)\n"
             "      --service-cluster C  xDS node cluster (overrides node.cluster)\n"
             "  -l, --log-level L      debug|info|warn|error (default info)\n"
@@ -648,7 +650,7 @@ static void usage(FILE *f)
 static int parse_args(int argc, char **argv)
 {
     enum { O_VALIDATE = 256, O_LISTEN, O_UPSTREAM, O_ADMIN, O_CONC, O_DRAIN, O_VERSION,
-           O_SNODE, O_SCLUSTER };
+           O_SNODE, O_SCLUSTER, O_NO_URING };
     static const struct option lo[] = {
         {"config", required_argument, 0, 'c'},
         {"validate", no_argument, 0, O_VALIDATE},
@@ -657,6 +659,7 @@ static int parse_args(int argc, char **argv)
         {"admin", required_argument, 0, O_ADMIN},
         {"concurrency", required_argument, 0, O_CONC},
         {"drain-time-s", required_argument, 0, O_DRAIN},
+        {"no-io-uring", no_argument, 0, O_NO_URING},
         {"log-level", required_argument, 0, 'l'},
         {"version", no_argument, 0, O_VERSION},
         {"service-node", required_argument, 0, O_SNODE},
@@ -696,6 +699,7 @@ static int parse_args(int argc, char **argv)
             sk_log_level = l;
             break;
         }
+        case O_NO_URING: sk_workers_io_uring = false; break;
         case O_SNODE: opt.service_node = optarg; break;
         case O_SCLUSTER: opt.service_cluster = optarg; break;
         case O_VERSION: printf("skiff %s\n", SKIFF_VERSION); exit(0);

@@ -51,7 +51,9 @@
     X(access_log_written)                                                                          \
     X(access_log_dropped)                                                                          \
     X(config_reload_ok)                                                                            \
-    X(config_reload_rejected)
+    X(config_reload_rejected)                                                                      \
+    X(io_batches)                                                                                  \
+    X(io_batched_sends)
 
 enum sk_stat_id {
 #define SK_STAT_ENUM(n) SK_ST_##n,

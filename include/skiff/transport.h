@@ -19,6 +19,7 @@ struct sk_transport {
     SSL *ssl;          /* NULL = plaintext */
     uint8_t want_rd;   /* after a read's AGAIN: SK_TLS_WANT_* needed */
     uint8_t want_wr;   /* after a write's AGAIN */
+    uint8_t wb_queued; /* in the worker's send batch (worker.c) */
     struct sk_toxics *tox; /* L4 toxic stage (toxics.h), NULL = none; zero-init */
 };
 

@@ -62,6 +62,16 @@ struct sk_msg {
 struct sk_listener_rt;
 struct sk_cluster_rt;
 struct sk_conn_base;
+struct sk_transport;
+struct sk_buf;
+struct sk_uring;
+
+/* Connections with bytes to send this loop iteration (sk_worker_defer_write). */
+#define SK_WBATCH_MAX 128
+struct sk_wbatch_ent {
+    struct sk_transport *t;
+    struct sk_buf *b;
+};
 
 struct sk_worker {
     int id;
@@ -69,6 +79,13 @@ struct sk_worker {
     struct ev_loop *loop;
     ev_async wake;
     ev_prepare reap_w;
+    /* deferred work queued after reap_w ran (by events fed from its
+     * callbacks, invoked before the loop polls) must not wait for the next
+     * event: kick_w (idle) keeps that poll from blocking; chk_w (check)
+     * marks the end of that window when the poll returns */
+    ev_idle kick_w;
+    ev_check chk_w;
+    bool after_reap;
     pthread_mutex_t mbox_lock;
     struct sk_msg *mbox_head, *mbox_tail;
     struct sk_reap *reap_list;
@@ -95,6 +112,10 @@ struct sk_worker {
      * malloc_trim; trim_w returns it to the kernel (sk_worker_released) */
     size_t released;
     ev_timer trim_w;
+    /* batched sends (uring.h): NULL = one send(2) per connection */
+    struct sk_uring *uring;
+    unsigned wb_n;
+    struct sk_wbatch_ent wb[SK_WBATCH_MAX];
 };
 
 /* Every downstream connection starts with this, linked in worker->conns so
@@ -120,6 +141,18 @@ void sk_worker_reap(struct sk_worker *w, struct sk_reap *r);
  * writes: one send per connection per loop iteration). The node must stay
  * valid until then; it is not freed. */
 void sk_worker_defer(struct sk_worker *w, struct sk_reap *r);
+/* sk_worker_defer for a connection's flush, which writes b to t: when two or
+ * more plaintext connections have bytes to send in a loop iteration, the
+ * worker sends them all with one io_uring call just before running the
+ * deferred callbacks (consuming what was sent from each b), so those
+ * callbacks find their buffers already written. The owner must keep t and b
+ * valid until its callback has run (as for sk_worker_defer), and b must be
+ * the only buffer written to t. */
+void sk_worker_defer_write(struct sk_worker *w, struct sk_reap *r, struct sk_transport *t,
+                           struct sk_buf *b);
+/* Batched sends through io_uring where the kernel allows it (default true);
+ * set before sk_workers_start. */
+extern bool sk_workers_io_uring;
 /* An idle connection freed `bytes` of per-connection state (an h2 session
  * hibernating). Freed blocks between live ones stay resident in malloc's
  * heap; once 256 KiB have been released, a timer 0.1 s later gives free pages

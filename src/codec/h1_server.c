@@ -309,7 +309,7 @@ static void queue_flush(struct h1s *c)
     }
     if (!c->flush_queued && !c->write_blocked) {
         c->flush_queued = true;
-        sk_worker_defer(c->base.w, &c->flush);
+        sk_worker_defer_write(c->base.w, &c->flush, &c->tp, &c->out);
     }
 }
 

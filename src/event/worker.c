@@ -1,6 +1,7 @@
 /* Worker threads, their mailboxes and reap lists. */
 #include "skiff/worker.h"
 
+#include <errno.h>
 #include <malloc.h>
 #include <stdlib.h>
 #include <string.h>
@@ -11,10 +12,13 @@
 #include "skiff/h2_client.h"
 #include "skiff/log.h"
 #include "skiff/net.h"
+#include "skiff/transport.h"
 #include "skiff/upstream.h"
+#include "skiff/uring.h"
 
 struct sk_worker *sk_workers;
 int sk_nworkers;
+bool sk_workers_io_uring = true;
 
 uint32_t sk_worker_rand(struct sk_worker *w)
 {
@@ -36,6 +40,71 @@ void sk_worker_defer(struct sk_worker *w, struct sk_reap *r)
 {
     r->next = w->defer_list;
     w->defer_list = r;
+    if (w->after_reap && !ev_is_active(&w->kick_w))
+        ev_idle_start(w->loop, &w->kick_w);
+}
+
+static void kick_cb(struct ev_loop *loop, ev_idle *i, int revents)
+{
+    (void)revents;
+    ev_idle_stop(loop, i); /* the poll did not block; reap_w runs next */
+}
+
+static void chk_cb(struct ev_loop *loop, ev_check *c, int revents)
+{
+    (void)loop;
+    (void)revents;
+    struct sk_worker *w = c->data;
+    w->after_reap = false;
+}
+
+void sk_worker_defer_write(struct sk_worker *w, struct sk_reap *r, struct sk_transport *t,
+                           struct sk_buf *b)
+{
+    sk_worker_defer(w, r);
+    if (w->uring && !t->wb_queued && w->wb_n < SK_WBATCH_MAX) {
+        t->wb_queued = 1;
+        w->wb[w->wb_n++] = (struct sk_wbatch_ent){t, b};
+    }
+}
+
+/* Send what the queued connections hold, all in one io_uring call; each
+ * buffer loses the bytes that went out, the owners' flush callbacks (run
+ * right after) see the rest, or nothing. Entries are live: the objects
+ * holding them are freed only from the reap list, which runs after. A lone
+ * send is left to its owner (same cost either way). */
+static void batch_send(struct sk_worker *w)
+{
+    unsigned n = w->wb_n, m = 0;
+    w->wb_n = 0;
+    struct sk_uring_send v[SK_WBATCH_MAX];
+    unsigned at[SK_WBATCH_MAX];
+    for (unsigned i = 0; i < n; i++) {
+        struct sk_wbatch_ent *e = &w->wb[i];
+        e->t->wb_queued = 0;
+        if (e->t->fd < 0 || e->t->ssl || e->t->tox || sk_buf_used(e->b) == 0)
+            continue;
+        v[m] = (struct sk_uring_send){e->t->fd, sk_buf_rptr(e->b), sk_buf_used(e->b)};
+        at[m++] = i;
+    }
+    if (m < 2)
+        return;
+    int res[SK_WBATCH_MAX];
+    int sub = sk_uring_send_batch(w->uring, v, res, m);
+    for (unsigned j = 0; j < m; j++) {
+        if (res[j] > 0) {
+            sk_buf_consume(w->wb[at[j]].b, (size_t)res[j]);
+            sk_stat_add(&w->stats, SK_ST_io_batched_sends, 1);
+        }
+    }
+    if (sub > 0)
+        sk_stat_add(&w->stats, SK_ST_io_batches, 1);
+    if (sub < 0) {
+        sk_warn("worker %d: io_uring send batch failed (%s); sending one by one from now on",
+                w->id, strerror(errno));
+        sk_uring_free(w->uring);
+        w->uring = NULL;
+    }
 }
 
 #define SK_TRIM_BYTES (256u * 1024)
@@ -62,7 +131,12 @@ void sk_worker_released(struct sk_worker *w, size_t bytes)
 static void reap_cb(struct ev_loop *loop, ev_prepare *p, int revents)
 {
     struct sk_worker *w = p->data;
+    w->after_reap = false;
+    if (ev_is_active(&w->kick_w))
+        ev_idle_stop(loop, &w->kick_w);
     while (w->defer_list) {
+        if (w->wb_n)
+            batch_send(w);
         struct sk_reap *r = w->defer_list;
         w->defer_list = NULL;
         while (r) {
@@ -82,6 +156,7 @@ static void reap_cb(struct ev_loop *loop, ev_prepare *p, int revents)
             r = n;
         }
     }
+    w->after_reap = true;
 }
 
 void sk_worker_conn_link(struct sk_worker *w, struct sk_conn_base *c)
@@ -198,7 +273,14 @@ static void wake_cb(struct ev_loop *loop, ev_async *a, int revents)
 static void *worker_main(void *arg)
 {
     struct sk_worker *w = arg;
-    sk_debug("worker %d started", w->id);
+    if (sk_workers_io_uring) {
+        /* made on this thread: it is the ring's only submitter */
+        w->uring = sk_uring_new(SK_WBATCH_MAX);
+        if (!w->uring)
+            sk_debug("worker %d: io_uring unavailable (%s): one send per connection", w->id,
+                     strerror(errno));
+    }
+    sk_debug("worker %d started%s", w->id, w->uring ? " (batched sends: io_uring)" : "");
     ev_run(w->loop, 0);
     /* STOP: close what is left (drain deadline passed) */
     struct sk_conn_base *c = w->conns;
@@ -214,6 +296,8 @@ static void *worker_main(void *arg)
     sk_http_thread_cleanup();
     sk_h2_client_thread_cleanup();
     sk_buf_thread_cache_free();
+    sk_uring_free(w->uring);
+    w->uring = NULL;
     return NULL;
 }
 
@@ -241,6 +325,10 @@ int sk_workers_start(int n)
         ev_prepare_init(&w->reap_w, reap_cb);
         w->reap_w.data = w;
         ev_prepare_start(w->loop, &w->reap_w);
+        ev_idle_init(&w->kick_w, kick_cb);
+        ev_check_init(&w->chk_w, chk_cb);
+        w->chk_w.data = w;
+        ev_check_start(w->loop, &w->chk_w);
         ev_init(&w->trim_w, trim_cb);
         w->trim_w.data = w;
         ev_set_userdata(w->loop, w);

@@ -219,7 +219,7 @@ static void queue_flush(struct sk_upconn *u)
     struct upconn_priv *p = PRIV(u);
     if (!p->flush_queued && !p->write_blocked && u->state != SK_UP_S_CONNECTING) {
         p->flush_queued = true;
-        sk_worker_defer(u->w, &p->flush);
+        sk_worker_defer_write(u->w, &p->flush, &u->tp, &u->out);
     }
 }
 
