@@ -53,8 +53,7 @@
     X(config_reload_ok)                                                                            \
     X(config_reload_rejected)                                                                      \
     X(io_batches)                                                                                  \
-    X(io_batched_sends)                                                                            \
-    X(io_batched_recvs)
+    X(io_batched_sends)
 
 enum sk_stat_id {
 #define SK_STAT_ENUM(n) SK_ST_##n,

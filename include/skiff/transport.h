@@ -16,14 +16,10 @@ struct sk_toxics;
 
 struct sk_transport {
     int fd;
-    int32_t pre_rd;    /* has_pre_rd: a batched recv's result (bytes already in the
-                        * buffer, 0 = end of stream, -errno), returned by the next read */
     SSL *ssl;          /* NULL = plaintext */
     uint8_t want_rd;   /* after a read's AGAIN: SK_TLS_WANT_* needed */
     uint8_t want_wr;   /* after a write's AGAIN */
     uint8_t wb_queued; /* in the worker's send batch (worker.c) */
-    uint8_t rb_queued; /* in the worker's receive batch */
-    uint8_t has_pre_rd;
     struct sk_toxics *tox; /* L4 toxic stage (toxics.h), NULL = none; zero-init */
 };
 

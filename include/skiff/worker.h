@@ -68,15 +68,9 @@ struct sk_uring;
 
 /* Connections with bytes to send this loop iteration (sk_worker_defer_write). */
 #define SK_WBATCH_MAX 128
-#define SK_RSCRATCH (128u * 1024)
 struct sk_wbatch_ent {
     struct sk_transport *t;
     struct sk_buf *b;
-};
-struct sk_rbatch_ent {
-    struct sk_transport *t;
-    struct sk_buf *b;
-    ev_io *io;
 };
 
 struct sk_worker {
@@ -122,10 +116,6 @@ struct sk_worker {
     struct sk_uring *uring;
     unsigned wb_n;
     struct sk_wbatch_ent wb[SK_WBATCH_MAX];
-    unsigned rb_n;
-    bool in_rbatch; /* running the receive batch's callbacks */
-    char *rscratch; /* SK_RSCRATCH bytes: where the receive batch reads */
-    struct sk_rbatch_ent rb[SK_WBATCH_MAX];
 };
 
 /* Every downstream connection starts with this, linked in worker->conns so
@@ -160,18 +150,6 @@ void sk_worker_defer(struct sk_worker *w, struct sk_reap *r);
  * the only buffer written to t. */
 void sk_worker_defer_write(struct sk_worker *w, struct sk_reap *r, struct sk_transport *t,
                            struct sk_buf *b);
-/* For a plaintext connection's io callback on EV_READ alone: true = the
- * read is deferred to the worker's receive batch (the callback returns at
- * once). Just before the deferred callbacks run, the worker does the recv(2)
- * of every queued connection with one io_uring call (into b, as sk_tp_read
- * with max 0 would), then invokes each watcher's callback with EV_READ; its
- * sk_tp_read returns that recv's result without a system call. A connection
- * whose watcher was stopped or lost EV_READ meanwhile is not called back
- * (bytes already read stay in b for its resume path). false = read now (no
- * ring, TLS, toxics, batch full, or this is the batch calling back). t, b and
- * io must stay valid until the batch ran (objects are freed from the reap
- * list). */
-bool sk_worker_defer_read(struct sk_worker *w, struct sk_transport *t, struct sk_buf *b, ev_io *io);
 /* Batched sends through io_uring where the kernel allows it (default true);
  * set before sk_workers_start. */
 extern bool sk_workers_io_uring;

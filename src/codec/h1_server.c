@@ -1001,11 +1001,6 @@ static void on_readable(struct h1s *c)
 static void conn_io_cb(struct ev_loop *loop, ev_io *io, int revents)
 {
     struct h1s *c = io->data;
-    /* a plain read: into the worker's receive batch (read back in the same
-     * loop iteration, see sk_worker_defer_read) */
-    if (revents == EV_READ && c->state != S_LINGER && sk_buf_room(&c->in) &&
-        sk_worker_defer_read(c->base.w, &c->tp, &c->in, io))
-        return;
     if (revents & EV_WRITE) {
         do_write(c);
         if (c->state == S_CLOSED)

@@ -68,14 +68,6 @@ void sk_worker_defer_write(struct sk_worker *w, struct sk_reap *r, struct sk_tra
     }
 }
 
-static void ring_failed(struct sk_worker *w)
-{
-    sk_warn("worker %d: io_uring batch failed (%s); one system call per connection from now on",
-            w->id, strerror(errno));
-    sk_uring_free(w->uring);
-    w->uring = NULL;
-}
-
 /* Send what the queued connections hold, all in one io_uring call; each
  * buffer loses the bytes that went out, the owners' flush callbacks (run
  * right after) see the rest, or nothing. Entries are live: the objects
@@ -85,20 +77,20 @@ static void batch_send(struct sk_worker *w)
 {
     unsigned n = w->wb_n, m = 0;
     w->wb_n = 0;
-    struct sk_uring_op v[SK_WBATCH_MAX];
+    struct sk_uring_send v[SK_WBATCH_MAX];
     unsigned at[SK_WBATCH_MAX];
     for (unsigned i = 0; i < n; i++) {
         struct sk_wbatch_ent *e = &w->wb[i];
         e->t->wb_queued = 0;
         if (e->t->fd < 0 || e->t->ssl || e->t->tox || sk_buf_used(e->b) == 0)
             continue;
-        v[m] = (struct sk_uring_op){e->t->fd, SK_URING_SEND, sk_buf_rptr(e->b), sk_buf_used(e->b)};
+        v[m] = (struct sk_uring_send){e->t->fd, sk_buf_rptr(e->b), sk_buf_used(e->b)};
         at[m++] = i;
     }
     if (m < 2)
         return;
     int res[SK_WBATCH_MAX];
-    int sub = sk_uring_batch(w->uring, v, res, m);
+    int sub = sk_uring_send_batch(w->uring, v, res, m);
     for (unsigned j = 0; j < m; j++) {
         if (res[j] > 0) {
             sk_buf_consume(w->wb[at[j]].b, (size_t)res[j]);
@@ -107,113 +99,12 @@ static void batch_send(struct sk_worker *w)
     }
     if (sub > 0)
         sk_stat_add(&w->stats, SK_ST_io_batches, 1);
-    if (sub < 0)
-        ring_failed(w);
-}
-
-bool sk_worker_defer_read(struct sk_worker *w, struct sk_transport *t, struct sk_buf *b, ev_io *io)
-{
-    if (!w->uring || w->in_rbatch || t->ssl || t->tox || t->fd < 0 || t->rb_queued ||
-        w->rb_n >= SK_WBATCH_MAX)
-        return false;
-    t->rb_queued = 1;
-    w->rb[w->rb_n++] = (struct sk_rbatch_ent){t, b, io};
-    if (w->after_reap && !ev_is_active(&w->kick_w))
-        ev_idle_start(w->loop, &w->kick_w);
-    return true;
-}
-
-/* Still wanted: open, plaintext, and its watcher still waits for reads on
- * this socket. */
-static bool rb_live(const struct sk_rbatch_ent *e)
-{
-    return e->t->fd >= 0 && !e->t->ssl && !e->t->tox && ev_is_active(e->io) &&
-           (e->io->events & EV_READ) && e->io->fd == e->t->fd;
-}
-
-/* The receive batch: one io_uring call reads every queued connection (as
- * sk_buf_read_fd would: up to 16 KiB, bounded by the buffer's room), then
- * each is called back as if its socket had just become readable. With one
- * connection queued, it is simply called back and reads for itself. */
-static void batch_recv(struct sk_worker *w)
-{
-    unsigned n = w->rb_n;
-    w->rb_n = 0;
-    struct sk_rbatch_ent ents[SK_WBATCH_MAX];
-    memcpy(ents, w->rb, n * sizeof(ents[0]));
-    struct sk_uring_op v[SK_WBATCH_MAX];
-    unsigned at[SK_WBATCH_MAX], m = 0;
-    for (unsigned i = 0; i < n; i++) {
-        struct sk_rbatch_ent *e = &ents[i];
-        e->t->rb_queued = 0;
-        if (rb_live(e) && sk_buf_room(e->b))
-            at[m++] = i;
+    if (sub < 0) {
+        sk_warn("worker %d: io_uring send batch failed (%s); sending one by one from now on",
+                w->id, strerror(errno));
+        sk_uring_free(w->uring);
+        w->uring = NULL;
     }
-    if (m >= 2 && !w->rscratch)
-        w->rscratch = malloc(SK_RSCRATCH);
-    if (m >= 2 && w->rscratch) {
-        /* a buffer with room allocated already (a body streaming through) is
-         * read into; an empty one is not: allocating 16 KiB for each of
-         * dozens of connections at once outgrows the per-thread buffer cache
-         * (malloc, then page faults). Those read into a slice of the
-         * worker's scratch area; what arrived is appended (a small response
-         * lands in a small buffer), what did not fit stays in the socket,
-         * which stays readable. */
-        size_t slice = SK_RSCRATCH / m;
-        if (slice > 16384)
-            slice = 16384;
-        for (unsigned j = 0; j < m; j++) {
-            struct sk_rbatch_ent *e = &ents[at[j]];
-            size_t room = sk_buf_room(e->b), free_now = e->b->size - e->b->len;
-            char *p;
-            size_t len;
-            if (e->b->data && free_now >= 4096) {
-                p = e->b->data + e->b->len;
-                len = free_now;
-            } else {
-                p = w->rscratch + j * slice;
-                len = slice;
-            }
-            if (len > room)
-                len = room;
-            if (len > 16384)
-                len = 16384;
-            v[j] = (struct sk_uring_op){e->t->fd, SK_URING_RECV, p, len};
-        }
-        int res[SK_WBATCH_MAX];
-        int sub = sk_uring_batch(w->uring, v, res, m);
-        for (unsigned j = 0; j < m; j++) {
-            struct sk_rbatch_ent *e = &ents[at[j]];
-            int r = res[j];
-            if (r == SK_URING_NOT_SENT)
-                continue; /* it reads for itself */
-            if (r > 0) {
-                if ((char *)v[j].p == e->b->data + e->b->len) {
-                    e->b->len += (size_t)r;
-                } else if (sk_buf_append(e->b, v[j].p, (size_t)r) < 0) {
-                    r = -ENOMEM; /* cannot happen: room was checked */
-                }
-            }
-            e->t->pre_rd = r;
-            e->t->has_pre_rd = 1;
-        }
-        if (sub > 0) {
-            sk_stat_add(&w->stats, SK_ST_io_batches, 1);
-            sk_stat_add(&w->stats, SK_ST_io_batched_recvs, sub);
-        }
-        if (sub < 0)
-            ring_failed(w);
-    }
-    w->in_rbatch = true;
-    for (unsigned i = 0; i < n; i++) {
-        struct sk_rbatch_ent *e = &ents[i];
-        /* an earlier callback may have closed or paused this one: bytes
-         * read stay in its buffer, where its resume path looks first */
-        if (rb_live(e))
-            ev_invoke(w->loop, e->io, EV_READ);
-        e->t->has_pre_rd = 0;
-    }
-    w->in_rbatch = false;
 }
 
 #define SK_TRIM_BYTES (256u * 1024)
@@ -243,14 +134,7 @@ static void reap_cb(struct ev_loop *loop, ev_prepare *p, int revents)
     w->after_reap = false;
     if (ev_is_active(&w->kick_w))
         ev_idle_stop(loop, &w->kick_w);
-    for (;;) {
-        if (w->rb_n)
-            batch_recv(w); /* its callbacks queue flushes (and, rarely, reads) */
-        if (!w->defer_list) {
-            if (w->rb_n)
-                continue;
-            break;
-        }
+    while (w->defer_list) {
         if (w->wb_n)
             batch_send(w);
         struct sk_reap *r = w->defer_list;
@@ -414,8 +298,6 @@ static void *worker_main(void *arg)
     sk_buf_thread_cache_free();
     sk_uring_free(w->uring);
     w->uring = NULL;
-    free(w->rscratch);
-    w->rscratch = NULL;
     return NULL;
 }
 

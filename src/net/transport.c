@@ -142,17 +142,6 @@ int sk_tp_raw_events_for_write(const struct sk_transport *t)
 
 ssize_t sk_tp_read(struct sk_transport *t, struct sk_buf *b, size_t max)
 {
-    if (t->has_pre_rd) {
-        /* the worker's receive batch already read for us (worker.c) */
-        t->has_pre_rd = 0;
-        int r = t->pre_rd;
-        if (r >= 0)
-            return r;
-        if (r == -EAGAIN || r == -EWOULDBLOCK)
-            return SK_ERR_AGAIN;
-        errno = -r;
-        return SK_ERR_IO;
-    }
     return t->tox ? sk_tox_read(t, b, max) : sk_tp_raw_read(t, b, max);
 }
 

@@ -1,4 +1,4 @@
-/* Batched socket sends and receives through io_uring (see uring.h). */
+/* Batched socket sends through io_uring (see uring.h). */
 #include "skiff/uring.h"
 
 #include <errno.h>
@@ -140,7 +140,7 @@ static unsigned reap(struct sk_uring *r, int *res, unsigned n)
     return got;
 }
 
-int sk_uring_batch(struct sk_uring *r, const struct sk_uring_op *v, int *res, unsigned n)
+int sk_uring_send_batch(struct sk_uring *r, const struct sk_uring_send *v, int *res, unsigned n)
 {
     if (n > r->entries)
         n = r->entries;
@@ -152,14 +152,13 @@ int sk_uring_batch(struct sk_uring *r, const struct sk_uring_op *v, int *res, un
         unsigned idx = (tail + i) & mask;
         struct io_uring_sqe *s = &r->sqes[idx];
         memset(s, 0, sizeof(*s));
-        s->opcode = v[i].op == SK_URING_RECV ? IORING_OP_RECV : IORING_OP_SEND;
+        s->opcode = IORING_OP_SEND;
         s->fd = v[i].fd;
         s->addr = (uint64_t)(uintptr_t)v[i].p;
         s->len = v[i].len > 0x7ffff000u ? 0x7ffff000u : (unsigned)v[i].len;
-        /* MSG_DONTWAIT: a full (empty) socket fails the operation with
-         * -EAGAIN at once instead of arming a poll, so every entry completes
-         * in the call */
-        s->msg_flags = v[i].op == SK_URING_RECV ? MSG_DONTWAIT : MSG_NOSIGNAL | MSG_DONTWAIT;
+        /* MSG_DONTWAIT: a full socket fails the send with -EAGAIN at once
+         * instead of arming a poll, so every entry completes in the call */
+        s->msg_flags = MSG_NOSIGNAL | MSG_DONTWAIT;
         s->user_data = i;
         r->sq_array[idx] = idx;
         res[i] = SK_URING_NOT_SENT;

@@ -491,11 +491,6 @@ static void on_readable(struct sk_upconn *u)
 {
     if (u->state == SK_UP_S_IDLE) {
         /* the upstream closed (or spoke out of turn) while idle */
-        if ((u->tp.has_pre_rd && u->tp.pre_rd != -EAGAIN) || sk_buf_used(&u->in)) {
-            /* a receive batch read for it just before it went idle */
-            up_close(u);
-            return;
-        }
         if (u->tp.ssl) {
             /* TLS 1.3 session tickets may arrive after the handshake:
              * let OpenSSL consume records; only data or EOF end the conn */
@@ -618,9 +613,6 @@ static void up_io_cb(struct ev_loop *loop, ev_io *io, int revents)
         do_write(u);
         return;
     }
-    if (revents == EV_READ && u->state == SK_UP_S_ACTIVE && sk_buf_room(&u->in) &&
-        sk_worker_defer_read(u->w, &u->tp, &u->in, io))
-        return; /* read in the worker's receive batch, this iteration */
     if ((revents & EV_WRITE) && u->state == SK_UP_S_ACTIVE) {
         PRIV(u)->write_blocked = false;
         do_write(u);

@@ -1,7 +1,6 @@
-"""Batched sends and receives: when several connections have bytes to send
-(or became readable) in one loop iteration, a worker does all their send(2)s
-(recv(2)s) with one io_uring call (src/net/uring.c, sk_worker_defer_write,
-sk_worker_defer_read). These tests drive many connections at once so the
+"""Batched sends: when several connections have bytes to send in one loop
+iteration, a worker sends them all with one io_uring call (src/net/uring.c,
+sk_worker_defer_write). These tests drive many connections at once so the
 batches happen, and check that every byte still arrives whole and in order:
 small requests and responses, large responses that fill the socket (partial
 sends in a batch), slow readers, pipelining; and that --no-io-uring (and a
@@ -75,13 +74,11 @@ def test_many_connections_small_responses(make_proxy, upstream, no_uring):
     assert st["downstream_rq_2xx"] == n * rounds
     if no_uring or not URING:
         assert st.get("io_batches", 0) == 0 and st.get("io_batched_sends", 0) == 0
-        assert st.get("io_batched_recvs", 0) == 0
     else:
         # 24 requests written together reach skiff in a few loop iterations:
-        # their reads and upstream sends go in batches (two or more each)
+        # their upstream sends go out in batches
         assert st["io_batches"] > 0, st
-        assert st["io_batched_sends"] > 0, st
-        assert st["io_batched_sends"] + st["io_batched_recvs"] >= 2 * st["io_batches"], st
+        assert st["io_batched_sends"] >= 2 * st["io_batches"], st
 
 
 @pytest.mark.parametrize("no_uring", [False, True], ids=["batched", "no-io-uring"])
