@@ -20,8 +20,8 @@ struct sk_uring {
     /* completion ring */
     unsigned *cq_head, *cq_tail, *cq_mask;
     struct io_uring_cqe *cqes;
-    void *sq_map, *cq_map;
-    size_t sq_map_len, cq_map_len, sqes_len;
+    void *map; /* both rings: one mapping (IORING_FEAT_SINGLE_MMAP) */
+    size_t map_len, sqes_len;
 };
 
 static int ring_setup(unsigned entries, struct io_uring_params *p, unsigned flags)
@@ -42,10 +42,8 @@ void sk_uring_free(struct sk_uring *r)
         return;
     if (r->sqes && r->sqes != MAP_FAILED)
         munmap(r->sqes, r->sqes_len);
-    if (r->cq_map && r->cq_map != MAP_FAILED && r->cq_map != r->sq_map)
-        munmap(r->cq_map, r->cq_map_len);
-    if (r->sq_map && r->sq_map != MAP_FAILED)
-        munmap(r->sq_map, r->sq_map_len);
+    if (r->map && r->map != MAP_FAILED)
+        munmap(r->map, r->map_len);
     if (r->fd >= 0)
         close(r->fd);
     free(r);
@@ -89,19 +87,17 @@ struct sk_uring *sk_uring_new(unsigned entries)
     size_t sq_len = p.sq_off.array + p.sq_entries * sizeof(unsigned);
     size_t cq_len = p.cq_off.cqes + p.cq_entries * sizeof(struct io_uring_cqe);
     size_t len = sq_len > cq_len ? sq_len : cq_len;
-    r->sq_map = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd,
-                     IORING_OFF_SQ_RING);
-    if (r->sq_map == MAP_FAILED)
+    r->map = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd,
+                  IORING_OFF_SQ_RING);
+    if (r->map == MAP_FAILED)
         goto fail;
-    r->sq_map_len = len;
-    r->cq_map = r->sq_map;
-    r->cq_map_len = len;
+    r->map_len = len;
     r->sqes_len = p.sq_entries * sizeof(struct io_uring_sqe);
     r->sqes = mmap(NULL, r->sqes_len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd,
                    IORING_OFF_SQES);
     if (r->sqes == MAP_FAILED)
         goto fail;
-    char *sq = r->sq_map, *cq = r->cq_map;
+    char *sq = r->map, *cq = r->map;
     r->sq_head = (unsigned *)(sq + p.sq_off.head);
     r->sq_tail = (unsigned *)(sq + p.sq_off.tail);
     r->sq_mask = (unsigned *)(sq + p.sq_off.ring_mask);
