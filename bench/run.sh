@@ -23,21 +23,21 @@ HARNESS=${HARNESS:-../shared/bench/peers.sh}
 # (coordinated-omission correction), so one such stall during an h1 trial
 # makes that trial's p99 tens of ms. A sleeper on each CPU (10 ms naps) logs
 # every wake-up over 50 ms late, so such trials can be told apart (listed at the end).
-STALLS=$(mktemp /tmp/skiff-bench-stalls.XXXXXX)
+STALLS=$(mktemp -d /tmp/skiff-bench-stalls.XXXXXX)
 BG=()
 finish() {
     local rc=$?
     set +e
     [ ${#BG[@]} -gt 0 ] && { kill "${BG[@]}" 2>/dev/null; wait "${BG[@]}" 2>/dev/null; }
     echo
-    if [ -s "$STALLS" ]; then
+    if cat "$STALLS"/cpu* 2>/dev/null | grep -q .; then
         echo "Machine stalls during this run (a sleeper on each CPU woke > 50 ms late; trials"
         echo "ending shortly after these times have inflated p99 and lower rps):"
-        sort "$STALLS" | sed 's/^/  /'
+        sort "$STALLS"/cpu* | sed 's/^/  /'
     else
         echo "No machine stall over 50 ms during this run."
     fi
-    rm -f "$STALLS"
+    rm -rf "$STALLS"
     exit "$rc"
 }
 trap finish EXIT
@@ -52,7 +52,7 @@ while True:
     if t - last > 0.060:
         print(time.strftime("%H:%M:%S"), "cpu" + cpu, "stalled %.0f ms" % ((t - last - 0.010) * 1e3), flush=True)
     last = t
-' "$cpu" >>"$STALLS" 2>/dev/null &
+ ' "$cpu" >"$STALLS/cpu$cpu" 2>/dev/null &
     BG+=($!)
 done
 
