@@ -111,13 +111,16 @@ stop_tree() {
   wait "$root" 2>/dev/null
   return 0
 }
+. bench/stall_watch.sh
 cleanup() {
   local p
   for p in "${STARTED[@]}"; do stop_tree "$p"; done
   if [ "$KEEP_TMP" = 1 ]; then log "kept $TMP"; else rm -rf "$TMP"; fi
+  stall_watch_report
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
+stall_watch_start
 
 start_bg() {  # start_bg <cpu> <name> cmd... ; sets LAST_PID
   local cpu=$1 name=$2; shift 2

@@ -17,44 +17,18 @@ bash scripts/deps.sh --bench
 ninja -C build-release >/dev/null
 HARNESS=${HARNESS:-../shared/bench/peers.sh}
 
-# Whole-machine stalls: this VM is sometimes frozen for ~100 ms at a time
-# (seen on both CPUs at once by a nice -20 sleeper, 2026-12-06). wrk's
-# latency histogram back-fills the requests a stalled connection did not send
-# (coordinated-omission correction), so one such stall during an h1 trial
-# makes that trial's p99 tens of ms. A sleeper on each CPU (10 ms naps) logs
-# every wake-up over 50 ms late, so such trials can be told apart (listed at the end).
-STALLS=$(mktemp -d /tmp/skiff-bench-stalls.XXXXXX)
+# Machine stalls are listed at the end (bench/stall_watch.sh).
+. bench/stall_watch.sh
 BG=()
 finish() {
     local rc=$?
     set +e
     [ ${#BG[@]} -gt 0 ] && { kill "${BG[@]}" 2>/dev/null; wait "${BG[@]}" 2>/dev/null; }
-    echo
-    if cat "$STALLS"/cpu* 2>/dev/null | grep -q .; then
-        echo "Machine stalls during this run (a sleeper on each CPU woke > 50 ms late; trials"
-        echo "ending shortly after these times have inflated p99 and lower rps):"
-        sort "$STALLS"/cpu* | sed 's/^/  /'
-    else
-        echo "No machine stall over 50 ms during this run."
-    fi
-    rm -rf "$STALLS"
+    stall_watch_report
     exit "$rc"
 }
 trap finish EXIT
-for cpu in 0 1; do
-    taskset -c "$cpu" /usr/bin/python3 -c '
-import sys, time
-cpu = sys.argv[1]
-last = time.monotonic()
-while True:
-    time.sleep(0.010)
-    t = time.monotonic()
-    if t - last > 0.060:
-        print(time.strftime("%H:%M:%S"), "cpu" + cpu, "stalled %.0f ms" % ((t - last - 0.010) * 1e3), flush=True)
-    last = t
- ' "$cpu" >"$STALLS/cpu$cpu" 2>/dev/null &
-    BG+=($!)
-done
+stall_watch_start
 
 if [ "${SATURATE:-0}" = 1 ]; then
     export BENCH_NICE=0 MAX_NOISE=100 RETRY_BUDGET=0 SKIP_MEM=1
