@@ -19,11 +19,11 @@ HARNESS=${HARNESS:-../shared/bench/peers.sh}
 
 # Machine stalls are listed at the end (bench/stall_watch.sh).
 . bench/stall_watch.sh
-BG=()
+HOG=
 finish() {
     local rc=$?
     set +e
-    [ ${#BG[@]} -gt 0 ] && { kill "${BG[@]}" 2>/dev/null; wait "${BG[@]}" 2>/dev/null; }
+    [ -n "$HOG" ] && { kill "$HOG"; wait "$HOG"; } 2>/dev/null
     stall_watch_report
     exit "$rc"
 }
@@ -33,8 +33,8 @@ stall_watch_start
 if [ "${SATURATE:-0}" = 1 ]; then
     export BENCH_NICE=0 MAX_NOISE=100 RETRY_BUDGET=0 SKIP_MEM=1
     taskset -c "${PROXY_CPU:-1}" sh -c 'while :; do :; done' &
-    BG+=($!)
-    echo "SATURATE=1: busy loop pid $! on cpu ${PROXY_CPU:-1}; read only the CPU us/req columns" >&2
+    HOG=$!
+    echo "SATURATE=1: busy loop pid $HOG on cpu ${PROXY_CPU:-1}; read only the CPU us/req columns" >&2
 fi
 
 EXTRA_NAME=skiff \

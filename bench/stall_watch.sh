@@ -34,11 +34,13 @@ stall_watch_report() {
     [ -n "${STALL_DIR:-}" ] || return 0
     kill "${STALL_PIDS[@]}" 2>/dev/null
     wait "${STALL_PIDS[@]}" 2>/dev/null
+    local stalls
+    stalls=$(sort "$STALL_DIR"/cpu*)
     echo
-    if cat "$STALL_DIR"/cpu* 2>/dev/null | grep -q .; then
+    if [ -n "$stalls" ]; then
         echo "Machine stalls during this run (a sleeper on each CPU woke > 50 ms late; trials"
         echo "ending shortly after these times have inflated p99 and CPU, lower rps):"
-        sort "$STALL_DIR"/cpu* | sed 's/^/  /'
+        printf '%s\n' "$stalls" | sed 's/^/  /'
     else
         echo "No machine stall over 50 ms during this run."
     fi
